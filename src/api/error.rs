@@ -1,0 +1,192 @@
+//! The one place where errors become HTTP responses (SPEC §5).
+//!
+//! Every layer's error converts into [`ApiError`], whose variants are the statuses the API
+//! can answer with, each carrying the envelope `{"error": {"code", "message"}}`. Causes
+//! of a `500` are logged here and never sent. [`envelope_poem_error`] does the same for
+//! errors that poem itself raises (malformed JSON, unknown routes, oversized bodies), so
+//! a client sees one envelope whatever went wrong.
+
+use poem::{IntoResponse, Response, http::StatusCode};
+use poem_openapi::{ApiResponse, Object, payload::Json};
+
+use crate::{auth::AuthError, domain::InvalidInput, store::StoreError};
+
+/// Seconds a client should wait before retrying while a dependency is down.
+const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 2;
+
+/// The body of every error response.
+#[derive(Debug, Object)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Object)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable: `invalid_input`, `room_not_found`, `rate_limited`, …
+    pub code: String,
+    /// For people; may change between versions.
+    pub message: String,
+    /// With `invalid_input`: the request field at fault.
+    #[oai(skip_serializing_if_is_none)]
+    pub field: Option<String>,
+}
+
+fn body(code: &str, message: impl Into<String>) -> Json<ErrorBody> {
+    Json(ErrorBody {
+        error: ErrorDetail {
+            code: code.to_string(),
+            message: message.into(),
+            field: None,
+        },
+    })
+}
+
+/// Every error the API answers with.
+#[derive(Debug, ApiResponse)]
+pub enum ApiError {
+    /// The input is invalid (`invalid_input`): `error.field` names the field and
+    /// `error.message` says why. Nothing was changed.
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// The bearer token is missing, malformed, expired, not yet valid, signed wrongly or
+    /// from an untrusted issuer or audience (`unauthorized`); or the credentials are
+    /// wrong (`invalid_credentials`).
+    #[oai(status = 401)]
+    Unauthorized(Json<ErrorBody>),
+    /// The caller may see this but not do it: `not_member` (join the public room first),
+    /// `not_owner`, `not_sender`.
+    #[oai(status = 403)]
+    Forbidden(Json<ErrorBody>),
+    /// `room_not_found` (also for a private room the caller is not in), `user_not_found`,
+    /// `message_not_found`.
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+    /// The request clashes with the current state: `username_taken`, `message_deleted`,
+    /// `owner_cannot_leave`, `direct_room`.
+    #[oai(status = 409)]
+    Conflict(Json<ErrorBody>),
+    /// The request body is over the body limit (`payload_too_large`).
+    #[oai(status = 413)]
+    PayloadTooLarge(Json<ErrorBody>),
+    /// The caller's send budget is spent (`rate_limited`); retry after `Retry-After`
+    /// seconds.
+    #[oai(status = 429)]
+    TooManyRequests(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
+    /// An unexpected failure (`internal`); details are in the server log only.
+    #[oai(status = 500)]
+    Internal(Json<ErrorBody>),
+    /// Postgres, NATS or an identity provider is unreachable (`unavailable`), or the node
+    /// is draining; retry after `Retry-After` seconds.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
+}
+
+impl ApiError {
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        ApiError::Unauthorized(body("unauthorized", message))
+    }
+
+    pub fn invalid_credentials() -> Self {
+        ApiError::Unauthorized(body("invalid_credentials", "wrong username or password"))
+    }
+
+    pub fn rate_limited(retry_after_secs: u64) -> Self {
+        ApiError::TooManyRequests(
+            body("rate_limited", "too many messages; slow down"),
+            retry_after_secs,
+        )
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        ApiError::Unavailable(body("unavailable", message), UNAVAILABLE_RETRY_AFTER_SECS)
+    }
+
+    pub fn invalid(field: &str, reason: impl Into<String>) -> Self {
+        let reason = reason.into();
+        let mut json = body("invalid_input", format!("{field}: {reason}"));
+        json.0.error.field = Some(field.to_string());
+        ApiError::BadRequest(json)
+    }
+}
+
+impl From<InvalidInput> for ApiError {
+    fn from(err: InvalidInput) -> Self {
+        ApiError::invalid(err.field, err.reason)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Unavailable(cause) => {
+                tracing::warn!(%cause, "database unavailable");
+                ApiError::unavailable("the database is unreachable; retry shortly")
+            }
+            StoreError::RoomNotFound => ApiError::NotFound(body("room_not_found", "no such room")),
+            StoreError::UserNotFound => ApiError::NotFound(body("user_not_found", "no such user")),
+            StoreError::MessageNotFound => {
+                ApiError::NotFound(body("message_not_found", "no such message in this room"))
+            }
+            StoreError::NotMember => {
+                ApiError::Forbidden(body("not_member", "join this room before writing to it"))
+            }
+            StoreError::Forbidden { code, message } => ApiError::Forbidden(body(code, message)),
+            StoreError::Conflict { code, message } => ApiError::Conflict(body(code, message)),
+            StoreError::Invalid(invalid) => invalid.into(),
+            StoreError::Database(cause) => {
+                tracing::error!(error = ?cause, "database error");
+                ApiError::Internal(body("internal", "internal error"))
+            }
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(err: AuthError) -> Self {
+        match err {
+            AuthError::Invalid(message) => ApiError::unauthorized(message),
+            AuthError::Unavailable(message) => {
+                tracing::warn!(%message, "cannot verify token now");
+                ApiError::unavailable("cannot verify the token right now; retry shortly")
+            }
+        }
+    }
+}
+
+/// Turns any error poem raised outside our handlers into the SPEC's envelope; responses
+/// our handlers built already are passed through.
+pub async fn envelope_poem_error(err: poem::Error) -> Response {
+    if err.is_from_response() {
+        return err.into_response();
+    }
+    let status = err.status();
+    let message = err.to_string();
+    let api_error = match status {
+        StatusCode::BAD_REQUEST => ApiError::BadRequest(body("invalid_input", message)),
+        StatusCode::UNAUTHORIZED => ApiError::unauthorized("a valid bearer token is required"),
+        StatusCode::NOT_FOUND => ApiError::NotFound(body("not_found", "no such route")),
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::PayloadTooLarge(body("payload_too_large", "the request body is too large"))
+        }
+        StatusCode::SERVICE_UNAVAILABLE => ApiError::unavailable(message),
+        s if s.is_server_error() => {
+            tracing::error!(error = %message, "unhandled server error");
+            ApiError::Internal(body("internal", "internal error"))
+        }
+        s => {
+            let code = s
+                .canonical_reason()
+                .unwrap_or("error")
+                .to_lowercase()
+                .replace(' ', "_");
+            return (
+                s,
+                poem::web::Json(serde_json::json!({
+                    "error": { "code": code, "message": message }
+                })),
+            )
+                .into_response();
+        }
+    };
+    api_error.into_response()
+}

@@ -1,0 +1,52 @@
+//! HTTP: the versioned REST API under `/v1`, its OpenAPI document and Swagger UI, and
+//! the operational routes (`/healthz`, `/readyz`, `/metrics`).
+//!
+//! `rest` has one `#[OpenApi]` struct per resource; `security` turns the bearer token
+//! into the caller; `error` maps every failure onto the SPEC §5 envelope.
+
+pub mod error;
+mod ops;
+pub mod rest;
+mod security;
+
+use poem::{Endpoint, EndpointExt, IntoEndpoint, Route, get};
+use poem_openapi::OpenApiService;
+
+use crate::app::AppState;
+
+/// Builds the whole HTTP surface of a node.
+pub fn routes(state: AppState) -> impl Endpoint {
+    let api = OpenApiService::new(
+        (
+            rest::auth::AuthApi,
+            rest::users::UsersApi,
+            rest::rooms::RoomsApi,
+            rest::members::MembersApi,
+            rest::messages::MessagesApi,
+            rest::me::MeApi,
+        ),
+        "Natter",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description(
+        "A clustered real-time chat server. Every route needs `Authorization: Bearer <token>` \
+         except registration and login. Errors are `{\"error\": {\"code\", \"message\"}}`.",
+    )
+    .server("/v1");
+    let spec = api.spec_endpoint();
+    let docs = api.swagger_ui();
+    let max_body_bytes = state.settings.limits.max_body_bytes;
+    Route::new()
+        .nest("/v1", api)
+        .at("/openapi.json", spec)
+        .nest("/docs", docs)
+        .at("/healthz", get(ops::healthz))
+        .at("/readyz", get(ops::readyz))
+        .at("/metrics", get(ops::metrics))
+        .at("/", get(ops::index))
+        .around(move |ep, req| ops::limit_body(ep, req, max_body_bytes))
+        .catch_all_error(error::envelope_poem_error)
+        .around(ops::count_response)
+        .data(state)
+        .into_endpoint()
+}

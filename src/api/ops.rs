@@ -1,0 +1,92 @@
+//! Operational routes and the middleware every request passes through.
+
+use std::sync::atomic::Ordering;
+
+use poem::{
+    Endpoint, IntoResponse, Request, Response, Result,
+    http::{StatusCode, header},
+    web::{Data, Html},
+};
+
+use crate::app::AppState;
+
+/// The process is alive.
+#[poem::handler]
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Ready for traffic: Postgres and NATS reachable and not draining.
+#[poem::handler]
+pub async fn readyz(Data(state): Data<&AppState>) -> Response {
+    let draining = state.draining.load(Ordering::Relaxed);
+    let (database, nats) = tokio::join!(state.store.ping(), async { state.bus.is_connected() });
+    let ready = database && nats && !draining;
+    let body = serde_json::json!({
+        "ready": ready,
+        "database": database,
+        "nats": nats,
+        "draining": draining,
+        "node_id": state.settings.node_id,
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, poem::web::Json(body)).into_response()
+}
+
+/// Prometheus text exposition.
+#[poem::handler]
+pub async fn metrics(Data(state): Data<&AppState>) -> Response {
+    let text = state
+        .metrics
+        .render(&state.settings.node_id, state.store.pool_status());
+    Response::builder()
+        .content_type("text/plain; version=0.0.4")
+        .body(text)
+}
+
+/// A pointer to the API docs until the browser client arrives.
+#[poem::handler]
+pub async fn index() -> Html<&'static str> {
+    Html(
+        "<!doctype html><meta charset=utf-8><title>Natter</title>\
+         <h1>Natter</h1><p>A clustered chat server. \
+         See the <a href=/docs>API documentation</a> or <a href=/openapi.json>OpenAPI document</a>.</p>",
+    )
+}
+
+/// Rejects request bodies over `max` bytes with `413`, whether or not the client sent a
+/// `Content-Length`: a declared length is checked up front, a streamed body is read
+/// only up to the limit.
+pub async fn limit_body<E: Endpoint>(ep: E, mut req: Request, max: usize) -> Result<Response> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > max) {
+        return Err(poem::Error::from_status(StatusCode::PAYLOAD_TOO_LARGE));
+    }
+    if declared.is_none() && !req.headers().contains_key(header::UPGRADE) {
+        let body = req.take_body().into_bytes_limit(max).await?;
+        req.set_body(body);
+    }
+    ep.call(req).await.map(IntoResponse::into_response)
+}
+
+/// Counts every response by status class for `/metrics`.
+pub async fn count_response<E: Endpoint>(ep: E, req: Request) -> Result<Response> {
+    let counters = req.data::<AppState>().map(|s| s.metrics.clone());
+    let result = ep.call(req).await.map(IntoResponse::into_response);
+    if let Some(counters) = counters {
+        let status = match &result {
+            Ok(resp) => resp.status(),
+            Err(err) => err.status(),
+        };
+        counters.count_response(status);
+    }
+    result
+}

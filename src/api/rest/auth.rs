@@ -1,0 +1,101 @@
+//! `POST /v1/auth/register` and `POST /v1/auth/login`: built-in accounts.
+
+use poem::web::Data;
+use poem_openapi::{ApiResponse, Object, OpenApi, payload::Json};
+
+use super::ApiTags;
+use crate::{
+    api::error::ApiError,
+    app::AppState,
+    auth::password,
+    domain::{DisplayName, Password, Username},
+    model::User,
+};
+
+pub struct AuthApi;
+
+#[derive(Object)]
+struct RegisterRequest {
+    /// 3–32 characters of `a-z`, `0-9`, `_`, `.`, `-`.
+    username: String,
+    /// At least 8 characters.
+    password: String,
+    /// Shown to others; defaults to the username.
+    display_name: Option<String>,
+}
+
+#[derive(Object)]
+struct LoginRequest {
+    username: String,
+    password: String,
+}
+
+/// A user and a bearer token for them.
+#[derive(Object)]
+struct Session {
+    user: User,
+    /// Send as `Authorization: Bearer <token>`.
+    token: String,
+    /// When the token expires, in milliseconds since the epoch.
+    expires_at: i64,
+}
+
+#[derive(ApiResponse)]
+enum RegisterResponse {
+    /// The account was created.
+    #[oai(status = 201)]
+    Created(Json<Session>),
+}
+
+#[OpenApi(prefix_path = "/auth", tag = "ApiTags::Auth")]
+impl AuthApi {
+    /// Create an account and get a token.
+    #[oai(path = "/register", method = "post")]
+    async fn register(
+        &self,
+        Data(state): Data<&AppState>,
+        body: Json<RegisterRequest>,
+    ) -> Result<RegisterResponse, ApiError> {
+        let username = Username::parse(&body.username)?;
+        let password = Password::parse(&body.password)?;
+        let display_name = match &body.display_name {
+            Some(name) => DisplayName::parse(name)?.into_inner(),
+            None => username.as_str().to_string(),
+        };
+        let hash = password::hash(password).await;
+        let user = state
+            .store
+            .create_user(&username, &display_name, Some(&hash))
+            .await?;
+        let issued = state.auth.issue(user.id);
+        Ok(RegisterResponse::Created(Json(Session {
+            user,
+            token: issued.token,
+            expires_at: issued.expires_at,
+        })))
+    }
+
+    /// Exchange a username and password for a token.
+    #[oai(path = "/login", method = "post")]
+    async fn login(
+        &self,
+        Data(state): Data<&AppState>,
+        body: Json<LoginRequest>,
+    ) -> Result<Json<Session>, ApiError> {
+        let found = state.store.find_login(&body.username).await?;
+        let (user, stored_hash) = match found {
+            Some((user, hash)) => (Some(user), hash),
+            None => (None, None),
+        };
+        let valid = password::verify(body.0.password, stored_hash).await;
+        let Some(user) = user.filter(|_| valid) else {
+            return Err(ApiError::invalid_credentials());
+        };
+        let issued = state.auth.issue(user.id);
+        Ok(Json(Session {
+            user,
+            token: issued.token,
+            expires_at: issued.expires_at,
+        }))
+    }
+}

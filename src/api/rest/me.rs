@@ -1,0 +1,46 @@
+//! `GET /v1/me/rooms`: the caller's chat list.
+
+use poem::web::Data;
+use poem_openapi::{Object, OpenApi, param::Query, payload::Json};
+
+use super::ApiTags;
+use crate::{
+    api::{error::ApiError, security::BearerAuth},
+    app::AppState,
+    domain::PageLimit,
+    model::MyRoom,
+    store::rooms::ActivityCursor,
+};
+
+pub struct MeApi;
+
+#[derive(Object)]
+struct MyRoomList {
+    rooms: Vec<MyRoom>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    next_cursor: Option<String>,
+}
+
+#[OpenApi(prefix_path = "/me", tag = "ApiTags::Me")]
+impl MeApi {
+    /// The caller's rooms, most recently active first, each with its unread count, read
+    /// watermark and last message.
+    #[oai(path = "/rooms", method = "get")]
+    async fn list_my_rooms(
+        &self,
+        auth: BearerAuth,
+        Data(state): Data<&AppState>,
+        /// From a previous page's `next_cursor`.
+        cursor: Query<Option<String>>,
+        /// Page size, 1–200 (default 50).
+        limit: Query<Option<i64>>,
+    ) -> Result<Json<MyRoomList>, ApiError> {
+        let limit = PageLimit::parse(limit.0)?;
+        let after = cursor.0.as_deref().map(ActivityCursor::parse).transpose()?;
+        let page = state.store.my_rooms(auth.0.id, after, limit.get()).await?;
+        Ok(Json(MyRoomList {
+            rooms: page.items,
+            next_cursor: page.next_cursor,
+        }))
+    }
+}

@@ -1,0 +1,85 @@
+//! Room membership as seen and managed by the owner.
+
+use poem::web::Data;
+use poem_openapi::{
+    Object, OpenApi,
+    param::{Path, Query},
+    payload::Json,
+};
+use uuid::Uuid;
+
+use super::{ApiTags, NoContent, id_cursor};
+use crate::{
+    api::{error::ApiError, security::BearerAuth},
+    app::AppState,
+    domain::PageLimit,
+    model::Member,
+};
+
+pub struct MembersApi;
+
+#[derive(Object)]
+struct MemberList {
+    members: Vec<Member>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    next_cursor: Option<String>,
+}
+
+#[OpenApi(tag = "ApiTags::Members")]
+impl MembersApi {
+    /// A room's members with their role, in user-id order.
+    #[oai(path = "/rooms/:room_id/members", method = "get")]
+    async fn list_members(
+        &self,
+        auth: BearerAuth,
+        Data(state): Data<&AppState>,
+        room_id: Path<Uuid>,
+        /// From a previous page's `next_cursor`.
+        cursor: Query<Option<String>>,
+        /// Page size, 1–200 (default 50).
+        limit: Query<Option<i64>>,
+    ) -> Result<Json<MemberList>, ApiError> {
+        let limit = PageLimit::parse(limit.0)?;
+        let after = id_cursor(cursor.0)?;
+        let page = state
+            .store
+            .list_members(auth.0.id, room_id.0, after, limit.get())
+            .await?;
+        Ok(Json(MemberList {
+            members: page.items,
+            next_cursor: page.next_cursor,
+        }))
+    }
+
+    /// Add a member (owner only). Idempotent.
+    #[oai(path = "/rooms/:room_id/members/:user_id", method = "put")]
+    async fn add_member(
+        &self,
+        auth: BearerAuth,
+        Data(state): Data<&AppState>,
+        room_id: Path<Uuid>,
+        user_id: Path<Uuid>,
+    ) -> Result<NoContent, ApiError> {
+        state
+            .store
+            .add_member(auth.0.id, room_id.0, user_id.0)
+            .await?;
+        Ok(NoContent::Done)
+    }
+
+    /// Remove a member (owner only). Idempotent.
+    #[oai(path = "/rooms/:room_id/members/:user_id", method = "delete")]
+    async fn remove_member(
+        &self,
+        auth: BearerAuth,
+        Data(state): Data<&AppState>,
+        room_id: Path<Uuid>,
+        user_id: Path<Uuid>,
+    ) -> Result<NoContent, ApiError> {
+        state
+            .store
+            .remove_member(auth.0.id, room_id.0, user_id.0)
+            .await?;
+        Ok(NoContent::Done)
+    }
+}

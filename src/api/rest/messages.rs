@@ -1,0 +1,229 @@
+//! Messages: send, page, edit, delete, react, search.
+
+use poem::web::Data;
+use poem_openapi::{
+    ApiResponse, Object, OpenApi,
+    param::{Path, Query},
+    payload::Json,
+};
+use uuid::Uuid;
+
+use super::ApiTags;
+use crate::{
+    api::{error::ApiError, security::BearerAuth},
+    app::AppState,
+    domain::{ClientMsgId, Emoji, InvalidInput, MessageText, PageLimit, parse_seq},
+    model::Message,
+    store::messages::{NewMessage, PageBounds},
+};
+
+pub struct MessagesApi;
+
+#[derive(Object)]
+struct SendMessageRequest {
+    /// 1–4000 characters, not blank.
+    text: String,
+    /// Idempotency key, unique per room and sender: a retry with the same key returns
+    /// the original message instead of storing another.
+    client_msg_id: Option<String>,
+    /// A message of the same room this one answers.
+    reply_to: Option<Uuid>,
+}
+
+#[derive(Object)]
+struct EditMessageRequest {
+    /// 1–4000 characters, not blank.
+    text: String,
+}
+
+#[derive(Object)]
+struct MessagePage {
+    /// In ascending `seq`.
+    messages: Vec<Message>,
+    /// Whether more messages lie beyond this page: older ones when paging backwards
+    /// (`before_seq`, or the default latest page), newer ones with `after_seq`.
+    has_more: bool,
+}
+
+#[derive(ApiResponse)]
+enum SendMessageResponse {
+    /// Stored (durably committed) with its `seq`.
+    #[oai(status = 201)]
+    Created(Json<Message>),
+    /// A retry of an earlier `client_msg_id`: the original message.
+    #[oai(status = 200)]
+    Existing(Json<Message>),
+}
+
+/// Longest search query, in characters.
+const MAX_QUERY_CHARS: usize = 200;
+
+#[OpenApi(tag = "ApiTags::Messages")]
+impl MessagesApi {
+    /// Send a message. Answered only after it is committed.
+    #[oai(path = "/rooms/:room_id/messages", method = "post")]
+    async fn send_message(
+        &self,
+        auth: BearerAuth,
+        Data(state): Data<&AppState>,
+        room_id: Path<Uuid>,
+        body: Json<SendMessageRequest>,
+    ) -> Result<SendMessageResponse, ApiError> {
+        let text = MessageText::parse(&body.text, state.settings.limits.max_text_chars)?;
+        let client_msg_id = body
+            .client_msg_id
+            .as_deref()
+            .map(ClientMsgId::parse)
+            .transpose()?;
+        if let Err(wait) = state.limiter.check(auth.0.id) {
+            state.metrics.count_rate_limited();
+            return Err(ApiError::rate_limited(
+                wait.as_secs_f64().ceil().max(1.0) as u64
+            ));
+        }
+        let new = NewMessage {
+            text: &text,
+            client_msg_id: client_msg_id.as_ref(),
+            reply_to: body.reply_to,
+        };
+        let sent = state.store.send_message(auth.0.id, room_id.0, new).await?;
+        Ok(if sent.created {
+            state.metrics.count_message_stored();
+            SendMessageResponse::Created(Json(sent.message))
+        } else {
+            SendMessageResponse::Existing(Json(sent.message))
+        })
+    }
+
+    /// A page of messages in ascending `seq`: by default the latest `limit`; with
+    /// `before_seq` the `limit` just before it; with `after_seq` the `limit` just after it.
+    #[oai(path = "/rooms/:room_id/messages", method = "get")]
+    async fn list_messages(
+        &self,
+        auth: BearerAuth,
+        Data(state): Data<&AppState>,
+        room_id: Path<Uuid>,
+        /// Only messages with a smaller `seq`.
+        before_seq: Query<Option<i64>>,
+        /// Only messages with a greater `seq`; the page starts right after it.
+        after_seq: Query<Option<i64>>,
+        /// Page size, 1–200 (default 50).
+        limit: Query<Option<i64>>,
+    ) -> Result<Json<MessagePage>, ApiError> {
+        let limit = PageLimit::parse(limit.0)?;
+        let bounds = PageBounds {
+            before_seq: before_seq
+                .0
+                .map(|s| parse_seq("before_seq", s))
+                .transpose()?,
+            after_seq: after_seq.0.map(|s| parse_seq("after_seq", s)).transpose()?,
+        };
+        let (messages, has_more) = state
+            .store
+            .list_messages(auth.0.id, room_id.0, bounds, limit.get())
+            .await?;
+        Ok(Json(MessagePage { messages, has_more }))
+    }
+
+    /// Full-text search within a room: the latest matches, in ascending `seq`.
+    #[oai(path = "/rooms/:room_id/messages/search", method = "get")]
+    async fn search_messages(
+        &self,
+        auth: BearerAuth,
+        Data(state): Data<&AppState>,
+        room_id: Path<Uuid>,
+        /// Words to find (web-search syntax: `"exact phrase"`, `-excluded`, `or`).
+        q: Query<String>,
+        /// Page size, 1–200 (default 50).
+        limit: Query<Option<i64>>,
+    ) -> Result<Json<MessagePage>, ApiError> {
+        let limit = PageLimit::parse(limit.0)?;
+        let query = q.0.trim();
+        if query.is_empty() || query.chars().count() > MAX_QUERY_CHARS {
+            return Err(
+                InvalidInput::new("q", format!("must be 1-{MAX_QUERY_CHARS} characters")).into(),
+            );
+        }
+        let (messages, has_more) = state
+            .store
+            .search_messages(auth.0.id, room_id.0, query, limit.get())
+            .await?;
+        Ok(Json(MessagePage { messages, has_more }))
+    }
+
+    /// Edit a message's text (sender only).
+    #[oai(path = "/rooms/:room_id/messages/:message_id", method = "patch")]
+    async fn edit_message(
+        &self,
+        auth: BearerAuth,
+        Data(state): Data<&AppState>,
+        room_id: Path<Uuid>,
+        message_id: Path<Uuid>,
+        body: Json<EditMessageRequest>,
+    ) -> Result<Json<Message>, ApiError> {
+        let text = MessageText::parse(&body.text, state.settings.limits.max_text_chars)?;
+        let message = state
+            .store
+            .edit_message(auth.0.id, room_id.0, message_id.0, &text)
+            .await?;
+        Ok(Json(message))
+    }
+
+    /// Delete a message (sender or room owner), leaving a tombstone that keeps its `seq`.
+    #[oai(path = "/rooms/:room_id/messages/:message_id", method = "delete")]
+    async fn delete_message(
+        &self,
+        auth: BearerAuth,
+        Data(state): Data<&AppState>,
+        room_id: Path<Uuid>,
+        message_id: Path<Uuid>,
+    ) -> Result<Json<Message>, ApiError> {
+        let message = state
+            .store
+            .delete_message(auth.0.id, room_id.0, message_id.0)
+            .await?;
+        Ok(Json(message))
+    }
+
+    /// Add the caller's reaction. Idempotent.
+    #[oai(
+        path = "/rooms/:room_id/messages/:message_id/reactions/:emoji",
+        method = "put"
+    )]
+    async fn add_reaction(
+        &self,
+        auth: BearerAuth,
+        Data(state): Data<&AppState>,
+        room_id: Path<Uuid>,
+        message_id: Path<Uuid>,
+        emoji: Path<String>,
+    ) -> Result<Json<Message>, ApiError> {
+        let emoji = Emoji::parse(&emoji.0)?;
+        let message = state
+            .store
+            .set_reaction(auth.0.id, room_id.0, message_id.0, &emoji, true)
+            .await?;
+        Ok(Json(message))
+    }
+
+    /// Remove the caller's reaction. Idempotent.
+    #[oai(
+        path = "/rooms/:room_id/messages/:message_id/reactions/:emoji",
+        method = "delete"
+    )]
+    async fn remove_reaction(
+        &self,
+        auth: BearerAuth,
+        Data(state): Data<&AppState>,
+        room_id: Path<Uuid>,
+        message_id: Path<Uuid>,
+        emoji: Path<String>,
+    ) -> Result<Json<Message>, ApiError> {
+        let emoji = Emoji::parse(&emoji.0)?;
+        let message = state
+            .store
+            .set_reaction(auth.0.id, room_id.0, message_id.0, &emoji, false)
+            .await?;
+        Ok(Json(message))
+    }
+}

@@ -1,0 +1,229 @@
+//! Rooms: create, list, read, rename, delete, join, leave, direct rooms and read
+//! watermarks.
+
+use poem::web::Data;
+use poem_openapi::{
+    ApiResponse, Enum, Object, OpenApi,
+    param::{Path, Query},
+    payload::Json,
+};
+use uuid::Uuid;
+
+use super::{ApiTags, NoContent, id_cursor};
+use crate::{
+    api::{error::ApiError, security::BearerAuth},
+    app::AppState,
+    domain::{PageLimit, RoomName, parse_seq},
+    model::{Room, RoomKind},
+};
+
+pub struct RoomsApi;
+
+/// The kinds of room `POST /v1/rooms` makes (direct rooms come from `POST /v1/dms`).
+#[derive(Debug, Clone, Copy, Enum)]
+#[oai(rename_all = "lowercase")]
+enum NewRoomKind {
+    Public,
+    Private,
+}
+
+#[derive(Object)]
+struct CreateRoomRequest {
+    /// 1–100 characters.
+    name: String,
+    kind: NewRoomKind,
+    /// Users to add as members (at most 1000).
+    member_ids: Option<Vec<Uuid>>,
+}
+
+#[derive(Object)]
+struct RenameRoomRequest {
+    /// 1–100 characters.
+    name: String,
+}
+
+#[derive(Object)]
+struct RoomList {
+    rooms: Vec<Room>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    next_cursor: Option<String>,
+}
+
+#[derive(Object)]
+struct DirectRoomRequest {
+    /// The other participant.
+    user_id: Uuid,
+}
+
+#[derive(Object)]
+struct ReadRequest {
+    /// The highest `seq` read; the watermark only moves forward.
+    seq: i64,
+}
+
+#[derive(ApiResponse)]
+enum CreateRoomResponse {
+    /// The room was created; the caller owns it.
+    #[oai(status = 201)]
+    Created(Json<Room>),
+}
+
+#[derive(ApiResponse)]
+enum DirectRoomResponse {
+    /// The direct room was created by this call.
+    #[oai(status = 201)]
+    Created(Json<Room>),
+    /// The direct room already existed.
+    #[oai(status = 200)]
+    Existing(Json<Room>),
+}
+
+const MAX_INITIAL_MEMBERS: usize = 1000;
+
+#[OpenApi(tag = "ApiTags::Rooms")]
+impl RoomsApi {
+    /// Create a public or private room.
+    #[oai(path = "/rooms", method = "post")]
+    async fn create_room(
+        &self,
+        auth: BearerAuth,
+        Data(state): Data<&AppState>,
+        body: Json<CreateRoomRequest>,
+    ) -> Result<CreateRoomResponse, ApiError> {
+        let name = RoomName::parse(&body.name)?;
+        let kind = match body.kind {
+            NewRoomKind::Public => RoomKind::Public,
+            NewRoomKind::Private => RoomKind::Private,
+        };
+        let member_ids = body.member_ids.as_deref().unwrap_or_default();
+        if member_ids.len() > MAX_INITIAL_MEMBERS {
+            return Err(ApiError::invalid(
+                "member_ids",
+                format!("at most {MAX_INITIAL_MEMBERS} members at creation"),
+            ));
+        }
+        let room = state
+            .store
+            .create_room(auth.0.id, &name, kind, member_ids)
+            .await?;
+        Ok(CreateRoomResponse::Created(Json(room)))
+    }
+
+    /// Public rooms and the caller's rooms, oldest first.
+    #[oai(path = "/rooms", method = "get")]
+    async fn list_rooms(
+        &self,
+        auth: BearerAuth,
+        Data(state): Data<&AppState>,
+        /// From a previous page's `next_cursor`.
+        cursor: Query<Option<String>>,
+        /// Page size, 1–200 (default 50).
+        limit: Query<Option<i64>>,
+    ) -> Result<Json<RoomList>, ApiError> {
+        let limit = PageLimit::parse(limit.0)?;
+        let after = id_cursor(cursor.0)?;
+        let page = state
+            .store
+            .list_rooms(auth.0.id, after, limit.get())
+            .await?;
+        Ok(Json(RoomList {
+            rooms: page.items,
+            next_cursor: page.next_cursor,
+        }))
+    }
+
+    /// A room. A private room the caller is not in answers 404, like a missing one.
+    #[oai(path = "/rooms/:room_id", method = "get")]
+    async fn get_room(
+        &self,
+        auth: BearerAuth,
+        Data(state): Data<&AppState>,
+        room_id: Path<Uuid>,
+    ) -> Result<Json<Room>, ApiError> {
+        Ok(Json(state.store.get_room(auth.0.id, room_id.0).await?))
+    }
+
+    /// Rename a room (owner only).
+    #[oai(path = "/rooms/:room_id", method = "patch")]
+    async fn rename_room(
+        &self,
+        auth: BearerAuth,
+        Data(state): Data<&AppState>,
+        room_id: Path<Uuid>,
+        body: Json<RenameRoomRequest>,
+    ) -> Result<Json<Room>, ApiError> {
+        let name = RoomName::parse(&body.name)?;
+        Ok(Json(
+            state.store.rename_room(auth.0.id, room_id.0, &name).await?,
+        ))
+    }
+
+    /// Delete a room and its messages (owner only).
+    #[oai(path = "/rooms/:room_id", method = "delete")]
+    async fn delete_room(
+        &self,
+        auth: BearerAuth,
+        Data(state): Data<&AppState>,
+        room_id: Path<Uuid>,
+    ) -> Result<NoContent, ApiError> {
+        state.store.delete_room(auth.0.id, room_id.0).await?;
+        Ok(NoContent::Done)
+    }
+
+    /// Join a public room. Idempotent.
+    #[oai(path = "/rooms/:room_id/join", method = "post")]
+    async fn join_room(
+        &self,
+        auth: BearerAuth,
+        Data(state): Data<&AppState>,
+        room_id: Path<Uuid>,
+    ) -> Result<NoContent, ApiError> {
+        state.store.join_room(auth.0.id, room_id.0).await?;
+        Ok(NoContent::Done)
+    }
+
+    /// Leave a room. Idempotent; the owner cannot leave.
+    #[oai(path = "/rooms/:room_id/leave", method = "post")]
+    async fn leave_room(
+        &self,
+        auth: BearerAuth,
+        Data(state): Data<&AppState>,
+        room_id: Path<Uuid>,
+    ) -> Result<NoContent, ApiError> {
+        state.store.leave_room(auth.0.id, room_id.0).await?;
+        Ok(NoContent::Done)
+    }
+
+    /// Move the caller's read watermark forward to `seq`.
+    #[oai(path = "/rooms/:room_id/read", method = "post")]
+    async fn mark_read(
+        &self,
+        auth: BearerAuth,
+        Data(state): Data<&AppState>,
+        room_id: Path<Uuid>,
+        body: Json<ReadRequest>,
+    ) -> Result<NoContent, ApiError> {
+        let seq = parse_seq("seq", body.seq)?;
+        state.store.mark_read(auth.0.id, room_id.0, seq).await?;
+        Ok(NoContent::Done)
+    }
+
+    /// Get or create the direct room of the caller and another user.
+    #[oai(path = "/dms", method = "post")]
+    async fn open_direct_room(
+        &self,
+        auth: BearerAuth,
+        Data(state): Data<&AppState>,
+        body: Json<DirectRoomRequest>,
+    ) -> Result<DirectRoomResponse, ApiError> {
+        let (room, created) = state
+            .store
+            .get_or_create_direct_room(auth.0.id, body.user_id)
+            .await?;
+        Ok(if created {
+            DirectRoomResponse::Created(Json(room))
+        } else {
+            DirectRoomResponse::Existing(Json(room))
+        })
+    }
+}

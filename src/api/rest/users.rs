@@ -1,0 +1,38 @@
+//! `GET /v1/users/me` and `GET /v1/users/{user_id}`.
+
+use poem::web::Data;
+use poem_openapi::{OpenApi, param::Path, payload::Json};
+use uuid::Uuid;
+
+use super::ApiTags;
+use crate::{
+    api::{error::ApiError, security::BearerAuth},
+    app::AppState,
+    model::User,
+};
+
+pub struct UsersApi;
+
+#[OpenApi(prefix_path = "/users", tag = "ApiTags::Users")]
+impl UsersApi {
+    /// The caller.
+    #[oai(path = "/me", method = "get")]
+    async fn get_me(
+        &self,
+        auth: BearerAuth,
+        Data(state): Data<&AppState>,
+    ) -> Result<Json<User>, ApiError> {
+        Ok(Json(state.store.get_user(auth.0.id).await?))
+    }
+
+    /// A user by id.
+    #[oai(path = "/:user_id", method = "get")]
+    async fn get_user(
+        &self,
+        _auth: BearerAuth,
+        Data(state): Data<&AppState>,
+        user_id: Path<Uuid>,
+    ) -> Result<Json<User>, ApiError> {
+        Ok(Json(state.store.get_user(user_id.0).await?))
+    }
+}

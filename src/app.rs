@@ -1,0 +1,140 @@
+//! A node: built from [`Settings`], run until a shutdown future resolves.
+//!
+//! `main.rs` and the integration tests both start nodes through [`Application`], so the
+//! tests exercise exactly what production runs (tests bind port 0).
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{Arc, atomic::AtomicBool},
+    time::Duration,
+};
+
+use poem::{
+    Server,
+    listener::{Acceptor, Listener, TcpAcceptor, TcpListener},
+};
+
+use crate::{
+    api,
+    auth::Authenticator,
+    bus::{Bus, BusError},
+    config::Settings,
+    metrics::Metrics,
+    rate_limit::SendLimiter,
+    store::{Store, StoreError},
+};
+
+/// Everything a request handler may need; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub store: Store,
+    pub bus: Bus,
+    pub auth: Authenticator,
+    pub limiter: Arc<SendLimiter>,
+    pub metrics: Arc<Metrics>,
+    /// Set once shutdown begins, so `/readyz` steers the load balancer away.
+    pub draining: Arc<AtomicBool>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("database: {0}")]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// How long start-up keeps retrying a database that is not up yet.
+const DATABASE_STARTUP_WAIT: Duration = Duration::from_secs(30);
+/// How long in-flight requests get to finish once shutdown begins.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// A built node, bound to its port but not yet serving.
+pub struct Application {
+    acceptor: TcpAcceptor,
+    local_addr: SocketAddr,
+    state: AppState,
+}
+
+impl Application {
+    /// Connects to Postgres (migrating it) and NATS, and binds the listener.
+    pub async fn build(settings: Settings) -> Result<Self, StartError> {
+        let store = Store::connect(&settings.database_url, settings.database_pool_size)?;
+        migrate_when_reachable(&store).await?;
+        let bus = Bus::connect(&settings.nats_url, &settings.node_id).await?;
+        let auth = Authenticator::new(&settings.auth, store.clone());
+        let acceptor = TcpListener::bind(settings.listen_addr)
+            .into_acceptor()
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: settings.listen_addr,
+                source,
+            })?;
+        let local_addr = acceptor
+            .local_addr()
+            .first()
+            .and_then(|a| a.as_socket_addr().copied())
+            .unwrap_or(settings.listen_addr);
+        let state = AppState {
+            limiter: Arc::new(SendLimiter::new(
+                settings.limits.sends_per_second,
+                settings.limits.send_burst,
+            )),
+            settings: Arc::new(settings),
+            store,
+            bus,
+            auth,
+            metrics: Arc::new(Metrics::default()),
+            draining: Arc::new(AtomicBool::new(false)),
+        };
+        Ok(Self {
+            acceptor,
+            local_addr,
+            state,
+        })
+    }
+
+    /// The address actually bound (the real port when configured with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, marks the node as draining
+    /// and gives in-flight requests [`SHUTDOWN_GRACE`] to finish.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> std::io::Result<()> {
+        let draining = self.state.draining.clone();
+        let signal = async move {
+            shutdown.await;
+            draining.store(true, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!("shutting down");
+        };
+        tracing::info!(addr = %self.local_addr, node_id = %self.state.settings.node_id, "serving");
+        Server::new_with_acceptor(self.acceptor)
+            .run_with_graceful_shutdown(api::routes(self.state), signal, Some(SHUTDOWN_GRACE))
+            .await
+    }
+}
+
+/// Applies migrations, retrying while the database is still starting.
+async fn migrate_when_reachable(store: &Store) -> Result<(), StoreError> {
+    let deadline = tokio::time::Instant::now() + DATABASE_STARTUP_WAIT;
+    loop {
+        match store.migrate().await {
+            Err(StoreError::Unavailable(cause)) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(%cause, "database not reachable yet; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            other => return other,
+        }
+    }
+}

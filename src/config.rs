@@ -1,0 +1,273 @@
+//! Settings, read from the environment (SPEC §7).
+//!
+//! Every setting is parsed up front, so a bad or missing one stops start-up with a single
+//! line that names it instead of failing later under load.
+
+use std::{net::SocketAddr, time::Duration};
+
+use serde::Deserialize;
+
+/// Everything a node needs to start.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Where Postgres lives; the source of truth for all durable state.
+    pub database_url: String,
+    /// Connections the node keeps to Postgres.
+    pub database_pool_size: usize,
+    /// One or more NATS servers (a cluster is given comma-separated).
+    pub nats_url: String,
+    /// Address the HTTP server binds; port 0 picks a free one (tests).
+    pub listen_addr: SocketAddr,
+    /// Names this node in logs and metrics; defaults to the host name.
+    pub node_id: String,
+    /// Natter's own token settings.
+    pub auth: AuthSettings,
+    /// Input and rate limits (SPEC §5).
+    pub limits: Limits,
+}
+
+/// How Natter issues its own tokens and which external issuers it trusts.
+#[derive(Clone)]
+pub struct AuthSettings {
+    /// Signs and verifies Natter's own HS256 tokens.
+    pub jwt_secret: String,
+    /// Lifetime of a token issued at register, login or `natter token`.
+    pub token_ttl: Duration,
+    /// External identity providers whose tokens are accepted too.
+    pub issuers: Vec<IssuerConfig>,
+}
+
+impl std::fmt::Debug for AuthSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthSettings")
+            .field("jwt_secret", &"<redacted>")
+            .field("token_ttl", &self.token_ttl)
+            .field(
+                "issuers",
+                &self.issuers.iter().map(|i| &i.issuer).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+/// One external issuer from `JWT_ISSUERS`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// Expected `iss` claim; also how a token is matched to this entry.
+    pub issuer: String,
+    /// Expected `aud` claim.
+    pub audience: String,
+    /// Where the issuer publishes its signing keys (RS256/ES256).
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// A shared secret (Supabase style HS256).
+    #[serde(default)]
+    pub hs256_secret: Option<String>,
+}
+
+/// Input and rate limits; the defaults are those of SPEC §5.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Longest message text, in characters.
+    pub max_text_chars: usize,
+    /// Largest request body, in bytes; larger gets 413.
+    pub max_body_bytes: usize,
+    /// Sustained sends per second per user.
+    pub sends_per_second: f64,
+    /// Sends a user may make at once before the rate applies.
+    pub send_burst: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_text_chars: 4000,
+            max_body_bytes: 64 * 1024,
+            sends_per_second: 10.0,
+            send_burst: 30,
+        }
+    }
+}
+
+/// A setting that is missing or cannot be used; the message names it.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error: {name}: {reason}")]
+pub struct ConfigError {
+    pub name: &'static str,
+    pub reason: String,
+}
+
+impl Settings {
+    /// Reads settings from the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `lookup`, so tests can supply their own environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let required = |name: &'static str| {
+            lookup(name)
+                .filter(|v| !v.trim().is_empty())
+                .ok_or(ConfigError {
+                    name,
+                    reason: "is required".into(),
+                })
+        };
+        let parsed = |name: &'static str, default: &str| -> Result<String, ConfigError> {
+            Ok(lookup(name).unwrap_or_else(|| default.to_string()))
+        };
+
+        let database_url = required("DATABASE_URL")?;
+        database_url
+            .parse::<tokio_postgres::Config>()
+            .map_err(|e| bad("DATABASE_URL", e))?;
+        let nats_url = required("NATS_URL")?;
+        let jwt_secret = required("JWT_SECRET")?;
+        if jwt_secret.len() < 16 {
+            return Err(ConfigError {
+                name: "JWT_SECRET",
+                reason: "must be at least 16 bytes".into(),
+            });
+        }
+        let listen_addr = parsed("LISTEN_ADDR", "0.0.0.0:8080")?
+            .parse()
+            .map_err(|e| bad("LISTEN_ADDR", e))?;
+        let node_id = lookup("NODE_ID").unwrap_or_else(hostname);
+        let issuers = match lookup("JWT_ISSUERS").filter(|v| !v.trim().is_empty()) {
+            None => Vec::new(),
+            Some(json) => parse_issuers(&json)?,
+        };
+        let token_ttl = Duration::from_secs(number(&lookup, "JWT_TTL_SECS", 86_400)?);
+        let database_pool_size = number(&lookup, "DATABASE_POOL_SIZE", 16)?;
+        let defaults = Limits::default();
+        let limits = Limits {
+            max_text_chars: number(&lookup, "MAX_TEXT_CHARS", defaults.max_text_chars)?,
+            max_body_bytes: number(&lookup, "MAX_BODY_BYTES", defaults.max_body_bytes)?,
+            sends_per_second: number(&lookup, "SEND_RATE_PER_SEC", defaults.sends_per_second)?,
+            send_burst: number(&lookup, "SEND_BURST", defaults.send_burst)?,
+        };
+        Ok(Self {
+            database_url,
+            database_pool_size,
+            nats_url,
+            listen_addr,
+            node_id,
+            auth: AuthSettings {
+                jwt_secret,
+                token_ttl,
+                issuers,
+            },
+            limits,
+        })
+    }
+}
+
+fn bad(name: &'static str, err: impl std::fmt::Display) -> ConfigError {
+    ConfigError {
+        name,
+        reason: err.to_string(),
+    }
+}
+
+fn number<T>(
+    lookup: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: T,
+) -> Result<T, ConfigError>
+where
+    T: std::str::FromStr + PartialOrd + Default,
+    T::Err: std::fmt::Display,
+{
+    let Some(raw) = lookup(name) else {
+        return Ok(default);
+    };
+    let value: T = raw.trim().parse().map_err(|e| bad(name, e))?;
+    if value <= T::default() {
+        return Err(bad(name, "must be greater than zero"));
+    }
+    Ok(value)
+}
+
+fn parse_issuers(json: &str) -> Result<Vec<IssuerConfig>, ConfigError> {
+    let issuers: Vec<IssuerConfig> =
+        serde_json::from_str(json).map_err(|e| bad("JWT_ISSUERS", e))?;
+    for issuer in &issuers {
+        match (&issuer.jwks_url, &issuer.hs256_secret) {
+            (Some(_), None) | (None, Some(_)) => {}
+            _ => {
+                return Err(bad(
+                    "JWT_ISSUERS",
+                    format!(
+                        "issuer {:?} needs exactly one of jwks_url and hs256_secret",
+                        issuer.issuer
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(issuers)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "natter".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: std::collections::HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    const BASE: [(&str, &str); 3] = [
+        ("DATABASE_URL", "postgres://u:p@localhost/db"),
+        ("NATS_URL", "nats://localhost:4222"),
+        ("JWT_SECRET", "0123456789abcdef0123"),
+    ];
+
+    #[test]
+    fn a_complete_environment_parses_with_spec_defaults() {
+        let s = Settings::from_lookup(env(&BASE)).unwrap();
+        assert_eq!(s.listen_addr.to_string(), "0.0.0.0:8080");
+        assert_eq!(s.limits.max_text_chars, 4000);
+        assert_eq!(s.limits.send_burst, 30);
+    }
+
+    #[test]
+    fn a_missing_setting_is_named() {
+        let err = Settings::from_lookup(env(&BASE[..2])).unwrap_err();
+        assert_eq!(err.name, "JWT_SECRET");
+        assert!(err.to_string().contains("JWT_SECRET"));
+    }
+
+    #[test]
+    fn a_bad_number_is_named() {
+        let mut pairs = BASE.to_vec();
+        pairs.push(("SEND_BURST", "lots"));
+        assert_eq!(
+            Settings::from_lookup(env(&pairs)).unwrap_err().name,
+            "SEND_BURST"
+        );
+    }
+
+    #[test]
+    fn an_issuer_needs_exactly_one_key_source() {
+        let mut pairs = BASE.to_vec();
+        pairs.push(("JWT_ISSUERS", r#"[{"issuer":"a","audience":"b"}]"#));
+        assert_eq!(
+            Settings::from_lookup(env(&pairs)).unwrap_err().name,
+            "JWT_ISSUERS"
+        );
+    }
+}

@@ -1,0 +1,39 @@
+//! Natter: a clustered real-time chat server.
+//!
+//! Stateless nodes serve a versioned REST API (and, with the real-time work, a WebSocket
+//! API). Postgres is the source of truth for users, rooms, members and messages; NATS
+//! carries room events between nodes. Any node can serve any request, so a cluster is
+//! just several copies of this process behind a load balancer.
+//!
+//! The contract every module serves is the product specification (SPEC.md beside the
+//! repository); the guarantees it names are implemented where [`store::messages`] says.
+//!
+//! # Layout
+//!
+//! - [`config`]: settings from the environment; a bad one stops start-up naming it.
+//! - [`app`]: builds a node from settings (pool, migrations, NATS, routes) and runs it
+//!   until a shutdown future resolves. `main.rs` and the tests both go through it.
+//! - [`telemetry`]: tracing subscriber set-up.
+//! - [`domain`]: validated input types (`Username`, `RoomName`, `MessageText`, …); a value
+//!   of one of them is valid by construction.
+//! - [`auth`]: password hashing, Natter's own HS256 tokens and external issuers
+//!   (HS256 secrets and JWKS).
+//! - [`model`]: the resources the API returns (users, rooms, messages, …).
+//! - [`store`]: Postgres: pool, embedded migrations, one module per table group.
+//! - [`bus`]: the NATS connection.
+//! - [`rate_limit`]: the per-user send budget shared by every API surface.
+//! - [`metrics`]: counters rendered as Prometheus text.
+//! - [`api`]: HTTP routes: `api::rest` has one module per resource, `api::error` maps
+//!   every layer's error once onto the SPEC §5 envelope.
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod bus;
+pub mod config;
+pub mod domain;
+pub mod metrics;
+pub mod model;
+pub mod rate_limit;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,87 @@
+//! The `natter` binary: `serve` (default), `migrate`, and `token --user NAME`.
+//!
+//! Thin on purpose: it reads settings, starts logging and hands over to the library.
+
+use std::process::ExitCode;
+
+use natter::{
+    app::Application,
+    auth::Authenticator,
+    config::{ConfigError, Settings},
+    domain::Username,
+    store::Store,
+    telemetry,
+};
+
+const USAGE: &str = "usage: natter [serve | migrate | token --user NAME]";
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    telemetry::init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let settings = match Settings::from_env() {
+        Ok(settings) => settings,
+        Err(ConfigError { name, reason }) => {
+            eprintln!("natter: configuration error: {name} {reason}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        [] | ["serve"] => serve(settings).await,
+        ["migrate"] => migrate(settings).await,
+        ["token", "--user", name] => token(settings, name).await,
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("natter: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error>;
+
+async fn serve(settings: Settings) -> Result<(), BoxError> {
+    let app = Application::build(settings).await?;
+    app.run_until_stopped(shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn migrate(settings: Settings) -> Result<(), BoxError> {
+    let store = Store::connect(&settings.database_url, 1)?;
+    store.migrate().await?;
+    println!("migrations applied");
+    Ok(())
+}
+
+/// Prints a token for the user `name`, creating the user (without a password) if needed.
+async fn token(settings: Settings, name: &str) -> Result<(), BoxError> {
+    let username = Username::parse(name)?;
+    let store = Store::connect(&settings.database_url, 1)?;
+    store.migrate().await?;
+    let user = store.get_or_create_user(&username).await?;
+    let issued = Authenticator::new(&settings.auth, store).issue(user.id);
+    println!("{}", issued.token);
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler succeeds");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

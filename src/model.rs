@@ -1,0 +1,132 @@
+//! The resources Natter returns: what a client sees of users, rooms and messages.
+//!
+//! The store builds these from rows and the API serialises them unchanged, so each shape
+//! is defined once. Ids are UUIDs; times are integer milliseconds since the epoch.
+
+use poem_openapi::{Enum, Object};
+use uuid::Uuid;
+
+/// A user as others see them.
+#[derive(Debug, Clone, Object)]
+pub struct User {
+    pub id: Uuid,
+    pub username: String,
+    pub display_name: String,
+    /// Whether the user has a live connection anywhere in the cluster.
+    pub online: bool,
+}
+
+/// Who may see and join a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum RoomKind {
+    /// Anyone may read it and join it.
+    Public,
+    /// Only members see it; the owner adds members.
+    Private,
+    /// The room of exactly two users, made by `POST /v1/dms`.
+    Direct,
+}
+
+impl RoomKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoomKind::Public => "public",
+            RoomKind::Private => "private",
+            RoomKind::Direct => "direct",
+        }
+    }
+
+    pub fn from_db(raw: &str) -> Self {
+        match raw {
+            "public" => RoomKind::Public,
+            "private" => RoomKind::Private,
+            _ => RoomKind::Direct,
+        }
+    }
+}
+
+/// A room.
+#[derive(Debug, Clone, Object)]
+pub struct Room {
+    pub id: Uuid,
+    /// For a direct room, the other participant's display name.
+    pub name: String,
+    pub kind: RoomKind,
+    pub owner_id: Uuid,
+    pub created_at: i64,
+    /// The `seq` of the room's latest message; 0 when it has none.
+    pub last_seq: i64,
+    pub member_count: i32,
+}
+
+/// A member's role in a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum Role {
+    Owner,
+    Member,
+}
+
+impl Role {
+    pub fn from_db(raw: &str) -> Self {
+        if raw == "owner" {
+            Role::Owner
+        } else {
+            Role::Member
+        }
+    }
+}
+
+/// A room member.
+#[derive(Debug, Clone, Object)]
+pub struct Member {
+    pub user_id: Uuid,
+    pub username: String,
+    pub display_name: String,
+    pub role: Role,
+    pub online: bool,
+    pub joined_at: i64,
+    /// The highest `seq` this member has marked read.
+    pub last_read_seq: i64,
+}
+
+/// One emoji's reactions on a message.
+#[derive(Debug, Clone, Object)]
+pub struct Reaction {
+    pub emoji: String,
+    pub count: i64,
+    /// Whether the caller is among those who reacted.
+    pub me: bool,
+}
+
+/// A chat message. A deleted message stays as a tombstone: `deleted` is true, `text` is
+/// empty and `seq` is kept, so the sequence has no holes.
+#[derive(Debug, Clone, Object)]
+pub struct Message {
+    pub id: Uuid,
+    pub room_id: Uuid,
+    /// Position in the room: 1, 2, 3, … with no gaps.
+    pub seq: i64,
+    pub sender_id: Uuid,
+    pub text: String,
+    pub created_at: i64,
+    pub edited_at: Option<i64>,
+    pub deleted: bool,
+    pub client_msg_id: Option<String>,
+    pub reply_to: Option<Uuid>,
+    pub reactions: Vec<Reaction>,
+}
+
+/// A room in the caller's chat list.
+#[derive(Debug, Clone, Object)]
+pub struct MyRoom {
+    #[oai(flatten)]
+    pub room: Room,
+    /// Messages from others after `last_read_seq` that are not deleted.
+    pub unread_count: i64,
+    pub last_read_seq: i64,
+    pub last_message: Option<Message>,
+    /// When the room last had a message (or was created), for ordering the list.
+    pub last_activity_at: i64,
+}

@@ -1,0 +1,433 @@
+//! Messages: send, page, edit, delete, react, search.
+//!
+//! This is where the storage guarantees of SPEC §1 live:
+//!
+//! - **Per-room total order (§1.1).** [`Store::send_message`] increments `rooms.last_seq`
+//!   and inserts the message in one transaction. The `UPDATE` takes the room row's lock,
+//!   so concurrent senders on any number of nodes queue on it and get 1, 2, 3, …; a
+//!   send that fails rolls its increment back with it, so there are no holes.
+//! - **Durable before acknowledged (§1.2).** `send_message` returns only after `COMMIT`.
+//! - **Idempotent send (§1.5).** The unique `(room_id, sender_id, client_msg_id)`
+//!   constraint decides; a retry that loses the race rolls back and returns the original.
+
+use deadpool_postgres::GenericClient;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use super::{Store, StoreError, rooms::Access};
+use crate::{
+    domain::{ClientMsgId, Emoji, InvalidInput, MessageText},
+    model::{Message, Reaction, Role},
+};
+
+const MESSAGE_COLUMNS: &str =
+    "id, room_id, seq, sender_id, text, created_at, edited_at, deleted, client_msg_id, reply_to";
+
+fn message_from_row(row: &Row) -> Message {
+    Message {
+        id: row.get("id"),
+        room_id: row.get("room_id"),
+        seq: row.get("seq"),
+        sender_id: row.get("sender_id"),
+        text: row.get("text"),
+        created_at: row.get("created_at"),
+        edited_at: row.get("edited_at"),
+        deleted: row.get("deleted"),
+        client_msg_id: row.get("client_msg_id"),
+        reply_to: row.get("reply_to"),
+        reactions: Vec::new(),
+    }
+}
+
+/// A new message as the sender asked for it.
+pub struct NewMessage<'a> {
+    pub text: &'a MessageText,
+    pub client_msg_id: Option<&'a ClientMsgId>,
+    pub reply_to: Option<Uuid>,
+}
+
+/// The outcome of a send: the stored message and whether this call stored it (`false`
+/// for a retry of an earlier `client_msg_id`).
+pub struct Sent {
+    pub message: Message,
+    pub created: bool,
+}
+
+/// Which part of a room's history to page through.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PageBounds {
+    /// Only messages with `seq` below this.
+    pub before_seq: Option<i64>,
+    /// Only messages with `seq` above this; the page then starts right after it.
+    pub after_seq: Option<i64>,
+}
+
+impl Store {
+    /// Stores a message and assigns its `seq` (see the module docs for the guarantees).
+    #[tracing::instrument(skip(self, new), fields(client_msg_id = new.client_msg_id.map(|c| c.as_str())))]
+    pub async fn send_message(
+        &self,
+        sender: Uuid,
+        room_id: Uuid,
+        new: NewMessage<'_>,
+    ) -> Result<Sent, StoreError> {
+        let mut client = self.client().await?;
+        Access::of(&client, room_id, sender)
+            .await?
+            .require_member()?;
+        let key = new.client_msg_id.map(ClientMsgId::as_str);
+        if let Some(key) = key
+            && let Some(message) = find_by_client_msg_id(&client, sender, room_id, key).await?
+        {
+            return Ok(Sent {
+                message,
+                created: false,
+            });
+        }
+        if let Some(reply_to) = new.reply_to {
+            let found = client
+                .query_opt(
+                    "SELECT 1 FROM messages WHERE id = $1 AND room_id = $2",
+                    &[&reply_to, &room_id],
+                )
+                .await?;
+            if found.is_none() {
+                return Err(InvalidInput::new("reply_to", "is not a message of this room").into());
+            }
+        }
+
+        let tx = client.transaction().await?;
+        let seq: i64 = tx
+            .query_opt(
+                "UPDATE rooms SET last_seq = last_seq + 1, last_activity_at = now_ms()
+                  WHERE id = $1 RETURNING last_seq",
+                &[&room_id],
+            )
+            .await?
+            .ok_or(StoreError::RoomNotFound)?
+            .get(0);
+        let sql = format!(
+            "INSERT INTO messages (id, room_id, seq, sender_id, text, client_msg_id, reply_to)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT ON CONSTRAINT messages_client_msg_id DO NOTHING
+             RETURNING {MESSAGE_COLUMNS}"
+        );
+        let inserted = tx
+            .query_opt(
+                &sql,
+                &[
+                    &Uuid::now_v7(),
+                    &room_id,
+                    &seq,
+                    &sender,
+                    &new.text.as_str(),
+                    &key,
+                    &new.reply_to,
+                ],
+            )
+            .await?;
+        match inserted {
+            Some(row) => {
+                tx.commit().await?;
+                Ok(Sent {
+                    message: message_from_row(&row),
+                    created: true,
+                })
+            }
+            None => {
+                // A concurrent retry of the same key committed first. Roll back so this
+                // attempt's seq is not consumed, then answer with the original.
+                tx.rollback().await?;
+                let key = key.unwrap_or_default();
+                let message = find_by_client_msg_id(&client, sender, room_id, key)
+                    .await?
+                    .ok_or(StoreError::MessageNotFound)?;
+                Ok(Sent {
+                    message,
+                    created: false,
+                })
+            }
+        }
+    }
+
+    /// A page of a room's messages in ascending `seq`, and whether more lie beyond it:
+    /// older ones when paging backwards (the default, from the latest), newer ones when
+    /// `after_seq` is given.
+    #[tracing::instrument(skip(self))]
+    pub async fn list_messages(
+        &self,
+        viewer: Uuid,
+        room_id: Uuid,
+        bounds: PageBounds,
+        limit: i64,
+    ) -> Result<(Vec<Message>, bool), StoreError> {
+        let client = self.client().await?;
+        Access::of(&client, room_id, viewer).await?;
+        let forwards = bounds.after_seq.is_some();
+        let order = if forwards { "ASC" } else { "DESC" };
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages
+              WHERE room_id = $1
+                AND ($2::bigint IS NULL OR seq < $2)
+                AND ($3::bigint IS NULL OR seq > $3)
+              ORDER BY seq {order} LIMIT $4"
+        );
+        let rows = client
+            .query(
+                &sql,
+                &[
+                    &room_id,
+                    &bounds.before_seq,
+                    &bounds.after_seq,
+                    &(limit + 1),
+                ],
+            )
+            .await?;
+        let has_more = rows.len() as i64 > limit;
+        let mut messages: Vec<Message> = rows
+            .iter()
+            .take(limit as usize)
+            .map(message_from_row)
+            .collect();
+        if !forwards {
+            messages.reverse();
+        }
+        attach_reactions(&client, viewer, &mut messages).await?;
+        Ok((messages, has_more))
+    }
+
+    /// The sender edits their message's text.
+    #[tracing::instrument(skip(self, text))]
+    pub async fn edit_message(
+        &self,
+        viewer: Uuid,
+        room_id: Uuid,
+        message_id: Uuid,
+        text: &MessageText,
+    ) -> Result<Message, StoreError> {
+        let client = self.client().await?;
+        Access::of(&client, room_id, viewer)
+            .await?
+            .require_member()?;
+        let sql = format!(
+            "UPDATE messages SET text = $4, edited_at = now_ms()
+              WHERE id = $1 AND room_id = $2 AND sender_id = $3 AND NOT deleted
+              RETURNING {MESSAGE_COLUMNS}"
+        );
+        let row = client
+            .query_opt(&sql, &[&message_id, &room_id, &viewer, &text.as_str()])
+            .await?;
+        let Some(row) = row else {
+            let (sender_id, deleted) = message_owner(&client, room_id, message_id).await?;
+            return Err(if sender_id != viewer {
+                StoreError::Forbidden {
+                    code: "not_sender",
+                    message: "only the sender may edit a message",
+                }
+            } else {
+                debug_assert!(deleted);
+                MESSAGE_DELETED
+            });
+        };
+        let mut messages = vec![message_from_row(&row)];
+        attach_reactions(&client, viewer, &mut messages).await?;
+        Ok(messages.remove(0))
+    }
+
+    /// The sender or the room's owner deletes a message, leaving a tombstone. Deleting a
+    /// tombstone again is a no-op that returns it.
+    #[tracing::instrument(skip(self))]
+    pub async fn delete_message(
+        &self,
+        viewer: Uuid,
+        room_id: Uuid,
+        message_id: Uuid,
+    ) -> Result<Message, StoreError> {
+        let mut client = self.client().await?;
+        let role = Access::of(&client, room_id, viewer)
+            .await?
+            .require_member()?;
+        let (sender_id, _) = message_owner(&client, room_id, message_id).await?;
+        if sender_id != viewer && role != Role::Owner {
+            return Err(StoreError::Forbidden {
+                code: "not_sender",
+                message: "only the sender or the room's owner may delete a message",
+            });
+        }
+        let tx = client.transaction().await?;
+        tx.execute(
+            "DELETE FROM reactions WHERE message_id = $1",
+            &[&message_id],
+        )
+        .await?;
+        let sql = format!(
+            "UPDATE messages SET deleted = true, text = '' WHERE id = $1
+             RETURNING {MESSAGE_COLUMNS}"
+        );
+        let row = tx.query_one(&sql, &[&message_id]).await?;
+        tx.commit().await?;
+        Ok(message_from_row(&row))
+    }
+
+    /// Adds (`add`) or removes the caller's `emoji` reaction; idempotent both ways.
+    #[tracing::instrument(skip(self))]
+    pub async fn set_reaction(
+        &self,
+        viewer: Uuid,
+        room_id: Uuid,
+        message_id: Uuid,
+        emoji: &Emoji,
+        add: bool,
+    ) -> Result<Message, StoreError> {
+        let client = self.client().await?;
+        Access::of(&client, room_id, viewer)
+            .await?
+            .require_member()?;
+        let sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = $1 AND room_id = $2");
+        let message = client
+            .query_opt(&sql, &[&message_id, &room_id])
+            .await?
+            .map(|r| message_from_row(&r))
+            .ok_or(StoreError::MessageNotFound)?;
+        if message.deleted {
+            return Err(MESSAGE_DELETED);
+        }
+        let statement = if add {
+            "INSERT INTO reactions (message_id, emoji, user_id) VALUES ($1, $2, $3)
+             ON CONFLICT DO NOTHING"
+        } else {
+            "DELETE FROM reactions WHERE message_id = $1 AND emoji = $2 AND user_id = $3"
+        };
+        client
+            .execute(statement, &[&message_id, &emoji.as_str(), &viewer])
+            .await?;
+        let mut messages = vec![message];
+        attach_reactions(&client, viewer, &mut messages).await?;
+        Ok(messages.remove(0))
+    }
+
+    /// The latest `limit` messages of a room matching `query` (Postgres full-text search,
+    /// `websearch_to_tsquery` syntax), in ascending `seq`, and whether older matches exist.
+    #[tracing::instrument(skip(self))]
+    pub async fn search_messages(
+        &self,
+        viewer: Uuid,
+        room_id: Uuid,
+        query: &str,
+        limit: i64,
+    ) -> Result<(Vec<Message>, bool), StoreError> {
+        let client = self.client().await?;
+        Access::of(&client, room_id, viewer).await?;
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages
+              WHERE room_id = $1 AND tsv @@ websearch_to_tsquery('simple', $2)
+              ORDER BY seq DESC LIMIT $3"
+        );
+        let rows = client
+            .query(&sql, &[&room_id, &query, &(limit + 1)])
+            .await?;
+        let has_more = rows.len() as i64 > limit;
+        let mut messages: Vec<Message> = rows
+            .iter()
+            .take(limit as usize)
+            .map(message_from_row)
+            .collect();
+        messages.reverse();
+        attach_reactions(&client, viewer, &mut messages).await?;
+        Ok((messages, has_more))
+    }
+}
+
+const MESSAGE_DELETED: StoreError = StoreError::Conflict {
+    code: "message_deleted",
+    message: "the message has been deleted",
+};
+
+async fn find_by_client_msg_id(
+    db: &impl GenericClient,
+    sender: Uuid,
+    room_id: Uuid,
+    key: &str,
+) -> Result<Option<Message>, StoreError> {
+    let sql = format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages
+          WHERE room_id = $1 AND sender_id = $2 AND client_msg_id = $3"
+    );
+    let Some(row) = db.query_opt(&sql, &[&room_id, &sender, &key]).await? else {
+        return Ok(None);
+    };
+    let mut messages = vec![message_from_row(&row)];
+    attach_reactions(db, sender, &mut messages).await?;
+    Ok(messages.pop())
+}
+
+/// The sender of a message in a room and whether it is deleted.
+async fn message_owner(
+    db: &impl GenericClient,
+    room_id: Uuid,
+    message_id: Uuid,
+) -> Result<(Uuid, bool), StoreError> {
+    let row = db
+        .query_opt(
+            "SELECT sender_id, deleted FROM messages WHERE id = $1 AND room_id = $2",
+            &[&message_id, &room_id],
+        )
+        .await?
+        .ok_or(StoreError::MessageNotFound)?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// The messages at the given (room, seq) positions, with reactions as `viewer` sees them.
+pub(super) async fn fetch_at(
+    db: &impl GenericClient,
+    viewer: Uuid,
+    positions: &[(Uuid, i64)],
+) -> Result<Vec<Message>, StoreError> {
+    if positions.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (rooms, seqs): (Vec<Uuid>, Vec<i64>) = positions.iter().copied().unzip();
+    let sql = format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages
+          WHERE (room_id, seq) IN (SELECT * FROM unnest($1::uuid[], $2::bigint[]))"
+    );
+    let rows = db.query(&sql, &[&rooms, &seqs]).await?;
+    let mut messages: Vec<Message> = rows.iter().map(message_from_row).collect();
+    attach_reactions(db, viewer, &mut messages).await?;
+    Ok(messages)
+}
+
+/// Fills in each message's reactions (one query for the whole page).
+async fn attach_reactions(
+    db: &impl GenericClient,
+    viewer: Uuid,
+    messages: &mut [Message],
+) -> Result<(), StoreError> {
+    let ids: Vec<Uuid> = messages
+        .iter()
+        .filter(|m| !m.deleted)
+        .map(|m| m.id)
+        .collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let rows = db
+        .query(
+            "SELECT message_id, emoji, count(*) AS count, bool_or(user_id = $2) AS me
+               FROM reactions WHERE message_id = ANY($1)
+              GROUP BY message_id, emoji ORDER BY min(created_at), emoji",
+            &[&ids, &viewer],
+        )
+        .await?;
+    for row in rows {
+        let message_id: Uuid = row.get("message_id");
+        if let Some(message) = messages.iter_mut().find(|m| m.id == message_id) {
+            message.reactions.push(Reaction {
+                emoji: row.get("emoji"),
+                count: row.get("count"),
+                me: row.get("me"),
+            });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,46 @@
+//! Embedded schema migrations.
+//!
+//! All pending migrations run in one transaction that first takes a transaction-scoped
+//! advisory lock, so ten nodes starting at once apply each migration exactly once: the
+//! first holds the lock and migrates, the rest wait, then find nothing left to do.
+
+use super::StoreError;
+
+/// Every migration in order: (version, SQL). Append only; never edit a released one.
+const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("migrations/0001_init.sql"))];
+
+/// Arbitrary, fixed key for `pg_advisory_xact_lock`: "natter" in ASCII.
+const MIGRATION_LOCK_KEY: i64 = 0x6e61_7474_6572;
+
+pub(super) async fn run(client: &mut deadpool_postgres::Object) -> Result<(), StoreError> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])
+        .await?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+             version integer PRIMARY KEY,
+             applied_at timestamptz NOT NULL DEFAULT now()
+         )",
+    )
+    .await?;
+    let applied: Vec<i32> = tx
+        .query("SELECT version FROM schema_migrations", &[])
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    for (version, sql) in MIGRATIONS {
+        if applied.contains(version) {
+            continue;
+        }
+        tracing::info!(version, "applying migration");
+        tx.batch_execute(sql).await?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version) VALUES ($1)",
+            &[version],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}

@@ -1,0 +1,161 @@
+//! Postgres: the source of truth for users, rooms, members, messages, read watermarks
+//! and reactions.
+//!
+//! [`Store`] owns a bounded connection pool. Every wait on it is bounded (connect, pool
+//! checkout, statement), and a database that cannot be reached surfaces as
+//! [`StoreError::Unavailable`], which the API answers with `503` and `Retry-After`;
+//! broken connections are dropped on checkout, so service recovers on its own when the
+//! database returns.
+
+pub mod messages;
+mod migrate;
+pub mod rooms;
+pub mod users;
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::{NoTls, error::SqlState};
+
+use crate::domain::InvalidInput;
+
+/// Errors of the storage layer: infrastructure failures and the domain outcomes that only
+/// the database can decide (a room that does not exist, a name already taken, …).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Postgres cannot be reached or is shutting down; worth retrying.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// The room does not exist, or is private and the caller is not a member.
+    #[error("room not found")]
+    RoomNotFound,
+    #[error("user not found")]
+    UserNotFound,
+    #[error("message not found")]
+    MessageNotFound,
+    /// A public room the caller must join before writing to it.
+    #[error("not a member of this room")]
+    NotMember,
+    /// The caller may see the thing but not do this to it (`code` says why).
+    #[error("{message}")]
+    Forbidden {
+        code: &'static str,
+        message: &'static str,
+    },
+    /// The request is valid but clashes with the current state (`code` says how).
+    #[error("{message}")]
+    Conflict {
+        code: &'static str,
+        message: &'static str,
+    },
+    /// Input that only the database can judge, such as a `reply_to` in another room.
+    #[error(transparent)]
+    Invalid(#[from] InvalidInput),
+    /// Anything else: a bug or a broken invariant. Logged, never shown to clients.
+    #[error("database error")]
+    Database(#[source] tokio_postgres::Error),
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(err: tokio_postgres::Error) -> Self {
+        let unavailable = err.is_closed()
+            || err.code().is_some_and(|code| {
+                code.code().starts_with("08")
+                    || *code == SqlState::ADMIN_SHUTDOWN
+                    || *code == SqlState::CRASH_SHUTDOWN
+                    || *code == SqlState::CANNOT_CONNECT_NOW
+                    || *code == SqlState::QUERY_CANCELED
+            })
+            || std::error::Error::source(&err).is_some_and(|s| s.is::<std::io::Error>());
+        if unavailable {
+            StoreError::Unavailable(err.to_string())
+        } else {
+            StoreError::Database(err)
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(err: deadpool_postgres::PoolError) -> Self {
+        match err {
+            deadpool_postgres::PoolError::Backend(e) => e.into(),
+            other => StoreError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+/// The name of the unique constraint `err` violated, if that is what it is.
+pub(crate) fn unique_violation(err: &tokio_postgres::Error) -> Option<&str> {
+    let db = err.as_db_error()?;
+    (*db.code() == SqlState::UNIQUE_VIOLATION).then(|| db.constraint().unwrap_or_default())
+}
+
+/// A bounded pool of Postgres connections.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+}
+
+/// How long a caller waits for a pooled connection before the database counts as down.
+const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(3);
+
+impl Store {
+    /// Builds the pool; connects lazily, so this succeeds even while Postgres is down.
+    pub fn connect(database_url: &str, pool_size: usize) -> Result<Self, StoreError> {
+        let mut config: tokio_postgres::Config = database_url
+            .parse()
+            .map_err(|e: tokio_postgres::Error| StoreError::Unavailable(e.to_string()))?;
+        config
+            .connect_timeout(CHECKOUT_TIMEOUT)
+            .keepalives_idle(Duration::from_secs(30))
+            // A statement that runs this long is a bug or an overload; bound it.
+            .options("-c statement_timeout=15000 -c idle_in_transaction_session_timeout=15000")
+            .application_name("natter");
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(pool_size)
+            .wait_timeout(Some(CHECKOUT_TIMEOUT))
+            .create_timeout(Some(CHECKOUT_TIMEOUT))
+            .recycle_timeout(Some(CHECKOUT_TIMEOUT))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        Ok(Self { pool })
+    }
+
+    /// A pooled connection, or `Unavailable` within [`CHECKOUT_TIMEOUT`].
+    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        Ok(self.pool.get().await?)
+    }
+
+    /// Applies the embedded migrations that have not run yet (safe to race; see
+    /// [`migrate`]).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        migrate::run(&mut client).await
+    }
+
+    /// `true` when a trivial query succeeds now.
+    pub async fn ping(&self) -> bool {
+        let attempt = async {
+            let client = self.client().await?;
+            client.simple_query("SELECT 1").await?;
+            Ok::<_, StoreError>(())
+        };
+        matches!(
+            tokio::time::timeout(CHECKOUT_TIMEOUT, attempt).await,
+            Ok(Ok(()))
+        )
+    }
+
+    /// Pool occupancy, for `/metrics`.
+    pub fn pool_status(&self) -> deadpool_postgres::Status {
+        self.pool.status()
+    }
+}

@@ -1,0 +1,533 @@
+//! Rooms, membership, direct rooms, read watermarks and the caller's chat list.
+//!
+//! Visibility is decided here, once, by [`Access`]: a private or direct room that the
+//! caller does not belong to answers exactly like a room that does not exist, so no
+//! route can leak that it exists.
+
+use deadpool_postgres::GenericClient;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use super::{Store, StoreError, messages};
+use crate::{
+    domain::{InvalidInput, RoomName},
+    model::{Member, MyRoom, Role, Room, RoomKind},
+};
+
+/// Columns of a [`Room`] as seen by the user bound to `$1` (a direct room is named after
+/// the other participant).
+const ROOM_COLUMNS: &str = "r.id,
+    CASE WHEN r.kind = 'direct' THEN COALESCE(
+        (SELECT u.display_name FROM members om JOIN users u ON u.id = om.user_id
+          WHERE om.room_id = r.id AND om.user_id <> $1 LIMIT 1), r.name)
+    ELSE r.name END AS name,
+    r.kind, r.owner_id, r.created_at, r.last_seq, r.member_count";
+
+fn room_from_row(row: &Row) -> Room {
+    Room {
+        id: row.get("id"),
+        name: row.get("name"),
+        kind: RoomKind::from_db(row.get("kind")),
+        owner_id: row.get("owner_id"),
+        created_at: row.get("created_at"),
+        last_seq: row.get("last_seq"),
+        member_count: row.get("member_count"),
+    }
+}
+
+/// What a user may do in a room they can see.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Access {
+    pub kind: RoomKind,
+    /// `None` for a public room the user has not joined.
+    pub role: Option<Role>,
+}
+
+impl Access {
+    /// Looks up the caller's standing in a room, failing with `RoomNotFound` for a room
+    /// they may not see (missing, or private/direct without membership).
+    pub async fn of(
+        db: &impl GenericClient,
+        room_id: Uuid,
+        user_id: Uuid,
+    ) -> Result<Self, StoreError> {
+        let row = db
+            .query_opt(
+                "SELECT r.kind, m.role FROM rooms r
+                   LEFT JOIN members m ON m.room_id = r.id AND m.user_id = $2
+                  WHERE r.id = $1",
+                &[&room_id, &user_id],
+            )
+            .await?
+            .ok_or(StoreError::RoomNotFound)?;
+        let access = Access {
+            kind: RoomKind::from_db(row.get("kind")),
+            role: row.get::<_, Option<&str>>("role").map(Role::from_db),
+        };
+        if access.kind != RoomKind::Public && access.role.is_none() {
+            return Err(StoreError::RoomNotFound);
+        }
+        Ok(access)
+    }
+
+    /// Writing (sending, reacting, reading) needs membership.
+    pub fn require_member(self) -> Result<Role, StoreError> {
+        self.role.ok_or(StoreError::NotMember)
+    }
+
+    /// Changing the room itself needs ownership; direct rooms have fixed members.
+    pub fn require_owner(self) -> Result<(), StoreError> {
+        if self.require_member()? != Role::Owner {
+            return Err(StoreError::Forbidden {
+                code: "not_owner",
+                message: "only the room's owner may do this",
+            });
+        }
+        if self.kind == RoomKind::Direct {
+            return Err(DIRECT_ROOM_IS_FIXED);
+        }
+        Ok(())
+    }
+}
+
+const DIRECT_ROOM_IS_FIXED: StoreError = StoreError::Conflict {
+    code: "direct_room",
+    message: "a direct room cannot be renamed, deleted, left or change members",
+};
+
+const OWNER_CANNOT_LEAVE: StoreError = StoreError::Conflict {
+    code: "owner_cannot_leave",
+    message: "the owner cannot leave their room; delete it instead",
+};
+
+/// A page of a list and the cursor of the next page, if there is one.
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+/// Where `GET /v1/me/rooms` continues: the last room's activity time and id.
+#[derive(Debug, Clone, Copy)]
+pub struct ActivityCursor {
+    pub last_activity_at: i64,
+    pub room_id: Uuid,
+}
+
+impl ActivityCursor {
+    pub fn parse(raw: &str) -> Result<Self, InvalidInput> {
+        let invalid = || InvalidInput::new("cursor", "is not a cursor this API returned");
+        let (at, id) = raw.split_once('_').ok_or_else(invalid)?;
+        Ok(Self {
+            last_activity_at: at.parse().map_err(|_| invalid())?,
+            room_id: id.parse().map_err(|_| invalid())?,
+        })
+    }
+}
+
+impl std::fmt::Display for ActivityCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}_{}", self.last_activity_at, self.room_id)
+    }
+}
+
+impl Store {
+    /// Creates a public or private room owned by `owner`, with `member_ids` as members.
+    #[tracing::instrument(skip(self, name, member_ids), fields(member_count = member_ids.len()))]
+    pub async fn create_room(
+        &self,
+        owner: Uuid,
+        name: &RoomName,
+        kind: RoomKind,
+        member_ids: &[Uuid],
+    ) -> Result<Room, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let room_id = Uuid::now_v7();
+        tx.execute(
+            "INSERT INTO rooms (id, name, kind, owner_id) VALUES ($1, $2, $3, $4)",
+            &[&room_id, &name.as_str(), &kind.as_str(), &owner],
+        )
+        .await?;
+        tx.execute(
+            "INSERT INTO members (room_id, user_id, role) VALUES ($1, $2, 'owner')",
+            &[&room_id, &owner],
+        )
+        .await?;
+        let mut others: Vec<Uuid> = member_ids
+            .iter()
+            .copied()
+            .filter(|id| *id != owner)
+            .collect();
+        others.sort_unstable();
+        others.dedup();
+        if !others.is_empty() {
+            let added = tx
+                .execute(
+                    "INSERT INTO members (room_id, user_id, role)
+                     SELECT $1, u.id, 'member' FROM users u WHERE u.id = ANY($2)",
+                    &[&room_id, &others],
+                )
+                .await?;
+            if added as usize != others.len() {
+                return Err(
+                    InvalidInput::new("member_ids", "names a user that does not exist").into(),
+                );
+            }
+        }
+        let room = fetch_room(&tx, owner, room_id).await?;
+        tx.commit().await?;
+        Ok(room)
+    }
+
+    /// Public rooms and the caller's rooms, in id (creation) order.
+    #[tracing::instrument(skip(self))]
+    pub async fn list_rooms(
+        &self,
+        viewer: Uuid,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Page<Room>, StoreError> {
+        let client = self.client().await?;
+        let sql = format!(
+            "SELECT {ROOM_COLUMNS} FROM rooms r
+              WHERE (r.kind = 'public'
+                     OR EXISTS (SELECT 1 FROM members m WHERE m.room_id = r.id AND m.user_id = $1))
+                AND ($2::uuid IS NULL OR r.id > $2)
+              ORDER BY r.id LIMIT $3"
+        );
+        let rows = client.query(&sql, &[&viewer, &after, &(limit + 1)]).await?;
+        let mut items: Vec<Room> = rows.iter().map(room_from_row).collect();
+        let next_cursor = if items.len() as i64 > limit {
+            items.truncate(limit as usize);
+            items.last().map(|r| r.id.to_string())
+        } else {
+            None
+        };
+        Ok(Page { items, next_cursor })
+    }
+
+    #[tracing::instrument(skip(self))]
+    pub async fn get_room(&self, viewer: Uuid, room_id: Uuid) -> Result<Room, StoreError> {
+        let client = self.client().await?;
+        Access::of(&client, room_id, viewer).await?;
+        fetch_room(&client, viewer, room_id).await
+    }
+
+    #[tracing::instrument(skip(self, name))]
+    pub async fn rename_room(
+        &self,
+        viewer: Uuid,
+        room_id: Uuid,
+        name: &RoomName,
+    ) -> Result<Room, StoreError> {
+        let client = self.client().await?;
+        Access::of(&client, room_id, viewer)
+            .await?
+            .require_owner()?;
+        client
+            .execute(
+                "UPDATE rooms SET name = $2 WHERE id = $1",
+                &[&room_id, &name.as_str()],
+            )
+            .await?;
+        fetch_room(&client, viewer, room_id).await
+    }
+
+    #[tracing::instrument(skip(self))]
+    pub async fn delete_room(&self, viewer: Uuid, room_id: Uuid) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        Access::of(&client, room_id, viewer)
+            .await?
+            .require_owner()?;
+        client
+            .execute("DELETE FROM rooms WHERE id = $1", &[&room_id])
+            .await?;
+        Ok(())
+    }
+
+    /// Joins a public room; a no-op for a room the caller already belongs to.
+    #[tracing::instrument(skip(self))]
+    pub async fn join_room(&self, viewer: Uuid, room_id: Uuid) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let access = Access::of(&client, room_id, viewer).await?;
+        if access.role.is_none() {
+            client
+                .execute(
+                    "INSERT INTO members (room_id, user_id, role) VALUES ($1, $2, 'member')
+                     ON CONFLICT DO NOTHING",
+                    &[&room_id, &viewer],
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Leaves a room; a no-op for a public room the caller is not in.
+    #[tracing::instrument(skip(self))]
+    pub async fn leave_room(&self, viewer: Uuid, room_id: Uuid) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let access = Access::of(&client, room_id, viewer).await?;
+        match access.role {
+            None => return Ok(()),
+            Some(_) if access.kind == RoomKind::Direct => return Err(DIRECT_ROOM_IS_FIXED),
+            Some(Role::Owner) => return Err(OWNER_CANNOT_LEAVE),
+            Some(Role::Member) => {}
+        }
+        client
+            .execute(
+                "DELETE FROM members WHERE room_id = $1 AND user_id = $2",
+                &[&room_id, &viewer],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// A room's members in user-id order.
+    #[tracing::instrument(skip(self))]
+    pub async fn list_members(
+        &self,
+        viewer: Uuid,
+        room_id: Uuid,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Page<Member>, StoreError> {
+        let client = self.client().await?;
+        Access::of(&client, room_id, viewer).await?;
+        let rows = client
+            .query(
+                "SELECT m.user_id, u.username, u.display_name, m.role, m.joined_at, m.last_read_seq
+                   FROM members m JOIN users u ON u.id = m.user_id
+                  WHERE m.room_id = $1 AND ($2::uuid IS NULL OR m.user_id > $2)
+                  ORDER BY m.user_id LIMIT $3",
+                &[&room_id, &after, &(limit + 1)],
+            )
+            .await?;
+        let mut items: Vec<Member> = rows
+            .iter()
+            .map(|row| Member {
+                user_id: row.get("user_id"),
+                username: row.get("username"),
+                display_name: row.get("display_name"),
+                role: Role::from_db(row.get("role")),
+                online: false,
+                joined_at: row.get("joined_at"),
+                last_read_seq: row.get("last_read_seq"),
+            })
+            .collect();
+        let next_cursor = if items.len() as i64 > limit {
+            items.truncate(limit as usize);
+            items.last().map(|m| m.user_id.to_string())
+        } else {
+            None
+        };
+        Ok(Page { items, next_cursor })
+    }
+
+    /// The owner adds a member; a no-op if they already are one.
+    #[tracing::instrument(skip(self))]
+    pub async fn add_member(
+        &self,
+        viewer: Uuid,
+        room_id: Uuid,
+        user_id: Uuid,
+    ) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        Access::of(&client, room_id, viewer)
+            .await?
+            .require_owner()?;
+        let inserted = client
+            .execute(
+                "INSERT INTO members (room_id, user_id, role)
+                 SELECT $1, u.id, 'member' FROM users u WHERE u.id = $2
+                 ON CONFLICT DO NOTHING",
+                &[&room_id, &user_id],
+            )
+            .await?;
+        if inserted == 0 {
+            // Either already a member (fine) or no such user.
+            let exists = client
+                .query_opt("SELECT 1 FROM users WHERE id = $1", &[&user_id])
+                .await?;
+            if exists.is_none() {
+                return Err(StoreError::UserNotFound);
+            }
+        }
+        Ok(())
+    }
+
+    /// The owner removes a member; a no-op if they are not one.
+    #[tracing::instrument(skip(self))]
+    pub async fn remove_member(
+        &self,
+        viewer: Uuid,
+        room_id: Uuid,
+        user_id: Uuid,
+    ) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        Access::of(&client, room_id, viewer)
+            .await?
+            .require_owner()?;
+        if user_id == viewer {
+            return Err(OWNER_CANNOT_LEAVE);
+        }
+        client
+            .execute(
+                "DELETE FROM members WHERE room_id = $1 AND user_id = $2",
+                &[&room_id, &user_id],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The direct room of `viewer` and `other`, created on first use. Returns whether it
+    /// was created by this call. Concurrent calls for one pair make one room.
+    #[tracing::instrument(skip(self))]
+    pub async fn get_or_create_direct_room(
+        &self,
+        viewer: Uuid,
+        other: Uuid,
+    ) -> Result<(Room, bool), StoreError> {
+        if viewer == other {
+            return Err(
+                InvalidInput::new("user_id", "cannot open a direct room with yourself").into(),
+            );
+        }
+        let (low, high) = if viewer < other {
+            (viewer, other)
+        } else {
+            (other, viewer)
+        };
+        let direct_key = format!("{low}:{high}");
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let other_exists = tx
+            .query_opt("SELECT 1 FROM users WHERE id = $1", &[&other])
+            .await?;
+        if other_exists.is_none() {
+            return Err(StoreError::UserNotFound);
+        }
+        let created = tx
+            .query_opt(
+                "INSERT INTO rooms (id, name, kind, owner_id, direct_key)
+                 VALUES ($1, '', 'direct', $2, $3)
+                 ON CONFLICT (direct_key) DO NOTHING RETURNING id",
+                &[&Uuid::now_v7(), &viewer, &direct_key],
+            )
+            .await?;
+        let was_created = created.is_some();
+        let room_id: Uuid = match created {
+            Some(row) => {
+                let id = row.get(0);
+                tx.execute(
+                    "INSERT INTO members (room_id, user_id, role)
+                     VALUES ($1, $2, 'owner'), ($1, $3, 'member')",
+                    &[&id, &viewer, &other],
+                )
+                .await?;
+                id
+            }
+            None => tx
+                .query_one("SELECT id FROM rooms WHERE direct_key = $1", &[&direct_key])
+                .await?
+                .get(0),
+        };
+        let room = fetch_room(&tx, viewer, room_id).await?;
+        tx.commit().await?;
+        Ok((room, was_created))
+    }
+
+    /// The caller's rooms, most recently active first, with unread counts and the last
+    /// message of each.
+    #[tracing::instrument(skip(self))]
+    pub async fn my_rooms(
+        &self,
+        viewer: Uuid,
+        after: Option<ActivityCursor>,
+        limit: i64,
+    ) -> Result<Page<MyRoom>, StoreError> {
+        let client = self.client().await?;
+        let sql = format!(
+            "SELECT {ROOM_COLUMNS}, r.last_activity_at, m.last_read_seq,
+                    (SELECT count(*) FROM messages x
+                      WHERE x.room_id = r.id AND x.seq > m.last_read_seq
+                        AND x.sender_id <> $1 AND NOT x.deleted) AS unread_count
+               FROM members m JOIN rooms r ON r.id = m.room_id
+              WHERE m.user_id = $1
+                AND ($2::bigint IS NULL OR (r.last_activity_at, r.id) < ($2, $3::uuid))
+              ORDER BY r.last_activity_at DESC, r.id DESC LIMIT $4"
+        );
+        let (at, id) = after.map_or((None, None), |c| {
+            (Some(c.last_activity_at), Some(c.room_id))
+        });
+        let rows = client
+            .query(&sql, &[&viewer, &at, &id, &(limit + 1)])
+            .await?;
+        let mut items: Vec<MyRoom> = rows
+            .iter()
+            .map(|row| MyRoom {
+                room: room_from_row(row),
+                unread_count: row.get("unread_count"),
+                last_read_seq: row.get("last_read_seq"),
+                last_message: None,
+                last_activity_at: row.get("last_activity_at"),
+            })
+            .collect();
+        let next_cursor = if items.len() as i64 > limit {
+            items.truncate(limit as usize);
+            items.last().map(|r| {
+                ActivityCursor {
+                    last_activity_at: r.last_activity_at,
+                    room_id: r.room.id,
+                }
+                .to_string()
+            })
+        } else {
+            None
+        };
+        let latest: Vec<(Uuid, i64)> = items
+            .iter()
+            .filter(|r| r.room.last_seq > 0)
+            .map(|r| (r.room.id, r.room.last_seq))
+            .collect();
+        let mut last_messages = messages::fetch_at(&client, viewer, &latest).await?;
+        for item in &mut items {
+            if let Some(pos) = last_messages.iter().position(|m| m.room_id == item.room.id) {
+                item.last_message = Some(last_messages.swap_remove(pos));
+            }
+        }
+        Ok(Page { items, next_cursor })
+    }
+
+    /// Moves the caller's read watermark forward to `seq` (never back).
+    #[tracing::instrument(skip(self))]
+    pub async fn mark_read(&self, viewer: Uuid, room_id: Uuid, seq: i64) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        Access::of(&client, room_id, viewer)
+            .await?
+            .require_member()?;
+        let updated = client
+            .execute(
+                "UPDATE members m SET last_read_seq = GREATEST(m.last_read_seq, $3)
+                   FROM rooms r
+                  WHERE m.room_id = $1 AND m.user_id = $2 AND r.id = m.room_id AND $3 <= r.last_seq",
+                &[&room_id, &viewer, &seq],
+            )
+            .await?;
+        if updated == 0 {
+            return Err(InvalidInput::new("seq", "is beyond the room's last_seq").into());
+        }
+        Ok(())
+    }
+}
+
+async fn fetch_room(
+    db: &impl GenericClient,
+    viewer: Uuid,
+    room_id: Uuid,
+) -> Result<Room, StoreError> {
+    let sql = format!("SELECT {ROOM_COLUMNS} FROM rooms r WHERE r.id = $2");
+    db.query_opt(&sql, &[&viewer, &room_id])
+        .await?
+        .map(|r| room_from_row(&r))
+        .ok_or(StoreError::RoomNotFound)
+}

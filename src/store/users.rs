@@ -1,0 +1,123 @@
+//! Users: built-in accounts and users provisioned from external issuers.
+
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use super::{Store, StoreError, unique_violation};
+use crate::{domain::Username, model::User};
+
+const USER_COLUMNS: &str = "id, username, display_name";
+
+fn user_from_row(row: &Row) -> User {
+    User {
+        id: row.get("id"),
+        username: row.get("username"),
+        display_name: row.get("display_name"),
+        online: false,
+    }
+}
+
+/// An external identity to provision on first sight.
+pub struct ExternalIdentity<'a> {
+    /// Stable for the same issuer and subject (see `auth`).
+    pub id: Uuid,
+    pub issuer: &'a str,
+    pub subject: &'a str,
+    pub username: &'a str,
+    pub display_name: &'a str,
+}
+
+impl Store {
+    /// Creates a built-in account; `username_taken` if the name is in use.
+    #[tracing::instrument(skip(self, password_hash), fields(username = username.as_str()))]
+    pub async fn create_user(
+        &self,
+        username: &Username,
+        display_name: &str,
+        password_hash: Option<&str>,
+    ) -> Result<User, StoreError> {
+        let client = self.client().await?;
+        let sql = format!(
+            "INSERT INTO users (id, username, display_name, password_hash)
+             VALUES ($1, $2, $3, $4) RETURNING {USER_COLUMNS}"
+        );
+        let id = Uuid::now_v7();
+        match client
+            .query_one(
+                &sql,
+                &[&id, &username.as_str(), &display_name, &password_hash],
+            )
+            .await
+        {
+            Ok(row) => Ok(user_from_row(&row)),
+            Err(e) if unique_violation(&e) == Some("users_username_key") => {
+                Err(StoreError::Conflict {
+                    code: "username_taken",
+                    message: "that username is already taken",
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The user with this username and their password hash, if any.
+    #[tracing::instrument(skip(self))]
+    pub async fn find_login(
+        &self,
+        username: &str,
+    ) -> Result<Option<(User, Option<String>)>, StoreError> {
+        let client = self.client().await?;
+        let sql = format!("SELECT {USER_COLUMNS}, password_hash FROM users WHERE username = $1");
+        let row = client.query_opt(&sql, &[&username]).await?;
+        Ok(row.map(|r| (user_from_row(&r), r.get("password_hash"))))
+    }
+
+    #[tracing::instrument(skip(self))]
+    pub async fn get_user(&self, id: Uuid) -> Result<User, StoreError> {
+        let client = self.client().await?;
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1");
+        client
+            .query_opt(&sql, &[&id])
+            .await?
+            .map(|r| user_from_row(&r))
+            .ok_or(StoreError::UserNotFound)
+    }
+
+    /// The user named `username`, created without a password if missing (`natter token`).
+    pub async fn get_or_create_user(&self, username: &Username) -> Result<User, StoreError> {
+        match self.create_user(username, username.as_str(), None).await {
+            Err(StoreError::Conflict { .. }) => {
+                let (user, _) = self
+                    .find_login(username.as_str())
+                    .await?
+                    .ok_or(StoreError::UserNotFound)?;
+                Ok(user)
+            }
+            other => other,
+        }
+    }
+
+    /// Makes sure the user behind an external token exists. Idempotent and race-free:
+    /// concurrent first requests of one user insert one row.
+    #[tracing::instrument(skip_all, fields(user_id = %identity.id))]
+    pub async fn provision_external(
+        &self,
+        identity: &ExternalIdentity<'_>,
+    ) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO users (id, username, display_name, issuer, subject)
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                &[
+                    &identity.id,
+                    &identity.username,
+                    &identity.display_name,
+                    &identity.issuer,
+                    &identity.subject,
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,234 @@
+//! Test harness: every test gets its own database on the harness's Postgres (started by
+//! `tests/run`) and in-process nodes listening on port 0, talked to over real HTTP.
+
+use std::{net::SocketAddr, time::Duration};
+
+use natter::{
+    app::Application,
+    config::{AuthSettings, IssuerConfig, Limits, Settings},
+};
+use reqwest::{Method, StatusCode, header::HeaderMap};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret";
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the tests through `bash tests/run`, which starts Postgres and NATS")
+    })
+}
+
+/// A fresh, empty database on the harness's Postgres; returns its URL.
+pub async fn create_database() -> String {
+    let admin_url = env("NATTER_TEST_DATABASE_URL");
+    let (client, connection) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
+        .await
+        .expect("the harness's Postgres is reachable");
+    tokio::spawn(connection);
+    let name = format!("natter_test_{}", Uuid::new_v4().simple());
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("creating a test database");
+    let (base, _) = admin_url.rsplit_once('/').expect("URL has a database part");
+    format!("{base}/{name}")
+}
+
+/// Settings for a test node on `database_url`, with SPEC defaults.
+pub fn settings(database_url: &str) -> Settings {
+    Settings {
+        database_url: database_url.to_string(),
+        database_pool_size: 8,
+        nats_url: env("NATTER_TEST_NATS_URL"),
+        listen_addr: "127.0.0.1:0".parse().unwrap(),
+        node_id: format!("test-{}", &Uuid::new_v4().simple().to_string()[..8]),
+        auth: AuthSettings {
+            jwt_secret: JWT_SECRET.into(),
+            token_ttl: Duration::from_secs(3600),
+            issuers: Vec::<IssuerConfig>::new(),
+        },
+        limits: Limits::default(),
+    }
+}
+
+/// A running node.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub database_url: String,
+    http: reqwest::Client,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A node on a fresh database.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// A node on a fresh database, with settings adjusted by `customize`.
+pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
+    let database_url = create_database().await;
+    let mut settings = settings(&database_url);
+    customize(&mut settings);
+    spawn_node(settings).await
+}
+
+/// A node with exactly these settings (e.g. a second node on another node's database).
+pub async fn spawn_node(settings: Settings) -> TestApp {
+    let database_url = settings.database_url.clone();
+    let app = Application::build(settings).await.expect("node starts");
+    let addr = app.local_addr();
+    let (tx, rx) = oneshot::channel::<()>();
+    tokio::spawn(app.run_until_stopped(async {
+        let _ = rx.await;
+    }));
+    TestApp {
+        addr,
+        database_url,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap(),
+        shutdown: Some(tx),
+    }
+}
+
+/// A registered user and their token.
+#[derive(Clone, Debug)]
+pub struct TestUser {
+    pub id: Uuid,
+    pub token: String,
+}
+
+/// A response: status, headers and JSON body (`Value::Null` when empty or not JSON).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    /// The SPEC §5 error code, asserting the envelope's shape.
+    pub fn error_code(&self) -> &str {
+        let error = &self.body["error"];
+        assert!(
+            error["message"].is_string(),
+            "not an error envelope: {} {}",
+            self.status,
+            self.body
+        );
+        error["code"].as_str().expect("error.code is a string")
+    }
+
+    #[track_caller]
+    pub fn assert_status(&self, expected: u16) -> &Self {
+        assert_eq!(
+            self.status.as_u16(),
+            expected,
+            "unexpected status; body: {}",
+            self.body
+        );
+        self
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// Sends a request with an optional bearer token and JSON body.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
+        let mut request = self.http.request(method, self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request reaches the node");
+        reply(response).await
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Reply {
+        self.call(Method::GET, path, Some(token), None).await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> Reply {
+        self.call(Method::POST, path, Some(token), Some(body)).await
+    }
+
+    pub async fn register(&self, username: &str) -> TestUser {
+        let reply = self
+            .call(
+                Method::POST,
+                "/v1/auth/register",
+                None,
+                Some(json!({"username": username, "password": "correct horse"})),
+            )
+            .await;
+        reply.assert_status(201);
+        TestUser {
+            id: reply.body["user"]["id"].as_str().unwrap().parse().unwrap(),
+            token: reply.body["token"].as_str().unwrap().to_string(),
+        }
+    }
+
+    /// Creates a room owned by `owner`; returns its id.
+    pub async fn create_room(&self, owner: &TestUser, name: &str, kind: &str) -> Uuid {
+        let reply = self
+            .post(
+                "/v1/rooms",
+                &owner.token,
+                json!({"name": name, "kind": kind}),
+            )
+            .await;
+        reply.assert_status(201);
+        reply.body["id"].as_str().unwrap().parse().unwrap()
+    }
+
+    /// Sends a message and returns it.
+    pub async fn send(&self, user: &TestUser, room: Uuid, text: &str) -> Value {
+        let reply = self
+            .post(
+                &format!("/v1/rooms/{room}/messages"),
+                &user.token,
+                json!({"text": text}),
+            )
+            .await;
+        reply.assert_status(201);
+        reply.body
+    }
+}
+
+pub async fn reply(response: reqwest::Response) -> Reply {
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.bytes().await.unwrap_or_default();
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}

@@ -1,0 +1,11 @@
+//! Integration tests: real nodes over real HTTP against the harness's Postgres and NATS.
+//! Run them with `bash tests/run`.
+
+mod auth;
+mod helpers;
+mod jwt;
+mod messages;
+mod ops;
+mod privacy;
+mod rooms;
+mod validation;

@@ -1,0 +1,420 @@
+use std::collections::HashSet;
+
+use futures_util::future::join_all;
+use reqwest::Method;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::helpers::{TestApp, TestUser, settings, spawn_app, spawn_app_with, spawn_node};
+
+fn seqs(messages: &Value) -> Vec<i64> {
+    messages
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_i64().unwrap())
+        .collect()
+}
+
+/// `n` users who are all members of one public room on `app`.
+async fn room_with_members(app: &TestApp, n: usize) -> (Uuid, Vec<TestUser>) {
+    let mut users = Vec::new();
+    for i in 0..n {
+        users.push(app.register(&format!("user{i}")).await);
+    }
+    let room = app.create_room(&users[0], "busy", "public").await;
+    for user in &users[1..] {
+        app.post(&format!("/v1/rooms/{room}/join"), &user.token, json!({}))
+            .await
+            .assert_status(204);
+    }
+    (room, users)
+}
+
+#[tokio::test]
+async fn fifty_concurrent_sends_through_two_nodes_get_seq_one_to_fifty() {
+    let node1 = spawn_app().await;
+    let node2 = spawn_node(settings(&node1.database_url)).await;
+    let (room, users) = room_with_members(&node1, 10).await;
+
+    let sends = (0..50).map(|i| {
+        let node = if i % 2 == 0 { &node1 } else { &node2 };
+        let user = &users[i % users.len()];
+        async move {
+            node.post(
+                &format!("/v1/rooms/{room}/messages"),
+                &user.token,
+                json!({"text": format!("message {i}")}),
+            )
+            .await
+        }
+    });
+    let replies = join_all(sends).await;
+    let mut got: Vec<i64> = replies
+        .iter()
+        .map(|r| {
+            r.assert_status(201);
+            r.body["seq"].as_i64().unwrap()
+        })
+        .collect();
+    got.sort_unstable();
+    assert_eq!(got, (1..=50).collect::<Vec<_>>());
+
+    let page = node2
+        .get(
+            &format!("/v1/rooms/{room}/messages?limit=200"),
+            &users[0].token,
+        )
+        .await;
+    assert_eq!(seqs(&page.body["messages"]), (1..=50).collect::<Vec<_>>());
+    let info = node1
+        .get(&format!("/v1/rooms/{room}"), &users[0].token)
+        .await;
+    assert_eq!(info.body["last_seq"], 50);
+}
+
+#[tokio::test]
+async fn twenty_concurrent_retries_of_one_client_msg_id_store_one_message() {
+    let node1 = spawn_app().await;
+    let node2 = spawn_node(settings(&node1.database_url)).await;
+    let alice = node1.register("alice").await;
+    let room = node1.create_room(&alice, "retries", "public").await;
+
+    let attempts = (0..20).map(|i| {
+        let node = if i % 2 == 0 { &node1 } else { &node2 };
+        let token = alice.token.clone();
+        async move {
+            node.post(
+                &format!("/v1/rooms/{room}/messages"),
+                &token,
+                json!({"text": "hello once", "client_msg_id": "abc-123"}),
+            )
+            .await
+        }
+    });
+    let replies = join_all(attempts).await;
+    let created = replies.iter().filter(|r| r.status == 201).count();
+    let repeated = replies.iter().filter(|r| r.status == 200).count();
+    assert_eq!((created, repeated), (1, 19));
+    let ids: HashSet<&str> = replies
+        .iter()
+        .map(|r| r.body["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 1, "every retry returns the original");
+    assert!(replies.iter().all(|r| r.body["seq"] == 1));
+
+    // The retry consumed no seq: the next message is 2.
+    let next = node1.send(&alice, room, "next").await;
+    assert_eq!(next["seq"], 2);
+    // The same key from another sender is another message.
+    let bob = node1.register("bob").await;
+    node1
+        .post(&format!("/v1/rooms/{room}/join"), &bob.token, json!({}))
+        .await;
+    let bobs = node1
+        .post(
+            &format!("/v1/rooms/{room}/messages"),
+            &bob.token,
+            json!({"text": "mine", "client_msg_id": "abc-123"}),
+        )
+        .await;
+    bobs.assert_status(201);
+    assert_eq!(bobs.body["seq"], 3);
+}
+
+#[tokio::test]
+async fn pagination_walks_a_500_message_room_both_ways_without_overlap_or_gap() {
+    let app = spawn_app_with(|s| {
+        s.limits.sends_per_second = 100_000.0;
+        s.limits.send_burst = 100_000;
+    })
+    .await;
+    let alice = app.register("alice").await;
+    let room = app.create_room(&alice, "history", "public").await;
+    for chunk in (1..=500).collect::<Vec<_>>().chunks(25) {
+        join_all(chunk.iter().map(|i| {
+            let text = format!("m{i}");
+            let (app, alice) = (&app, &alice);
+            async move { app.send(alice, room, &text).await }
+        }))
+        .await;
+    }
+    let base = format!("/v1/rooms/{room}/messages");
+
+    // Backwards from the latest page.
+    let mut seen: Vec<i64> = Vec::new();
+    let mut page = app.get(&format!("{base}?limit=70"), &alice.token).await;
+    loop {
+        page.assert_status(200);
+        let got = seqs(&page.body["messages"]);
+        assert!(
+            got.windows(2).all(|w| w[1] == w[0] + 1),
+            "ascending, no gap"
+        );
+        seen.splice(0..0, got.iter().copied());
+        if !page.body["has_more"].as_bool().unwrap() {
+            break;
+        }
+        let before = got[0];
+        page = app
+            .get(
+                &format!("{base}?limit=70&before_seq={before}"),
+                &alice.token,
+            )
+            .await;
+    }
+    assert_eq!(seen, (1..=500).collect::<Vec<_>>());
+
+    // Forwards from the start.
+    let mut seen: Vec<i64> = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = app
+            .get(&format!("{base}?limit=70&after_seq={after}"), &alice.token)
+            .await;
+        let got = seqs(&page.body["messages"]);
+        seen.extend(&got);
+        if !page.body["has_more"].as_bool().unwrap() {
+            break;
+        }
+        after = *got.last().unwrap();
+    }
+    assert_eq!(seen, (1..=500).collect::<Vec<_>>());
+
+    // A window between two seqs, and the default page size.
+    let window = app
+        .get(
+            &format!("{base}?after_seq=100&before_seq=106"),
+            &alice.token,
+        )
+        .await;
+    assert_eq!(
+        seqs(&window.body["messages"]),
+        vec![101, 102, 103, 104, 105]
+    );
+    assert_eq!(window.body["has_more"], false);
+    let latest = app.get(&base, &alice.token).await;
+    assert_eq!(
+        seqs(&latest.body["messages"]),
+        (451..=500).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn edits_deletes_and_replies_follow_the_rules() {
+    let app = spawn_app().await;
+    let (room, users) = room_with_members(&app, 2).await;
+    let (owner, bob) = (&users[0], &users[1]);
+    let first = app.send(bob, room, "hello").await;
+    let id = first["id"].as_str().unwrap();
+    let path = format!("/v1/rooms/{room}/messages/{id}");
+
+    let edited = app
+        .call(
+            Method::PATCH,
+            &path,
+            Some(&bob.token),
+            Some(json!({"text": "hello!"})),
+        )
+        .await;
+    edited.assert_status(200);
+    assert_eq!(edited.body["text"], "hello!");
+    assert!(edited.body["edited_at"].as_i64().is_some());
+    let not_sender = app
+        .call(
+            Method::PATCH,
+            &path,
+            Some(&owner.token),
+            Some(json!({"text": "mine now"})),
+        )
+        .await;
+    not_sender.assert_status(403);
+    assert_eq!(not_sender.error_code(), "not_sender");
+
+    let reply = app
+        .post(
+            &format!("/v1/rooms/{room}/messages"),
+            &owner.token,
+            json!({"text": "hi bob", "reply_to": id}),
+        )
+        .await;
+    reply.assert_status(201);
+    assert_eq!(reply.body["reply_to"], id);
+
+    // The room's owner may delete anyone's message; a tombstone keeps the seq.
+    let deleted = app
+        .call(Method::DELETE, &path, Some(&owner.token), None)
+        .await;
+    deleted.assert_status(200);
+    assert_eq!(deleted.body["deleted"], true);
+    assert_eq!(deleted.body["text"], "");
+    assert_eq!(deleted.body["seq"], 1);
+    let page = app
+        .get(&format!("/v1/rooms/{room}/messages"), &bob.token)
+        .await;
+    assert_eq!(seqs(&page.body["messages"]), vec![1, 2]);
+    assert_eq!(page.body["messages"][0]["deleted"], true);
+
+    let edit_deleted = app
+        .call(
+            Method::PATCH,
+            &path,
+            Some(&bob.token),
+            Some(json!({"text": "again"})),
+        )
+        .await;
+    edit_deleted.assert_status(409);
+    assert_eq!(edit_deleted.error_code(), "message_deleted");
+
+    // A member who is neither sender nor owner may not delete.
+    let carol = app.register("carol").await;
+    app.post(&format!("/v1/rooms/{room}/join"), &carol.token, json!({}))
+        .await;
+    let second_id = reply.body["id"].as_str().unwrap();
+    let forbidden = app
+        .call(
+            Method::DELETE,
+            &format!("/v1/rooms/{room}/messages/{second_id}"),
+            Some(&carol.token),
+            None,
+        )
+        .await;
+    forbidden.assert_status(403);
+    let missing = app
+        .call(
+            Method::DELETE,
+            &format!("/v1/rooms/{room}/messages/{}", Uuid::new_v4()),
+            Some(&owner.token),
+            None,
+        )
+        .await;
+    missing.assert_status(404);
+    assert_eq!(missing.error_code(), "message_not_found");
+}
+
+#[tokio::test]
+async fn reactions_are_idempotent_and_counted_per_emoji() {
+    let app = spawn_app().await;
+    let (room, users) = room_with_members(&app, 3).await;
+    let message = app.send(&users[0], room, "react to me").await;
+    let id = message["id"].as_str().unwrap();
+    let path = |emoji: &str| format!("/v1/rooms/{room}/messages/{id}/reactions/{emoji}");
+
+    for user in &users {
+        let r = app
+            .call(Method::PUT, &path("%F0%9F%91%8D"), Some(&user.token), None)
+            .await;
+        r.assert_status(200);
+    }
+    // Again: no change.
+    let again = app
+        .call(
+            Method::PUT,
+            &path("%F0%9F%91%8D"),
+            Some(&users[0].token),
+            None,
+        )
+        .await;
+    app.call(Method::PUT, &path(":tada:"), Some(&users[1].token), None)
+        .await
+        .assert_status(200);
+    assert_eq!(again.body["reactions"][0]["emoji"], "👍");
+    assert_eq!(again.body["reactions"][0]["count"], 3);
+    assert_eq!(again.body["reactions"][0]["me"], true);
+
+    let removed = app
+        .call(
+            Method::DELETE,
+            &path("%F0%9F%91%8D"),
+            Some(&users[0].token),
+            None,
+        )
+        .await;
+    removed.assert_status(200);
+    app.call(
+        Method::DELETE,
+        &path("%F0%9F%91%8D"),
+        Some(&users[0].token),
+        None,
+    )
+    .await
+    .assert_status(200);
+    let page = app
+        .get(&format!("/v1/rooms/{room}/messages"), &users[0].token)
+        .await;
+    let reactions = &page.body["messages"][0]["reactions"];
+    assert_eq!(
+        reactions[0],
+        json!({"emoji": "👍", "count": 2, "me": false})
+    );
+    assert_eq!(
+        reactions[1],
+        json!({"emoji": ":tada:", "count": 1, "me": false})
+    );
+}
+
+#[tokio::test]
+async fn search_finds_words_within_one_room_only() {
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let room = app.create_room(&alice, "a", "public").await;
+    let other = app.create_room(&alice, "b", "public").await;
+    app.send(&alice, room, "the deploy failed again").await;
+    app.send(&alice, room, "lunch?").await;
+    app.send(&alice, room, "Deploy fixed").await;
+    app.send(&alice, other, "deploy elsewhere").await;
+
+    let found = app
+        .get(
+            &format!("/v1/rooms/{room}/messages/search?q=deploy"),
+            &alice.token,
+        )
+        .await;
+    found.assert_status(200);
+    assert_eq!(seqs(&found.body["messages"]), vec![1, 3]);
+    let phrase = app
+        .get(
+            &format!("/v1/rooms/{room}/messages/search?q=%22deploy%20failed%22"),
+            &alice.token,
+        )
+        .await;
+    assert_eq!(seqs(&phrase.body["messages"]), vec![1]);
+}
+
+#[tokio::test]
+async fn the_send_rate_limit_answers_429_with_retry_after_and_recovers() {
+    let app = spawn_app_with(|s| {
+        s.limits.sends_per_second = 1.0;
+        s.limits.send_burst = 3;
+    })
+    .await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let room = app.create_room(&alice, "slow", "public").await;
+    app.post(&format!("/v1/rooms/{room}/join"), &bob.token, json!({}))
+        .await;
+    for i in 0..3 {
+        app.send(&alice, room, &format!("burst {i}")).await;
+    }
+    let limited = app
+        .post(
+            &format!("/v1/rooms/{room}/messages"),
+            &alice.token,
+            json!({"text": "one too many"}),
+        )
+        .await;
+    limited.assert_status(429);
+    assert_eq!(limited.error_code(), "rate_limited");
+    let retry_after: u64 = limited.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry_after));
+    // Nothing was stored by the refused send, and other users are unaffected.
+    assert_eq!(app.send(&bob, room, "bob is fine").await["seq"], 4);
+
+    tokio::time::sleep(std::time::Duration::from_secs(retry_after)).await;
+    let recovered = app.send(&alice, room, "after waiting").await;
+    assert_eq!(recovered["seq"], 5);
+}

@@ -1,0 +1,265 @@
+//! Operational behaviour: health, readiness, metrics, the OpenAPI document, migrations
+//! under concurrent start-up, 503 while Postgres is unreachable, and the indexes.
+
+use std::{net::SocketAddr, time::Duration};
+
+use futures_util::future::join_all;
+use reqwest::Method;
+use serde_json::json;
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::watch,
+};
+
+use crate::helpers::{create_database, settings, spawn_app, spawn_node};
+
+#[tokio::test]
+async fn health_readiness_and_metrics_answer_without_auth() {
+    let app = spawn_app().await;
+    let health = app.http().get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let ready =
+        crate::helpers::reply(app.http().get(app.url("/readyz")).send().await.unwrap()).await;
+    ready.assert_status(200);
+    assert_eq!(ready.body["database"], true);
+    assert_eq!(ready.body["nats"], true);
+
+    let alice = app.register("alice").await;
+    let room = app.create_room(&alice, "r", "public").await;
+    app.send(&alice, room, "counted").await;
+    let metrics = app
+        .http()
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("natter_http_responses_total{"),
+        "{metrics}"
+    );
+    let stored = metrics
+        .lines()
+        .find(|l| l.starts_with("natter_messages_stored_total{"))
+        .unwrap();
+    assert!(stored.ends_with(" 1"), "{stored}");
+}
+
+#[tokio::test]
+async fn the_openapi_document_covers_every_operation_with_its_statuses() {
+    let app = spawn_app().await;
+    let spec = crate::helpers::reply(
+        app.http()
+            .get(app.url("/openapi.json"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    spec.assert_status(200);
+    let paths = spec.body["paths"].as_object().unwrap();
+    let expected = [
+        ("/auth/register", "post", "201"),
+        ("/auth/login", "post", "200"),
+        ("/users/me", "get", "200"),
+        ("/users/{user_id}", "get", "404"),
+        ("/rooms", "post", "201"),
+        ("/rooms", "get", "200"),
+        ("/rooms/{room_id}", "get", "404"),
+        ("/rooms/{room_id}", "patch", "403"),
+        ("/rooms/{room_id}", "delete", "204"),
+        ("/rooms/{room_id}/join", "post", "204"),
+        ("/rooms/{room_id}/leave", "post", "409"),
+        ("/rooms/{room_id}/read", "post", "204"),
+        ("/rooms/{room_id}/members", "get", "200"),
+        ("/rooms/{room_id}/members/{user_id}", "put", "204"),
+        ("/rooms/{room_id}/members/{user_id}", "delete", "204"),
+        ("/dms", "post", "201"),
+        ("/me/rooms", "get", "200"),
+        ("/rooms/{room_id}/messages", "post", "429"),
+        ("/rooms/{room_id}/messages", "get", "200"),
+        ("/rooms/{room_id}/messages/search", "get", "200"),
+        ("/rooms/{room_id}/messages/{message_id}", "patch", "200"),
+        ("/rooms/{room_id}/messages/{message_id}", "delete", "200"),
+        (
+            "/rooms/{room_id}/messages/{message_id}/reactions/{emoji}",
+            "put",
+            "200",
+        ),
+        (
+            "/rooms/{room_id}/messages/{message_id}/reactions/{emoji}",
+            "delete",
+            "200",
+        ),
+    ];
+    let operations: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
+    assert_eq!(operations, expected.len(), "paths: {:?}", paths.keys());
+    for (path, method, status) in expected {
+        let op = &paths[path][method];
+        let responses = op["responses"]
+            .as_object()
+            .unwrap_or_else(|| panic!("{method} {path}"));
+        for s in [status, "400", "503"] {
+            assert!(responses.contains_key(s), "{method} {path} documents {s}");
+        }
+    }
+    assert_eq!(spec.body["servers"][0]["url"], "/v1");
+    let docs = app.http().get(app.url("/docs")).send().await.unwrap();
+    assert_eq!(docs.status(), 200);
+    assert!(docs.text().await.unwrap().contains("swagger"));
+}
+
+#[tokio::test]
+async fn ten_nodes_starting_at_once_on_a_fresh_database_migrate_it_once() {
+    let database_url = create_database().await;
+    let nodes = join_all((0..10).map(|_| spawn_node(settings(&database_url)))).await;
+    let alice = nodes[3].register("alice").await;
+    let room = nodes[7].create_room(&alice, "r", "public").await;
+    nodes[9].send(&alice, room, "works").await;
+}
+
+/// A TCP proxy in front of Postgres that the test can cut and restore, so "Postgres is
+/// unreachable" is real network behaviour without stopping the shared server.
+async fn cuttable_proxy(upstream: SocketAddr) -> (SocketAddr, watch::Sender<bool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (cut_tx, cut_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            if *cut_rx.borrow() {
+                continue;
+            }
+            let mut cut = cut_rx.clone();
+            tokio::spawn(async move {
+                let Ok(mut server) = TcpStream::connect(upstream).await else {
+                    return;
+                };
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                    _ = cut.wait_for(|cut| *cut) => {}
+                }
+            });
+        }
+    });
+    (addr, cut_tx)
+}
+
+#[tokio::test]
+async fn rest_answers_503_with_retry_after_while_postgres_is_unreachable_and_recovers() {
+    let database_url = create_database().await;
+    let mut parsed = url_parts(&database_url);
+    let upstream: SocketAddr = format!("127.0.0.1:{}", parsed.1).parse().unwrap();
+    let (proxy, cut) = cuttable_proxy(upstream).await;
+    parsed.1 = proxy.port();
+    let app = spawn_node(settings(&format!(
+        "postgres://postgres@127.0.0.1:{}/{}",
+        parsed.1, parsed.2
+    )))
+    .await;
+    let alice = app.register("alice").await;
+    let room = app.create_room(&alice, "r", "public").await;
+    app.send(&alice, room, "before").await;
+
+    cut.send(true).unwrap();
+    let down = app
+        .post(
+            &format!("/v1/rooms/{room}/messages"),
+            &alice.token,
+            json!({"text": "during"}),
+        )
+        .await;
+    down.assert_status(503);
+    assert_eq!(down.error_code(), "unavailable");
+    assert!(down.headers.contains_key("retry-after"));
+    assert!(!down.body.to_string().to_lowercase().contains("sql"));
+    let ready = app.call(Method::GET, "/readyz", None, None).await;
+    ready.assert_status(503);
+    assert_eq!(ready.body["database"], false);
+
+    cut.send(false).unwrap();
+    let mut recovered = None;
+    for _ in 0..50 {
+        let reply = app
+            .post(
+                &format!("/v1/rooms/{room}/messages"),
+                &alice.token,
+                json!({"text": "after"}),
+            )
+            .await;
+        if reply.status == 201 {
+            recovered = Some(reply);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let recovered = recovered.expect("the node recovers on its own");
+    assert_eq!(recovered.body["seq"], 2, "the refused send stored nothing");
+    app.call(Method::GET, "/readyz", None, None)
+        .await
+        .assert_status(200);
+}
+
+/// (host, port, database) of a `postgres://user@host:port/db` URL.
+fn url_parts(url: &str) -> (String, u16, String) {
+    let rest = url.split_once('@').unwrap().1;
+    let (host_port, db) = rest.split_once('/').unwrap();
+    let (host, port) = host_port.split_once(':').unwrap();
+    (host.to_string(), port.parse().unwrap(), db.to_string())
+}
+
+#[tokio::test]
+async fn pages_of_a_million_message_room_use_the_index_not_a_scan() {
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let room = app.create_room(&alice, "huge", "public").await;
+    let (db, connection) = tokio_postgres::connect(&app.database_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    db.execute(
+        "INSERT INTO messages (id, room_id, seq, sender_id, text)
+         SELECT gen_random_uuid(), $1, s, $2, 'message ' || s FROM generate_series(1, 1000000) s",
+        &[&room, &alice.id],
+    )
+    .await
+    .unwrap();
+    db.execute(
+        "UPDATE rooms SET last_seq = 1000000 WHERE id = $1",
+        &[&room],
+    )
+    .await
+    .unwrap();
+    db.batch_execute("ANALYZE messages").await.unwrap();
+
+    // The shapes of the store's page queries: latest, before, after.
+    let plans = [
+        "SELECT * FROM messages WHERE room_id = $1 AND ($2::bigint IS NULL OR seq < $2)
+           AND ($3::bigint IS NULL OR seq > $3) ORDER BY seq DESC LIMIT 51",
+        "SELECT * FROM messages WHERE room_id = $1 AND ($2::bigint IS NULL OR seq < $2)
+           AND ($3::bigint IS NULL OR seq > $3) ORDER BY seq ASC LIMIT 51",
+    ];
+    let bounds: [(Option<i64>, Option<i64>); 3] =
+        [(None, None), (Some(500_000), None), (None, Some(500_000))];
+    for sql in plans {
+        for (before, after) in bounds {
+            let explain = format!("EXPLAIN (ANALYZE, BUFFERS) {sql}");
+            let rows = db.query(&explain, &[&room, &before, &after]).await.unwrap();
+            let plan: Vec<String> = rows.iter().map(|r| r.get::<_, String>(0)).collect();
+            let plan = plan.join("\n");
+            assert!(plan.contains("messages_room_seq"), "{plan}");
+            assert!(!plan.contains("Seq Scan"), "{plan}");
+        }
+    }
+    // And the API pages through it.
+    let page = app
+        .get(
+            &format!("/v1/rooms/{room}/messages?before_seq=500001&limit=3"),
+            &alice.token,
+        )
+        .await;
+    assert_eq!(page.body["messages"][2]["seq"], 500_000);
+    let mine = app.get("/v1/me/rooms", &alice.token).await;
+    assert_eq!(mine.body["rooms"][0]["last_message"]["seq"], 1_000_000);
+}
