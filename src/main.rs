@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use natter::{
     app::Application,
     auth::Authenticator,
-    config::{ConfigError, Settings},
+    config::Settings,
     domain::Username,
     store::Store,
     telemetry,
@@ -21,8 +21,8 @@ async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let settings = match Settings::from_env() {
         Ok(settings) => settings,
-        Err(ConfigError { name, reason }) => {
-            eprintln!("natter: configuration error: {name} {reason}");
+        Err(err) => {
+            eprintln!("natter: {err}");
             return ExitCode::from(2);
         }
     };
