@@ -5,11 +5,7 @@
 use std::process::ExitCode;
 
 use natter::{
-    app::Application,
-    auth::Authenticator,
-    config::Settings,
-    domain::Username,
-    store::Store,
+    app::Application, auth::Authenticator, config::Settings, domain::Username, store::Store,
     telemetry,
 };
 
