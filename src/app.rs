@@ -6,7 +6,10 @@
 use std::{
     future::Future,
     net::SocketAddr,
-    sync::{Arc, atomic::AtomicBool},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -15,13 +18,17 @@ use poem::{
     listener::{Acceptor, Listener, TcpAcceptor, TcpListener},
 };
 
+use tokio::sync::watch;
+
 use crate::{
     api,
     auth::Authenticator,
     bus::{Bus, BusError},
     config::Settings,
     metrics::Metrics,
+    presence::{Presence, PresenceError},
     rate_limit::SendLimiter,
+    relay::{RoomHub, SocketId},
     store::{Store, StoreError},
 };
 
@@ -34,8 +41,22 @@ pub struct AppState {
     pub auth: Authenticator,
     pub limiter: Arc<SendLimiter>,
     pub metrics: Arc<Metrics>,
-    /// Set once shutdown begins, so `/readyz` steers the load balancer away.
-    pub draining: Arc<AtomicBool>,
+    pub hub: RoomHub,
+    pub presence: Presence,
+    /// Turns `true` once shutdown begins: `/readyz` steers the load balancer away, new
+    /// sockets are refused and open ones close with 1012.
+    pub shutdown: Arc<watch::Sender<bool>>,
+    socket_ids: Arc<AtomicU64>,
+}
+
+impl AppState {
+    pub fn is_draining(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    pub fn next_socket_id(&self) -> SocketId {
+        self.socket_ids.fetch_add(1, Ordering::Relaxed)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +65,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Bus(#[from] BusError),
+    #[error(transparent)]
+    Presence(#[from] PresenceError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -68,8 +91,18 @@ impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartError> {
         let store = Store::connect(&settings.database_url, settings.database_pool_size)?;
         migrate_when_reachable(&store).await?;
-        let bus = Bus::connect(&settings.nats_url, &settings.node_id).await?;
+        let bus =
+            Bus::connect(&settings.nats_url, &settings.node_id, &settings.nats_prefix).await?;
         let auth = Authenticator::new(&settings.auth, store.clone());
+        let hub = RoomHub::new(store.clone(), bus.clone());
+        let presence = Presence::start(
+            &bus,
+            &settings.node_id,
+            settings.presence_ttl,
+            settings.presence_replicas,
+            hub.clone(),
+        )
+        .await?;
         let acceptor = TcpListener::bind(settings.listen_addr)
             .into_acceptor()
             .await
@@ -92,7 +125,10 @@ impl Application {
             bus,
             auth,
             metrics: Arc::new(Metrics::default()),
-            draining: Arc::new(AtomicBool::new(false)),
+            hub,
+            presence,
+            shutdown: Arc::new(watch::channel(false).0),
+            socket_ids: Arc::new(AtomicU64::new(1)),
         };
         Ok(Self {
             acceptor,
@@ -106,17 +142,18 @@ impl Application {
         self.local_addr
     }
 
-    /// Serves until `shutdown` resolves, then stops accepting, marks the node as draining
-    /// and gives in-flight requests [`SHUTDOWN_GRACE`] to finish.
+    /// Serves until `shutdown` resolves, then drains (SPEC §1.7): marks the node as
+    /// draining, closes every socket with 1012 so clients resume elsewhere, stops
+    /// accepting and gives in-flight requests [`SHUTDOWN_GRACE`] to finish.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> std::io::Result<()> {
-        let draining = self.state.draining.clone();
+        let draining = self.state.shutdown.clone();
         let signal = async move {
             shutdown.await;
-            draining.store(true, std::sync::atomic::Ordering::Relaxed);
-            tracing::info!("shutting down");
+            tracing::info!("draining");
+            draining.send_replace(true);
         };
         tracing::info!(addr = %self.local_addr, node_id = %self.state.settings.node_id, "serving");
         Server::new_with_acceptor(self.acceptor)

@@ -16,6 +16,13 @@ pub struct Settings {
     pub database_pool_size: usize,
     /// One or more NATS servers (a cluster is given comma-separated).
     pub nats_url: String,
+    /// First token of every NATS subject and of the presence bucket's name, so several
+    /// clusters (or test runs) can share one NATS.
+    pub nats_prefix: String,
+    /// How long a connection's presence outlives its node's last refresh.
+    pub presence_ttl: Duration,
+    /// Replicas of the presence bucket; defaults to the number of NATS servers given.
+    pub presence_replicas: usize,
     /// Address the HTTP server binds; port 0 picks a free one (tests).
     pub listen_addr: SocketAddr,
     /// Names this node in logs and metrics; defaults to the host name.
@@ -77,6 +84,12 @@ pub struct Limits {
     pub sends_per_second: f64,
     /// Sends a user may make at once before the rate applies.
     pub send_burst: u32,
+    /// Largest WebSocket message a client may send; larger closes the socket with 1009.
+    pub max_frame_bytes: usize,
+    /// Rooms one socket may subscribe to.
+    pub max_rooms_per_socket: usize,
+    /// Events queued for one socket; a socket this far behind is closed with 4008.
+    pub outbound_queue: usize,
 }
 
 impl Default for Limits {
@@ -86,6 +99,9 @@ impl Default for Limits {
             max_body_bytes: 64 * 1024,
             sends_per_second: 10.0,
             send_burst: 30,
+            max_frame_bytes: 64 * 1024,
+            max_rooms_per_socket: 1000,
+            outbound_queue: 1024,
         }
     }
 }
@@ -146,11 +162,32 @@ impl Settings {
             max_body_bytes: number(&lookup, "MAX_BODY_BYTES", defaults.max_body_bytes)?,
             sends_per_second: number(&lookup, "SEND_RATE_PER_SEC", defaults.sends_per_second)?,
             send_burst: number(&lookup, "SEND_BURST", defaults.send_burst)?,
+            max_frame_bytes: number(&lookup, "MAX_FRAME_BYTES", defaults.max_frame_bytes)?,
+            max_rooms_per_socket: number(
+                &lookup,
+                "MAX_ROOMS_PER_SOCKET",
+                defaults.max_rooms_per_socket,
+            )?,
+            outbound_queue: number(&lookup, "OUTBOUND_QUEUE", defaults.outbound_queue)?,
         };
+        let nats_prefix = parsed("NATS_PREFIX", "natter")?;
+        let prefix_ok = !nats_prefix.is_empty()
+            && nats_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !prefix_ok {
+            return Err(bad("NATS_PREFIX", "must be letters, digits, '_' or '-'"));
+        }
+        let presence_ttl = Duration::from_secs(number(&lookup, "PRESENCE_TTL_SECS", 15)?);
+        let servers = nats_url.split(',').count().min(5);
+        let presence_replicas = number(&lookup, "PRESENCE_REPLICAS", servers)?;
         Ok(Self {
             database_url,
             database_pool_size,
             nats_url,
+            nats_prefix,
+            presence_ttl,
+            presence_replicas,
             listen_addr,
             node_id,
             auth: AuthSettings {

@@ -1,7 +1,6 @@
 //! Natter: a clustered real-time chat server.
 //!
-//! Stateless nodes serve a versioned REST API (and, with the real-time work, a WebSocket
-//! API). Postgres is the source of truth for users, rooms, members and messages; NATS
+//! Stateless nodes serve a versioned REST API and a WebSocket API. Postgres is the source of truth for users, rooms, members and messages; NATS
 //! carries room events between nodes. Any node can serve any request, so a cluster is
 //! just several copies of this process behind a load balancer.
 //!
@@ -20,11 +19,16 @@
 //!   (HS256 secrets and JWKS).
 //! - [`model`]: the resources the API returns (users, rooms, messages, …).
 //! - [`store`]: Postgres: pool, embedded migrations, one module per table group.
-//! - [`bus`]: the NATS connection.
+//! - [`bus`]: NATS subjects and the room event codec.
+//! - [`relay`]: per-room fan-out to this node's sockets, interest routing and gap
+//!   repair (SPEC §1.3).
+//! - [`presence`]: connection leases in NATS KV and the cluster-wide view (SPEC §1.6).
+//! - [`protocol`]: WebSocket frames.
 //! - [`rate_limit`]: the per-user send budget shared by every API surface.
 //! - [`metrics`]: counters rendered as Prometheus text.
-//! - [`api`]: HTTP routes: `api::rest` has one module per resource, `api::error` maps
-//!   every layer's error once onto the SPEC §5 envelope.
+//! - [`api`]: HTTP routes: `api::rest` has one module per resource, `api::ws` the
+//!   WebSocket sessions, `api::error` maps every layer's error once onto the SPEC §5
+//!   envelope.
 
 pub mod api;
 pub mod app;
@@ -34,6 +38,9 @@ pub mod config;
 pub mod domain;
 pub mod metrics;
 pub mod model;
+pub mod presence;
+pub mod protocol;
 pub mod rate_limit;
+pub mod relay;
 pub mod store;
 pub mod telemetry;

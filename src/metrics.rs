@@ -3,7 +3,7 @@
 
 use std::{
     fmt::Write,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::atomic::{AtomicI64, AtomicU64, Ordering},
 };
 
 use poem::http::StatusCode;
@@ -14,6 +14,7 @@ pub struct Metrics {
     responses: [AtomicU64; 5],
     messages_stored: AtomicU64,
     sends_rate_limited: AtomicU64,
+    sockets_open: AtomicI64,
 }
 
 impl Metrics {
@@ -30,7 +31,15 @@ impl Metrics {
         self.sends_rate_limited.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn render(&self, node_id: &str, pool: deadpool_postgres::Status) -> String {
+    pub fn socket_opened(&self) {
+        self.sockets_open.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn socket_closed(&self) {
+        self.sockets_open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn render(&self, node_id: &str, pool: deadpool_postgres::Status, rooms: usize) -> String {
         let mut out = String::with_capacity(1024);
         let node = format!("node=\"{}\"", node_id.replace(['"', '\\', '\n'], "_"));
         out.push_str("# TYPE natter_http_responses_total counter\n");
@@ -54,9 +63,14 @@ impl Metrics {
             );
         }
         let gauges = [
-            ("natter_db_pool_size", pool.size),
-            ("natter_db_pool_available", pool.available),
-            ("natter_db_pool_waiting", pool.waiting),
+            ("natter_db_pool_size", pool.size as i64),
+            ("natter_db_pool_available", pool.available as i64),
+            ("natter_db_pool_waiting", pool.waiting as i64),
+            (
+                "natter_websockets_open",
+                self.sockets_open.load(Ordering::Relaxed),
+            ),
+            ("natter_rooms_relayed", rooms as i64),
         ];
         for (name, value) in gauges {
             let _ = writeln!(out, "# TYPE {name} gauge\n{name}{{{node}}} {value}");

@@ -1,13 +1,14 @@
 //! The resources Natter returns: what a client sees of users, rooms and messages.
 //!
-//! The store builds these from rows and the API serialises them unchanged, so each shape
-//! is defined once. Ids are UUIDs; times are integer milliseconds since the epoch.
+//! The store builds these from rows; REST (through poem-openapi) and WebSocket frames
+//! (through serde) serialise them unchanged, so each shape is defined once. Ids are UUIDs; times are integer milliseconds since the epoch.
 
 use poem_openapi::{Enum, Object};
+use serde::Serialize;
 use uuid::Uuid;
 
 /// A user as others see them.
-#[derive(Debug, Clone, Object)]
+#[derive(Debug, Clone, Object, Serialize)]
 pub struct User {
     pub id: Uuid,
     pub username: String,
@@ -17,8 +18,9 @@ pub struct User {
 }
 
 /// Who may see and join a room.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum, Serialize)]
 #[oai(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
 pub enum RoomKind {
     /// Anyone may read it and join it.
     Public,
@@ -47,7 +49,7 @@ impl RoomKind {
 }
 
 /// A room.
-#[derive(Debug, Clone, Object)]
+#[derive(Debug, Clone, Object, Serialize)]
 pub struct Room {
     pub id: Uuid,
     /// For a direct room, the other participant's display name.
@@ -92,7 +94,7 @@ pub struct Member {
 }
 
 /// One emoji's reactions on a message.
-#[derive(Debug, Clone, Object)]
+#[derive(Debug, Clone, Object, Serialize)]
 pub struct Reaction {
     pub emoji: String,
     pub count: i64,
@@ -102,7 +104,7 @@ pub struct Reaction {
 
 /// A chat message. A deleted message stays as a tombstone: `deleted` is true, `text` is
 /// empty and `seq` is kept, so the sequence has no holes.
-#[derive(Debug, Clone, Object)]
+#[derive(Debug, Clone, Object, Serialize)]
 pub struct Message {
     pub id: Uuid,
     pub room_id: Uuid,

@@ -109,6 +109,23 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The code and message of this error, for surfaces that are not HTTP responses
+    /// (WebSocket `error` frames).
+    pub fn detail(&self) -> &ErrorDetail {
+        let (ApiError::BadRequest(json)
+        | ApiError::Unauthorized(json)
+        | ApiError::Forbidden(json)
+        | ApiError::NotFound(json)
+        | ApiError::Conflict(json)
+        | ApiError::PayloadTooLarge(json)
+        | ApiError::TooManyRequests(json, _)
+        | ApiError::Internal(json)
+        | ApiError::Unavailable(json, _)) = self;
+        &json.0.error
+    }
+}
+
 impl From<InvalidInput> for ApiError {
     fn from(err: InvalidInput) -> Self {
         ApiError::invalid(err.field, err.reason)

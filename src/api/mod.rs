@@ -8,6 +8,7 @@ pub mod error;
 mod ops;
 pub mod rest;
 mod security;
+mod ws;
 
 use poem::{Endpoint, EndpointExt, IntoEndpoint, Route, get};
 use poem_openapi::OpenApiService;
@@ -24,6 +25,7 @@ pub fn routes(state: AppState) -> impl Endpoint {
             rest::members::MembersApi,
             rest::messages::MessagesApi,
             rest::me::MeApi,
+            rest::presence::PresenceApi,
         ),
         "Natter",
         env!("CARGO_PKG_VERSION"),
@@ -37,6 +39,8 @@ pub fn routes(state: AppState) -> impl Endpoint {
     let docs = api.swagger_ui();
     let max_body_bytes = state.settings.limits.max_body_bytes;
     Route::new()
+        .at("/v1/ws", get(ws::connect))
+        .at("/v1/ws/rooms/:room_id", get(ws::connect_room))
         .nest("/v1", api)
         .at("/openapi.json", spec)
         .nest("/docs", docs)

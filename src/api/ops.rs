@@ -1,7 +1,5 @@
 //! Operational routes and the middleware every request passes through.
 
-use std::sync::atomic::Ordering;
-
 use poem::{
     Endpoint, IntoResponse, Request, Response, Result,
     http::{StatusCode, header},
@@ -19,7 +17,7 @@ pub async fn healthz() -> &'static str {
 /// Ready for traffic: Postgres and NATS reachable and not draining.
 #[poem::handler]
 pub async fn readyz(Data(state): Data<&AppState>) -> Response {
-    let draining = state.draining.load(Ordering::Relaxed);
+    let draining = state.is_draining();
     let (database, nats) = tokio::join!(state.store.ping(), async { state.bus.is_connected() });
     let ready = database && nats && !draining;
     let body = serde_json::json!({
@@ -40,9 +38,11 @@ pub async fn readyz(Data(state): Data<&AppState>) -> Response {
 /// Prometheus text exposition.
 #[poem::handler]
 pub async fn metrics(Data(state): Data<&AppState>) -> Response {
-    let text = state
-        .metrics
-        .render(&state.settings.node_id, state.store.pool_status());
+    let text = state.metrics.render(
+        &state.settings.node_id,
+        state.store.pool_status(),
+        state.hub.active_rooms(),
+    );
     Response::builder()
         .content_type("text/plain; version=0.0.4")
         .body(text)

@@ -38,6 +38,9 @@ const LEEWAY_SECS: u64 = 30;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AuthUser {
     pub id: Uuid,
+    /// When the token expires (seconds since the epoch): a WebSocket authenticated by
+    /// it is closed with 4001 then.
+    pub expires_at: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +75,7 @@ struct LocalClaims {
 #[derive(Debug, Deserialize)]
 struct ExternalClaims {
     sub: String,
+    exp: u64,
     #[serde(default)]
     preferred_username: Option<String>,
     #[serde(default)]
@@ -204,6 +208,7 @@ impl Authenticator {
                 )?;
                 Ok(AuthUser {
                     id: data.claims.sub,
+                    expires_at: data.claims.exp,
                 })
             }
             Some(iss) => {
@@ -250,6 +255,10 @@ impl Authenticator {
         claims: &ExternalClaims,
     ) -> Result<AuthUser, AuthError> {
         let id = external_user_id(issuer, &claims.sub);
+        let user = AuthUser {
+            id,
+            expires_at: claims.exp,
+        };
         if self
             .inner
             .provisioned
@@ -257,7 +266,7 @@ impl Authenticator {
             .expect("not poisoned")
             .contains(&id)
         {
-            return Ok(AuthUser { id });
+            return Ok(user);
         }
         let base = claims
             .preferred_username
@@ -296,7 +305,7 @@ impl Authenticator {
             provisioned.clear();
         }
         provisioned.insert(id);
-        Ok(AuthUser { id })
+        Ok(user)
     }
 }
 

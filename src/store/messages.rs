@@ -196,6 +196,57 @@ impl Store {
         Ok((messages, has_more))
     }
 
+    /// Messages of a room with `after < seq <= upto`, ascending, at most `limit`, with
+    /// reactions as `viewer` sees them. No access check: for the relay, which checked
+    /// access when the subscription began.
+    #[tracing::instrument(skip(self))]
+    pub async fn messages_in_range(
+        &self,
+        viewer: Uuid,
+        room_id: Uuid,
+        after: i64,
+        upto: i64,
+        limit: i64,
+    ) -> Result<Vec<Message>, StoreError> {
+        let client = self.client().await?;
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages
+              WHERE room_id = $1 AND seq > $2 AND seq <= $3
+              ORDER BY seq LIMIT $4"
+        );
+        let rows = client
+            .query(&sql, &[&room_id, &after, &upto, &limit])
+            .await?;
+        let mut messages: Vec<Message> = rows.iter().map(message_from_row).collect();
+        attach_reactions(&client, viewer, &mut messages).await?;
+        Ok(messages)
+    }
+
+    /// The `last_seq` of each of `room_ids` that still exists.
+    pub async fn rooms_last_seq(&self, room_ids: &[Uuid]) -> Result<Vec<(Uuid, i64)>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT id, last_seq FROM rooms WHERE id = ANY($1)",
+                &[&room_ids],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// The highest `seq` of a room's messages created at or before `created_at_ms`
+    /// (0 if none), for `read_upto` by time.
+    pub async fn seq_at_time(&self, room_id: Uuid, created_at_ms: i64) -> Result<i64, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT COALESCE(max(seq), 0) FROM messages WHERE room_id = $1 AND created_at <= $2",
+                &[&room_id, &created_at_ms],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
     /// The sender edits their message's text.
     #[tracing::instrument(skip(self, text))]
     pub async fn edit_message(
@@ -269,7 +320,8 @@ impl Store {
         Ok(message_from_row(&row))
     }
 
-    /// Adds (`add`) or removes the caller's `emoji` reaction; idempotent both ways.
+    /// Adds (`add`) or removes the caller's `emoji` reaction; idempotent both ways. Also
+    /// says whether this call changed anything.
     #[tracing::instrument(skip(self))]
     pub async fn set_reaction(
         &self,
@@ -278,7 +330,7 @@ impl Store {
         message_id: Uuid,
         emoji: &Emoji,
         add: bool,
-    ) -> Result<Message, StoreError> {
+    ) -> Result<(Message, bool), StoreError> {
         let client = self.client().await?;
         Access::of(&client, room_id, viewer)
             .await?
@@ -298,12 +350,13 @@ impl Store {
         } else {
             "DELETE FROM reactions WHERE message_id = $1 AND emoji = $2 AND user_id = $3"
         };
-        client
+        let changed = client
             .execute(statement, &[&message_id, &emoji.as_str(), &viewer])
-            .await?;
+            .await?
+            > 0;
         let mut messages = vec![message];
         attach_reactions(&client, viewer, &mut messages).await?;
-        Ok(messages.remove(0))
+        Ok((messages.remove(0), changed))
     }
 
     /// The latest `limit` messages of a room matching `query` (Postgres full-text search,

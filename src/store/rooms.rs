@@ -206,6 +206,18 @@ impl Store {
         Ok(Page { items, next_cursor })
     }
 
+    /// Whether the caller may see a room (`RoomNotFound` if not), and their role in it
+    /// (`None` for a public room they have not joined).
+    #[tracing::instrument(skip(self))]
+    pub async fn check_access(
+        &self,
+        viewer: Uuid,
+        room_id: Uuid,
+    ) -> Result<Option<Role>, StoreError> {
+        let client = self.client().await?;
+        Ok(Access::of(&client, room_id, viewer).await?.role)
+    }
+
     #[tracing::instrument(skip(self))]
     pub async fn get_room(&self, viewer: Uuid, room_id: Uuid) -> Result<Room, StoreError> {
         let client = self.client().await?;
@@ -262,13 +274,14 @@ impl Store {
         Ok(())
     }
 
-    /// Leaves a room; a no-op for a public room the caller is not in.
+    /// Leaves a room; a no-op for a public room the caller is not in. Returns the room's
+    /// kind.
     #[tracing::instrument(skip(self))]
-    pub async fn leave_room(&self, viewer: Uuid, room_id: Uuid) -> Result<(), StoreError> {
+    pub async fn leave_room(&self, viewer: Uuid, room_id: Uuid) -> Result<RoomKind, StoreError> {
         let client = self.client().await?;
         let access = Access::of(&client, room_id, viewer).await?;
         match access.role {
-            None => return Ok(()),
+            None => return Ok(access.kind),
             Some(_) if access.kind == RoomKind::Direct => return Err(DIRECT_ROOM_IS_FIXED),
             Some(Role::Owner) => return Err(OWNER_CANNOT_LEAVE),
             Some(Role::Member) => {}
@@ -279,7 +292,7 @@ impl Store {
                 &[&room_id, &viewer],
             )
             .await?;
-        Ok(())
+        Ok(access.kind)
     }
 
     /// A room's members in user-id order.
@@ -355,18 +368,17 @@ impl Store {
         Ok(())
     }
 
-    /// The owner removes a member; a no-op if they are not one.
+    /// The owner removes a member; a no-op if they are not one. Returns the room's kind.
     #[tracing::instrument(skip(self))]
     pub async fn remove_member(
         &self,
         viewer: Uuid,
         room_id: Uuid,
         user_id: Uuid,
-    ) -> Result<(), StoreError> {
+    ) -> Result<RoomKind, StoreError> {
         let client = self.client().await?;
-        Access::of(&client, room_id, viewer)
-            .await?
-            .require_owner()?;
+        let access = Access::of(&client, room_id, viewer).await?;
+        access.require_owner()?;
         if user_id == viewer {
             return Err(OWNER_CANNOT_LEAVE);
         }
@@ -376,7 +388,7 @@ impl Store {
                 &[&room_id, &user_id],
             )
             .await?;
-        Ok(())
+        Ok(access.kind)
     }
 
     /// The direct room of `viewer` and `other`, created on first use. Returns whether it
@@ -498,25 +510,39 @@ impl Store {
         Ok(Page { items, next_cursor })
     }
 
-    /// Moves the caller's read watermark forward to `seq` (never back).
+    /// Moves the caller's read watermark forward to `seq` (never back). Returns whether
+    /// it moved.
     #[tracing::instrument(skip(self))]
-    pub async fn mark_read(&self, viewer: Uuid, room_id: Uuid, seq: i64) -> Result<(), StoreError> {
+    pub async fn mark_read(
+        &self,
+        viewer: Uuid,
+        room_id: Uuid,
+        seq: i64,
+    ) -> Result<bool, StoreError> {
         let client = self.client().await?;
         Access::of(&client, room_id, viewer)
             .await?
             .require_member()?;
-        let updated = client
-            .execute(
-                "UPDATE members m SET last_read_seq = GREATEST(m.last_read_seq, $3)
-                   FROM rooms r
-                  WHERE m.room_id = $1 AND m.user_id = $2 AND r.id = m.room_id AND $3 <= r.last_seq",
+        let row = client
+            .query_one(
+                "WITH target AS (
+                     SELECT last_seq FROM rooms WHERE id = $1
+                 ), moved AS (
+                     UPDATE members m SET last_read_seq = $3
+                       FROM target
+                      WHERE m.room_id = $1 AND m.user_id = $2
+                        AND $3 <= target.last_seq AND m.last_read_seq < $3
+                      RETURNING 1
+                 )
+                 SELECT (SELECT last_seq FROM target), EXISTS (SELECT 1 FROM moved)",
                 &[&room_id, &viewer, &seq],
             )
             .await?;
-        if updated == 0 {
+        let last_seq: Option<i64> = row.get(0);
+        if last_seq.is_none_or(|last| seq > last) {
             return Err(InvalidInput::new("seq", "is beyond the room's last_seq").into());
         }
-        Ok(())
+        Ok(row.get(1))
     }
 }
 

@@ -83,6 +83,17 @@ impl Store {
             .ok_or(StoreError::UserNotFound)
     }
 
+    /// The users with these ids that exist, in id order.
+    pub async fn users_by_ids(&self, ids: &[Uuid]) -> Result<Vec<User>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let client = self.client().await?;
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = ANY($1) ORDER BY id");
+        let rows = client.query(&sql, &[&ids]).await?;
+        Ok(rows.iter().map(user_from_row).collect())
+    }
+
     /// The user named `username`, created without a password if missing (`natter token`).
     pub async fn get_or_create_user(&self, username: &Username) -> Result<User, StoreError> {
         match self.create_user(username, username.as_str(), None).await {

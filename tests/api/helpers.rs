@@ -37,11 +37,17 @@ pub async fn create_database() -> String {
 }
 
 /// Settings for a test node on `database_url`, with SPEC defaults.
+/// Nodes on the same database share NATS subjects and presence (the prefix is the
+/// database's name); different tests never see each other's traffic.
 pub fn settings(database_url: &str) -> Settings {
+    let database = database_url.rsplit('/').next().unwrap().to_string();
     Settings {
         database_url: database_url.to_string(),
         database_pool_size: 8,
         nats_url: env("NATTER_TEST_NATS_URL"),
+        nats_prefix: database,
+        presence_ttl: Duration::from_secs(15),
+        presence_replicas: 1,
         listen_addr: "127.0.0.1:0".parse().unwrap(),
         node_id: format!("test-{}", &Uuid::new_v4().simple().to_string()[..8]),
         auth: AuthSettings {
@@ -208,12 +214,12 @@ impl TestApp {
     }
 
     /// Sends a message and returns it.
-    pub async fn send(&self, user: &TestUser, room: Uuid, text: &str) -> Value {
+    pub async fn send(&self, user: &TestUser, room: Uuid, text: impl Into<String>) -> Value {
         let reply = self
             .post(
                 &format!("/v1/rooms/{room}/messages"),
                 &user.token,
-                json!({"text": text}),
+                json!({"text": text.into()}),
             )
             .await;
         reply.assert_status(201);
@@ -230,5 +236,119 @@ pub async fn reply(response: reqwest::Response) -> Reply {
         status,
         headers,
         body,
+    }
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket client speaking Natter's frames.
+pub struct WsClient {
+    socket: Socket,
+}
+
+/// How long a test waits for an expected frame.
+pub const FRAME_WAIT: Duration = Duration::from_secs(10);
+
+impl WsClient {
+    /// Connects to `path` (e.g. `/v1/ws`) on `addr` with `token` as `?token=`.
+    pub async fn connect(addr: SocketAddr, path: &str, token: &str) -> Self {
+        let separator = if path.contains('?') { '&' } else { '?' };
+        let url = format!("ws://{addr}{path}{separator}token={token}");
+        let (socket, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("websocket connects");
+        Self { socket }
+    }
+
+    pub async fn send(&mut self, frame: Value) {
+        use futures_util::SinkExt;
+        self.socket
+            .send(tokio_tungstenite::tungstenite::Message::text(
+                frame.to_string(),
+            ))
+            .await
+            .expect("frame sent");
+    }
+
+    pub async fn send_raw(&mut self, text: String) {
+        use futures_util::SinkExt;
+        self.socket
+            .send(tokio_tungstenite::tungstenite::Message::text(text))
+            .await
+            .expect("frame sent");
+    }
+
+    /// The next JSON frame; panics on close or after [`FRAME_WAIT`].
+    pub async fn recv(&mut self) -> Value {
+        match self.next(FRAME_WAIT).await {
+            Some(Ok(frame)) => frame,
+            Some(Err(code)) => panic!("socket closed with {code} while a frame was expected"),
+            None => panic!("no frame within {FRAME_WAIT:?}"),
+        }
+    }
+
+    /// The next frame of type `kind`, skipping others (presence, typing, …).
+    pub async fn recv_type(&mut self, kind: &str) -> Value {
+        loop {
+            let frame = self.recv().await;
+            if frame["type"] == kind {
+                return frame;
+            }
+        }
+    }
+
+    /// The next frame within `wait`: `Ok(json)`, `Err(close code)`, or `None` if nothing
+    /// came.
+    pub async fn next(&mut self, wait: Duration) -> Option<Result<Value, u16>> {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.socket.next())
+                .await
+                .ok()?;
+            match next {
+                Some(Ok(Message::Text(text))) => {
+                    return Some(Ok(serde_json::from_str(&text).expect("frames are JSON")));
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    return Some(Err(frame.map_or(1005, |f| u16::from(f.code))));
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Some(Err(1006)),
+            }
+        }
+    }
+
+    /// Waits for the socket to close; returns the close code.
+    pub async fn closed(&mut self) -> u16 {
+        loop {
+            match self.next(FRAME_WAIT).await {
+                Some(Ok(_)) => continue,
+                Some(Err(code)) => return code,
+                None => panic!("socket still open after {FRAME_WAIT:?}"),
+            }
+        }
+    }
+
+    /// Subscribes and returns the `subscribed` frame.
+    pub async fn subscribe(&mut self, room: Uuid, since_seq: Option<i64>) -> Value {
+        let mut frame = json!({"type": "subscribe", "room_id": room});
+        if let Some(since) = since_seq {
+            frame["since_seq"] = json!(since);
+        }
+        self.send(frame).await;
+        self.recv_type("subscribed").await
+    }
+
+    /// Collects the `seq`s of the next `n` message events, skipping other frames.
+    pub async fn message_seqs(&mut self, n: usize) -> Vec<i64> {
+        let mut seqs = Vec::with_capacity(n);
+        while seqs.len() < n {
+            let frame = self.recv_type("message").await;
+            seqs.push(frame["message"]["seq"].as_i64().unwrap());
+        }
+        seqs
     }
 }

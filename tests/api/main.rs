@@ -7,5 +7,6 @@ mod jwt;
 mod messages;
 mod ops;
 mod privacy;
+mod realtime;
 mod rooms;
 mod validation;

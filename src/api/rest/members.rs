@@ -12,8 +12,9 @@ use super::{ApiTags, NoContent, id_cursor};
 use crate::{
     api::{error::ApiError, security::BearerAuth},
     app::AppState,
+    bus::RoomEvent,
     domain::PageLimit,
-    model::Member,
+    model::{Member, RoomKind},
 };
 
 pub struct MembersApi;
@@ -41,10 +42,13 @@ impl MembersApi {
     ) -> Result<Json<MemberList>, ApiError> {
         let limit = PageLimit::parse(limit.0)?;
         let after = id_cursor(cursor.0)?;
-        let page = state
+        let mut page = state
             .store
             .list_members(auth.0.id, room_id.0, after, limit.get())
             .await?;
+        for member in &mut page.items {
+            member.online = state.presence.is_online(member.user_id);
+        }
         Ok(Json(MemberList {
             members: page.items,
             next_cursor: page.next_cursor,
@@ -76,10 +80,14 @@ impl MembersApi {
         room_id: Path<Uuid>,
         user_id: Path<Uuid>,
     ) -> Result<NoContent, ApiError> {
-        state
+        let kind = state
             .store
             .remove_member(auth.0.id, room_id.0, user_id.0)
             .await?;
+        if kind != RoomKind::Public {
+            let revoke = RoomEvent::revoke(room_id.0, Some(user_id.0));
+            state.bus.publish(&revoke).await;
+        }
         Ok(NoContent::Done)
     }
 }

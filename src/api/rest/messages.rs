@@ -12,6 +12,7 @@ use super::ApiTags;
 use crate::{
     api::{error::ApiError, security::BearerAuth},
     app::AppState,
+    bus::RoomEvent,
     domain::{ClientMsgId, Emoji, InvalidInput, MessageText, PageLimit, parse_seq},
     model::Message,
     store::messages::{NewMessage, PageBounds},
@@ -55,6 +56,26 @@ enum SendMessageResponse {
     Existing(Json<Message>),
 }
 
+/// Adds or removes a reaction and tells the room if that changed anything.
+async fn react(
+    state: &AppState,
+    user_id: Uuid,
+    room_id: Uuid,
+    message_id: Uuid,
+    emoji: &Emoji,
+    add: bool,
+) -> Result<Json<Message>, ApiError> {
+    let (message, changed) = state
+        .store
+        .set_reaction(user_id, room_id, message_id, emoji, add)
+        .await?;
+    if changed {
+        let event = RoomEvent::reaction(room_id, message_id, emoji.as_str(), user_id, add);
+        state.bus.publish(&event).await;
+    }
+    Ok(Json(message))
+}
+
 /// Longest search query, in characters.
 const MAX_QUERY_CHARS: usize = 200;
 
@@ -89,6 +110,7 @@ impl MessagesApi {
         let sent = state.store.send_message(auth.0.id, room_id.0, new).await?;
         Ok(if sent.created {
             state.metrics.count_message_stored();
+            state.bus.publish(&RoomEvent::message(&sent.message)).await;
             SendMessageResponse::Created(Json(sent.message))
         } else {
             SendMessageResponse::Existing(Json(sent.message))
@@ -166,6 +188,10 @@ impl MessagesApi {
             .store
             .edit_message(auth.0.id, room_id.0, message_id.0, &text)
             .await?;
+        state
+            .bus
+            .publish(&RoomEvent::message_edited(&message))
+            .await;
         Ok(Json(message))
     }
 
@@ -182,6 +208,10 @@ impl MessagesApi {
             .store
             .delete_message(auth.0.id, room_id.0, message_id.0)
             .await?;
+        state
+            .bus
+            .publish(&RoomEvent::message_deleted(&message))
+            .await;
         Ok(Json(message))
     }
 
@@ -199,11 +229,7 @@ impl MessagesApi {
         emoji: Path<String>,
     ) -> Result<Json<Message>, ApiError> {
         let emoji = Emoji::parse(&emoji.0)?;
-        let message = state
-            .store
-            .set_reaction(auth.0.id, room_id.0, message_id.0, &emoji, true)
-            .await?;
-        Ok(Json(message))
+        react(state, auth.0.id, room_id.0, message_id.0, &emoji, true).await
     }
 
     /// Remove the caller's reaction. Idempotent.
@@ -220,10 +246,6 @@ impl MessagesApi {
         emoji: Path<String>,
     ) -> Result<Json<Message>, ApiError> {
         let emoji = Emoji::parse(&emoji.0)?;
-        let message = state
-            .store
-            .set_reaction(auth.0.id, room_id.0, message_id.0, &emoji, false)
-            .await?;
-        Ok(Json(message))
+        react(state, auth.0.id, room_id.0, message_id.0, &emoji, false).await
     }
 }

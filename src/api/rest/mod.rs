@@ -5,6 +5,7 @@ pub mod auth;
 pub mod me;
 pub mod members;
 pub mod messages;
+pub mod presence;
 pub mod rooms;
 pub mod users;
 

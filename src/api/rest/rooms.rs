@@ -13,6 +13,7 @@ use super::{ApiTags, NoContent, id_cursor};
 use crate::{
     api::{error::ApiError, security::BearerAuth},
     app::AppState,
+    bus::RoomEvent,
     domain::{PageLimit, RoomName, parse_seq},
     model::{Room, RoomKind},
 };
@@ -167,6 +168,7 @@ impl RoomsApi {
         room_id: Path<Uuid>,
     ) -> Result<NoContent, ApiError> {
         state.store.delete_room(auth.0.id, room_id.0).await?;
+        state.bus.publish(&RoomEvent::revoke(room_id.0, None)).await;
         Ok(NoContent::Done)
     }
 
@@ -190,7 +192,11 @@ impl RoomsApi {
         Data(state): Data<&AppState>,
         room_id: Path<Uuid>,
     ) -> Result<NoContent, ApiError> {
-        state.store.leave_room(auth.0.id, room_id.0).await?;
+        let kind = state.store.leave_room(auth.0.id, room_id.0).await?;
+        if kind != RoomKind::Public {
+            let revoke = RoomEvent::revoke(room_id.0, Some(auth.0.id));
+            state.bus.publish(&revoke).await;
+        }
         Ok(NoContent::Done)
     }
 
@@ -204,7 +210,10 @@ impl RoomsApi {
         body: Json<ReadRequest>,
     ) -> Result<NoContent, ApiError> {
         let seq = parse_seq("seq", body.seq)?;
-        state.store.mark_read(auth.0.id, room_id.0, seq).await?;
+        if state.store.mark_read(auth.0.id, room_id.0, seq).await? {
+            let event = RoomEvent::read(room_id.0, auth.0.id, seq);
+            state.bus.publish(&event).await;
+        }
         Ok(NoContent::Done)
     }
 

@@ -22,7 +22,9 @@ impl UsersApi {
         auth: BearerAuth,
         Data(state): Data<&AppState>,
     ) -> Result<Json<User>, ApiError> {
-        Ok(Json(state.store.get_user(auth.0.id).await?))
+        let mut user = state.store.get_user(auth.0.id).await?;
+        user.online = state.presence.is_online(user.id);
+        Ok(Json(user))
     }
 
     /// A user by id.
@@ -33,6 +35,8 @@ impl UsersApi {
         Data(state): Data<&AppState>,
         user_id: Path<Uuid>,
     ) -> Result<Json<User>, ApiError> {
-        Ok(Json(state.store.get_user(user_id.0).await?))
+        let mut user = state.store.get_user(user_id.0).await?;
+        user.online = state.presence.is_online(user.id);
+        Ok(Json(user))
     }
 }

@@ -1,0 +1,106 @@
+//! The WebSocket API (SPEC §4): `GET /v1/ws` (many rooms per socket) and
+//! `GET /v1/ws/rooms/{room_id}` (one room, subscribed at once).
+//!
+//! The upgrade authenticates (`?token=` or `Authorization: Bearer`), refuses new sockets
+//! while the node drains, and hands the socket to a [`session::Session`].
+
+mod session;
+
+use poem::{
+    IntoResponse, Request, Response, handler,
+    web::{
+        Data, Path, Query,
+        websocket::{WebSocket, WebSocketConfig},
+    },
+};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::error::ApiError;
+use crate::{app::AppState, auth::AuthUser};
+
+#[derive(Debug, Deserialize)]
+pub struct ConnectParams {
+    /// The bearer token, for clients that cannot set headers on a WebSocket.
+    token: Option<String>,
+    /// For the single-room form: resume after this `seq`.
+    since_seq: Option<i64>,
+}
+
+/// `GET /v1/ws`: a socket that subscribes to rooms with `subscribe` frames.
+#[handler]
+pub async fn connect(
+    req: &Request,
+    ws: WebSocket,
+    Data(state): Data<&AppState>,
+    Query(params): Query<ConnectParams>,
+) -> Response {
+    match authenticate(req, state, &params).await {
+        Ok(user) => upgrade(ws, state, user, None),
+        Err(err) => err.into_response(),
+    }
+}
+
+/// `GET /v1/ws/rooms/{room_id}`: a socket bound to one room, subscribed at once (from
+/// `since_seq` if given); frames without `room_id` act on that room.
+#[handler]
+pub async fn connect_room(
+    req: &Request,
+    ws: WebSocket,
+    Data(state): Data<&AppState>,
+    Path(room_id): Path<Uuid>,
+    Query(params): Query<ConnectParams>,
+) -> Response {
+    let user = match authenticate(req, state, &params).await {
+        Ok(user) => user,
+        Err(err) => return err.into_response(),
+    };
+    if let Err(err) = state.store.check_access(user.id, room_id).await {
+        return ApiError::from(err).into_response();
+    }
+    if params.since_seq.is_some_and(|s| s < 0) {
+        return ApiError::invalid("since_seq", "must be zero or more").into_response();
+    }
+    upgrade(ws, state, user, Some((room_id, params.since_seq)))
+}
+
+async fn authenticate(
+    req: &Request,
+    state: &AppState,
+    params: &ConnectParams,
+) -> Result<AuthUser, ApiError> {
+    if state.is_draining() {
+        return Err(ApiError::unavailable(
+            "this node is shutting down; reconnect",
+        ));
+    }
+    let header = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let token = params.token.as_deref().or(header).ok_or_else(|| {
+        ApiError::unauthorized("a token is required (?token= or a bearer header)")
+    })?;
+    Ok(state.auth.verify(token).await?)
+}
+
+fn upgrade(
+    ws: WebSocket,
+    state: &AppState,
+    user: AuthUser,
+    room: Option<(Uuid, Option<i64>)>,
+) -> Response {
+    let max = state.settings.limits.max_frame_bytes;
+    let mut config = WebSocketConfig::default();
+    config.max_message_size = Some(max);
+    config.max_frame_size = Some(max);
+    // Idle sockets should cost little memory: small buffers, grown only when needed.
+    config.read_buffer_size = 4096;
+    config.write_buffer_size = 0;
+    config.max_write_buffer_size = 1024 * 1024;
+    let state = state.clone();
+    ws.config(config)
+        .on_upgrade(move |socket| session::Session::run(socket, state, user, room))
+        .into_response()
+}

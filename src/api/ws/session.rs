@@ -1,0 +1,542 @@
+//! One WebSocket connection: a reader that handles the client's frames and a writer that
+//! owns the socket's sending half.
+//!
+//! Everything the client receives goes through one bounded queue of [`Outbound`] items
+//! that the writer drains in order: replies from the reader, and room events from the
+//! relay. The relay never waits on the queue: when it is full the socket is closed with
+//! 4008 and the client resumes with `since_seq` (SPEC §5).
+//!
+//! The writer is also where a subscription's history is replayed (SPEC §1.4): the relay
+//! answers a join with the room's position on this node *in the queue*, ahead of every
+//! later event, and the writer reads `(since_seq, position]` from Postgres before it goes
+//! on, dropping any message at or below what it has sent. No gap, no duplicate.
+
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use futures_util::{SinkExt, StreamExt};
+use poem::web::websocket::{CloseCode, Message as WsMessage, WebSocketStream};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::{
+    api::error::ApiError,
+    app::AppState,
+    auth::AuthUser,
+    bus::{EventKind, RoomEvent},
+    domain::{ClientMsgId, InvalidInput, MessageText, parse_seq},
+    protocol::{ClientFrame, FrameError, ServerFrame},
+    relay::{Closer, Outbound, SocketId, Subscriber},
+    store::{StoreError, messages::NewMessage},
+};
+
+/// A client that sends nothing (not even a pong) for this long is gone.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
+/// How often the server pings, so idle-but-alive clients answer within [`IDLE_TIMEOUT`].
+const PING_INTERVAL: Duration = Duration::from_secs(25);
+/// A write that takes longer than this means the client stopped reading.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Messages per Postgres query while replaying history.
+const REPLAY_PAGE: i64 = 500;
+
+pub struct Session {
+    state: AppState,
+    user: AuthUser,
+    socket_id: SocketId,
+    /// This connection's presence key.
+    connection: Uuid,
+    queue: mpsc::Sender<Outbound>,
+    closer: Arc<Closer>,
+    /// The room a single-room socket is bound to; frames without `room_id` act on it.
+    default_room: Option<Uuid>,
+    /// Rooms this socket is subscribed to.
+    rooms: BTreeSet<Uuid>,
+    /// Rooms whose membership this socket has already confirmed (typing needs it, and
+    /// typing frames are too frequent to check each time).
+    member_of: HashSet<Uuid>,
+    /// Rooms where this socket last said its user is typing, to clear on disconnect.
+    typing_in: HashSet<Uuid>,
+}
+
+impl Session {
+    pub async fn run(
+        socket: WebSocketStream,
+        state: AppState,
+        user: AuthUser,
+        room: Option<(Uuid, Option<i64>)>,
+    ) {
+        let (sink, mut stream) = socket.split();
+        let (queue, outbound) = mpsc::channel(state.settings.limits.outbound_queue);
+        let closer = Arc::new(Closer::default());
+        let writer = tokio::spawn(write_loop(
+            sink,
+            outbound,
+            closer.clone(),
+            state.clone(),
+            user.id,
+        ));
+        state.metrics.socket_opened();
+        let mut session = Session {
+            socket_id: state.next_socket_id(),
+            connection: Uuid::now_v7(),
+            state,
+            user,
+            queue,
+            closer,
+            default_room: room.map(|(id, _)| id),
+            rooms: BTreeSet::new(),
+            member_of: HashSet::new(),
+            typing_in: HashSet::new(),
+        };
+        session
+            .state
+            .presence
+            .connect(session.connection, user.id)
+            .await;
+        if let Some((room_id, since_seq)) = room {
+            session.subscribe(room_id, since_seq).await;
+        }
+        session.read_loop(&mut stream).await;
+        session.finish().await;
+        if tokio::time::timeout(WRITE_TIMEOUT, writer).await.is_err() {
+            tracing::debug!("writer did not finish in time");
+        }
+    }
+
+    async fn read_loop(&mut self, stream: &mut futures_util::stream::SplitStream<WebSocketStream>) {
+        let mut draining = self.state.shutdown.subscribe();
+        let expires_in = Duration::from_secs(self.user.expires_at.saturating_sub(unix_now()));
+        let expiry = tokio::time::sleep(expires_in);
+        tokio::pin!(expiry);
+        loop {
+            tokio::select! {
+                next = tokio::time::timeout(IDLE_TIMEOUT, stream.next()) => match next {
+                    Err(_) => {
+                        self.closer.close(1001, "idle");
+                        return;
+                    }
+                    Ok(None) | Ok(Some(Ok(WsMessage::Close(_)))) => return,
+                    Ok(Some(Err(err))) => {
+                        let too_big = err.to_string().to_lowercase().contains("too long")
+                            || err.to_string().to_lowercase().contains("size");
+                        if too_big {
+                            self.closer.close(1009, "frame too large");
+                        }
+                        return;
+                    }
+                    Ok(Some(Ok(WsMessage::Text(text)))) => self.handle(&text).await,
+                    Ok(Some(Ok(WsMessage::Binary(_)))) => {
+                        self.error("invalid_frame", "frames are JSON text", None).await;
+                    }
+                    Ok(Some(Ok(_))) => {}
+                },
+                _ = self.closer.requested() => return,
+                _ = async { draining.wait_for(|draining| *draining).await.map(|_| ()) } => {
+                    self.closer.close(1012, "service restart: reconnect and resume");
+                    return;
+                }
+                _ = &mut expiry => {
+                    self.closer.close(4001, "token expired");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Ends every subscription, presence and typing indicator of this socket.
+    async fn finish(&mut self) {
+        for room_id in std::mem::take(&mut self.rooms) {
+            self.state.hub.leave(room_id, self.socket_id);
+        }
+        self.state.presence.disconnect(self.connection).await;
+        for room_id in std::mem::take(&mut self.typing_in) {
+            let event = RoomEvent::typing(room_id, self.user.id, false);
+            self.state.bus.publish(&event).await;
+        }
+        self.closer.close(1000, "bye");
+        self.state.metrics.socket_closed();
+    }
+
+    async fn handle(&mut self, text: &str) {
+        let frame = match ClientFrame::parse(text) {
+            Ok(frame) => frame,
+            Err(err) => {
+                let (code, message) = match err {
+                    FrameError::InvalidJson(m) => ("invalid_json", m),
+                    FrameError::UnknownType(m) => ("unknown_type", m),
+                    FrameError::InvalidFrame(m) => ("invalid_frame", m),
+                };
+                return self.error(code, &message, None).await;
+            }
+        };
+        let kind = frame.kind();
+        let outcome = match frame {
+            ClientFrame::Ping => {
+                self.reply(&ServerFrame::Pong).await;
+                Ok(())
+            }
+            ClientFrame::Subscribe { room_id, since_seq } => match self.room(room_id) {
+                Ok(room_id) => match since_seq.map(|s| parse_seq("since_seq", s)).transpose() {
+                    Ok(since_seq) => {
+                        self.subscribe(room_id, since_seq).await;
+                        Ok(())
+                    }
+                    Err(invalid) => Err(invalid.into()),
+                },
+                Err(err) => Err(err),
+            },
+            ClientFrame::Unsubscribe { room_id } => match self.room(room_id) {
+                Ok(room_id) => {
+                    self.unsubscribe(room_id).await;
+                    Ok(())
+                }
+                Err(err) => Err(err),
+            },
+            ClientFrame::Send {
+                room_id,
+                text,
+                client_msg_id,
+            } => {
+                let reference = client_msg_id.clone();
+                match self.send(room_id, &text, client_msg_id).await {
+                    Ok(()) => Ok(()),
+                    Err(err) => {
+                        let reference = reference.as_deref().unwrap_or("send");
+                        return self.error_from(err, Some(reference)).await;
+                    }
+                }
+            }
+            ClientFrame::Typing { room_id, value } => self.typing(room_id, value).await,
+            ClientFrame::ReadUpto {
+                room_id,
+                seq,
+                created_at_ms,
+            } => self.read_upto(room_id, seq, created_at_ms).await,
+        };
+        if let Err(err) = outcome {
+            self.error_from(err, Some(kind)).await;
+        }
+    }
+
+    /// The room a frame names, or the socket's own room.
+    fn room(&self, room_id: Option<Uuid>) -> Result<Uuid, ApiError> {
+        room_id
+            .or(self.default_room)
+            .ok_or_else(|| InvalidInput::new("room_id", "is required").into())
+    }
+
+    async fn subscribe(&mut self, room_id: Uuid, since_seq: Option<i64>) {
+        let limit = self.state.settings.limits.max_rooms_per_socket;
+        if !self.rooms.contains(&room_id) && self.rooms.len() >= limit {
+            let message = format!("a socket may subscribe to at most {limit} rooms");
+            return self
+                .error("too_many_rooms", &message, Some("subscribe"))
+                .await;
+        }
+        let role = match self.state.store.check_access(self.user.id, room_id).await {
+            Ok(role) => role,
+            Err(err) => return self.error_from(err.into(), Some("subscribe")).await,
+        };
+        if role.is_some() {
+            self.member_of.insert(room_id);
+        }
+        if self.rooms.remove(&room_id) {
+            self.state.hub.leave(room_id, self.socket_id);
+        }
+        let subscriber = Subscriber {
+            socket_id: self.socket_id,
+            user_id: self.user.id,
+            queue: self.queue.clone(),
+            closer: self.closer.clone(),
+        };
+        if let Err(err) = self.state.hub.join(room_id, subscriber, since_seq) {
+            return self
+                .error("unavailable", &err.to_string(), Some("subscribe"))
+                .await;
+        }
+        self.rooms.insert(room_id);
+        self.state
+            .presence
+            .set_rooms(self.connection, self.rooms.clone())
+            .await;
+    }
+
+    async fn unsubscribe(&mut self, room_id: Uuid) {
+        if self.rooms.remove(&room_id) {
+            self.state.hub.leave(room_id, self.socket_id);
+            self.state
+                .presence
+                .set_rooms(self.connection, self.rooms.clone())
+                .await;
+        }
+        let _ = self.queue.send(Outbound::Unsubscribed { room_id }).await;
+    }
+
+    async fn send(
+        &mut self,
+        room_id: Option<Uuid>,
+        text: &str,
+        client_msg_id: Option<String>,
+    ) -> Result<(), ApiError> {
+        let room_id = self.room(room_id)?;
+        let text = MessageText::parse(text, self.state.settings.limits.max_text_chars)?;
+        let client_msg_id = client_msg_id
+            .as_deref()
+            .map(ClientMsgId::parse)
+            .transpose()?;
+        if let Err(wait) = self.state.limiter.check(self.user.id) {
+            self.state.metrics.count_rate_limited();
+            return Err(ApiError::rate_limited(
+                wait.as_secs_f64().ceil().max(1.0) as u64
+            ));
+        }
+        let new = NewMessage {
+            text: &text,
+            client_msg_id: client_msg_id.as_ref(),
+            reply_to: None,
+        };
+        let sent = self
+            .state
+            .store
+            .send_message(self.user.id, room_id, new)
+            .await?;
+        if sent.created {
+            self.state.metrics.count_message_stored();
+            self.state
+                .bus
+                .publish(&RoomEvent::message(&sent.message))
+                .await;
+        }
+        self.member_of.insert(room_id);
+        let ack = ServerFrame::SendAck {
+            client_msg_id: client_msg_id.as_ref().map(ClientMsgId::as_str),
+            message: &sent.message,
+        };
+        self.reply(&ack).await;
+        Ok(())
+    }
+
+    async fn typing(&mut self, room_id: Option<Uuid>, value: bool) -> Result<(), ApiError> {
+        let room_id = self.room(room_id)?;
+        if !self.member_of.contains(&room_id) {
+            if self
+                .state
+                .store
+                .check_access(self.user.id, room_id)
+                .await?
+                .is_none()
+            {
+                return Err(StoreError::NotMember.into());
+            }
+            self.member_of.insert(room_id);
+        }
+        if value {
+            self.typing_in.insert(room_id);
+        } else {
+            self.typing_in.remove(&room_id);
+        }
+        let event = RoomEvent::typing(room_id, self.user.id, value);
+        self.state.bus.publish(&event).await;
+        self.reply(&ServerFrame::TypingAck { room_id, value }).await;
+        Ok(())
+    }
+
+    async fn read_upto(
+        &mut self,
+        room_id: Option<Uuid>,
+        seq: Option<i64>,
+        created_at_ms: Option<i64>,
+    ) -> Result<(), ApiError> {
+        let room_id = self.room(room_id)?;
+        let seq = match (seq, created_at_ms) {
+            (Some(seq), _) => parse_seq("seq", seq)?,
+            (None, Some(at)) => self.state.store.seq_at_time(room_id, at).await?,
+            (None, None) => {
+                return Err(InvalidInput::new("seq", "seq or created_at_ms is required").into());
+            }
+        };
+        let moved = self
+            .state
+            .store
+            .mark_read(self.user.id, room_id, seq)
+            .await?;
+        if moved {
+            self.state
+                .bus
+                .publish(&RoomEvent::read(room_id, self.user.id, seq))
+                .await;
+        }
+        self.reply(&ServerFrame::ReadAck { room_id, seq }).await;
+        Ok(())
+    }
+
+    async fn reply(&self, frame: &ServerFrame<'_>) {
+        let _ = self.queue.send(Outbound::Frame(frame.to_json())).await;
+    }
+
+    async fn error(&self, code: &str, message: &str, reference: Option<&str>) {
+        let frame = ServerFrame::Error {
+            code,
+            message,
+            reference,
+        };
+        self.reply(&frame).await;
+    }
+
+    async fn error_from(&self, err: ApiError, reference: Option<&str>) {
+        let detail = err.detail();
+        self.error(&detail.code, &detail.message, reference).await;
+    }
+}
+
+type Sink = futures_util::stream::SplitSink<WebSocketStream, WsMessage>;
+
+/// Drains the socket's queue into the socket; replays history on subscribe; sends the
+/// close frame when a close is requested.
+async fn write_loop(
+    mut sink: Sink,
+    mut outbound: mpsc::Receiver<Outbound>,
+    closer: Arc<Closer>,
+    state: AppState,
+    user_id: Uuid,
+) {
+    // The last `seq` sent per subscribed room.
+    let mut cursors: HashMap<Uuid, i64> = HashMap::new();
+    let mut ping = tokio::time::interval(PING_INTERVAL);
+    ping.tick().await;
+    let (code, reason) = loop {
+        let item = tokio::select! {
+            biased;
+            requested = closer.requested() => break requested,
+            item = outbound.recv() => match item {
+                Some(item) => item,
+                None => break (1000, "bye"),
+            },
+            _ = ping.tick() => {
+                match write(&mut sink, &closer, WsMessage::Ping(Vec::new())).await {
+                    Err(Stop::Failed) => return,
+                    _ => continue,
+                }
+            }
+        };
+        let written = match item {
+            Outbound::Frame(text) => write(&mut sink, &closer, WsMessage::Text(text)).await,
+            Outbound::Event(event) => {
+                let Some(cursor) = cursors.get_mut(&event.room_id) else {
+                    continue;
+                };
+                match event.kind {
+                    EventKind::Message => {
+                        let seq = event.seq.unwrap_or_default();
+                        if seq <= *cursor {
+                            continue;
+                        }
+                        *cursor = seq;
+                    }
+                    EventKind::Typing | EventKind::Read if event.user_id == Some(user_id) => {
+                        continue;
+                    }
+                    EventKind::Revoke => continue,
+                    _ => {}
+                }
+                let text = String::from_utf8_lossy(&event.payload).into_owned();
+                write(&mut sink, &closer, WsMessage::Text(text)).await
+            }
+            Outbound::Subscribed {
+                room_id,
+                since_seq,
+                last_seq,
+            } => {
+                let frame = ServerFrame::Subscribed { room_id, last_seq }.to_json();
+                let mut result = write(&mut sink, &closer, WsMessage::Text(frame)).await;
+                let since = since_seq.unwrap_or(last_seq);
+                if result.is_ok() && since < last_seq {
+                    result = replay(
+                        &mut sink, &closer, &state, user_id, room_id, since, last_seq,
+                    )
+                    .await;
+                }
+                cursors.insert(room_id, since.max(last_seq));
+                result
+            }
+            Outbound::Unsubscribed { room_id } => {
+                cursors.remove(&room_id);
+                let frame = ServerFrame::Unsubscribed { room_id }.to_json();
+                write(&mut sink, &closer, WsMessage::Text(frame)).await
+            }
+        };
+        if let Err(Stop::Failed) = written {
+            return;
+        }
+    };
+    let close = WsMessage::Close(Some((CloseCode::from(code), reason.to_string())));
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.send(close)).await;
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.close()).await;
+}
+
+/// Why the writer stopped writing events.
+enum Stop {
+    /// A close was requested; the writer sends its frame next.
+    Closing,
+    /// The socket is dead or stopped reading.
+    Failed,
+}
+
+/// Writes one message within [`WRITE_TIMEOUT`], unless a close is requested meanwhile.
+async fn write(sink: &mut Sink, closer: &Closer, message: WsMessage) -> Result<(), Stop> {
+    tokio::select! {
+        biased;
+        _ = closer.requested() => Err(Stop::Closing),
+        sent = tokio::time::timeout(WRITE_TIMEOUT, sink.send(message)) => match sent {
+            Ok(Ok(())) => Ok(()),
+            _ => {
+                closer.close(1011, "write failed");
+                Err(Stop::Failed)
+            }
+        },
+    }
+}
+
+/// Sends the room's messages in `(since, upto]` from Postgres.
+async fn replay(
+    sink: &mut Sink,
+    closer: &Closer,
+    state: &AppState,
+    user_id: Uuid,
+    room_id: Uuid,
+    mut since: i64,
+    upto: i64,
+) -> Result<(), Stop> {
+    while since < upto {
+        let page = state
+            .store
+            .messages_in_range(user_id, room_id, since, upto, REPLAY_PAGE)
+            .await;
+        let messages = match page {
+            Ok(messages) if !messages.is_empty() => messages,
+            Ok(_) => return Ok(()),
+            Err(err) => {
+                // Without the history the client would have a hole: make it resume.
+                tracing::warn!(%room_id, error = %err, "replay failed");
+                closer.close(1013, "history unavailable: resume with since_seq");
+                return Err(Stop::Closing);
+            }
+        };
+        for message in &messages {
+            let frame = ServerFrame::Message { message }.to_json();
+            write(sink, closer, WsMessage::Text(frame)).await?;
+            since = message.seq;
+        }
+    }
+    Ok(())
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}

@@ -1,0 +1,238 @@
+//! The room event codec: what a NATS message on a room subject carries.
+//!
+//! The payload is the exact [`ServerFrame`] JSON that sockets receive, serialised once by
+//! the publishing node. What a receiving node needs in order to route it (kind, `seq`,
+//! the user it is about) travels in headers, so routing never parses the payload.
+
+use bytes::Bytes;
+use uuid::Uuid;
+
+use crate::{
+    model::Message,
+    protocol::{PresenceStatus, ServerFrame},
+};
+
+const KIND: &str = "Natter-Kind";
+const SEQ: &str = "Natter-Seq";
+const USER: &str = "Natter-User";
+const TYPING: &str = "Natter-Typing";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Message,
+    MessageEdited,
+    MessageDeleted,
+    Reaction,
+    Typing,
+    Read,
+    Presence,
+    /// Not for sockets: a user lost access to a private room (or the room is gone), so
+    /// every node ends the affected live subscriptions to it.
+    Revoke,
+}
+
+impl EventKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Message => "message",
+            EventKind::MessageEdited => "message_edited",
+            EventKind::MessageDeleted => "message_deleted",
+            EventKind::Reaction => "reaction",
+            EventKind::Typing => "typing",
+            EventKind::Read => "read",
+            EventKind::Presence => "presence",
+            EventKind::Revoke => "revoke",
+        }
+    }
+
+    fn parse(raw: &str) -> Option<Self> {
+        Some(match raw {
+            "message" => EventKind::Message,
+            "message_edited" => EventKind::MessageEdited,
+            "message_deleted" => EventKind::MessageDeleted,
+            "reaction" => EventKind::Reaction,
+            "typing" => EventKind::Typing,
+            "read" => EventKind::Read,
+            "presence" => EventKind::Presence,
+            "revoke" => EventKind::Revoke,
+            _ => return None,
+        })
+    }
+}
+
+/// One event of one room, ready to forward to sockets.
+#[derive(Debug, Clone)]
+pub struct RoomEvent {
+    pub room_id: Uuid,
+    pub kind: EventKind,
+    /// For messages: the `seq` the relay orders, deduplicates and repairs by.
+    pub seq: Option<i64>,
+    /// The user the event is about, for typing, read and revoke.
+    pub user_id: Option<Uuid>,
+    /// For typing: started (`true`) or stopped.
+    pub typing: Option<bool>,
+    /// The server frame, as JSON text.
+    pub payload: Bytes,
+}
+
+impl RoomEvent {
+    fn new(room_id: Uuid, kind: EventKind, frame: &ServerFrame<'_>) -> Self {
+        Self {
+            room_id,
+            kind,
+            seq: None,
+            user_id: None,
+            typing: None,
+            payload: Bytes::from(frame.to_json()),
+        }
+    }
+
+    pub fn message(message: &Message) -> Self {
+        Self {
+            seq: Some(message.seq),
+            ..Self::new(
+                message.room_id,
+                EventKind::Message,
+                &ServerFrame::Message { message },
+            )
+        }
+    }
+
+    pub fn message_edited(message: &Message) -> Self {
+        Self::new(
+            message.room_id,
+            EventKind::MessageEdited,
+            &ServerFrame::MessageEdited { message },
+        )
+    }
+
+    pub fn message_deleted(message: &Message) -> Self {
+        Self::new(
+            message.room_id,
+            EventKind::MessageDeleted,
+            &ServerFrame::MessageDeleted {
+                room_id: message.room_id,
+                message_id: message.id,
+                seq: message.seq,
+            },
+        )
+    }
+
+    pub fn reaction(
+        room_id: Uuid,
+        message_id: Uuid,
+        emoji: &str,
+        user_id: Uuid,
+        added: bool,
+    ) -> Self {
+        Self::new(
+            room_id,
+            EventKind::Reaction,
+            &ServerFrame::Reaction {
+                room_id,
+                message_id,
+                emoji,
+                user_id,
+                added,
+            },
+        )
+    }
+
+    pub fn typing(room_id: Uuid, user_id: Uuid, value: bool) -> Self {
+        Self {
+            user_id: Some(user_id),
+            typing: Some(value),
+            ..Self::new(
+                room_id,
+                EventKind::Typing,
+                &ServerFrame::Typing {
+                    room_id,
+                    user_id,
+                    value,
+                },
+            )
+        }
+    }
+
+    pub fn read(room_id: Uuid, user_id: Uuid, seq: i64) -> Self {
+        Self {
+            user_id: Some(user_id),
+            ..Self::new(
+                room_id,
+                EventKind::Read,
+                &ServerFrame::Read {
+                    room_id,
+                    user_id,
+                    seq,
+                },
+            )
+        }
+    }
+
+    pub fn presence(room_id: Uuid, user_id: Uuid, status: PresenceStatus) -> Self {
+        Self::new(
+            room_id,
+            EventKind::Presence,
+            &ServerFrame::Presence {
+                room_id,
+                user_id,
+                status,
+            },
+        )
+    }
+
+    /// Ends `user_id`'s live subscriptions to a room on every node; everyone's with
+    /// `None` (the room was deleted).
+    pub fn revoke(room_id: Uuid, user_id: Option<Uuid>) -> Self {
+        Self {
+            room_id,
+            kind: EventKind::Revoke,
+            seq: None,
+            user_id,
+            typing: None,
+            payload: Bytes::new(),
+        }
+    }
+
+    pub(super) fn headers(&self) -> async_nats::HeaderMap {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(KIND, self.kind.as_str());
+        if let Some(seq) = self.seq {
+            headers.insert(SEQ, seq.to_string().as_str());
+        }
+        if let Some(user) = self.user_id {
+            headers.insert(USER, user.to_string().as_str());
+        }
+        if let Some(value) = self.typing {
+            headers.insert(TYPING, if value { "1" } else { "0" });
+        }
+        headers
+    }
+
+    /// Decodes a NATS message of `room_id`'s subject; `None` for anything malformed
+    /// (which no Natter node sends).
+    pub fn decode(room_id: Uuid, message: async_nats::Message) -> Option<Self> {
+        let headers = message.headers.as_ref()?;
+        let kind = EventKind::parse(headers.get(KIND)?.as_str())?;
+        let seq = match headers.get(SEQ) {
+            Some(v) => Some(v.as_str().parse().ok()?),
+            None => None,
+        };
+        if kind == EventKind::Message && seq.is_none() {
+            return None;
+        }
+        let user_id = match headers.get(USER) {
+            Some(v) => Some(v.as_str().parse().ok()?),
+            None => None,
+        };
+        let typing = headers.get(TYPING).map(|v| v.as_str() == "1");
+        Some(Self {
+            room_id,
+            kind,
+            seq,
+            user_id,
+            typing,
+            payload: message.payload,
+        })
+    }
+}

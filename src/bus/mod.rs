@@ -1,0 +1,144 @@
+//! NATS: how room events travel between nodes.
+//!
+//! Every room has one subject, `<prefix>.room.<room_id>`. A node publishes each committed
+//! event there once ([`Bus::publish`]) and subscribes to a room's subject only while it
+//! has a local subscriber to that room (see [`crate::relay`]). The prefix lets several
+//! clusters (or test runs) share one NATS deployment.
+//!
+//! Connecting never blocks start-up on NATS: the client keeps retrying in the
+//! background, and `/readyz` reports the node unready until it is connected. NATS core
+//! is at-most-once; what that costs is repaired from Postgres by [`crate::relay`].
+
+pub mod event;
+
+use std::{sync::Arc, time::Duration};
+
+use async_nats::{ConnectOptions, Event, ServerAddr, jetstream};
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+pub use event::{EventKind, RoomEvent};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("invalid NATS_URL: {0}")]
+    InvalidUrl(String),
+    #[error("cannot connect to NATS: {0}")]
+    Connect(String),
+    #[error("NATS subscription failed: {0}")]
+    Subscribe(String),
+}
+
+#[derive(Clone)]
+pub struct Bus {
+    client: async_nats::Client,
+    /// First token of every subject and of the presence bucket's name.
+    prefix: Arc<str>,
+    /// Signalled on every (re)connection, so the relay can look for events it missed
+    /// while NATS was away.
+    reconnected: Arc<Notify>,
+}
+
+impl Bus {
+    /// Connects to the comma-separated servers of `urls`.
+    pub async fn connect(urls: &str, node_id: &str, prefix: &str) -> Result<Self, BusError> {
+        let servers = urls
+            .split(',')
+            .map(|u| u.trim().parse::<ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| BusError::InvalidUrl(e.to_string()))?;
+        let reconnected = Arc::new(Notify::new());
+        let on_event = reconnected.clone();
+        let client = ConnectOptions::new()
+            .name(format!("natter:{node_id}"))
+            .connection_timeout(Duration::from_secs(3))
+            .retry_on_initial_connect()
+            .event_callback(move |event| {
+                let on_event = on_event.clone();
+                async move {
+                    match event {
+                        Event::Connected => {
+                            tracing::info!("NATS connected");
+                            on_event.notify_one();
+                        }
+                        Event::Disconnected => tracing::warn!("NATS disconnected"),
+                        other => tracing::debug!(event = %other, "NATS event"),
+                    }
+                }
+            })
+            .connect(servers)
+            .await
+            .map_err(|e| BusError::Connect(e.to_string()))?;
+        // Give the first connection a moment so a healthy node starts ready; if NATS is
+        // down, start anyway and let `/readyz` say so until it is back.
+        let connected = async {
+            while client.connection_state() != async_nats::connection::State::Connected {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(5), connected)
+            .await
+            .is_err()
+        {
+            tracing::warn!("NATS not reachable yet; serving as unready until it is");
+        }
+        Ok(Self {
+            client,
+            prefix: prefix.into(),
+            reconnected,
+        })
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn reconnected(&self) -> Arc<Notify> {
+        self.reconnected.clone()
+    }
+
+    pub fn jetstream(&self) -> jetstream::Context {
+        jetstream::new(self.client.clone())
+    }
+
+    fn room_subject(&self, room_id: Uuid) -> String {
+        format!("{}.room.{}", self.prefix, room_id.simple())
+    }
+
+    /// Publishes a committed event once. A failure is logged, not returned: the event is
+    /// already durable (or, for ephemeral events, not worth failing the request), and
+    /// the relay's gap repair delivers lost messages from Postgres.
+    #[tracing::instrument(skip_all, fields(room_id = %event.room_id, kind = ?event.kind, seq = event.seq))]
+    pub async fn publish(&self, event: &RoomEvent) {
+        let result = self
+            .client
+            .publish_with_headers(
+                self.room_subject(event.room_id),
+                event.headers(),
+                event.payload.clone(),
+            )
+            .await;
+        if let Err(err) = result {
+            tracing::warn!(error = %err, "publishing a room event failed");
+        }
+    }
+
+    /// Subscribes to a room's events and makes sure the server knows before returning,
+    /// so nothing published after this call is missed.
+    pub async fn subscribe_room(&self, room_id: Uuid) -> Result<async_nats::Subscriber, BusError> {
+        let subscriber = self
+            .client
+            .subscribe(self.room_subject(room_id))
+            .await
+            .map_err(|e| BusError::Subscribe(e.to_string()))?;
+        tokio::time::timeout(Duration::from_secs(2), self.client.flush())
+            .await
+            .map_err(|_| BusError::Subscribe("flush timed out".into()))?
+            .map_err(|e| BusError::Subscribe(e.to_string()))?;
+        Ok(subscriber)
+    }
+}

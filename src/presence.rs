@@ -1,0 +1,478 @@
+//! Presence (SPEC §1.6): who is online, and who is live in which room, cluster-wide.
+//!
+//! Every connection has one entry in a JetStream KV bucket, `c.<connection id>`, holding
+//! its user, node and subscribed rooms. The owning node writes it on connect and on every
+//! subscription change, refreshes it every third of the TTL, and deletes it on
+//! disconnect. The bucket's max age is the TTL (15 s by default), so the entries of a
+//! node that dies expire by themselves, with no cleanup; the bucket's limit markers make
+//! those expiries visible to watchers.
+//!
+//! Every node watches the whole bucket and keeps a [`View`] in memory, so presence reads
+//! cost no round trip. The view also turns changes into `presence` events: a user
+//! `joined` a room when their first live subscription to it appears anywhere, and `left`
+//! when the last one goes. Each node delivers those to its own sockets only, since every
+//! node sees the same changes.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::{Arc, Mutex, RwLock},
+    time::{Duration, Instant},
+};
+
+use async_nats::jetstream::kv;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{bus::Bus, bus::RoomEvent, protocol::PresenceStatus, relay::RoomHub};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PresenceError {
+    #[error("cannot open the presence bucket: {0}")]
+    Bucket(String),
+}
+
+/// What one connection's KV entry says.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+struct Lease {
+    user_id: Uuid,
+    node_id: String,
+    rooms: BTreeSet<Uuid>,
+}
+
+/// The cluster's presence as this node last saw it.
+#[derive(Default)]
+struct View {
+    leases: HashMap<String, (Lease, Instant)>,
+    /// Live connections per user.
+    online: HashMap<Uuid, usize>,
+    /// Live subscriptions per room and user.
+    rooms: HashMap<Uuid, HashMap<Uuid, usize>>,
+}
+
+impl View {
+    /// Replaces (or with `None` removes) a connection's lease; returns the presence
+    /// changes it causes.
+    fn apply(&mut self, key: &str, lease: Option<Lease>) -> Vec<(Uuid, Uuid, PresenceStatus)> {
+        let mut changes = Vec::new();
+        let old = match lease {
+            Some(lease) => self.leases.insert(key.to_string(), (lease, Instant::now())),
+            None => self.leases.remove(key),
+        };
+        let new = self.leases.get(key).map(|(lease, _)| lease.clone());
+        if let Some((old, _)) = &old {
+            let gone = new.as_ref().map_or(BTreeSet::new(), |n| n.rooms.clone());
+            for room in old.rooms.difference(&gone) {
+                if decrement(self.rooms.entry(*room).or_default(), old.user_id) {
+                    changes.push((*room, old.user_id, PresenceStatus::Left));
+                }
+            }
+            if new.is_none() {
+                decrement(&mut self.online, old.user_id);
+            }
+        }
+        if let Some(new) = &new {
+            let before = old
+                .as_ref()
+                .map_or(BTreeSet::new(), |(o, _)| o.rooms.clone());
+            for room in new.rooms.difference(&before) {
+                let users = self.rooms.entry(*room).or_default();
+                let count = users.entry(new.user_id).or_default();
+                *count += 1;
+                if *count == 1 {
+                    changes.push((*room, new.user_id, PresenceStatus::Joined));
+                }
+            }
+            if old.is_none() {
+                *self.online.entry(new.user_id).or_default() += 1;
+            }
+        }
+        self.rooms.retain(|_, users| !users.is_empty());
+        changes
+    }
+}
+
+/// Decrements `map[key]`, removing it at zero; `true` when it reached zero.
+fn decrement(map: &mut HashMap<Uuid, usize>, key: Uuid) -> bool {
+    match map.get_mut(&key) {
+        Some(count) if *count > 1 => {
+            *count -= 1;
+            false
+        }
+        Some(_) => {
+            map.remove(&key);
+            true
+        }
+        None => false,
+    }
+}
+
+/// This node's presence: its own leases and the cluster view.
+#[derive(Clone)]
+pub struct Presence {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    kv: kv::Store,
+    node_id: String,
+    ttl: Duration,
+    /// The leases this node owns, by connection key, with the KV revision last written.
+    /// The view already reflects them, so the watcher skips their echoes.
+    local: Mutex<HashMap<String, (Lease, u64)>>,
+    /// Connections closed here whose deletion the watcher has not seen yet; their
+    /// earlier writes, still arriving, must not bring them back.
+    closed: Mutex<std::collections::HashSet<String>>,
+    view: RwLock<View>,
+    hub: RoomHub,
+}
+
+impl Presence {
+    /// Opens (creating if needed) the presence bucket and starts the watcher and the
+    /// refresher.
+    pub async fn start(
+        bus: &Bus,
+        node_id: &str,
+        ttl: Duration,
+        replicas: usize,
+        hub: RoomHub,
+    ) -> Result<Self, PresenceError> {
+        let jetstream = bus.jetstream();
+        let bucket = format!("{}_presence", bus.prefix().replace('.', "_"));
+        let config = kv::Config {
+            bucket: bucket.clone(),
+            history: 1,
+            max_age: ttl,
+            num_replicas: replicas,
+            storage: async_nats::jetstream::stream::StorageType::Memory,
+            limit_markers: Some(ttl.max(Duration::from_secs(1))),
+            ..Default::default()
+        };
+        let kv = match jetstream.get_key_value(&bucket).await {
+            Ok(kv) => kv,
+            Err(_) => jetstream
+                .create_key_value(config)
+                .await
+                .map_err(|e| PresenceError::Bucket(e.to_string()))?,
+        };
+        let presence = Self {
+            inner: Arc::new(Inner {
+                kv,
+                node_id: node_id.to_string(),
+                ttl,
+                local: Mutex::new(HashMap::new()),
+                closed: Mutex::new(std::collections::HashSet::new()),
+                view: RwLock::new(View::default()),
+                hub,
+            }),
+        };
+        tokio::spawn(watch(Arc::downgrade(&presence.inner)));
+        tokio::spawn(refresh(Arc::downgrade(&presence.inner)));
+        Ok(presence)
+    }
+
+    /// Records a new connection of `user_id`.
+    pub async fn connect(&self, connection: Uuid, user_id: Uuid) {
+        let lease = Lease {
+            user_id,
+            node_id: self.inner.node_id.clone(),
+            rooms: BTreeSet::new(),
+        };
+        self.store_lease(connection, lease).await;
+    }
+
+    /// Records the rooms a connection is subscribed to now.
+    pub async fn set_rooms(&self, connection: Uuid, rooms: BTreeSet<Uuid>) {
+        let lease = {
+            let mut local = self.inner.local.lock().expect("not poisoned");
+            let Some((lease, _)) = local.get_mut(&key(connection)) else {
+                return;
+            };
+            lease.rooms = rooms;
+            lease.clone()
+        };
+        self.store_lease(connection, lease).await;
+    }
+
+    /// Removes a closed connection.
+    pub async fn disconnect(&self, connection: Uuid) {
+        let key = key(connection);
+        self.inner.local.lock().expect("not poisoned").remove(&key);
+        {
+            let mut closed = self.inner.closed.lock().expect("not poisoned");
+            if closed.len() >= CLOSED_MAX {
+                closed.clear();
+            }
+            closed.insert(key.clone());
+        }
+        let changes = self
+            .inner
+            .view
+            .write()
+            .expect("not poisoned")
+            .apply(&key, None);
+        self.inner.announce(changes);
+        if let Err(err) = self.inner.kv.delete(&key).await {
+            tracing::warn!(error = %err, "deleting a presence lease failed; it expires by itself");
+        }
+    }
+
+    async fn store_lease(&self, connection: Uuid, lease: Lease) {
+        let key = key(connection);
+        let previous = self
+            .inner
+            .local
+            .lock()
+            .expect("not poisoned")
+            .insert(key.clone(), (lease.clone(), 0));
+        let revision = previous.map_or(0, |(_, revision)| revision);
+        // Apply locally at once, so this node's own reads are immediately consistent.
+        let changes = self
+            .inner
+            .view
+            .write()
+            .expect("not poisoned")
+            .apply(&key, Some(lease.clone()));
+        self.inner.announce(changes);
+        if let Some(written) = put(&self.inner.kv, &key, &lease).await {
+            let mut local = self.inner.local.lock().expect("not poisoned");
+            if let Some(entry) = local.get_mut(&key) {
+                entry.1 = written.max(revision);
+            }
+        }
+    }
+
+    /// Whether `user_id` has a live connection anywhere.
+    pub fn is_online(&self, user_id: Uuid) -> bool {
+        self.inner
+            .view
+            .read()
+            .expect("not poisoned")
+            .online
+            .contains_key(&user_id)
+    }
+
+    /// Everyone online, in id order.
+    pub fn online_users(&self) -> Vec<Uuid> {
+        let view = self.inner.view.read().expect("not poisoned");
+        let mut users: Vec<Uuid> = view.online.keys().copied().collect();
+        users.sort_unstable();
+        users
+    }
+
+    /// Users with a live subscription to `room_id`, in id order.
+    pub fn room_users(&self, room_id: Uuid) -> Vec<Uuid> {
+        let view = self.inner.view.read().expect("not poisoned");
+        let mut users: Vec<Uuid> = view
+            .rooms
+            .get(&room_id)
+            .map(|users| users.keys().copied().collect())
+            .unwrap_or_default();
+        users.sort_unstable();
+        users
+    }
+}
+
+impl Inner {
+    fn announce(&self, changes: Vec<(Uuid, Uuid, PresenceStatus)>) {
+        for (room_id, user_id, status) in changes {
+            self.hub
+                .deliver_local(RoomEvent::presence(room_id, user_id, status));
+        }
+    }
+}
+
+fn key(connection: Uuid) -> String {
+    format!("c.{}", connection.simple())
+}
+
+/// Bounds the set of recently closed connections.
+const CLOSED_MAX: usize = 100_000;
+
+/// Writes a lease; its new revision, or `None` (logged) if NATS did not take it.
+async fn put(kv: &kv::Store, key: &str, lease: &Lease) -> Option<u64> {
+    let value = serde_json::to_vec(lease).expect("leases serialise");
+    match kv.put(key, value.into()).await {
+        Ok(revision) => Some(revision),
+        Err(err) => {
+            tracing::warn!(error = %err, "writing a presence lease failed; retried on refresh");
+            None
+        }
+    }
+}
+
+/// Refreshes a lease only if nothing rewrote it since `revision` (a concurrent
+/// subscription change wins over the refresher's older copy).
+async fn refresh_one(inner: &Inner, key: &str, lease: &Lease, revision: u64) {
+    let value = serde_json::to_vec(lease).expect("leases serialise");
+    let written = match inner.kv.update(key, value.into(), revision).await {
+        Ok(written) => Some(written),
+        Err(_) => {
+            // Either rewritten meanwhile (then our copy is stale: skip) or expired while
+            // NATS was away (then write it afresh).
+            let current = inner.local.lock().expect("not poisoned").get(key).cloned();
+            match current {
+                Some((current, rev)) if rev == revision => put(&inner.kv, key, &current).await,
+                _ => None,
+            }
+        }
+    };
+    if let Some(written) = written {
+        let mut local = inner.local.lock().expect("not poisoned");
+        if let Some(entry) = local.get_mut(key)
+            && entry.1 <= revision
+        {
+            entry.1 = written;
+        }
+    }
+}
+
+/// Keeps this node's leases alive. Ends when presence is dropped.
+async fn refresh(inner: std::sync::Weak<Inner>) {
+    let Some(period) = inner.upgrade().map(|i| i.ttl / 3) else {
+        return;
+    };
+    let mut tick = tokio::time::interval(period);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let leases: Vec<(String, Lease, u64)> = inner
+            .local
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .map(|(key, (lease, revision))| (key.clone(), lease.clone(), *revision))
+            .collect();
+        futures_util::stream::iter(leases)
+            .for_each_concurrent(64, |(key, lease, revision)| {
+                let inner = &inner;
+                async move { refresh_one(inner, &key, &lease, revision).await }
+            })
+            .await;
+        sweep_expired(&inner);
+    }
+}
+
+/// Drops leases that have not been refreshed for longer than the TTL, in case an
+/// expiry marker was missed while this node was cut off from NATS.
+fn sweep_expired(inner: &Inner) {
+    let horizon = inner.ttl + inner.ttl / 3;
+    let local = inner.local.lock().expect("not poisoned");
+    let mut view = inner.view.write().expect("not poisoned");
+    let stale: Vec<String> = view
+        .leases
+        .iter()
+        .filter(|(key, (_, seen))| seen.elapsed() > horizon && !local.contains_key(*key))
+        .map(|(key, _)| key.clone())
+        .collect();
+    let mut changes = Vec::new();
+    for key in stale {
+        changes.extend(view.apply(&key, None));
+    }
+    drop(view);
+    drop(local);
+    inner.announce(changes);
+}
+
+/// Follows every change to the bucket, starting from its current contents; restarts the
+/// watch if it ends (NATS reconnects). Ends when presence is dropped.
+async fn watch(inner: std::sync::Weak<Inner>) {
+    loop {
+        let Some(kv) = inner.upgrade().map(|i| i.kv.clone()) else {
+            return;
+        };
+        let mut entries = match kv.watch_with_history(">").await {
+            Ok(entries) => entries,
+            Err(err) => {
+                tracing::warn!(error = %err, "presence watch failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        drop(kv);
+        while let Some(entry) = entries.next().await {
+            let Some(inner) = inner.upgrade() else {
+                return;
+            };
+            let Ok(entry) = entry else {
+                break;
+            };
+            let lease = match entry.operation {
+                kv::Operation::Put => serde_json::from_slice::<Lease>(&entry.value).ok(),
+                kv::Operation::Delete | kv::Operation::Purge => None,
+            };
+            // This node's own connections are already in the view, first-hand.
+            if inner
+                .local
+                .lock()
+                .expect("not poisoned")
+                .contains_key(&entry.key)
+            {
+                continue;
+            }
+            {
+                let mut closed = inner.closed.lock().expect("not poisoned");
+                if closed.contains(&entry.key) {
+                    if lease.is_none() {
+                        closed.remove(&entry.key);
+                    }
+                    continue;
+                }
+            }
+            let changes = {
+                let mut view = inner.view.write().expect("not poisoned");
+                let unchanged = lease
+                    .as_ref()
+                    .is_some_and(|l| view.leases.get(&entry.key).is_some_and(|(old, _)| old == l));
+                if unchanged {
+                    // A refresh: just note that it is alive.
+                    if let Some((_, seen)) = view.leases.get_mut(&entry.key) {
+                        *seen = Instant::now();
+                    }
+                    Vec::new()
+                } else {
+                    view.apply(&entry.key, lease)
+                }
+            };
+            inner.announce(changes);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(user: Uuid, rooms: &[Uuid]) -> Option<Lease> {
+        Some(Lease {
+            user_id: user,
+            node_id: "n".into(),
+            rooms: rooms.iter().copied().collect(),
+        })
+    }
+
+    #[test]
+    fn the_first_subscription_joins_and_the_last_one_leaves() {
+        let mut view = View::default();
+        let (user, room) = (Uuid::new_v4(), Uuid::new_v4());
+        assert_eq!(view.apply("c.1", lease(user, &[])), vec![]);
+        assert_eq!(
+            view.apply("c.1", lease(user, &[room])),
+            vec![(room, user, PresenceStatus::Joined)]
+        );
+        // A second device in the same room changes nothing.
+        assert_eq!(view.apply("c.2", lease(user, &[room])), vec![]);
+        assert_eq!(view.apply("c.1", None), vec![]);
+        assert!(view.online.contains_key(&user));
+        assert_eq!(
+            view.apply("c.2", None),
+            vec![(room, user, PresenceStatus::Left)]
+        );
+        assert!(view.online.is_empty());
+        assert!(view.rooms.is_empty());
+    }
+}

@@ -1,0 +1,461 @@
+//! The relay: per-room fan-out of events to this node's sockets, with interest routing
+//! and gap repair.
+//!
+//! A room that has local subscribers gets one task on this node ([`RoomTask`]). The task
+//! subscribes to the room's NATS subject, so a node receives only the rooms its clients
+//! care about, and forwards each event to every local subscriber's bounded queue with
+//! `try_send`: a socket that cannot keep up is closed with 4008, never waited for.
+//!
+//! **Exactly once, in order, on every node (SPEC §1.3)** is enforced here. The task knows
+//! the highest `seq` it has delivered. A message with a lower or equal `seq` is a
+//! duplicate and is dropped; one with a higher `seq` than the next means NATS lost
+//! something, and the missing range is read from Postgres and delivered first. Because
+//! `seq` is assigned under the room row's lock, every `seq` below a published one is
+//! already committed, so the range is always complete. A lost *last* message has no
+//! successor to reveal it, so [`RoomHub`] also compares every active room with its
+//! `last_seq` in Postgres every [`CATCH_UP_INTERVAL`] and right after NATS reconnects.
+//!
+//! **Resume without a window (SPEC §1.4)** starts here too: a join is answered with the
+//! task's position, in the socket's queue, ahead of every later event; the socket's
+//! writer replays from Postgres up to that position before reading on (`api::ws`).
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, Weak},
+    time::{Duration, Instant},
+};
+
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, watch};
+use uuid::Uuid;
+
+use crate::{
+    bus::{Bus, EventKind, RoomEvent},
+    store::Store,
+};
+
+/// How often active rooms are compared with Postgres to find lost trailing messages.
+pub const CATCH_UP_INTERVAL: Duration = Duration::from_secs(2);
+/// A typing indicator not refreshed for this long ends (SPEC §1.6).
+pub const TYPING_TTL: Duration = Duration::from_secs(6);
+/// Commands queued for one room task before joins are refused as busy.
+const ROOM_COMMAND_QUEUE: usize = 4096;
+/// Messages read from Postgres per repair query.
+const REPAIR_PAGE: i64 = 500;
+
+/// Identifies one socket on this node.
+pub type SocketId = u64;
+
+/// What a socket's writer receives, in order.
+#[derive(Debug)]
+pub enum Outbound {
+    /// An event of a subscribed room.
+    Event(Arc<RoomEvent>),
+    /// The room accepted the subscription; everything after `last_seq` follows live.
+    Subscribed {
+        room_id: Uuid,
+        since_seq: Option<i64>,
+        last_seq: i64,
+    },
+    /// The subscription ended (asked for, or access revoked).
+    Unsubscribed { room_id: Uuid },
+    /// A reply to one of the socket's own frames, already serialised.
+    Frame(String),
+}
+
+/// Asks a socket to close with a code, from anywhere: a room whose queue to it is full
+/// (4008), the drain (1012), token expiry (4001). The first request wins.
+#[derive(Debug)]
+pub struct Closer(watch::Sender<Option<(u16, &'static str)>>);
+
+impl Default for Closer {
+    fn default() -> Self {
+        Self(watch::channel(None).0)
+    }
+}
+
+impl Closer {
+    pub fn close(&self, code: u16, reason: &'static str) {
+        self.0.send_if_modified(|current| {
+            if current.is_some() {
+                return false;
+            }
+            *current = Some((code, reason));
+            true
+        });
+    }
+
+    /// Resolves with the code once a close is requested.
+    pub async fn requested(&self) -> (u16, &'static str) {
+        let mut rx = self.0.subscribe();
+        let found = rx.wait_for(Option::is_some).await;
+        found.ok().and_then(|v| *v).unwrap_or((1011, "closing"))
+    }
+}
+
+/// A room's handle on one subscribed socket.
+#[derive(Debug, Clone)]
+pub struct Subscriber {
+    pub socket_id: SocketId,
+    pub user_id: Uuid,
+    pub queue: mpsc::Sender<Outbound>,
+    pub closer: Arc<Closer>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("the room is too busy to take a subscription right now")]
+    Busy,
+}
+
+enum RoomCommand {
+    Join(Subscriber, Option<i64>),
+    Leave(SocketId),
+    /// An event made on this node for its own sockets only (presence).
+    Local(Arc<RoomEvent>),
+    /// Postgres says the room's `last_seq` is this; deliver anything missing.
+    CatchUp(i64),
+}
+
+struct RoomEntry {
+    commands: mpsc::Sender<RoomCommand>,
+    subscribers: usize,
+}
+
+/// The rooms this node has local subscribers for.
+#[derive(Clone)]
+pub struct RoomHub {
+    inner: Arc<HubInner>,
+}
+
+struct HubInner {
+    rooms: Mutex<HashMap<Uuid, RoomEntry>>,
+    store: Store,
+    bus: Bus,
+}
+
+impl RoomHub {
+    pub fn new(store: Store, bus: Bus) -> Self {
+        let hub = Self {
+            inner: Arc::new(HubInner {
+                rooms: Mutex::new(HashMap::new()),
+                store,
+                bus,
+            }),
+        };
+        tokio::spawn(catch_up_loop(Arc::downgrade(&hub.inner)));
+        hub
+    }
+
+    /// Adds a subscriber to a room, starting the room's task if it is the first here.
+    /// The subscriber's queue next receives [`Outbound::Subscribed`] and then every event.
+    pub fn join(
+        &self,
+        room_id: Uuid,
+        subscriber: Subscriber,
+        since_seq: Option<i64>,
+    ) -> Result<(), RelayError> {
+        let mut rooms = self.inner.rooms.lock().expect("not poisoned");
+        let entry = rooms.entry(room_id).or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(ROOM_COMMAND_QUEUE);
+            let task = RoomTask {
+                room_id,
+                subscribers: Vec::new(),
+                last_seq: 0,
+                typing: HashMap::new(),
+                store: self.inner.store.clone(),
+                bus: self.inner.bus.clone(),
+            };
+            tokio::spawn(task.run(rx));
+            RoomEntry {
+                commands: tx,
+                subscribers: 0,
+            }
+        });
+        entry
+            .commands
+            .try_send(RoomCommand::Join(subscriber, since_seq))
+            .map_err(|_| RelayError::Busy)?;
+        entry.subscribers += 1;
+        Ok(())
+    }
+
+    /// Removes a socket's subscription; the room's task ends with its last subscriber.
+    pub fn leave(&self, room_id: Uuid, socket_id: SocketId) {
+        let mut rooms = self.inner.rooms.lock().expect("not poisoned");
+        let Some(entry) = rooms.get_mut(&room_id) else {
+            return;
+        };
+        entry.subscribers = entry.subscribers.saturating_sub(1);
+        if entry.subscribers == 0 {
+            // Dropping the only sender ends the task once it has drained its queue.
+            rooms.remove(&room_id);
+        } else if entry
+            .commands
+            .try_send(RoomCommand::Leave(socket_id))
+            .is_err()
+        {
+            tracing::warn!(%room_id, "room queue full; the subscriber is dropped on its next delivery");
+        }
+    }
+
+    /// Delivers an event made on this node (presence) to its local subscribers, if any.
+    pub fn deliver_local(&self, event: RoomEvent) {
+        let rooms = self.inner.rooms.lock().expect("not poisoned");
+        if let Some(entry) = rooms.get(&event.room_id) {
+            let _ = entry.commands.try_send(RoomCommand::Local(Arc::new(event)));
+        }
+    }
+
+    /// Rooms with a task on this node.
+    pub fn active_rooms(&self) -> usize {
+        self.inner.rooms.lock().expect("not poisoned").len()
+    }
+}
+
+/// Every [`CATCH_UP_INTERVAL`], or as soon as NATS reconnects, tells each active room its
+/// `last_seq` in Postgres. Ends when the hub is dropped.
+async fn catch_up_loop(hub: Weak<HubInner>) {
+    let Some(reconnected) = hub.upgrade().map(|h| h.bus.reconnected()) else {
+        return;
+    };
+    let mut tick = tokio::time::interval(CATCH_UP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = reconnected.notified() => {}
+        }
+        let Some(hub) = hub.upgrade() else {
+            return;
+        };
+        let room_ids: Vec<Uuid> = hub
+            .rooms
+            .lock()
+            .expect("not poisoned")
+            .keys()
+            .copied()
+            .collect();
+        if room_ids.is_empty() {
+            continue;
+        }
+        match hub.store.rooms_last_seq(&room_ids).await {
+            Ok(positions) => {
+                let rooms = hub.rooms.lock().expect("not poisoned");
+                for (room_id, last_seq) in positions {
+                    if let Some(entry) = rooms.get(&room_id) {
+                        let _ = entry.commands.try_send(RoomCommand::CatchUp(last_seq));
+                    }
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "catch-up check failed"),
+        }
+    }
+}
+
+/// One room on this node: its NATS subscription, its local subscribers and its position.
+struct RoomTask {
+    room_id: Uuid,
+    subscribers: Vec<Subscriber>,
+    /// The highest `seq` delivered to this node's subscribers; everything up to it was
+    /// delivered exactly once, in order.
+    last_seq: i64,
+    /// Users typing in this room, and when their indicator lapses.
+    typing: HashMap<Uuid, Instant>,
+    store: Store,
+    bus: Bus,
+}
+
+impl RoomTask {
+    async fn run(mut self, mut commands: mpsc::Receiver<RoomCommand>) {
+        let mut nats = self.subscribe().await;
+        // Start from the room's committed position: everything after it arrives on the
+        // subscription (or is repaired), everything before is history for replay.
+        self.last_seq = self.committed_last_seq().await;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(command) => self.on_command(command).await,
+                    None => break,
+                },
+                message = next_message(&mut nats) => match message {
+                    Some(message) => {
+                        if let Some(event) = RoomEvent::decode(self.room_id, message) {
+                            self.on_event(Arc::new(event)).await;
+                        }
+                    }
+                    None => nats = None,
+                },
+                _ = tick.tick() => {
+                    self.expire_typing();
+                    if nats.is_none() {
+                        nats = self.subscribe().await;
+                    }
+                }
+            }
+        }
+        tracing::debug!(room_id = %self.room_id, "room task ended");
+    }
+
+    async fn subscribe(&self) -> Option<async_nats::Subscriber> {
+        match self.bus.subscribe_room(self.room_id).await {
+            Ok(subscriber) => Some(subscriber),
+            Err(err) => {
+                tracing::warn!(room_id = %self.room_id, error = %err, "room subscription failed; retrying");
+                None
+            }
+        }
+    }
+
+    /// The room's `last_seq` in Postgres, retried while the database is unreachable.
+    async fn committed_last_seq(&self) -> i64 {
+        loop {
+            match self.store.rooms_last_seq(&[self.room_id]).await {
+                Ok(found) => return found.first().map_or(0, |(_, seq)| *seq),
+                Err(err) => {
+                    tracing::warn!(room_id = %self.room_id, error = %err, "cannot read last_seq; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    async fn on_command(&mut self, command: RoomCommand) {
+        match command {
+            RoomCommand::Join(subscriber, since_seq) => {
+                let subscribed = Outbound::Subscribed {
+                    room_id: self.room_id,
+                    since_seq,
+                    last_seq: self.last_seq,
+                };
+                if offer(&subscriber, subscribed) {
+                    self.subscribers.push(subscriber);
+                }
+            }
+            RoomCommand::Leave(socket_id) => self.subscribers.retain(|s| s.socket_id != socket_id),
+            RoomCommand::Local(event) => self.deliver(&event),
+            RoomCommand::CatchUp(committed) => {
+                if committed > self.last_seq {
+                    tracing::info!(room_id = %self.room_id, from = self.last_seq, to = committed, "repairing trailing messages");
+                    self.repair(committed).await;
+                }
+            }
+        }
+    }
+
+    async fn on_event(&mut self, event: Arc<RoomEvent>) {
+        match event.kind {
+            EventKind::Message => {
+                let seq = event.seq.unwrap_or_default();
+                if seq <= self.last_seq {
+                    return;
+                }
+                if seq > self.last_seq + 1 {
+                    tracing::info!(room_id = %self.room_id, from = self.last_seq, to = seq, "repairing a gap");
+                    self.repair(seq - 1).await;
+                    if self.last_seq != seq - 1 {
+                        // Postgres is unreachable; the catch-up loop delivers this later.
+                        return;
+                    }
+                }
+                self.last_seq = seq;
+                self.deliver(&event);
+            }
+            EventKind::Typing => {
+                let user = event.user_id.unwrap_or_default();
+                if event.typing == Some(true) {
+                    self.typing
+                        .insert(user, Instant::now() + crate::relay::TYPING_TTL);
+                } else if self.typing.remove(&user).is_none() {
+                    // Already expired here; clients were told.
+                    return;
+                }
+                self.deliver(&event);
+            }
+            EventKind::Revoke => {
+                let user = event.user_id;
+                self.subscribers.retain(|s| {
+                    if user.is_some_and(|user| user != s.user_id) {
+                        return true;
+                    }
+                    offer(
+                        s,
+                        Outbound::Unsubscribed {
+                            room_id: event.room_id,
+                        },
+                    );
+                    false
+                });
+            }
+            _ => self.deliver(&event),
+        }
+    }
+
+    /// Delivers the messages after `last_seq` up to `upto` from Postgres, in order.
+    async fn repair(&mut self, upto: i64) {
+        while self.last_seq < upto {
+            let page = self
+                .store
+                .messages_in_range(Uuid::nil(), self.room_id, self.last_seq, upto, REPAIR_PAGE)
+                .await;
+            let messages = match page {
+                Ok(messages) if !messages.is_empty() => messages,
+                Ok(_) => return,
+                Err(err) => {
+                    tracing::warn!(room_id = %self.room_id, error = %err, "gap repair failed; will retry");
+                    return;
+                }
+            };
+            for message in &messages {
+                self.last_seq = message.seq;
+                self.deliver(&Arc::new(RoomEvent::message(message)));
+            }
+        }
+    }
+
+    fn expire_typing(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<Uuid> = self
+            .typing
+            .iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(user, _)| *user)
+            .collect();
+        for user in expired {
+            self.typing.remove(&user);
+            self.deliver(&Arc::new(RoomEvent::typing(self.room_id, user, false)));
+        }
+    }
+
+    /// Offers the event to every subscriber without waiting; one whose queue is full is
+    /// closed (4008) and dropped, so a slow reader never slows the room.
+    fn deliver(&mut self, event: &Arc<RoomEvent>) {
+        self.subscribers
+            .retain(|subscriber| offer(subscriber, Outbound::Event(event.clone())));
+    }
+}
+
+/// Queues `item` for a subscriber; `false` (and a 4008 close) if its queue is full or
+/// gone.
+fn offer(subscriber: &Subscriber, item: Outbound) -> bool {
+    match subscriber.queue.try_send(item) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            subscriber
+                .closer
+                .close(4008, "too slow: resume with since_seq");
+            false
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+    }
+}
+
+async fn next_message(
+    subscription: &mut Option<async_nats::Subscriber>,
+) -> Option<async_nats::Message> {
+    match subscription {
+        Some(subscription) => subscription.next().await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,616 @@
+//! The WebSocket API and the relay between in-process nodes (SPEC §1.3–§1.6, §4, §5).
+
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use reqwest::Method;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::helpers::{
+    JWT_SECRET, TestApp, TestUser, WsClient, settings, spawn_app, spawn_app_with, spawn_node,
+};
+
+async fn public_room_with(app: &TestApp, owner: &TestUser, members: &[&TestUser]) -> Uuid {
+    let room = app.create_room(owner, "live", "public").await;
+    for member in members {
+        app.post(&format!("/v1/rooms/{room}/join"), &member.token, json!({}))
+            .await
+            .assert_status(204);
+    }
+    room
+}
+
+#[tokio::test]
+async fn a_message_sent_over_rest_on_one_node_reaches_a_subscriber_on_another() {
+    let node1 = spawn_app().await;
+    let node2 = spawn_node(settings(&node1.database_url)).await;
+    let alice = node1.register("alice").await;
+    let bob = node1.register("bob").await;
+    let room = public_room_with(&node1, &alice, &[&bob]).await;
+
+    let mut ws = WsClient::connect(node2.addr, "/v1/ws", &bob.token).await;
+    let subscribed = ws.subscribe(room, None).await;
+    assert_eq!(subscribed["room_id"], room.to_string());
+    assert_eq!(subscribed["last_seq"], 0);
+
+    let sent = node1.send(&alice, room, "hello from node 1").await;
+    let event = ws.recv_type("message").await;
+    assert_eq!(event["message"]["id"], sent["id"]);
+    assert_eq!(event["message"]["text"], "hello from node 1");
+    assert_eq!(event["message"]["seq"], 1);
+}
+
+#[tokio::test]
+async fn a_websocket_send_is_acked_and_every_subscriber_gets_it_once_in_order() {
+    let node1 = spawn_app_with(|s| {
+        s.limits.sends_per_second = 1000.0;
+        s.limits.send_burst = 1000;
+    })
+    .await;
+    let mut second = settings(&node1.database_url);
+    second.limits.sends_per_second = 1000.0;
+    second.limits.send_burst = 1000;
+    let node2 = spawn_node(second).await;
+    let alice = node1.register("alice").await;
+    let bob = node1.register("bob").await;
+    let room = public_room_with(&node1, &alice, &[&bob]).await;
+
+    let mut alice_ws = WsClient::connect(node1.addr, "/v1/ws", &alice.token).await;
+    let mut bob_ws = WsClient::connect(node2.addr, "/v1/ws", &bob.token).await;
+    alice_ws.subscribe(room, None).await;
+    bob_ws.subscribe(room, None).await;
+
+    for i in 0..20 {
+        alice_ws
+            .send(json!({"type": "send", "room_id": room, "text": format!("m{i}"), "client_msg_id": format!("c{i}")}))
+            .await;
+    }
+    // Bob on the other node sends over REST at the same time.
+    join_all((0..20).map(|i| node2.send(&bob, room, format!("b{i}")))).await;
+
+    let mut acks = 0;
+    let mut alice_seqs = Vec::new();
+    while acks < 20 || alice_seqs.len() < 40 {
+        let frame = alice_ws.recv().await;
+        match frame["type"].as_str().unwrap() {
+            "send_ack" => {
+                acks += 1;
+                assert!(frame["client_msg_id"].as_str().unwrap().starts_with('c'));
+            }
+            "message" => alice_seqs.push(frame["message"]["seq"].as_i64().unwrap()),
+            "presence" => {}
+            other => panic!("unexpected frame {other}: {frame}"),
+        }
+    }
+    let bob_seqs = bob_ws.message_seqs(40).await;
+    let expected: Vec<i64> = (1..=40).collect();
+    assert_eq!(alice_seqs, expected);
+    assert_eq!(bob_seqs, expected);
+    // Nothing more: no duplicates trail behind.
+    assert!(bob_ws.next(Duration::from_millis(500)).await.is_none());
+}
+
+#[tokio::test]
+async fn subscribe_with_since_seq_replays_the_gap_then_continues_live_without_a_seam() {
+    let node1 = spawn_app_with(|s| {
+        s.limits.sends_per_second = 1000.0;
+        s.limits.send_burst = 1000;
+    })
+    .await;
+    let node2 = spawn_node(settings(&node1.database_url)).await;
+    let alice = node1.register("alice").await;
+    let room = public_room_with(&node1, &alice, &[]).await;
+    for i in 1..=30 {
+        node1.send(&alice, room, &format!("history {i}")).await;
+    }
+
+    let mut ws = WsClient::connect(node2.addr, "/v1/ws", &alice.token).await;
+    // Live traffic keeps flowing while the client resumes.
+    let sender = {
+        let alice = alice.clone();
+        let node = node1.url("");
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            for i in 31..=60 {
+                http.post(format!("{node}/v1/rooms/{room}/messages"))
+                    .bearer_auth(&alice.token)
+                    .json(&json!({"text": format!("live {i}")}))
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    ws.subscribe(room, Some(10)).await;
+    sender.await.unwrap();
+    assert_eq!(ws.message_seqs(50).await, (11..=60).collect::<Vec<_>>());
+    assert!(ws.next(Duration::from_millis(500)).await.is_none());
+}
+
+#[tokio::test]
+async fn a_publish_that_nats_never_delivers_is_repaired_from_postgres() {
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let room = public_room_with(&app, &alice, &[]).await;
+    let mut ws = WsClient::connect(app.addr, "/v1/ws", &alice.token).await;
+    ws.subscribe(room, None).await;
+    app.send(&alice, room, "one").await;
+    assert_eq!(ws.message_seqs(1).await, vec![1]);
+
+    // Commit messages 2 and 3 the way a send does, but never publish them.
+    let (db, connection) = tokio_postgres::connect(&app.database_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let commit_unpublished = |text: &'static str| {
+        let db = &db;
+        async move {
+            db.execute(
+                "WITH next AS (UPDATE rooms SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq)
+                 INSERT INTO messages (id, room_id, seq, sender_id, text)
+                 SELECT gen_random_uuid(), $1, last_seq, $2, $3 FROM next",
+                &[&room, &alice.id, &text],
+            )
+            .await
+            .unwrap();
+        }
+    };
+    commit_unpublished("two").await;
+    commit_unpublished("three").await;
+
+    // Later traffic reveals the gap: 2 and 3 arrive before 4, in order.
+    app.send(&alice, room, "four").await;
+    let frames: Vec<_> = {
+        let mut frames = Vec::new();
+        while frames.len() < 3 {
+            frames.push(ws.recv_type("message").await);
+        }
+        frames
+    };
+    let seqs: Vec<i64> = frames
+        .iter()
+        .map(|f| f["message"]["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(seqs, vec![2, 3, 4]);
+    assert_eq!(frames[0]["message"]["text"], "two");
+
+    // A lost last message has no successor; the catch-up timer finds it.
+    commit_unpublished("five").await;
+    let frame = ws.recv_type("message").await;
+    assert_eq!(frame["message"]["seq"], 5);
+    assert_eq!(frame["message"]["text"], "five");
+}
+
+#[tokio::test]
+async fn bad_frames_get_error_frames_and_the_socket_stays_open() {
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let mallory = app.register("mallory").await;
+    let private = app.create_room(&alice, "secret", "private").await;
+    let public = app.create_room(&alice, "lobby", "public").await;
+    let mut ws = WsClient::connect(app.addr, "/v1/ws", &mallory.token).await;
+
+    ws.send_raw("{not json".into()).await;
+    assert_eq!(ws.recv().await["code"], "invalid_json");
+    ws.send(json!({"type": "dance"})).await;
+    assert_eq!(ws.recv().await["code"], "unknown_type");
+    ws.send(json!({"type": "send", "room_id": public})).await;
+    assert_eq!(ws.recv().await["code"], "invalid_frame");
+    ws.send(json!({"type": "subscribe"})).await;
+    let missing_room = ws.recv().await;
+    assert_eq!(missing_room["code"], "invalid_input");
+    assert_eq!(missing_room["ref"], "subscribe");
+
+    // A private room is not found; sending to a public room needs membership.
+    ws.send(json!({"type": "subscribe", "room_id": private}))
+        .await;
+    let hidden = ws.recv().await;
+    assert_eq!(hidden["type"], "error");
+    assert_eq!(hidden["code"], "room_not_found");
+    ws.send(json!({"type": "send", "room_id": public, "text": "hi", "client_msg_id": "k1"}))
+        .await;
+    let not_member = ws.recv().await;
+    assert_eq!(not_member["code"], "not_member");
+    assert_eq!(not_member["ref"], "k1");
+    ws.send(json!({"type": "send", "room_id": public, "text": " "}))
+        .await;
+    assert_eq!(ws.recv().await["code"], "invalid_input");
+
+    ws.send(json!({"type": "ping"})).await;
+    assert_eq!(ws.recv().await, json!({"type": "pong"}));
+    // Reading a public room needs no membership.
+    let subscribed = ws.subscribe(public, None).await;
+    assert_eq!(subscribed["type"], "subscribed");
+}
+
+#[tokio::test]
+async fn typing_reaches_others_not_the_typer_and_expires_or_clears_on_disconnect() {
+    let node1 = spawn_app().await;
+    let node2 = spawn_node(settings(&node1.database_url)).await;
+    let alice = node1.register("alice").await;
+    let bob = node1.register("bob").await;
+    let room = public_room_with(&node1, &alice, &[&bob]).await;
+    let mut alice_ws = WsClient::connect(node1.addr, "/v1/ws", &alice.token).await;
+    let mut bob_ws = WsClient::connect(node2.addr, "/v1/ws", &bob.token).await;
+    alice_ws.subscribe(room, None).await;
+    bob_ws.subscribe(room, None).await;
+
+    alice_ws
+        .send(json!({"type": "typing", "room_id": room, "value": true}))
+        .await;
+    let ack = alice_ws.recv_type("typing_ack").await;
+    assert_eq!(
+        ack,
+        json!({"type": "typing_ack", "room_id": room, "value": true})
+    );
+    let typing = bob_ws.recv_type("typing").await;
+    assert_eq!(typing["user_id"], alice.id.to_string());
+    assert_eq!(typing["value"], true);
+
+    // Without a refresh it lapses after 6 s, on every node.
+    let stopped = tokio::time::timeout(Duration::from_secs(9), bob_ws.recv_type("typing"))
+        .await
+        .expect("typing expires");
+    assert_eq!(stopped["value"], false);
+
+    // Typing again, then disconnecting, clears it at once.
+    alice_ws
+        .send(json!({"type": "typing", "room_id": room, "value": true}))
+        .await;
+    assert_eq!(bob_ws.recv_type("typing").await["value"], true);
+    drop(alice_ws);
+    let cleared = tokio::time::timeout(Duration::from_secs(3), bob_ws.recv_type("typing"))
+        .await
+        .expect("typing clears on disconnect");
+    assert_eq!(cleared["value"], false);
+    // The typer never heard about itself.
+    let mut bob_only = WsClient::connect(node1.addr, "/v1/ws", &bob.token).await;
+    bob_only.subscribe(room, None).await;
+    bob_only
+        .send(json!({"type": "typing", "room_id": room, "value": true}))
+        .await;
+    bob_only.recv_type("typing_ack").await;
+    let next = bob_only.next(Duration::from_millis(500)).await;
+    assert!(
+        !matches!(next, Some(Ok(ref f)) if f["type"] == "typing"),
+        "{next:?}"
+    );
+}
+
+#[tokio::test]
+async fn read_receipts_are_acked_and_shown_to_others() {
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let room = public_room_with(&app, &alice, &[&bob]).await;
+    app.send(&alice, room, "read me").await;
+    let mut alice_ws = WsClient::connect(app.addr, "/v1/ws", &alice.token).await;
+    let mut bob_ws = WsClient::connect(app.addr, "/v1/ws", &bob.token).await;
+    alice_ws.subscribe(room, None).await;
+    bob_ws.subscribe(room, None).await;
+
+    bob_ws
+        .send(json!({"type": "read_upto", "room_id": room, "seq": 1}))
+        .await;
+    assert_eq!(
+        bob_ws.recv_type("read_ack").await,
+        json!({"type": "read_ack", "room_id": room, "seq": 1})
+    );
+    let read = alice_ws.recv_type("read").await;
+    assert_eq!(read["user_id"], bob.id.to_string());
+    assert_eq!(read["seq"], 1);
+    // And REST agrees.
+    let mine = app.get("/v1/me/rooms", &bob.token).await;
+    assert_eq!(mine.body["rooms"][0]["last_read_seq"], 1);
+}
+
+#[tokio::test]
+async fn rest_edits_deletes_and_reactions_reach_subscribers_as_events() {
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let room = public_room_with(&app, &alice, &[]).await;
+    let mut ws = WsClient::connect(app.addr, "/v1/ws", &alice.token).await;
+    ws.subscribe(room, None).await;
+    let message = app.send(&alice, room, "draft").await;
+    let id = message["id"].as_str().unwrap();
+    ws.recv_type("message").await;
+
+    let path = format!("/v1/rooms/{room}/messages/{id}");
+    app.call(
+        Method::PATCH,
+        &path,
+        Some(&alice.token),
+        Some(json!({"text": "final"})),
+    )
+    .await
+    .assert_status(200);
+    let edited = ws.recv().await;
+    assert_eq!(edited["type"], "message_edited");
+    assert_eq!(edited["message"]["text"], "final");
+
+    app.call(
+        Method::PUT,
+        &format!("{path}/reactions/:tada:"),
+        Some(&alice.token),
+        None,
+    )
+    .await
+    .assert_status(200);
+    let reaction = ws.recv().await;
+    assert_eq!(
+        reaction,
+        json!({"type": "reaction", "room_id": room, "message_id": id, "emoji": ":tada:",
+               "user_id": alice.id, "added": true})
+    );
+    app.call(Method::DELETE, &path, Some(&alice.token), None)
+        .await
+        .assert_status(200);
+    let deleted = ws.recv().await;
+    assert_eq!(
+        deleted,
+        json!({"type": "message_deleted", "room_id": room, "message_id": id, "seq": 1})
+    );
+}
+
+#[tokio::test]
+async fn presence_shows_live_subscribers_cluster_wide_with_joined_and_left_events() {
+    let node1 = spawn_app().await;
+    let node2 = spawn_node(settings(&node1.database_url)).await;
+    let alice = node1.register("alice").await;
+    let bob = node1.register("bob").await;
+    let room = public_room_with(&node1, &alice, &[&bob]).await;
+
+    let mut alice_ws = WsClient::connect(node1.addr, "/v1/ws", &alice.token).await;
+    alice_ws.subscribe(room, None).await;
+    let joined = alice_ws.recv_type("presence").await;
+    assert_eq!(joined["user_id"], alice.id.to_string());
+    assert_eq!(joined["status"], "joined");
+
+    let mut bob_ws = WsClient::connect(node2.addr, "/v1/ws", &bob.token).await;
+    bob_ws.subscribe(room, None).await;
+    let bob_joined = alice_ws.recv_type("presence").await;
+    assert_eq!(bob_joined["user_id"], bob.id.to_string());
+    assert_eq!(bob_joined["status"], "joined");
+
+    // Both nodes see both users, in the room and online.
+    for node in [&node1, &node2] {
+        let mut users = Vec::new();
+        for _ in 0..50 {
+            let reply = node
+                .get(&format!("/v1/rooms/{room}/presence"), &alice.token)
+                .await;
+            users = reply.body["users"].as_array().unwrap().clone();
+            if users.len() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(users.len(), 2, "{users:?}");
+        assert!(users.iter().all(|u| u["online"] == true));
+        let online = node.get("/v1/presence", &alice.token).await;
+        assert_eq!(online.body["users"].as_array().unwrap().len(), 2);
+    }
+    let bob_seen = node1
+        .get(&format!("/v1/users/{}", bob.id), &alice.token)
+        .await;
+    assert_eq!(bob_seen.body["online"], true);
+
+    // A second device of Bob's changes nothing; closing the last one says "left".
+    let mut bob_phone = WsClient::connect(node1.addr, "/v1/ws", &bob.token).await;
+    bob_phone.subscribe(room, None).await;
+    drop(bob_ws);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(bob_phone);
+    let left = alice_ws.recv_type("presence").await;
+    assert_eq!(left["user_id"], bob.id.to_string());
+    assert_eq!(left["status"], "left");
+    let members = node2
+        .get(&format!("/v1/rooms/{room}/members"), &alice.token)
+        .await;
+    let bob_member = members.body["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["user_id"] == bob.id.to_string())
+        .unwrap()
+        .clone();
+    assert_eq!(bob_member["online"], false);
+}
+
+#[tokio::test]
+async fn a_slow_reader_is_closed_with_4008_while_others_keep_their_pace() {
+    let app = spawn_app_with(|s| {
+        s.limits.outbound_queue = 8;
+        s.limits.sends_per_second = 10_000.0;
+        s.limits.send_burst = 10_000;
+    })
+    .await;
+    let alice = app.register("alice").await;
+    let room = public_room_with(&app, &alice, &[]).await;
+    let mut fast = WsClient::connect(app.addr, "/v1/ws", &alice.token).await;
+    fast.subscribe(room, None).await;
+
+    // The slow reader has a tiny receive buffer and does not read at all for now.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(app.addr).await.unwrap();
+    let url = format!("ws://{}/v1/ws?token={}", app.addr, alice.token);
+    let (mut slow_socket, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+    {
+        use futures_util::{SinkExt, StreamExt};
+        slow_socket
+            .send(tokio_tungstenite::tungstenite::Message::text(
+                json!({"type": "subscribe", "room_id": room}).to_string(),
+            ))
+            .await
+            .unwrap();
+        let _subscribed = slow_socket.next().await;
+    }
+
+    // Enough to overflow the kernel's socket buffers (up to 4 MiB on loopback) and then
+    // the 8-event queue.
+    let text = "x".repeat(3900);
+    let total = 1300;
+    let mut fast_seqs = Vec::new();
+    for chunk in (0..total).collect::<Vec<_>>().chunks(100) {
+        join_all(chunk.iter().map(|_| app.send(&alice, room, text.as_str()))).await;
+        fast_seqs.extend(fast.message_seqs(chunk.len()).await);
+    }
+    let mut sorted = fast_seqs.clone();
+    sorted.sort_unstable();
+    assert_eq!(fast_seqs, sorted, "the fast reader got everything in order");
+    assert_eq!(fast_seqs, (1..=total as i64).collect::<Vec<_>>());
+
+    // Now the slow reader drains what was buffered and finds a 4008 close.
+    use futures_util::StreamExt;
+    let mut last_seq = 0;
+    let code = loop {
+        match tokio::time::timeout(Duration::from_secs(20), slow_socket.next()).await {
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t)))) => {
+                let frame: serde_json::Value = serde_json::from_str(&t).unwrap();
+                if let Some(seq) = frame["message"]["seq"].as_i64() {
+                    last_seq = seq;
+                }
+            }
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Close(frame)))) => {
+                break frame.map(|f| u16::from(f.code));
+            }
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(code, Some(4008));
+    assert!(last_seq < total as i64);
+
+    // It resumes where it stopped and gets the rest.
+    let mut resumed = WsClient::connect(app.addr, "/v1/ws", &alice.token).await;
+    resumed.subscribe(room, Some(last_seq)).await;
+    let rest = resumed
+        .message_seqs((total as i64 - last_seq) as usize)
+        .await;
+    assert_eq!(rest, ((last_seq + 1)..=total as i64).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn socket_limits_frame_size_room_count_and_token_expiry_are_enforced() {
+    let app = spawn_app_with(|s| s.limits.max_rooms_per_socket = 2).await;
+    let alice = app.register("alice").await;
+    let rooms = [
+        app.create_room(&alice, "a", "public").await,
+        app.create_room(&alice, "b", "public").await,
+        app.create_room(&alice, "c", "public").await,
+    ];
+    let mut ws = WsClient::connect(app.addr, "/v1/ws", &alice.token).await;
+    ws.subscribe(rooms[0], None).await;
+    ws.subscribe(rooms[1], None).await;
+    ws.send(json!({"type": "subscribe", "room_id": rooms[2]}))
+        .await;
+    let refused = ws.recv_type("error").await;
+    assert_eq!(refused["code"], "too_many_rooms");
+    ws.send(json!({"type": "unsubscribe", "room_id": rooms[0]}))
+        .await;
+    assert_eq!(
+        ws.recv_type("unsubscribed").await["room_id"],
+        rooms[0].to_string()
+    );
+    ws.subscribe(rooms[2], None).await;
+
+    // A frame over 64 KiB closes the socket with 1009.
+    ws.send_raw(format!(
+        r#"{{"type":"send","room_id":"{}","text":"{}"}}"#,
+        rooms[1],
+        "x".repeat(70 * 1024)
+    ))
+    .await;
+    assert_eq!(ws.closed().await, 1009);
+
+    // A token that expires closes its socket with 4001.
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 2;
+    let short = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub": alice.id, "iss": "natter", "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .unwrap();
+    let mut expiring = WsClient::connect(app.addr, "/v1/ws", &short).await;
+    expiring.subscribe(rooms[0], None).await;
+    assert_eq!(expiring.closed().await, 4001);
+
+    // No token, no socket.
+    let refused = tokio_tungstenite::connect_async(format!("ws://{}/v1/ws", app.addr)).await;
+    assert!(refused.is_err());
+}
+
+#[tokio::test]
+async fn the_single_room_socket_subscribes_at_once_and_acts_on_its_room() {
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let room = public_room_with(&app, &alice, &[]).await;
+    app.send(&alice, room, "before").await;
+    let mut ws = WsClient::connect(
+        app.addr,
+        &format!("/v1/ws/rooms/{room}?since_seq=0"),
+        &alice.token,
+    )
+    .await;
+    let subscribed = ws.recv_type("subscribed").await;
+    assert_eq!(subscribed["last_seq"], 1);
+    assert_eq!(ws.message_seqs(1).await, vec![1]);
+    ws.send(json!({"type": "send", "text": "no room_id needed", "client_msg_id": "x"}))
+        .await;
+    let ack = ws.recv_type("send_ack").await;
+    assert_eq!(ack["message"]["seq"], 2);
+    let sent = ws.recv_type("message").await;
+    let created_at = sent["message"]["created_at"].as_i64().unwrap();
+    ws.send(json!({"type": "read_upto", "created_at_ms": created_at}))
+        .await;
+    assert_eq!(ws.recv_type("read_ack").await["seq"], 2);
+
+    // A private room one cannot see is refused before the upgrade.
+    let bob = app.register("bob").await;
+    let private = app.create_room(&alice, "p", "private").await;
+    let url = format!(
+        "ws://{}/v1/ws/rooms/{private}?token={}",
+        app.addr, bob.token
+    );
+    assert!(tokio_tungstenite::connect_async(url).await.is_err());
+}
+
+#[tokio::test]
+async fn removal_from_a_private_room_ends_the_live_subscription() {
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let room = app.create_room(&alice, "team", "private").await;
+    app.call(
+        Method::PUT,
+        &format!("/v1/rooms/{room}/members/{}", bob.id),
+        Some(&alice.token),
+        None,
+    )
+    .await
+    .assert_status(204);
+    let mut bob_ws = WsClient::connect(app.addr, "/v1/ws", &bob.token).await;
+    bob_ws.subscribe(room, None).await;
+    app.call(
+        Method::DELETE,
+        &format!("/v1/rooms/{room}/members/{}", bob.id),
+        Some(&alice.token),
+        None,
+    )
+    .await
+    .assert_status(204);
+    let ended = bob_ws.recv_type("unsubscribed").await;
+    assert_eq!(ended["room_id"], room.to_string());
+    app.send(&alice, room, "after bob left").await;
+    let next = bob_ws.next(Duration::from_millis(700)).await;
+    assert!(
+        !matches!(next, Some(Ok(ref f)) if f["type"] == "message"),
+        "{next:?}"
+    );
+}
