@@ -76,6 +76,10 @@ pub enum StartError {
 
 /// How long start-up keeps retrying a database that is not up yet.
 const DATABASE_STARTUP_WAIT: Duration = Duration::from_secs(30);
+/// Connections with no traffic either way for this long are closed.
+const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long open sockets get to close with 1012 once shutdown begins.
+const SOCKET_CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// How long in-flight requests get to finish once shutdown begins.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -149,14 +153,31 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> std::io::Result<()> {
-        let draining = self.state.shutdown.clone();
+        let state = self.state.clone();
         let signal = async move {
             shutdown.await;
             tracing::info!("draining");
-            draining.send_replace(true);
+            state.shutdown.send_replace(true);
+            // Sockets are upgraded connections the server no longer tracks: give them
+            // time to send their 1012 before the server stops.
+            let closed = async {
+                while state.metrics.sockets_open() > 0 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            };
+            if tokio::time::timeout(SOCKET_CLOSE_GRACE, closed)
+                .await
+                .is_err()
+            {
+                tracing::warn!("some sockets did not close in time");
+            }
         };
         tracing::info!(addr = %self.local_addr, node_id = %self.state.settings.node_id, "serving");
         Server::new_with_acceptor(self.acceptor)
+            // A connection that sends nothing and is sent nothing (a half-open client,
+            // one that never finishes its request) cannot hold a slot forever. Sockets
+            // are pinged well within this.
+            .idle_timeout(IDLE_CONNECTION_TIMEOUT)
             .run_with_graceful_shutdown(api::routes(self.state), signal, Some(SHUTDOWN_GRACE))
             .await
     }

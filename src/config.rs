@@ -178,7 +178,10 @@ impl Settings {
         if !prefix_ok {
             return Err(bad("NATS_PREFIX", "must be letters, digits, '_' or '-'"));
         }
-        let presence_ttl = Duration::from_secs(number(&lookup, "PRESENCE_TTL_SECS", 15)?);
+        // 10 s: a dead node's leases expire at most this long after its last refresh, so
+        // its users are offline everywhere within 15 s (SPEC §1.6), with room for
+        // JetStream's expiry timer.
+        let presence_ttl = Duration::from_secs(number(&lookup, "PRESENCE_TTL_SECS", 10)?);
         let servers = nats_url.split(',').count().min(5);
         let presence_replicas = number(&lookup, "PRESENCE_REPLICAS", servers)?;
         Ok(Self {

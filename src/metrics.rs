@@ -39,6 +39,10 @@ impl Metrics {
         self.sockets_open.fetch_sub(1, Ordering::Relaxed);
     }
 
+    pub fn sockets_open(&self) -> i64 {
+        self.sockets_open.load(Ordering::Relaxed)
+    }
+
     pub fn render(&self, node_id: &str, pool: deadpool_postgres::Status, rooms: usize) -> String {
         let mut out = String::with_capacity(1024);
         let node = format!("node=\"{}\"", node_id.replace(['"', '\\', '\n'], "_"));

@@ -144,17 +144,12 @@ impl Presence {
             history: 1,
             max_age: ttl,
             num_replicas: replicas,
-            storage: async_nats::jetstream::stream::StorageType::Memory,
             limit_markers: Some(ttl.max(Duration::from_secs(1))),
             ..Default::default()
         };
-        let kv = match jetstream.get_key_value(&bucket).await {
-            Ok(kv) => kv,
-            Err(_) => jetstream
-                .create_key_value(config)
-                .await
-                .map_err(|e| PresenceError::Bucket(e.to_string()))?,
-        };
+        let kv = open_bucket(&jetstream, &config)
+            .await
+            .map_err(PresenceError::Bucket)?;
         let presence = Self {
             inner: Arc::new(Inner {
                 kv,
@@ -166,7 +161,7 @@ impl Presence {
                 hub,
             }),
         };
-        tokio::spawn(watch(Arc::downgrade(&presence.inner)));
+        tokio::spawn(watch(Arc::downgrade(&presence.inner), jetstream, config));
         tokio::spawn(refresh(Arc::downgrade(&presence.inner)));
         Ok(presence)
     }
@@ -282,6 +277,21 @@ impl Inner {
     }
 }
 
+/// The presence bucket, created if it does not exist (first node, or a NATS that lost
+/// its state).
+async fn open_bucket(
+    jetstream: &async_nats::jetstream::Context,
+    config: &kv::Config,
+) -> Result<kv::Store, String> {
+    match jetstream.get_key_value(&config.bucket).await {
+        Ok(kv) => Ok(kv),
+        Err(_) => jetstream
+            .create_key_value(config.clone())
+            .await
+            .map_err(|e| e.to_string()),
+    }
+}
+
 fn key(connection: Uuid) -> String {
     format!("c.{}", connection.simple())
 }
@@ -378,8 +388,13 @@ fn sweep_expired(inner: &Inner) {
 }
 
 /// Follows every change to the bucket, starting from its current contents; restarts the
-/// watch if it ends (NATS reconnects). Ends when presence is dropped.
-async fn watch(inner: std::sync::Weak<Inner>) {
+/// watch if it ends (NATS reconnects), recreating the bucket if NATS lost it. Ends when
+/// presence is dropped.
+async fn watch(
+    inner: std::sync::Weak<Inner>,
+    jetstream: async_nats::jetstream::Context,
+    config: kv::Config,
+) {
     loop {
         let Some(kv) = inner.upgrade().map(|i| i.kv.clone()) else {
             return;
@@ -388,6 +403,9 @@ async fn watch(inner: std::sync::Weak<Inner>) {
             Ok(entries) => entries,
             Err(err) => {
                 tracing::warn!(error = %err, "presence watch failed; retrying");
+                if let Err(err) = open_bucket(&jetstream, &config).await {
+                    tracing::warn!(error = %err, "presence bucket unavailable");
+                }
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }

@@ -77,6 +77,20 @@ pub async fn limit_body<E: Endpoint>(ep: E, mut req: Request, max: usize) -> Res
     ep.call(req).await.map(IntoResponse::into_response)
 }
 
+/// Runs each request in a trace context continued from its `traceparent` header.
+pub async fn trace_request<E: Endpoint>(ep: E, req: Request) -> Result<Response> {
+    let parent = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok());
+    let traceparent = crate::telemetry::child_traceparent(parent);
+    let span = tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), %traceparent);
+    let work = tracing::Instrument::instrument(ep.call(req), span);
+    crate::telemetry::in_trace(traceparent, work)
+        .await
+        .map(IntoResponse::into_response)
+}
+
 /// Counts every response by status class for `/metrics`.
 pub async fn count_response<E: Endpoint>(ep: E, req: Request) -> Result<Response> {
     let counters = req.data::<AppState>().map(|s| s.metrics.clone());

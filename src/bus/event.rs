@@ -214,6 +214,9 @@ impl RoomEvent {
     pub fn decode(room_id: Uuid, message: async_nats::Message) -> Option<Self> {
         let headers = message.headers.as_ref()?;
         let kind = EventKind::parse(headers.get(KIND)?.as_str())?;
+        if let Some(traceparent) = headers.get("traceparent") {
+            tracing::debug!(%room_id, kind = kind.as_str(), traceparent = traceparent.as_str(), "event received");
+        }
         let seq = match headers.get(SEQ) {
             Some(v) => Some(v.as_str().parse().ok()?),
             None => None,

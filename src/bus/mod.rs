@@ -114,11 +114,15 @@ impl Bus {
     /// the relay's gap repair delivers lost messages from Postgres.
     #[tracing::instrument(skip_all, fields(room_id = %event.room_id, kind = ?event.kind, seq = event.seq))]
     pub async fn publish(&self, event: &RoomEvent) {
+        let mut headers = event.headers();
+        if let Some(traceparent) = crate::telemetry::current_traceparent() {
+            headers.insert("traceparent", &*traceparent);
+        }
         let result = self
             .client
             .publish_with_headers(
                 self.room_subject(event.room_id),
-                event.headers(),
+                headers,
                 event.payload.clone(),
             )
             .await;

@@ -46,7 +46,7 @@ pub fn settings(database_url: &str) -> Settings {
         database_pool_size: 8,
         nats_url: env("NATTER_TEST_NATS_URL"),
         nats_prefix: database,
-        presence_ttl: Duration::from_secs(15),
+        presence_ttl: Duration::from_secs(10),
         presence_replicas: 1,
         listen_addr: "127.0.0.1:0".parse().unwrap(),
         node_id: format!("test-{}", &Uuid::new_v4().simple().to_string()[..8]),

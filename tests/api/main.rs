@@ -2,6 +2,7 @@
 //! Run them with `bash tests/run`.
 
 mod auth;
+mod cluster;
 mod helpers;
 mod jwt;
 mod messages;

@@ -78,6 +78,8 @@ async fn the_openapi_document_covers_every_operation_with_its_statuses() {
         ("/rooms/{room_id}/members/{user_id}", "delete", "204"),
         ("/dms", "post", "201"),
         ("/me/rooms", "get", "200"),
+        ("/presence", "get", "200"),
+        ("/rooms/{room_id}/presence", "get", "404"),
         ("/rooms/{room_id}/messages", "post", "429"),
         ("/rooms/{room_id}/messages", "get", "200"),
         ("/rooms/{room_id}/messages/search", "get", "200"),

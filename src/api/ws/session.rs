@@ -104,6 +104,7 @@ impl Session {
         if tokio::time::timeout(WRITE_TIMEOUT, writer).await.is_err() {
             tracing::debug!("writer did not finish in time");
         }
+        session.state.metrics.socket_closed();
     }
 
     async fn read_loop(&mut self, stream: &mut futures_util::stream::SplitStream<WebSocketStream>) {
@@ -127,7 +128,10 @@ impl Session {
                         }
                         return;
                     }
-                    Ok(Some(Ok(WsMessage::Text(text)))) => self.handle(&text).await,
+                    Ok(Some(Ok(WsMessage::Text(text)))) => {
+                        let traceparent = crate::telemetry::child_traceparent(None);
+                        crate::telemetry::in_trace(traceparent, self.handle(&text)).await;
+                    }
                     Ok(Some(Ok(WsMessage::Binary(_)))) => {
                         self.error("invalid_frame", "frames are JSON text", None).await;
                     }
@@ -157,7 +161,6 @@ impl Session {
             self.state.bus.publish(&event).await;
         }
         self.closer.close(1000, "bye");
-        self.state.metrics.socket_closed();
     }
 
     async fn handle(&mut self, text: &str) {

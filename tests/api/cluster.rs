@@ -1,0 +1,385 @@
+//! Cluster behaviour with nodes as separate `natter` processes, so one can be killed.
+
+use std::{
+    net::SocketAddr,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use futures_util::future::join_all;
+use serde_json::json;
+use tokio::process::{Child, Command};
+use uuid::Uuid;
+
+use crate::helpers::{
+    JWT_SECRET, TestApp, TestUser, WsClient, create_database, settings, spawn_node,
+};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `natter serve` process.
+struct NodeProcess {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl NodeProcess {
+    async fn start(database_url: &str, nats_url: &str, prefix: &str) -> Self {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_natter"))
+            .arg("serve")
+            .env("DATABASE_URL", database_url)
+            .env("NATS_URL", nats_url)
+            .env("NATS_PREFIX", prefix)
+            .env("JWT_SECRET", JWT_SECRET)
+            .env("LISTEN_ADDR", addr.to_string())
+            .env("NODE_ID", format!("node-{}", addr.port()))
+            .env("SEND_RATE_PER_SEC", "1000")
+            .env("SEND_BURST", "1000")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("natter starts");
+        let node = Self { child, addr };
+        node.wait_ready().await;
+        node
+    }
+
+    async fn wait_ready(&self) {
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let ready = http
+                .get(format!("http://{}/readyz", self.addr))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200);
+            if ready {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("node on {} did not become ready", self.addr);
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("still running").to_string();
+        let status = std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+/// Three node processes on one fresh database, sharing a NATS prefix, plus an in-process
+/// node on the same database for REST calls from the test.
+struct Cluster {
+    nodes: Vec<NodeProcess>,
+    api: TestApp,
+}
+
+async fn cluster(nats_url: Option<&str>) -> Cluster {
+    let database_url = create_database().await;
+    let mut api_settings = settings(&database_url);
+    if let Some(url) = nats_url {
+        api_settings.nats_url = url.to_string();
+    }
+    api_settings.limits.sends_per_second = 1000.0;
+    api_settings.limits.send_burst = 1000;
+    let prefix = api_settings.nats_prefix.clone();
+    let nats = api_settings.nats_url.clone();
+    let api = spawn_node(api_settings).await;
+    let nodes = join_all((0..3).map(|_| NodeProcess::start(&database_url, &nats, &prefix))).await;
+    Cluster { nodes, api }
+}
+
+async fn members(cluster: &Cluster, n: usize) -> (Uuid, Vec<TestUser>) {
+    let mut users = Vec::new();
+    for i in 0..n {
+        users.push(cluster.api.register(&format!("user{i}")).await);
+    }
+    let room = cluster
+        .api
+        .create_room(&users[0], "cluster", "public")
+        .await;
+    for user in &users[1..] {
+        cluster
+            .api
+            .post(&format!("/v1/rooms/{room}/join"), &user.token, json!({}))
+            .await
+            .assert_status(204);
+    }
+    (room, users)
+}
+
+#[tokio::test]
+async fn three_hundred_concurrent_messages_from_three_nodes_reach_every_subscriber_once_in_order() {
+    let cluster = cluster(None).await;
+    let (room, users) = members(&cluster, 6).await;
+    let mut sockets = Vec::new();
+    for (i, user) in users.iter().enumerate() {
+        let node = &cluster.nodes[i % 3];
+        let mut ws = WsClient::connect(node.addr, "/v1/ws", &user.token).await;
+        ws.subscribe(room, None).await;
+        sockets.push(ws);
+    }
+    // Each of the six clients sends 50 messages over its own socket, all at once.
+    let mut readers = Vec::new();
+    for (i, mut ws) in sockets.into_iter().enumerate() {
+        readers.push(tokio::spawn(async move {
+            for j in 0..50 {
+                ws.send(
+                    json!({"type": "send", "room_id": room, "text": format!("{i}:{j}"),
+                               "client_msg_id": format!("{i}-{j}")}),
+                )
+                .await;
+            }
+            ws.message_seqs(300).await
+        }));
+    }
+    for reader in readers {
+        let seqs = reader.await.unwrap();
+        assert_eq!(seqs, (1..=300).collect::<Vec<_>>());
+    }
+    // And a REST send on one node reaches WebSocket subscribers on the other two.
+    let mut on_two = WsClient::connect(cluster.nodes[1].addr, "/v1/ws", &users[1].token).await;
+    let mut on_three = WsClient::connect(cluster.nodes[2].addr, "/v1/ws", &users[2].token).await;
+    on_two.subscribe(room, None).await;
+    on_three.subscribe(room, None).await;
+    let reply = reqwest::Client::new()
+        .post(format!(
+            "http://{}/v1/rooms/{room}/messages",
+            cluster.nodes[0].addr
+        ))
+        .bearer_auth(&users[0].token)
+        .json(&json!({"text": "over REST on node 1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 201);
+    assert_eq!(on_two.message_seqs(1).await, vec![301]);
+    assert_eq!(on_three.message_seqs(1).await, vec![301]);
+}
+
+#[tokio::test]
+async fn a_client_resumes_on_another_node_with_exactly_the_messages_it_missed() {
+    let cluster = cluster(None).await;
+    let (room, users) = members(&cluster, 2).await;
+    let reader = &users[1];
+    let mut ws = WsClient::connect(cluster.nodes[0].addr, "/v1/ws", &reader.token).await;
+    ws.subscribe(room, None).await;
+    for i in 0..10 {
+        cluster
+            .api
+            .send(&users[0], room, format!("before {i}"))
+            .await;
+    }
+    assert_eq!(ws.message_seqs(10).await, (1..=10).collect::<Vec<_>>());
+    drop(ws);
+
+    for i in 0..50 {
+        cluster
+            .api
+            .send(&users[0], room, format!("missed {i}"))
+            .await;
+    }
+    let mut resumed = WsClient::connect(cluster.nodes[1].addr, "/v1/ws", &reader.token).await;
+    resumed.subscribe(room, Some(10)).await;
+    assert_eq!(
+        resumed.message_seqs(50).await,
+        (11..=60).collect::<Vec<_>>()
+    );
+    cluster.api.send(&users[0], room, "live").await;
+    assert_eq!(resumed.message_seqs(1).await, vec![61]);
+    assert!(resumed.next(Duration::from_millis(500)).await.is_none());
+}
+
+/// Starts a nats-server of our own (this test restarts it) and returns it and its URL.
+fn own_nats(port: u16, dir: &std::path::Path) -> Child {
+    let server =
+        std::env::var("NATTER_TEST_NATS_SERVER").expect("run the tests through `bash tests/run`");
+    Command::new(server)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("nats-server starts")
+}
+
+async fn wait_for_port(port: u16) {
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("port {port} never opened");
+}
+
+#[tokio::test]
+async fn subscribers_have_every_message_once_after_nats_restarts_mid_stream() {
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("natter-nats-{}", Uuid::new_v4().simple()));
+    let mut nats = own_nats(port, &dir);
+    wait_for_port(port).await;
+    let url = format!("nats://127.0.0.1:{port}");
+    let cluster = cluster(Some(&url)).await;
+    let (room, users) = members(&cluster, 3).await;
+    let mut sockets = Vec::new();
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        let mut ws = WsClient::connect(node.addr, "/v1/ws", &users[i].token).await;
+        ws.subscribe(room, None).await;
+        sockets.push(ws);
+    }
+    let readers: Vec<_> = sockets
+        .into_iter()
+        .map(|mut ws| tokio::spawn(async move { ws.message_seqs(120).await }))
+        .collect();
+
+    let http = reqwest::Client::new();
+    for i in 0..120 {
+        if i == 40 {
+            nats.kill().await.unwrap();
+        }
+        if i == 80 {
+            nats = own_nats(port, &dir);
+            wait_for_port(port).await;
+        }
+        // Sends go to the three nodes in turn; Postgres is up throughout.
+        let node = cluster.nodes[i % 3].addr;
+        let reply = http
+            .post(format!("http://{node}/v1/rooms/{room}/messages"))
+            .bearer_auth(&users[i % 3].token)
+            .json(&json!({"text": format!("m{i}")}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), 201);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for reader in readers {
+        let seqs = tokio::time::timeout(Duration::from_secs(30), reader)
+            .await
+            .expect("every message arrives after NATS returns")
+            .unwrap();
+        assert_eq!(seqs, (1..=120).collect::<Vec<_>>());
+    }
+    drop(nats);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn a_killed_nodes_clients_resume_elsewhere_and_its_users_go_offline_everywhere() {
+    let mut cluster = cluster(None).await;
+    let (room, users) = members(&cluster, 3).await;
+    let (sender, mover, bystander) = (&users[0], &users[1], &users[2]);
+    let victim = cluster.nodes.remove(2);
+    let mut moving = WsClient::connect(victim.addr, "/v1/ws", &mover.token).await;
+    moving.subscribe(room, None).await;
+    let mut staying = WsClient::connect(victim.addr, "/v1/ws", &bystander.token).await;
+    staying.subscribe(room, None).await;
+    for i in 0..10 {
+        cluster.api.send(sender, room, format!("before {i}")).await;
+    }
+    assert_eq!(moving.message_seqs(10).await, (1..=10).collect::<Vec<_>>());
+    let online = cluster.api.get("/v1/presence", &sender.token).await;
+    assert!(online.body.to_string().contains(&bystander.id.to_string()));
+
+    victim.signal("-KILL");
+    let killed_at = Instant::now();
+    assert_eq!(moving.closed().await, 1006);
+    let sends = {
+        let api = cluster.api.url("");
+        let sender = sender.clone();
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            for i in 0..20 {
+                http.post(format!("{api}/v1/rooms/{room}/messages"))
+                    .bearer_auth(&sender.token)
+                    .json(&json!({"text": format!("after {i}")}))
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    let mut resumed = WsClient::connect(cluster.nodes[0].addr, "/v1/ws", &mover.token).await;
+    resumed.subscribe(room, Some(10)).await;
+    sends.await.unwrap();
+    assert_eq!(
+        resumed.message_seqs(20).await,
+        (11..=30).collect::<Vec<_>>()
+    );
+
+    // The bystander never reconnected: every surviving node sees them go offline.
+    for node in [&cluster.nodes[0], &cluster.nodes[1]] {
+        let http = reqwest::Client::new();
+        loop {
+            let users: serde_json::Value = http
+                .get(format!("http://{}/v1/presence", node.addr))
+                .bearer_auth(&sender.token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if !users.to_string().contains(&bystander.id.to_string()) {
+                break;
+            }
+            assert!(
+                killed_at.elapsed() < Duration::from_secs(15),
+                "still online after 15 s"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    eprintln!("offline everywhere {:?} after SIGKILL", killed_at.elapsed());
+}
+
+#[tokio::test]
+async fn sigterm_drains_with_1012_and_clients_lose_nothing_after_resuming() {
+    let mut cluster = cluster(None).await;
+    let (room, users) = members(&cluster, 2).await;
+    let mut draining = cluster.nodes.remove(1);
+    let mut ws = WsClient::connect(draining.addr, "/v1/ws", &users[1].token).await;
+    ws.subscribe(room, None).await;
+    for i in 0..5 {
+        cluster
+            .api
+            .send(&users[0], room, format!("before {i}"))
+            .await;
+    }
+    assert_eq!(ws.message_seqs(5).await, (1..=5).collect::<Vec<_>>());
+
+    draining.signal("-TERM");
+    assert_eq!(ws.closed().await, 1012);
+    let status = tokio::time::timeout(Duration::from_secs(15), draining.child.wait())
+        .await
+        .expect("a draining node exits in bounded time")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+
+    for i in 0..5 {
+        cluster
+            .api
+            .send(&users[0], room, format!("after {i}"))
+            .await;
+    }
+    let mut resumed = WsClient::connect(cluster.nodes[0].addr, "/v1/ws", &users[1].token).await;
+    resumed.subscribe(room, Some(5)).await;
+    assert_eq!(resumed.message_seqs(5).await, (6..=10).collect::<Vec<_>>());
+}
