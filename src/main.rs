@@ -9,12 +9,15 @@ use natter::{
     telemetry,
 };
 
-const USAGE: &str = "usage: natter [serve | migrate | token --user NAME]";
+const USAGE: &str = "usage: natter [serve | migrate | token --user NAME | health]";
 
 #[tokio::main]
 async fn main() -> ExitCode {
     telemetry::init();
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args == ["health"] {
+        return health().await;
+    }
     let settings = match Settings::from_env() {
         Ok(settings) => settings,
         Err(err) => {
@@ -64,6 +67,29 @@ async fn token(settings: Settings, name: &str) -> Result<(), BoxError> {
     let issued = Authenticator::new(&settings.auth, store).issue(user.id);
     println!("{}", issued.token);
     Ok(())
+}
+
+/// Exits 0 if the local node answers `/healthz`: the container health check, for images
+/// that have no shell or curl.
+async fn health() -> ExitCode {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let port = std::env::var("LISTEN_ADDR")
+        .ok()
+        .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+        .map_or(8080, |a| a.port());
+    let check = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        Ok::<_, std::io::Error>(response.starts_with(b"HTTP/1.1 200"))
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(3), check).await {
+        Ok(Ok(true)) => ExitCode::SUCCESS,
+        _ => ExitCode::FAILURE,
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -271,7 +271,10 @@ impl RoomTask {
         let mut nats = self.subscribe().await;
         // Start from the room's committed position: everything after it arrives on the
         // subscription (or is repaired), everything before is history for replay.
-        self.last_seq = self.committed_last_seq().await;
+        let Some(last_seq) = self.committed_last_seq(&commands).await else {
+            return;
+        };
+        self.last_seq = last_seq;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
@@ -308,11 +311,15 @@ impl RoomTask {
         }
     }
 
-    /// The room's `last_seq` in Postgres, retried while the database is unreachable.
-    async fn committed_last_seq(&self) -> i64 {
+    /// The room's `last_seq` in Postgres, retried while the database is unreachable;
+    /// `None` if every subscriber left meanwhile.
+    async fn committed_last_seq(&self, commands: &mpsc::Receiver<RoomCommand>) -> Option<i64> {
         loop {
+            if commands.is_closed() {
+                return None;
+            }
             match self.store.rooms_last_seq(&[self.room_id]).await {
-                Ok(found) => return found.first().map_or(0, |(_, seq)| *seq),
+                Ok(found) => return Some(found.first().map_or(0, |(_, seq)| *seq)),
                 Err(err) => {
                     tracing::warn!(room_id = %self.room_id, error = %err, "cannot read last_seq; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
