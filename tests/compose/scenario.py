@@ -1,0 +1,254 @@
+"""End-to-end faults against the compose cluster, through the load balancer only.
+
+Clients register, subscribe over WebSockets and track every message by seq while a
+sender posts at a steady rate. Meanwhile the scenario kills a Natter container, takes a
+NATS node off the network, and restarts every Natter node one at a time. Clients that
+lose their socket reconnect through the balancer and resume with since_seq. At the end
+every client must hold seq 1..N exactly once, in order; the run prints what each fault
+cost and exits non-zero on any loss, duplicate or reordering.
+
+Run by tests/compose/run, which starts the cluster.
+"""
+
+import argparse
+import asyncio
+import json
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
+
+CLIENTS = 6
+SENDERS = 6
+RATE_PER_SECOND = 20
+
+
+def log(message):
+    print(f"[scenario {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+class Cluster:
+    def __init__(self, port, project, compose):
+        self.base = f"http://127.0.0.1:{port}"
+        self.ws = f"ws://127.0.0.1:{port}"
+        self.project = project
+        self.compose = compose
+
+    def request(self, method, path, token=None, body=None):
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.base + path, data=data, method=method)
+        request.add_header("content-type", "application/json")
+        if token:
+            request.add_header("authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                raw = response.read()
+                return response.status, json.loads(raw) if raw else None
+        except urllib.error.HTTPError as error:
+            return error.code, None
+        except (urllib.error.URLError, OSError):
+            return 0, None
+
+    async def call(self, method, path, token=None, body=None):
+        return await asyncio.to_thread(self.request, method, path, token, body)
+
+    def docker(self, *args):
+        return subprocess.run(["docker", *args], check=True, capture_output=True, text=True).stdout
+
+    def containers(self, service):
+        out = subprocess.run(
+            [*self.compose, "ps", "-q", service], check=True, capture_output=True, text=True
+        ).stdout
+        return [line for line in out.split() if line]
+
+    async def wait_healthy(self, container, timeout=90):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            state = self.docker("inspect", "-f", "{{.State.Health.Status}}", container).strip()
+            if state == "healthy":
+                return
+            await asyncio.sleep(0.5)
+        raise RuntimeError(f"{container} not healthy after {timeout}s")
+
+
+class Client:
+    """A WebSocket client that resumes with since_seq whenever its socket drops."""
+
+    def __init__(self, cluster, name, token, room):
+        self.cluster, self.name, self.token, self.room = cluster, name, token, room
+        self.seqs = []
+        self.last = 0
+        self.subscribed = asyncio.Event()
+        self.down_since = None
+        self.outages = []
+        self.close_codes = Counter()
+
+    async def run(self, stop):
+        while not stop.is_set():
+            try:
+                url = f"{self.cluster.ws}/v1/ws?token={self.token}"
+                async with connect(url, open_timeout=5, ping_interval=None, max_queue=None) as ws:
+                    await ws.send(json.dumps(
+                        {"type": "subscribe", "room_id": self.room, "since_seq": self.last}))
+                    async for raw in ws:
+                        frame = json.loads(raw)
+                        if frame["type"] == "subscribed":
+                            self.subscribed.set()
+                            if self.down_since is not None:
+                                self.outages.append(time.monotonic() - self.down_since)
+                                self.down_since = None
+                        elif frame["type"] == "message":
+                            seq = frame["message"]["seq"]
+                            self.seqs.append(seq)
+                            self.last = max(self.last, seq)
+                        if stop.is_set():
+                            return
+            except ConnectionClosed as closed:
+                self.close_codes[closed.rcvd.code if closed.rcvd else 1006] += 1
+            except (InvalidHandshake, OSError, TimeoutError, asyncio.TimeoutError):
+                self.close_codes["connect failed"] += 1
+            if self.down_since is None:
+                self.down_since = time.monotonic()
+            await asyncio.sleep(0.2)
+
+
+async def sender(cluster, users, room, stop, sent, rest_errors):
+    i = 0
+    while not stop.is_set():
+        user = users[i % len(users)]
+        body = {"text": f"message {i}", "client_msg_id": f"e2e-{i}"}
+        while True:
+            status, _ = await cluster.call("POST", f"/v1/rooms/{room}/messages", user["token"], body)
+            if status in (200, 201):
+                break
+            # Retried with the same client_msg_id: idempotent, never stored twice.
+            rest_errors[status] += 1
+            await asyncio.sleep(0.2)
+        sent.append(i)
+        i += 1
+        await asyncio.sleep(1 / RATE_PER_SECOND)
+
+
+async def settle(clients, timeout=30):
+    """Waits until every client is connected again."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(c.down_since is None and c.subscribed.is_set() for c in clients):
+            return
+        await asyncio.sleep(0.2)
+    raise RuntimeError("clients did not reconnect")
+
+
+def outage_summary(clients, since):
+    outages = [o for c in clients for o in c.outages[since[c.name]:]]
+    for c in clients:
+        since[c.name] = len(c.outages)
+    if not outages:
+        return {"clients_reconnected": 0}
+    return {
+        "clients_reconnected": len(outages),
+        "reconnect_s_median": round(statistics.median(outages), 2),
+        "reconnect_s_max": round(max(outages), 2),
+    }
+
+
+async def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--project", required=True)
+    parser.add_argument("--compose", required=True, help="the compose command, shell-quoted")
+    args = parser.parse_args()
+    cluster = Cluster(args.port, args.project, shlex.split(args.compose))
+
+    users = []
+    for i in range(max(CLIENTS, SENDERS)):
+        status, body = await cluster.call(
+            "POST", "/v1/auth/register", body={"username": f"e2e{i}", "password": "password-e2e"})
+        assert status == 201, status
+        users.append({"name": f"e2e{i}", "token": body["token"]})
+    status, room = await cluster.call(
+        "POST", "/v1/rooms", users[0]["token"], {"name": "e2e", "kind": "public"})
+    assert status == 201, status
+    room = room["id"]
+    for user in users[1:]:
+        status, _ = await cluster.call("POST", f"/v1/rooms/{room}/join", user["token"], {})
+        assert status == 204, status
+
+    stop_clients, stop_sender = asyncio.Event(), asyncio.Event()
+    clients = [Client(cluster, u["name"], u["token"], room) for u in users[:CLIENTS]]
+    client_tasks = [asyncio.create_task(c.run(stop_clients)) for c in clients]
+    await asyncio.wait_for(asyncio.gather(*(c.subscribed.wait() for c in clients)), 30)
+    sent, rest_errors = [], Counter()
+    sending = asyncio.create_task(sender(cluster, users[:SENDERS], room, stop_sender, sent, rest_errors))
+    report, since = {}, {c.name: 0 for c in clients}
+    await asyncio.sleep(3)
+
+    natter = cluster.containers("natter")
+    log(f"natter containers: {len(natter)}; killing one")
+    started = time.monotonic()
+    cluster.docker("kill", natter[0])
+    await asyncio.sleep(1)
+    await settle(clients)
+    report["docker kill natter"] = {**outage_summary(clients, since),
+                                    "settled_s": round(time.monotonic() - started, 2)}
+    cluster.docker("start", natter[0])
+    await cluster.wait_healthy(natter[0])
+
+    nats = cluster.containers("nats-2")[0]
+    network = f"{args.project}_default"
+    log("disconnecting nats-2 from the network")
+    cluster.docker("network", "disconnect", network, nats)
+    await asyncio.sleep(6)
+    cluster.docker("network", "connect", "--alias", "nats-2", network, nats)
+    await settle(clients)
+    report["nats-2 off the network for 6 s"] = outage_summary(clients, since)
+
+    log("rolling restart of every natter node")
+    started = time.monotonic()
+    for container in cluster.containers("natter"):
+        cluster.docker("restart", "-t", "20", container)
+        await cluster.wait_healthy(container)
+        await settle(clients)
+    report["rolling restart"] = {**outage_summary(clients, since),
+                                 "took_s": round(time.monotonic() - started, 2)}
+
+    await asyncio.sleep(2)
+    stop_sender.set()
+    await sending
+    total = len(sent)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(c.last < total for c in clients):
+        await asyncio.sleep(0.2)
+    stop_clients.set()
+    for task in client_tasks:
+        task.cancel()
+    await asyncio.gather(*client_tasks, return_exceptions=True)
+
+    expected = list(range(1, total + 1))
+    failures = 0
+    per_client = {}
+    for c in clients:
+        counts = Counter(c.seqs)
+        lost = sum(1 for s in expected if s not in counts)
+        duplicated = sum(n - 1 for n in counts.values() if n > 1)
+        reordered = sum(1 for a, b in zip(c.seqs, c.seqs[1:]) if b <= a)
+        per_client[c.name] = {"lost": lost, "duplicated": duplicated, "reordered": reordered,
+                              "closes": dict(c.close_codes)}
+        failures += lost + duplicated + reordered
+    result = {"messages": total, "faults": report, "rest_errors_retried": dict(rest_errors),
+              "clients": per_client}
+    print(json.dumps(result, indent=2))
+    if failures:
+        log(f"FAILED: {failures} lost, duplicated or reordered deliveries")
+        sys.exit(1)
+    log(f"passed: {total} messages to {len(clients)} clients, none lost, duplicated or reordered")
+
+
+asyncio.run(main())
