@@ -93,7 +93,11 @@ pub struct Application {
 impl Application {
     /// Connects to Postgres (migrating it) and NATS, and binds the listener.
     pub async fn build(settings: Settings) -> Result<Self, StartError> {
-        let store = Store::connect(&settings.database_url, settings.database_pool_size)?;
+        let store = Store::connect(
+            &settings.database_url,
+            settings.database_pool_size,
+            settings.database_ca_file.as_deref(),
+        )?;
         migrate_when_reachable(&store).await?;
         let bus =
             Bus::connect(&settings.nats_url, &settings.node_id, &settings.nats_prefix).await?;

@@ -14,6 +14,8 @@ pub struct Settings {
     pub database_url: String,
     /// Connections the node keeps to Postgres.
     pub database_pool_size: usize,
+    /// An extra CA certificate (PEM) for Postgres over TLS (`sslmode=require`).
+    pub database_ca_file: Option<std::path::PathBuf>,
     /// One or more NATS servers (a cluster is given comma-separated).
     pub nats_url: String,
     /// First token of every NATS subject and of the presence bucket's name, so several
@@ -156,6 +158,11 @@ impl Settings {
         };
         let token_ttl = Duration::from_secs(number(&lookup, "JWT_TTL_SECS", 86_400)?);
         let database_pool_size = number(&lookup, "DATABASE_POOL_SIZE", 16)?;
+        let database_ca_file = match lookup("DATABASE_CA_FILE").filter(|v| !v.is_empty()) {
+            Some(path) if std::path::Path::new(&path).is_file() => Some(path.into()),
+            Some(_) => return Err(bad("DATABASE_CA_FILE", "is not a readable file")),
+            None => None,
+        };
         let defaults = Limits::default();
         let limits = Limits {
             max_text_chars: number(&lookup, "MAX_TEXT_CHARS", defaults.max_text_chars)?,
@@ -187,6 +194,7 @@ impl Settings {
         Ok(Self {
             database_url,
             database_pool_size,
+            database_ca_file,
             nats_url,
             nats_prefix,
             presence_ttl,

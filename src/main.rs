@@ -58,7 +58,11 @@ async fn serve(settings: Settings) -> Result<(), BoxError> {
 }
 
 async fn migrate(settings: Settings) -> Result<(), BoxError> {
-    let store = Store::connect(&settings.database_url, 1)?;
+    let store = Store::connect(
+        &settings.database_url,
+        1,
+        settings.database_ca_file.as_deref(),
+    )?;
     store.migrate().await?;
     println!("migrations applied");
     Ok(())
@@ -67,7 +71,11 @@ async fn migrate(settings: Settings) -> Result<(), BoxError> {
 /// Prints a token for the user `name`, creating the user (without a password) if needed.
 async fn token(settings: Settings, name: &str) -> Result<(), BoxError> {
     let username = Username::parse(name)?;
-    let store = Store::connect(&settings.database_url, 1)?;
+    let store = Store::connect(
+        &settings.database_url,
+        1,
+        settings.database_ca_file.as_deref(),
+    )?;
     store.migrate().await?;
     let user = store.get_or_create_user(&username).await?;
     let issued = Authenticator::new(&settings.auth, store).issue(user.id);

@@ -40,10 +40,16 @@ pub async fn create_database() -> String {
 /// Nodes on the same database share NATS subjects and presence (the prefix is the
 /// database's name); different tests never see each other's traffic.
 pub fn settings(database_url: &str) -> Settings {
-    let database = database_url.rsplit('/').next().unwrap().to_string();
+    let database = database_url
+        .rsplit('/')
+        .next()
+        .and_then(|db| db.split('?').next())
+        .unwrap()
+        .to_string();
     Settings {
         database_url: database_url.to_string(),
         database_pool_size: 8,
+        database_ca_file: None,
         nats_url: env("NATTER_TEST_NATS_URL"),
         nats_prefix: database,
         presence_ttl: Duration::from_secs(10),

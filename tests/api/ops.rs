@@ -265,3 +265,37 @@ async fn pages_of_a_million_message_room_use_the_index_not_a_scan() {
     let mine = app.get("/v1/me/rooms", &alice.token).await;
     assert_eq!(mine.body["rooms"][0]["last_message"]["seq"], 1_000_000);
 }
+
+#[tokio::test]
+async fn postgres_over_tls_is_used_when_required_and_the_server_is_verified() {
+    let database_url = create_database().await;
+    let ca = std::env::var("NATTER_TEST_PG_CA").expect("run through `bash tests/run`");
+    let mut tls_settings = settings(&format!("{database_url}?sslmode=require"));
+    tls_settings.database_ca_file = Some(ca.into());
+    let app = spawn_node(tls_settings).await;
+    app.register("alice").await;
+
+    let database = database_url.rsplit('/').next().unwrap().to_string();
+    let (admin, connection) = tokio_postgres::connect(
+        &std::env::var("NATTER_TEST_DATABASE_URL").unwrap(),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let encrypted: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+              WHERE a.datname = $1 AND s.ssl",
+            &[&database],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(encrypted > 0, "the node's connections use TLS");
+
+    // Without the private CA the server's certificate is not trusted: no connection.
+    let untrusted =
+        natter::store::Store::connect(&format!("{database_url}?sslmode=require"), 1, None).unwrap();
+    assert!(untrusted.migrate().await.is_err());
+}

@@ -205,10 +205,18 @@ async def main():
     network = f"{args.project}_default"
     log("disconnecting nats-2 from the network")
     cluster.docker("network", "disconnect", network, nats)
+    before = [len(c.seqs) for c in clients]
     await asyncio.sleep(6)
+    during = min(len(c.seqs) - b for c, b in zip(clients, before))
     cluster.docker("network", "connect", "--alias", "nats-2", network, nats)
     await settle(clients)
-    report["nats-2 off the network for 6 s"] = outage_summary(clients, since)
+    report["nats-2 off the network for 6 s"] = {
+        **outage_summary(clients, since),
+        "min_messages_delivered_per_client_meanwhile": during,
+    }
+    if during == 0:
+        log("FAILED: messages stopped flowing while a NATS node was off the network")
+        sys.exit(1)
 
     log("rolling restart of every natter node")
     started = time.monotonic()
