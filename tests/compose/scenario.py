@@ -2,8 +2,9 @@
 
 Clients register, subscribe over WebSockets and track every message by seq while a
 sender posts at a steady rate. Meanwhile the scenario kills a Natter container, takes a
-NATS node off the network, and restarts every Natter node one at a time. Clients that
-lose their socket reconnect through the balancer and resume with since_seq. At the end
+NATS node off the network, restarts every Natter node one at a time, and scales the
+Natter service out to four nodes. Clients that lose their socket reconnect through the
+balancer and resume with since_seq. At the end
 every client must hold seq 1..N exactly once, in order; the run prints what each fault
 cost and exits non-zero on any loss, duplicate or reordering.
 
@@ -226,6 +227,22 @@ async def main():
         await settle(clients)
     report["rolling restart"] = {**outage_summary(clients, since),
                                  "took_s": round(time.monotonic() - started, 2)}
+
+    log("scaling out to 4 natter nodes")
+    subprocess.run([*cluster.compose, "up", "-d", "--no-recreate", "--scale", "natter=4"],
+                   check=True, capture_output=True)
+    for container in cluster.containers("natter"):
+        await cluster.wait_healthy(container)
+    nodes, deadline = set(), time.monotonic() + 20
+    while len(nodes) < 4 and time.monotonic() < deadline:
+        # Concurrent requests, so least-connections balancing spreads them out.
+        replies = await asyncio.gather(*(cluster.call("GET", "/readyz") for _ in range(12)))
+        nodes.update(body["node_id"] for status, body in replies if status == 200)
+        await asyncio.sleep(0.2)
+    report["scale out to 4 (no file edited)"] = {"nodes_behind_the_balancer": len(nodes)}
+    if len(nodes) != 4:
+        log(f"FAILED: the balancer reached {len(nodes)} nodes after scaling to 4")
+        sys.exit(1)
 
     await asyncio.sleep(2)
     stop_sender.set()
