@@ -1,0 +1,102 @@
+//! `baseline-server`: the ceiling for WebSocket fan-out on this machine. A bare tokio
+//! WebSocket broadcaster with no auth, storage or NATS, speaking just enough of Natter's
+//! frames (`subscribe`, `send`) that the same bench client drives it: each `send` gets a
+//! per-room `seq` and is serialised once and offered to every subscriber's bounded queue.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::{net::TcpListener, sync::mpsc};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+#[derive(Default)]
+struct Room {
+    seq: i64,
+    subscribers: Vec<mpsc::Sender<Utf8Bytes>>,
+}
+
+type Rooms = Arc<Mutex<HashMap<String, Room>>>;
+
+pub async fn serve(listen: &str) -> Result<(), String> {
+    let listener = TcpListener::bind(listen).await.map_err(|e| e.to_string())?;
+    eprintln!("[baseline] listening on {listen}");
+    let rooms: Rooms = Arc::default();
+    loop {
+        let (stream, _) = listener.accept().await.map_err(|e| e.to_string())?;
+        let rooms = rooms.clone();
+        tokio::spawn(async move {
+            let _ = stream.set_nodelay(true);
+            if let Ok(ws) = tokio_tungstenite::accept_async(stream).await {
+                connection(ws, rooms).await;
+            }
+        });
+    }
+}
+
+async fn connection(ws: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>, rooms: Rooms) {
+    let (mut sink, mut stream) = ws.split();
+    let (tx, mut rx) = mpsc::channel::<Utf8Bytes>(1024);
+    let writer = tokio::spawn(async move {
+        while let Some(text) = rx.recv().await {
+            if sink.send(Message::Text(text)).await.is_err() {
+                break;
+            }
+        }
+    });
+    while let Some(Ok(message)) = stream.next().await {
+        let Message::Text(text) = message else {
+            continue;
+        };
+        let Ok(frame) = serde_json::from_str::<Value>(&text) else {
+            continue;
+        };
+        let room = frame["room_id"].as_str().unwrap_or_default().to_string();
+        match frame["type"].as_str() {
+            Some("subscribe") => {
+                rooms
+                    .lock()
+                    .unwrap()
+                    .entry(room.clone())
+                    .or_default()
+                    .subscribers
+                    .push(tx.clone());
+                let reply = format!(
+                    r#"{{"type":"subscribed","room_id":{},"last_seq":0}}"#,
+                    json!(room)
+                );
+                let _ = tx.send(reply.into()).await;
+            }
+            Some("send") => {
+                let ack = {
+                    let mut rooms = rooms.lock().unwrap();
+                    let entry = rooms.entry(room.clone()).or_default();
+                    entry.seq += 1;
+                    // Natter's field order: `type` first, as the bench client expects.
+                    let message = format!(
+                        r#"{{"room_id":{},"seq":{},"text":{}}}"#,
+                        json!(room),
+                        entry.seq,
+                        frame["text"]
+                    );
+                    let event: Utf8Bytes =
+                        format!(r#"{{"type":"message","message":{message}}}"#).into();
+                    entry.subscribers.retain(|s| {
+                        !matches!(
+                            s.try_send(event.clone()),
+                            Err(mpsc::error::TrySendError::Closed(_))
+                        )
+                    });
+                    format!(r#"{{"type":"send_ack","client_msg_id":null,"message":{message}}}"#)
+                };
+                let _ = tx.send(ack.into()).await;
+            }
+            _ => {}
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+}

@@ -1,0 +1,297 @@
+//! The scenarios: how many connections, in which rooms, sending how fast.
+
+use std::time::{Duration, Instant};
+
+use futures_util::{StreamExt, stream};
+use tokio::sync::watch;
+
+use crate::{
+    Options,
+    client::{self, Api, Role},
+    report::{self, ProcSample, Report},
+};
+
+/// One connection to open: which node, which room, what it does.
+struct Plan {
+    node: usize,
+    user: usize,
+    room: usize,
+    rate: f64,
+    subscribe: bool,
+}
+
+/// Connections opened at once while setting up.
+const CONNECT_CONCURRENCY: usize = 64;
+
+pub async fn run(scenario: &str, options: &Options) -> Result<bool, String> {
+    let mut all_clean = true;
+    let rates = if matches!(scenario, "idle" | "connect") {
+        vec![0.0]
+    } else {
+        options.rates.clone()
+    };
+    for rate in rates {
+        let report = run_once(scenario, options, rate).await?;
+        report::print(&report, options)?;
+        all_clean &= report.lost == 0 && report.duplicated == 0 && report.reordered == 0;
+    }
+    Ok(all_clean)
+}
+
+async fn run_once(scenario: &str, options: &Options, rate: f64) -> Result<Report, String> {
+    let nodes = options.urls.len();
+    // Senders on the first node, receivers on the others when there are several, so
+    // latency is measured across nodes.
+    let receiver_node = |i: usize| if nodes > 1 { 1 + i % (nodes - 1) } else { 0 };
+    let (plans, room_count): (Vec<Plan>, usize) = match scenario {
+        "fanout" | "hot-room" => {
+            let receivers = if scenario == "fanout" {
+                options.count
+            } else {
+                10
+            };
+            let senders = if scenario == "fanout" {
+                4
+            } else {
+                options.senders
+            };
+            let mut plans: Vec<Plan> = (0..receivers)
+                .map(|i| Plan {
+                    node: receiver_node(i),
+                    user: i,
+                    room: 0,
+                    rate: 0.0,
+                    subscribe: true,
+                })
+                .collect();
+            plans.extend((0..senders).map(|i| Plan {
+                node: 0,
+                user: receivers + i,
+                room: 0,
+                rate: rate / senders as f64,
+                subscribe: false,
+            }));
+            (plans, 1)
+        }
+        "rooms" => {
+            let rooms = (options.count / 2).max(1);
+            let plans = (0..rooms * 2)
+                .map(|i| Plan {
+                    node: i % nodes,
+                    user: i,
+                    room: i / 2,
+                    rate: rate / (rooms * 2) as f64,
+                    subscribe: true,
+                })
+                .collect();
+            (plans, rooms)
+        }
+        "idle" | "connect" => {
+            let rooms = (options.count / 100).max(1);
+            let plans = (0..options.count)
+                .map(|i| Plan {
+                    node: i % nodes,
+                    user: i,
+                    room: i % rooms,
+                    rate: 0.0,
+                    subscribe: true,
+                })
+                .collect();
+            (plans, rooms)
+        }
+        other => return Err(format!("unknown scenario {other}")),
+    };
+
+    let (tokens, rooms) = set_up(options, &plans, room_count).await?;
+    let before_connect = ProcSample::read(&options.pids);
+    let epoch = Instant::now();
+    let connect_started = Instant::now();
+    let opened: Vec<Result<(client::Ws, Role), String>> = stream::iter(plans.iter().enumerate())
+        .map(|(i, plan)| {
+            let base = options.urls[plan.node].clone();
+            let token = tokens[plan.user % tokens.len()].clone();
+            let room = rooms[plan.room].clone();
+            let source = 1 + (i % options.sources as usize) as u8;
+            let (rate, subscribe) = (plan.rate, plan.subscribe);
+            async move {
+                let path = if options.baseline {
+                    "/ws".to_string()
+                } else {
+                    format!("/v1/ws?token={token}")
+                };
+                let mut ws = client::connect(&base, &path, source).await?;
+                if subscribe {
+                    client::subscribe(&mut ws, &room, None).await?;
+                }
+                Ok((
+                    ws,
+                    Role {
+                        room,
+                        rate,
+                        subscribe,
+                        base,
+                        path,
+                        source,
+                    },
+                ))
+            }
+        })
+        .buffer_unordered(CONNECT_CONCURRENCY)
+        .collect()
+        .await;
+    let connect_seconds = connect_started.elapsed().as_secs_f64();
+    let connections: Vec<(client::Ws, Role)> = opened.into_iter().collect::<Result<_, _>>()?;
+    let connects_per_second = connections.len() as f64 / connect_seconds;
+    let after_connect = ProcSample::read(&options.pids);
+    eprintln!(
+        "[bench] {} connections in {connect_seconds:.1}s ({connects_per_second:.0}/s)",
+        connections.len()
+    );
+
+    let duration = if matches!(scenario, "connect") {
+        Duration::ZERO
+    } else if scenario == "idle" {
+        Duration::from_secs(2)
+    } else {
+        options.duration
+    };
+    let stop_sending = Instant::now() + duration;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let subscribers_per_room = count_subscribers(&connections, &rooms);
+    let tasks: Vec<_> = connections
+        .into_iter()
+        .map(|(ws, role)| {
+            tokio::spawn(client::drive(
+                ws,
+                role,
+                epoch,
+                stop_sending,
+                stop_rx.clone(),
+            ))
+        })
+        .collect();
+    let traffic_started = Instant::now();
+    progress(duration, &options.pids).await;
+    // Let in-flight messages land before counting.
+    tokio::time::sleep(Duration::from_millis(if rate > 0.0 { 3000 } else { 100 })).await;
+    let traffic_seconds = traffic_started.elapsed().as_secs_f64();
+    let _ = stop_tx.send(true);
+    let mut tallies = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        tallies.push(task.await.map_err(|e| e.to_string())?);
+    }
+    let after_traffic = ProcSample::read(&options.pids);
+    Ok(report::summarise(report::Inputs {
+        scenario,
+        rate,
+        options,
+        tallies: &tallies,
+        subscribers_per_room: &subscribers_per_room,
+        connects_per_second,
+        send_seconds: duration
+            .as_secs_f64()
+            .max(traffic_seconds.min(duration.as_secs_f64())),
+        before_connect,
+        after_connect,
+        after_traffic,
+    }))
+}
+
+/// Users (tokens) and rooms for the plan; against the baseline, made-up ones.
+async fn set_up(
+    options: &Options,
+    plans: &[Plan],
+    room_count: usize,
+) -> Result<(Vec<String>, Vec<String>), String> {
+    let users_needed = plans.iter().map(|p| p.user + 1).max().unwrap_or(1);
+    // Connections share users: registering (argon2) is deliberately slow.
+    let user_count = users_needed.min(200);
+    if options.baseline {
+        let rooms = (0..room_count).map(|i| format!("room-{i}")).collect();
+        return Ok((vec!["baseline".into()], rooms));
+    }
+    let api = Api::new(&options.urls);
+    let run = &uuid_fragment();
+    let tokens: Vec<String> = stream::iter(0..user_count)
+        .map(|i| {
+            let api = &api;
+            async move { api.register(i, run).await }
+        })
+        .buffer_unordered(8)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    let rooms: Vec<String> = stream::iter(0..room_count)
+        .map(|i| {
+            let (api, token) = (&api, tokens[0].clone());
+            async move { api.create_room(i, &token).await }
+        })
+        .buffered(16)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    // Every user who sends in a room must be a member of it.
+    let mut joins: Vec<(usize, usize)> = plans
+        .iter()
+        .filter(|p| p.rate > 0.0)
+        .map(|p| (p.user % user_count, p.room))
+        .collect();
+    joins.sort_unstable();
+    joins.dedup();
+    let joined: Vec<Result<(), String>> = stream::iter(joins)
+        .map(|(user, room)| {
+            let (api, token, room) = (&api, tokens[user].clone(), rooms[room].clone());
+            async move {
+                if user == 0 {
+                    Ok(())
+                } else {
+                    api.join(user, &token, &room).await
+                }
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    joined.into_iter().collect::<Result<Vec<_>, _>>()?;
+    eprintln!("[bench] set up {user_count} users and {room_count} rooms");
+    Ok((tokens, rooms))
+}
+
+fn uuid_fragment() -> String {
+    format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or_default()
+            % 0xff_ffff
+    )
+}
+
+fn count_subscribers(connections: &[(client::Ws, Role)], rooms: &[String]) -> Vec<u64> {
+    rooms
+        .iter()
+        .map(|room| {
+            connections
+                .iter()
+                .filter(|(_, role)| role.subscribe && &role.room == room)
+                .count() as u64
+        })
+        .collect()
+}
+
+/// Prints a progress line every second while traffic runs.
+async fn progress(duration: Duration, pids: &[u32]) {
+    let started = Instant::now();
+    while started.elapsed() < duration {
+        tokio::time::sleep(Duration::from_secs(1).min(duration)).await;
+        let sample = ProcSample::read(pids);
+        eprintln!(
+            "[bench] {:>4.0}s  server rss {:.0} MiB",
+            started.elapsed().as_secs_f64(),
+            sample.rss_kib as f64 / 1024.0
+        );
+    }
+}
