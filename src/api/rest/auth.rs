@@ -14,6 +14,10 @@ use crate::{
 
 pub struct AuthApi;
 
+fn busy(_: password::Busy) -> ApiError {
+    ApiError::unavailable("too many logins in progress; retry shortly")
+}
+
 #[derive(Object)]
 struct RegisterRequest {
     /// 3–32 characters of `a-z`, `0-9`, `_`, `.`, `-`.
@@ -62,7 +66,7 @@ impl AuthApi {
             Some(name) => DisplayName::parse(name)?.into_inner(),
             None => username.as_str().to_string(),
         };
-        let hash = password::hash(password).await;
+        let hash = password::hash(password).await.map_err(busy)?;
         let user = state
             .store
             .create_user(&username, &display_name, Some(&hash))
@@ -87,7 +91,9 @@ impl AuthApi {
             Some((user, hash)) => (Some(user), hash),
             None => (None, None),
         };
-        let valid = password::verify(body.0.password, stored_hash).await;
+        let valid = password::verify(body.0.password, stored_hash)
+            .await
+            .map_err(busy)?;
         let Some(user) = user.filter(|_| valid) else {
             return Err(ApiError::invalid_credentials());
         };

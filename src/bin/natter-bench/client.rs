@@ -3,6 +3,10 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -119,7 +123,8 @@ pub struct Tally {
 
 impl Tally {
     /// Records one text frame, parsed just enough (the frames' field order is fixed).
-    pub fn record(&mut self, text: &str, epoch: Instant) {
+    /// Every delivery also bumps `progress`, so the run knows when traffic has drained.
+    pub fn record(&mut self, text: &str, epoch: Instant, progress: &AtomicU64) {
         if text.starts_with(r#"{"type":"message""#) {
             let (Some(seq), Some(sent)) = (field_i64(text, "\"seq\":"), sent_at(text)) else {
                 return;
@@ -137,6 +142,7 @@ impl Tally {
             }
             self.last_seq = self.last_seq.max(seq);
             self.delivered += 1;
+            progress.fetch_add(1, Ordering::Relaxed);
         } else if text.starts_with(r#"{"type":"send_ack""#) {
             self.acked += 1;
         } else if text.starts_with(r#"{"type":"error""#) {
@@ -209,6 +215,7 @@ pub async fn drive(
     epoch: Instant,
     stop_sending: Instant,
     stop_reading: tokio::sync::watch::Receiver<bool>,
+    progress: Arc<AtomicU64>,
 ) -> Tally {
     let mut tally = Tally {
         room: role.room.clone(),
@@ -233,7 +240,7 @@ pub async fn drive(
             }
             frame = ws.next() => match frame {
                 Some(Ok(Message::Text(text))) => {
-                    tally.record(&text, epoch);
+                    tally.record(&text, epoch, &progress);
                     false
                 }
                 Some(Ok(_)) => false,

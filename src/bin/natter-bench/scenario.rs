@@ -1,6 +1,12 @@
 //! The scenarios: how many connections, in which rooms, sending how fast.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use futures_util::{StreamExt, stream};
 use tokio::sync::watch;
@@ -158,6 +164,7 @@ async fn run_once(scenario: &str, options: &Options, rate: f64) -> Result<Report
     let stop_sending = Instant::now() + duration;
     let (stop_tx, stop_rx) = watch::channel(false);
     let subscribers_per_room = count_subscribers(&connections, &rooms);
+    let delivered = Arc::new(AtomicU64::new(0));
     let tasks: Vec<_> = connections
         .into_iter()
         .map(|(ws, role)| {
@@ -167,14 +174,30 @@ async fn run_once(scenario: &str, options: &Options, rate: f64) -> Result<Report
                 epoch,
                 stop_sending,
                 stop_rx.clone(),
+                delivered.clone(),
             ))
         })
         .collect();
     let traffic_started = Instant::now();
     progress(duration, &options.pids).await;
-    // Let in-flight messages land before counting.
-    tokio::time::sleep(Duration::from_millis(if rate > 0.0 { 3000 } else { 100 })).await;
     let traffic_seconds = traffic_started.elapsed().as_secs_f64();
+    // Let in-flight messages land before counting: until deliveries stop for 2 s (a
+    // saturated run drains its backlog), at most a minute.
+    if rate > 0.0 {
+        let drain_started = Instant::now();
+        let mut last = delivered.load(Ordering::Relaxed);
+        let mut quiet_since = Instant::now();
+        while quiet_since.elapsed() < Duration::from_secs(2)
+            && drain_started.elapsed() < Duration::from_secs(60)
+        {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let now = delivered.load(Ordering::Relaxed);
+            if now != last {
+                last = now;
+                quiet_since = Instant::now();
+            }
+        }
+    }
     let _ = stop_tx.send(true);
     let mut tallies = Vec::with_capacity(tasks.len());
     for task in tasks {
@@ -207,7 +230,8 @@ async fn set_up(
     // Connections share users: registering (argon2) is deliberately slow.
     let user_count = users_needed.min(200);
     if options.baseline {
-        let rooms = (0..room_count).map(|i| format!("room-{i}")).collect();
+        let run = uuid_fragment();
+        let rooms = (0..room_count).map(|i| format!("room-{run}-{i}")).collect();
         return Ok((vec!["baseline".into()], rooms));
     }
     let api = Api::new(&options.urls);
