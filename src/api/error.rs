@@ -154,6 +154,7 @@ impl From<StoreError> for ApiError {
                 tracing::error!(error = ?cause, "database error");
                 ApiError::Internal(body("internal", "internal error"))
             }
+            StoreError::Failed(_) => ApiError::Internal(body("internal", "internal error")),
         }
     }
 }

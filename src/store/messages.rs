@@ -2,28 +2,30 @@
 //!
 //! This is where the storage guarantees of SPEC §1 live:
 //!
-//! - **Per-room total order (§1.1).** [`Store::send_message`] increments `rooms.last_seq`
-//!   and inserts the message in one transaction. The `UPDATE` takes the room row's lock,
-//!   so concurrent senders on any number of nodes queue on it and get 1, 2, 3, …; a
-//!   send that fails rolls its increment back with it, so there are no holes.
+//! - **Per-room total order (§1.1).** [`Store::send_message`] checks the send, then hands
+//!   it to its room's group commit ([`super::commit`]): one transaction locks the room
+//!   row, numbers the batch's messages from `last_seq + 1` and sets `last_seq` once.
+//!   Concurrent batches on any number of nodes queue on that lock; a batch that fails
+//!   stores nothing, so there are no holes.
 //! - **Durable before acknowledged (§1.2).** `send_message` returns only after `COMMIT`.
-//! - **Idempotent send (§1.5).** The unique `(room_id, sender_id, client_msg_id)`
-//!   constraint decides; a retry that loses the race rolls back and returns the original.
+//! - **Idempotent send (§1.5).** A retry is answered from the stored original, found
+//!   before queueing or, for retries racing each other, under the room lock; the unique
+//!   `(room_id, sender_id, client_msg_id)` constraint backs this up.
 
 use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use super::{Store, StoreError, rooms::Access};
+use super::{Store, StoreError, commit::PendingSend, rooms::Access};
 use crate::{
     domain::{ClientMsgId, Emoji, InvalidInput, MessageText},
     model::{Message, Reaction, Role},
 };
 
-const MESSAGE_COLUMNS: &str =
+pub(super) const MESSAGE_COLUMNS: &str =
     "id, room_id, seq, sender_id, text, created_at, edited_at, deleted, client_msg_id, reply_to";
 
-fn message_from_row(row: &Row) -> Message {
+pub(super) fn message_from_row(row: &Row) -> Message {
     Message {
         id: row.get("id"),
         room_id: row.get("room_id"),
@@ -71,7 +73,7 @@ impl Store {
         room_id: Uuid,
         new: NewMessage<'_>,
     ) -> Result<Sent, StoreError> {
-        let mut client = self.client().await?;
+        let client = self.client().await?;
         Access::of(&client, room_id, sender)
             .await?
             .require_member()?;
@@ -96,58 +98,19 @@ impl Store {
             }
         }
 
-        let tx = client.transaction().await?;
-        let seq: i64 = tx
-            .query_opt(
-                "UPDATE rooms SET last_seq = last_seq + 1, last_activity_at = now_ms()
-                  WHERE id = $1 RETURNING last_seq",
-                &[&room_id],
-            )
-            .await?
-            .ok_or(StoreError::RoomNotFound)?
-            .get(0);
-        let sql = format!(
-            "INSERT INTO messages (id, room_id, seq, sender_id, text, client_msg_id, reply_to)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
-             ON CONFLICT ON CONSTRAINT messages_client_msg_id DO NOTHING
-             RETURNING {MESSAGE_COLUMNS}"
-        );
-        let inserted = tx
-            .query_opt(
-                &sql,
-                &[
-                    &Uuid::now_v7(),
-                    &room_id,
-                    &seq,
-                    &sender,
-                    &new.text.as_str(),
-                    &key,
-                    &new.reply_to,
-                ],
-            )
-            .await?;
-        match inserted {
-            Some(row) => {
-                tx.commit().await?;
-                Ok(Sent {
-                    message: message_from_row(&row),
-                    created: true,
-                })
-            }
-            None => {
-                // A concurrent retry of the same key committed first. Roll back so this
-                // attempt's seq is not consumed, then answer with the original.
-                tx.rollback().await?;
-                let key = key.unwrap_or_default();
-                let message = find_by_client_msg_id(&client, sender, room_id, key)
-                    .await?
-                    .ok_or(StoreError::MessageNotFound)?;
-                Ok(Sent {
-                    message,
-                    created: false,
-                })
-            }
-        }
+        // Release the connection before waiting for the room's batch.
+        drop(client);
+        let text = new.text.as_str().to_string();
+        let client_msg_id = key.map(str::to_string);
+        let reply_to = new.reply_to;
+        self.commit_send(room_id, |done| PendingSend {
+            sender,
+            text,
+            client_msg_id,
+            reply_to,
+            done,
+        })
+        .await
     }
 
     /// A page of a room's messages in ascending `seq`, and whether more lie beyond it:

@@ -7,6 +7,7 @@
 //! broken connections are dropped on checkout, so service recovers on its own when the
 //! database returns.
 
+mod commit;
 pub mod messages;
 mod migrate;
 pub mod rooms;
@@ -56,6 +57,10 @@ pub enum StoreError {
     /// Anything else: a bug or a broken invariant. Logged, never shown to clients.
     #[error("database error")]
     Database(#[source] tokio_postgres::Error),
+    /// A shared failure (of a batch of sends) that is not worth retrying; logged where
+    /// it happened, answered as an internal error.
+    #[error("{0}")]
+    Failed(String),
 }
 
 impl From<tokio_postgres::Error> for StoreError {
@@ -96,6 +101,8 @@ pub(crate) fn unique_violation(err: &tokio_postgres::Error) -> Option<&str> {
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
+    /// Per-room group commit of sends (see [`commit`]).
+    batches: Arc<commit::Batches>,
 }
 
 /// How long a caller waits for a pooled connection before the database counts as down.
@@ -161,7 +168,10 @@ impl Store {
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            batches: Default::default(),
+        })
     }
 
     /// A pooled connection, or `Unavailable` within [`CHECKOUT_TIMEOUT`].
