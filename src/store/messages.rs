@@ -146,12 +146,7 @@ impl Store {
                 ],
             )
             .await?;
-        let has_more = rows.len() as i64 > limit;
-        let mut messages: Vec<Message> = rows
-            .iter()
-            .take(limit as usize)
-            .map(message_from_row)
-            .collect();
+        let (mut messages, has_more) = page_of(&rows, limit);
         if !forwards {
             messages.reverse();
         }
@@ -342,12 +337,7 @@ impl Store {
         let rows = client
             .query(&sql, &[&room_id, &query, &(limit + 1)])
             .await?;
-        let has_more = rows.len() as i64 > limit;
-        let mut messages: Vec<Message> = rows
-            .iter()
-            .take(limit as usize)
-            .map(message_from_row)
-            .collect();
+        let (mut messages, has_more) = page_of(&rows, limit);
         messages.reverse();
         attach_reactions(&client, viewer, &mut messages).await?;
         Ok((messages, has_more))
@@ -375,6 +365,17 @@ async fn find_by_client_msg_id(
     let mut messages = vec![message_from_row(&row)];
     attach_reactions(db, sender, &mut messages).await?;
     Ok(messages.pop())
+}
+
+/// The first `limit` of `rows` (queried with `LIMIT limit + 1`) as messages, and whether
+/// there were more.
+fn page_of(rows: &[Row], limit: i64) -> (Vec<Message>, bool) {
+    let messages = rows
+        .iter()
+        .take(limit as usize)
+        .map(message_from_row)
+        .collect();
+    (messages, rows.len() as i64 > limit)
 }
 
 /// The sender of a message in a room and whether it is deleted.

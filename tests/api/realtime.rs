@@ -21,13 +21,19 @@ async fn public_room_with(app: &TestApp, owner: &TestUser, members: &[&TestUser]
     room
 }
 
-#[tokio::test]
-async fn a_message_sent_over_rest_on_one_node_reaches_a_subscriber_on_another() {
+/// Two nodes on one database, and Alice's public room that Bob has joined.
+async fn two_nodes_and_a_room() -> (TestApp, TestApp, TestUser, TestUser, Uuid) {
     let node1 = spawn_app().await;
     let node2 = spawn_node(settings(&node1.database_url)).await;
     let alice = node1.register("alice").await;
     let bob = node1.register("bob").await;
     let room = public_room_with(&node1, &alice, &[&bob]).await;
+    (node1, node2, alice, bob, room)
+}
+
+#[tokio::test]
+async fn a_message_sent_over_rest_on_one_node_reaches_a_subscriber_on_another() {
+    let (node1, node2, alice, bob, room) = two_nodes_and_a_room().await;
 
     let mut ws = WsClient::connect(node2.addr, "/v1/ws", &bob.token).await;
     let subscribed = ws.subscribe(room, None).await;
@@ -226,11 +232,7 @@ async fn bad_frames_get_error_frames_and_the_socket_stays_open() {
 
 #[tokio::test]
 async fn typing_reaches_others_not_the_typer_and_expires_or_clears_on_disconnect() {
-    let node1 = spawn_app().await;
-    let node2 = spawn_node(settings(&node1.database_url)).await;
-    let alice = node1.register("alice").await;
-    let bob = node1.register("bob").await;
-    let room = public_room_with(&node1, &alice, &[&bob]).await;
+    let (node1, node2, alice, bob, room) = two_nodes_and_a_room().await;
     let mut alice_ws = WsClient::connect(node1.addr, "/v1/ws", &alice.token).await;
     let mut bob_ws = WsClient::connect(node2.addr, "/v1/ws", &bob.token).await;
     alice_ws.subscribe(room, None).await;
@@ -355,11 +357,7 @@ async fn rest_edits_deletes_and_reactions_reach_subscribers_as_events() {
 
 #[tokio::test]
 async fn presence_shows_live_subscribers_cluster_wide_with_joined_and_left_events() {
-    let node1 = spawn_app().await;
-    let node2 = spawn_node(settings(&node1.database_url)).await;
-    let alice = node1.register("alice").await;
-    let bob = node1.register("bob").await;
-    let room = public_room_with(&node1, &alice, &[&bob]).await;
+    let (node1, node2, alice, bob, room) = two_nodes_and_a_room().await;
 
     let mut alice_ws = WsClient::connect(node1.addr, "/v1/ws", &alice.token).await;
     alice_ws.subscribe(room, None).await;
