@@ -372,8 +372,7 @@ impl RoomTask {
             EventKind::Typing => {
                 let user = event.user_id.unwrap_or_default();
                 if event.typing == Some(true) {
-                    self.typing
-                        .insert(user, Instant::now() + crate::relay::TYPING_TTL);
+                    self.typing.insert(user, Instant::now() + TYPING_TTL);
                 } else if self.typing.remove(&user).is_none() {
                     // Already expired here; clients were told.
                     return;

@@ -49,7 +49,6 @@ pub struct Inputs<'a> {
     pub rate: f64,
     pub options: &'a Options,
     pub tallies: &'a [Tally],
-    pub subscribers_per_room: &'a [u64],
     pub connects_per_second: f64,
     pub send_seconds: f64,
     pub before_connect: ProcSample,
@@ -119,7 +118,6 @@ pub fn summarise(inputs: Inputs<'_>) -> Report {
         .cpu_ticks
         .saturating_sub(inputs.after_connect.cpu_ticks);
     let has_pids = !inputs.options.pids.is_empty();
-    let _ = inputs.subscribers_per_room;
     Report {
         scenario: inputs.scenario.to_string(),
         target: if inputs.options.baseline {

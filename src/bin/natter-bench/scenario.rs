@@ -163,7 +163,6 @@ async fn run_once(scenario: &str, options: &Options, rate: f64) -> Result<Report
     };
     let stop_sending = Instant::now() + duration;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let subscribers_per_room = count_subscribers(&connections, &rooms);
     let delivered = Arc::new(AtomicU64::new(0));
     let tasks: Vec<_> = connections
         .into_iter()
@@ -209,7 +208,6 @@ async fn run_once(scenario: &str, options: &Options, rate: f64) -> Result<Report
         rate,
         options,
         tallies: &tallies,
-        subscribers_per_room: &subscribers_per_room,
         connects_per_second,
         send_seconds: duration
             .as_secs_f64()
@@ -292,18 +290,6 @@ fn uuid_fragment() -> String {
             .unwrap_or_default()
             % 0xff_ffff
     )
-}
-
-fn count_subscribers(connections: &[(client::Ws, Role)], rooms: &[String]) -> Vec<u64> {
-    rooms
-        .iter()
-        .map(|room| {
-            connections
-                .iter()
-                .filter(|(_, role)| role.subscribe && &role.room == room)
-                .count() as u64
-        })
-        .collect()
 }
 
 /// Prints a progress line every second while traffic runs.
