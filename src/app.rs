@@ -23,13 +23,16 @@ use tokio::sync::watch;
 use crate::{
     api,
     auth::Authenticator,
-    bus::{Bus, BusError},
+    bus::{Bus, BusError, RoomEvent},
     config::Settings,
     metrics::Metrics,
     presence::{Presence, PresenceError},
     rate_limit::SendLimiter,
     relay::{RoomHub, SocketId},
-    store::{Store, StoreError},
+    store::{
+        Store, StoreError,
+        commit::{Committed, OnCommit},
+    },
 };
 
 /// Everything a request handler may need; cheap to clone.
@@ -123,6 +126,8 @@ impl Application {
             .first()
             .and_then(|a| a.as_socket_addr().copied())
             .unwrap_or(settings.listen_addr);
+        let metrics = Arc::new(Metrics::default());
+        store.on_commit(publish_committed(bus.clone(), metrics.clone()));
         let state = AppState {
             limiter: Arc::new(SendLimiter::new(
                 settings.limits.sends_per_second,
@@ -132,7 +137,7 @@ impl Application {
             store,
             bus,
             auth,
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             hub,
             presence,
             shutdown: Arc::new(watch::channel(false).0),
@@ -185,6 +190,30 @@ impl Application {
             .run_with_graceful_shutdown(api::routes(self.state), signal, Some(SHUTDOWN_GRACE))
             .await
     }
+}
+
+/// Publishes each batch of committed messages once, in `seq` order, each in the trace of
+/// the request that sent it (the publishing half of SPEC §1.3).
+fn publish_committed(bus: Bus, metrics: Arc<Metrics>) -> OnCommit {
+    Arc::new(move |committed: Vec<Committed>| {
+        let (bus, metrics) = (bus.clone(), metrics.clone());
+        Box::pin(async move {
+            for Committed {
+                message,
+                traceparent,
+            } in committed
+            {
+                metrics.count_message_stored();
+                let event = RoomEvent::message(&message);
+                match traceparent {
+                    Some(traceparent) => {
+                        crate::telemetry::in_trace(traceparent, bus.publish(&event)).await
+                    }
+                    None => bus.publish(&event).await,
+                }
+            }
+        })
+    })
 }
 
 /// Applies migrations, retrying while the database is still starting.

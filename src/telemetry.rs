@@ -38,7 +38,7 @@ pub fn child_traceparent(parent: Option<&str>) -> String {
 }
 
 /// Runs `work` with `traceparent` as its trace context.
-pub async fn in_trace<F: Future>(traceparent: String, work: F) -> F::Output {
+pub async fn in_trace<F: Future>(traceparent: impl Into<Arc<str>>, work: F) -> F::Output {
     TRACEPARENT.scope(traceparent.into(), work).await
 }
 

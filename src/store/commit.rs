@@ -8,34 +8,65 @@
 //!
 //! - the batch's transaction takes the room row's lock first (`SELECT … FOR UPDATE`), so
 //!   batches from all nodes still serialise, and numbers its new messages
-//!   `last_seq + 1, + 2, …` before setting `last_seq` once: gapless, in arrival order;
-//! - idempotency keys are checked under that lock, and a key repeated within the batch
-//!   maps to its first message, so no insert can conflict and leave a hole;
-//! - every sender is answered only after `COMMIT` (SPEC §1.2), with the error of the
-//!   batch if it failed (nothing of it was stored, so a retry is safe).
+//!   `last_seq + 1, + 2, …` in arrival order before setting `last_seq` once: gapless;
+//! - every check that needs the database (membership, `reply_to`, idempotency keys) runs
+//!   under that lock, pipelined with it in one round trip, and a key repeated within the
+//!   batch maps to its first message, so no insert can conflict and leave a hole;
+//! - a send is queued synchronously ([`Store::queue_send`]), so the sends of one socket
+//!   are numbered in the order the socket sent them, however many are in flight;
+//! - the new messages are handed to [`OnCommit`] in `seq` order after `COMMIT` and before
+//!   any sender is answered (SPEC §1.2): the node publishes them there, so a room's
+//!   messages leave each node in order and subscribers need no gap repair for them;
+//! - a batch that fails stores nothing and answers every sender with its error, so a
+//!   retry is safe.
 
-use std::{collections::HashMap, sync::Mutex};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex, OnceLock},
+};
 
+use futures_util::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{
     Store, StoreError,
-    messages::{MESSAGE_COLUMNS, Sent, message_from_row},
+    messages::{MESSAGE_COLUMNS, Sent, attach_reactions, message_from_row},
 };
-use crate::model::Message;
+use crate::{domain::InvalidInput, model::Message};
 
 /// Sends waiting for one room before new ones are refused as unavailable.
 const ROOM_QUEUE: usize = 4096;
 /// Most sends stored by one transaction.
 const MAX_BATCH: usize = 256;
 
-/// A send that passed its checks and waits for its room's next transaction.
+/// What the node does with each batch's new messages, in `seq` order, after they are
+/// committed and before their senders hear so (it publishes them).
+pub type OnCommit = Arc<dyn Fn(Vec<Committed>) -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// A message that a batch stored, with the trace context of the request that sent it.
+pub struct Committed {
+    pub message: Message,
+    pub traceparent: Option<Arc<str>>,
+}
+
+/// The answer to one queued send: resolves once its batch has committed (or failed).
+pub type SendReceipt = oneshot::Receiver<Result<Sent, StoreError>>;
+
+/// Waits for a queued send's outcome.
+pub async fn sent_of(receipt: SendReceipt) -> Result<Sent, StoreError> {
+    receipt
+        .await
+        .map_err(|_| StoreError::Unavailable("the send was abandoned".into()))?
+}
+
+/// A send whose input is valid, waiting for its room's next transaction.
 pub(super) struct PendingSend {
     pub sender: Uuid,
     pub text: String,
     pub client_msg_id: Option<String>,
     pub reply_to: Option<Uuid>,
+    pub traceparent: Option<Arc<str>>,
     pub done: oneshot::Sender<Result<Sent, StoreError>>,
 }
 
@@ -43,38 +74,43 @@ pub(super) struct PendingSend {
 #[derive(Default)]
 pub(super) struct Batches {
     rooms: Mutex<HashMap<Uuid, mpsc::Sender<PendingSend>>>,
+    on_commit: OnceLock<OnCommit>,
 }
 
 /// What became of one send of a batch.
 enum Outcome {
+    /// Refused by a check under the room's lock; nothing stored.
+    Refused(StoreError),
     /// Stored by this batch, at this index of the inserted rows.
     Inserted(usize),
-    /// A retry of a key stored earlier.
-    Existing(Message),
+    /// A retry of a key stored earlier, by (sender, key).
+    Existing((Uuid, String)),
 }
 
 impl Store {
-    /// Queues a checked send for its room's next transaction and waits for the commit.
-    pub(super) async fn commit_send(
+    /// Sets what happens to committed messages before their senders are answered; the
+    /// first call wins.
+    pub fn on_commit(&self, on_commit: OnCommit) {
+        let _ = self.batches.on_commit.set(on_commit);
+    }
+
+    /// Queues a send for its room's next transaction, in call order, without waiting.
+    pub(super) fn queue_send(
         &self,
         room_id: Uuid,
         pending: impl FnOnce(oneshot::Sender<Result<Sent, StoreError>>) -> PendingSend,
-    ) -> Result<Sent, StoreError> {
-        let (done, result) = oneshot::channel();
-        {
-            let mut rooms = self.batches.rooms.lock().expect("not poisoned");
-            let queue = rooms.entry(room_id).or_insert_with(|| {
-                let (queue, receiver) = mpsc::channel(ROOM_QUEUE);
-                tokio::spawn(self.clone().write_batches(room_id, receiver));
-                queue
-            });
-            queue.try_send(pending(done)).map_err(|_| {
-                StoreError::Unavailable("too many sends queued for this room".into())
-            })?;
-        }
-        result
-            .await
-            .map_err(|_| StoreError::Unavailable("the send was abandoned".into()))?
+    ) -> Result<SendReceipt, StoreError> {
+        let (done, receipt) = oneshot::channel();
+        let mut rooms = self.batches.rooms.lock().expect("not poisoned");
+        let queue = rooms.entry(room_id).or_insert_with(|| {
+            let (queue, receiver) = mpsc::channel(ROOM_QUEUE);
+            tokio::spawn(self.clone().write_batches(room_id, receiver));
+            queue
+        });
+        queue
+            .try_send(pending(done))
+            .map_err(|_| StoreError::Unavailable("too many sends queued for this room".into()))?;
+        Ok(receipt)
     }
 
     /// Stores the room's queued sends, a batch per transaction, until the queue is empty.
@@ -97,9 +133,10 @@ impl Store {
                 continue;
             }
             match self.store_batch(room_id, &batch).await {
-                Ok(sents) => {
-                    for (pending, sent) in batch.into_iter().zip(sents) {
-                        let _ = pending.done.send(Ok(sent));
+                Ok(outcomes) => {
+                    self.announce(&batch, &outcomes).await;
+                    for (pending, outcome) in batch.into_iter().zip(outcomes) {
+                        let _ = pending.done.send(outcome);
                     }
                 }
                 Err(err) => {
@@ -113,109 +150,184 @@ impl Store {
         }
     }
 
+    /// Hands the batch's new messages, in `seq` order, to [`OnCommit`].
+    async fn announce(&self, batch: &[PendingSend], outcomes: &[Result<Sent, StoreError>]) {
+        let Some(on_commit) = self.batches.on_commit.get() else {
+            return;
+        };
+        let committed = batch
+            .iter()
+            .zip(outcomes)
+            .filter_map(|(pending, outcome)| match outcome {
+                Ok(sent) if sent.created => Some(Committed {
+                    message: sent.message.clone(),
+                    traceparent: pending.traceparent.clone(),
+                }),
+                _ => None,
+            })
+            .collect::<Vec<_>>();
+        if !committed.is_empty() {
+            on_commit(committed).await;
+        }
+    }
+
+    /// One transaction: lock the room, check every send, insert the new messages and
+    /// move `last_seq`. Returns each send's outcome, in batch order.
     async fn store_batch(
         &self,
         room_id: Uuid,
         batch: &[PendingSend],
-    ) -> Result<Vec<Sent>, StoreError> {
+    ) -> Result<Vec<Result<Sent, StoreError>>, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let last_seq: i64 = tx
-            .query_opt(
-                "SELECT last_seq FROM rooms WHERE id = $1 FOR UPDATE",
-                &[&room_id],
-            )
-            .await?
-            .ok_or(StoreError::RoomNotFound)?
-            .get(0);
 
-        let (senders, keys): (Vec<Uuid>, Vec<&str>) = batch
+        let senders: Vec<Uuid> = batch.iter().map(|p| p.sender).collect();
+        let (key_senders, keys): (Vec<Uuid>, Vec<&str>) = batch
             .iter()
             .filter_map(|p| p.client_msg_id.as_deref().map(|k| (p.sender, k)))
             .unzip();
-        let mut known: HashMap<(Uuid, String), Message> = HashMap::new();
-        if !keys.is_empty() {
-            let sql = format!(
-                "SELECT {MESSAGE_COLUMNS} FROM messages
-                  WHERE room_id = $1 AND (sender_id, client_msg_id) IN
-                        (SELECT * FROM unnest($2::uuid[], $3::text[]))"
-            );
-            for row in tx.query(&sql, &[&room_id, &senders, &keys]).await? {
-                let message = message_from_row(&row);
-                let key = message.client_msg_id.clone().unwrap_or_default();
-                known.insert((message.sender_id, key), message);
+        let replies: Vec<Uuid> = batch.iter().filter_map(|p| p.reply_to).collect();
+        // Pipelined: sent together, run in this order, so every check sees the lock held.
+        let locked_room = async {
+            tx.query_opt(
+                "SELECT kind, last_seq FROM rooms WHERE id = $1 FOR UPDATE",
+                &[&room_id],
+            )
+            .await
+        };
+        let members = async {
+            tx.query(
+                "SELECT user_id FROM members WHERE room_id = $1 AND user_id = ANY($2)",
+                &[&room_id, &senders],
+            )
+            .await
+        };
+        let known_sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages
+              WHERE room_id = $1 AND (sender_id, client_msg_id) IN
+                    (SELECT * FROM unnest($2::uuid[], $3::text[]))"
+        );
+        let known = async {
+            match keys.is_empty() {
+                true => Ok(Vec::new()),
+                false => tx.query(&known_sql, &[&room_id, &key_senders, &keys]).await,
             }
-        }
+        };
+        let replied_to = async {
+            match replies.is_empty() {
+                true => Ok(Vec::new()),
+                false => {
+                    tx.query(
+                        "SELECT id FROM messages WHERE room_id = $1 AND id = ANY($2)",
+                        &[&room_id, &replies],
+                    )
+                    .await
+                }
+            }
+        };
+        let (locked_room, members, known, replied_to) =
+            futures_util::try_join!(locked_room, members, known, replied_to)?;
+        let locked_room = locked_room.ok_or(StoreError::RoomNotFound)?;
+        let public = locked_room.get::<_, &str>("kind") == "public";
+        let last_seq: i64 = locked_room.get("last_seq");
+        let members: HashSet<Uuid> = members.iter().map(|r| r.get(0)).collect();
+        let replied_to: HashSet<Uuid> = replied_to.iter().map(|r| r.get(0)).collect();
+        let mut known: HashMap<(Uuid, String), Message> = known
+            .iter()
+            .map(message_from_row)
+            .map(|m| {
+                (
+                    (m.sender_id, m.client_msg_id.clone().unwrap_or_default()),
+                    m,
+                )
+            })
+            .collect();
 
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut first_use: HashMap<(Uuid, &str), usize> = HashMap::new();
-        let (mut ids, mut seqs, mut authors, mut texts, mut msg_keys, mut replies) = (
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-        );
+        let mut rows = NewRows::default();
         for pending in batch {
+            if !members.contains(&pending.sender) {
+                // Exactly what `Access` answers: a room one cannot see does not exist.
+                let refusal = match public {
+                    true => StoreError::NotMember,
+                    false => StoreError::RoomNotFound,
+                };
+                outcomes.push(Outcome::Refused(refusal));
+                continue;
+            }
             if let Some(key) = pending.client_msg_id.as_deref() {
-                if let Some(message) = known.get(&(pending.sender, key.to_string())) {
-                    outcomes.push(Outcome::Existing(message.clone()));
+                let sent_before = (pending.sender, key.to_string());
+                if known.contains_key(&sent_before) {
+                    outcomes.push(Outcome::Existing(sent_before));
                     continue;
                 }
                 if let Some(&index) = first_use.get(&(pending.sender, key)) {
                     outcomes.push(Outcome::Inserted(index));
                     continue;
                 }
-                first_use.insert((pending.sender, key), ids.len());
             }
-            outcomes.push(Outcome::Inserted(ids.len()));
-            ids.push(Uuid::now_v7());
-            seqs.push(last_seq + 1 + seqs.len() as i64);
-            authors.push(pending.sender);
-            texts.push(pending.text.as_str());
-            msg_keys.push(pending.client_msg_id.as_deref());
-            replies.push(pending.reply_to);
+            if let Some(reply_to) = pending.reply_to
+                && !replied_to.contains(&reply_to)
+            {
+                let invalid = InvalidInput::new("reply_to", "is not a message of this room");
+                outcomes.push(Outcome::Refused(invalid.into()));
+                continue;
+            }
+            if let Some(key) = pending.client_msg_id.as_deref() {
+                first_use.insert((pending.sender, key), rows.ids.len());
+            }
+            outcomes.push(Outcome::Inserted(rows.ids.len()));
+            rows.push(pending, last_seq);
         }
 
         let mut inserted: HashMap<i64, Message> = HashMap::new();
-        if let Some(&new_last_seq) = seqs.last() {
+        if let Some(&new_last_seq) = rows.seqs.last() {
             let sql = format!(
-                "INSERT INTO messages (id, room_id, seq, sender_id, text, client_msg_id, reply_to)
+                "WITH moved AS (
+                     UPDATE rooms SET last_seq = $8, last_activity_at = now_ms() WHERE id = $1)
+                 INSERT INTO messages (id, room_id, seq, sender_id, text, client_msg_id, reply_to)
                  SELECT i, $1, s, u, t, k, r
                    FROM unnest($2::uuid[], $3::bigint[], $4::uuid[], $5::text[], $6::text[], $7::uuid[])
                         AS x(i, s, u, t, k, r)
                  RETURNING {MESSAGE_COLUMNS}"
             );
-            let rows = tx
-                .query(
-                    &sql,
-                    &[&room_id, &ids, &seqs, &authors, &texts, &msg_keys, &replies],
-                )
-                .await?;
-            for row in rows {
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
+                &room_id,
+                &rows.ids,
+                &rows.seqs,
+                &rows.senders,
+                &rows.texts,
+                &rows.keys,
+                &rows.replies,
+                &new_last_seq,
+            ];
+            for row in tx.query(&sql, &params).await? {
                 let message = message_from_row(&row);
                 inserted.insert(message.seq, message);
             }
-            tx.execute(
-                "UPDATE rooms SET last_seq = $2, last_activity_at = now_ms() WHERE id = $1",
-                &[&room_id, &new_last_seq],
-            )
-            .await?;
         }
         tx.commit().await?;
 
-        let mut announced = vec![false; ids.len()];
-        outcomes
+        // A retry answers with the original as its sender sees it, reactions included.
+        for message in known.values_mut() {
+            attach_reactions(&client, message.sender_id, std::slice::from_mut(message)).await?;
+        }
+        let mut announced = vec![false; rows.ids.len()];
+        Ok(outcomes
             .into_iter()
             .map(|outcome| match outcome {
-                Outcome::Existing(message) => Ok(Sent {
-                    message,
+                Outcome::Refused(err) => Err(err),
+                Outcome::Existing(sent_before) => Ok(Sent {
+                    message: known
+                        .get(&sent_before)
+                        .cloned()
+                        .ok_or(StoreError::MessageNotFound)?,
                     created: false,
                 }),
                 Outcome::Inserted(index) => {
                     let message = inserted
-                        .get(&seqs[index])
+                        .get(&rows.seqs[index])
                         .cloned()
                         .ok_or(StoreError::MessageNotFound)?;
                     // The first send of a key created it; repeats in the batch did not.
@@ -223,7 +335,30 @@ impl Store {
                     Ok(Sent { message, created })
                 }
             })
-            .collect()
+            .collect())
+    }
+}
+
+/// The columns of a batch's new messages, as arrays for one `unnest` insert.
+#[derive(Default)]
+struct NewRows<'a> {
+    ids: Vec<Uuid>,
+    seqs: Vec<i64>,
+    senders: Vec<Uuid>,
+    texts: Vec<&'a str>,
+    keys: Vec<Option<&'a str>>,
+    replies: Vec<Option<Uuid>>,
+}
+
+impl<'a> NewRows<'a> {
+    /// Adds a message, numbered right after the previous one.
+    fn push(&mut self, pending: &'a PendingSend, last_seq: i64) {
+        self.ids.push(Uuid::now_v7());
+        self.seqs.push(last_seq + 1 + self.seqs.len() as i64);
+        self.senders.push(pending.sender);
+        self.texts.push(&pending.text);
+        self.keys.push(pending.client_msg_id.as_deref());
+        self.replies.push(pending.reply_to);
     }
 }
 

@@ -2,23 +2,28 @@
 //!
 //! This is where the storage guarantees of SPEC §1 live:
 //!
-//! - **Per-room total order (§1.1).** [`Store::send_message`] checks the send, then hands
-//!   it to its room's group commit ([`super::commit`]): one transaction locks the room
-//!   row, numbers the batch's messages from `last_seq + 1` and sets `last_seq` once.
+//! - **Per-room total order (§1.1).** [`Store::queue_message`] hands a send to its room's
+//!   group commit ([`super::commit`]): one transaction locks the room row, checks the
+//!   batch, numbers its messages from `last_seq + 1` and sets `last_seq` once.
 //!   Concurrent batches on any number of nodes queue on that lock; a batch that fails
 //!   stores nothing, so there are no holes.
-//! - **Durable before acknowledged (§1.2).** `send_message` returns only after `COMMIT`.
+//! - **Durable before acknowledged (§1.2).** A send's receipt resolves only after
+//!   `COMMIT`.
 //! - **Idempotent send (§1.5).** A retry is answered from the stored original, found
-//!   before queueing or, for retries racing each other, under the room lock; the unique
-//!   `(room_id, sender_id, client_msg_id)` constraint backs this up.
+//!   under the room lock (or, within one batch, from the first send of its key); the
+//!   unique `(room_id, sender_id, client_msg_id)` constraint backs this up.
 
 use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use super::{Store, StoreError, commit::PendingSend, rooms::Access};
+use super::{
+    Store, StoreError,
+    commit::{PendingSend, SendReceipt, sent_of},
+    rooms::Access,
+};
 use crate::{
-    domain::{ClientMsgId, Emoji, InvalidInput, MessageText},
+    domain::{ClientMsgId, Emoji, MessageText},
     model::{Message, Reaction, Role},
 };
 
@@ -65,7 +70,28 @@ pub struct PageBounds {
 }
 
 impl Store {
-    /// Stores a message and assigns its `seq` (see the module docs for the guarantees).
+    /// Queues a message for its room's next group commit and returns at once; the
+    /// receipt resolves when it is stored (see the module docs for the guarantees).
+    /// Sends queued by one caller are numbered in the order they were queued.
+    pub fn queue_message(
+        &self,
+        sender: Uuid,
+        room_id: Uuid,
+        new: NewMessage<'_>,
+    ) -> Result<SendReceipt, StoreError> {
+        let text = new.text.as_str().to_string();
+        let client_msg_id = new.client_msg_id.map(|key| key.as_str().to_string());
+        self.queue_send(room_id, |done| PendingSend {
+            sender,
+            text,
+            client_msg_id,
+            reply_to: new.reply_to,
+            traceparent: crate::telemetry::current_traceparent(),
+            done,
+        })
+    }
+
+    /// Stores a message and assigns its `seq`: [`Store::queue_message`] and the wait.
     #[tracing::instrument(skip(self, new), fields(client_msg_id = new.client_msg_id.map(|c| c.as_str())))]
     pub async fn send_message(
         &self,
@@ -73,44 +99,8 @@ impl Store {
         room_id: Uuid,
         new: NewMessage<'_>,
     ) -> Result<Sent, StoreError> {
-        let client = self.client().await?;
-        Access::of(&client, room_id, sender)
-            .await?
-            .require_member()?;
-        let key = new.client_msg_id.map(ClientMsgId::as_str);
-        if let Some(key) = key
-            && let Some(message) = find_by_client_msg_id(&client, sender, room_id, key).await?
-        {
-            return Ok(Sent {
-                message,
-                created: false,
-            });
-        }
-        if let Some(reply_to) = new.reply_to {
-            let found = client
-                .query_opt(
-                    "SELECT 1 FROM messages WHERE id = $1 AND room_id = $2",
-                    &[&reply_to, &room_id],
-                )
-                .await?;
-            if found.is_none() {
-                return Err(InvalidInput::new("reply_to", "is not a message of this room").into());
-            }
-        }
-
-        // Release the connection before waiting for the room's batch.
-        drop(client);
-        let text = new.text.as_str().to_string();
-        let client_msg_id = key.map(str::to_string);
-        let reply_to = new.reply_to;
-        self.commit_send(room_id, |done| PendingSend {
-            sender,
-            text,
-            client_msg_id,
-            reply_to,
-            done,
-        })
-        .await
+        let receipt = self.queue_message(sender, room_id, new)?;
+        sent_of(receipt).await
     }
 
     /// A page of a room's messages in ascending `seq`, and whether more lie beyond it:
@@ -349,24 +339,6 @@ const MESSAGE_DELETED: StoreError = StoreError::Conflict {
     message: "the message has been deleted",
 };
 
-async fn find_by_client_msg_id(
-    db: &impl GenericClient,
-    sender: Uuid,
-    room_id: Uuid,
-    key: &str,
-) -> Result<Option<Message>, StoreError> {
-    let sql = format!(
-        "SELECT {MESSAGE_COLUMNS} FROM messages
-          WHERE room_id = $1 AND sender_id = $2 AND client_msg_id = $3"
-    );
-    let Some(row) = db.query_opt(&sql, &[&room_id, &sender, &key]).await? else {
-        return Ok(None);
-    };
-    let mut messages = vec![message_from_row(&row)];
-    attach_reactions(db, sender, &mut messages).await?;
-    Ok(messages.pop())
-}
-
 /// The first `limit` of `rows` (queried with `LIMIT limit + 1`) as messages, and whether
 /// there were more.
 fn page_of(rows: &[Row], limit: i64) -> (Vec<Message>, bool) {
@@ -415,7 +387,7 @@ pub(super) async fn fetch_at(
 }
 
 /// Fills in each message's reactions (one query for the whole page).
-async fn attach_reactions(
+pub(super) async fn attach_reactions(
     db: &impl GenericClient,
     viewer: Uuid,
     messages: &mut [Message],

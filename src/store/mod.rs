@@ -7,7 +7,7 @@
 //! broken connections are dropped on checkout, so service recovers on its own when the
 //! database returns.
 
-mod commit;
+pub mod commit;
 pub mod messages;
 mod migrate;
 pub mod rooms;

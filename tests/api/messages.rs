@@ -106,6 +106,30 @@ async fn twenty_concurrent_retries_of_one_client_msg_id_store_one_message() {
     // The retry consumed no seq: the next message is 2.
     let next = node1.send(&alice, room, "next").await;
     assert_eq!(next["seq"], 2);
+    // A late retry returns the original as it is now, reactions included.
+    let original = replies[0].body["id"].as_str().unwrap();
+    node1
+        .call(
+            Method::PUT,
+            &format!("/v1/rooms/{room}/messages/{original}/reactions/👍"),
+            Some(&alice.token),
+            None,
+        )
+        .await
+        .assert_status(200);
+    let late = node2
+        .post(
+            &format!("/v1/rooms/{room}/messages"),
+            &alice.token,
+            json!({"text": "hello once", "client_msg_id": "abc-123"}),
+        )
+        .await;
+    late.assert_status(200);
+    assert_eq!(late.body["seq"], 1);
+    assert_eq!(
+        late.body["reactions"],
+        json!([{"emoji": "👍", "count": 1, "me": true}])
+    );
     // The same key from another sender is another message.
     let bob = node1.register("bob").await;
     node1

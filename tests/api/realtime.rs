@@ -98,6 +98,81 @@ async fn a_websocket_send_is_acked_and_every_subscriber_gets_it_once_in_order() 
 }
 
 #[tokio::test]
+async fn sends_in_flight_on_one_socket_are_stored_and_acked_in_the_order_sent() {
+    let app = spawn_app_with(|s| {
+        s.limits.sends_per_second = 1000.0;
+        s.limits.send_burst = 1000;
+    })
+    .await;
+    let alice = app.register("alice").await;
+    let carol = app.register("carol").await;
+    let room = public_room_with(&app, &alice, &[]).await;
+    let not_joined = app.create_room(&carol, "elsewhere", "public").await;
+    let mut ws = WsClient::connect(app.addr, "/v1/ws", &alice.token).await;
+
+    // 120 frames without waiting for any answer: new sends, a repeat of an earlier key
+    // and sends to a room Alice has not joined, interleaved.
+    let mut expected = Vec::new();
+    for i in 0..120 {
+        let (target, key) = match i % 10 {
+            7 => (not_joined, format!("elsewhere-{i}")),
+            9 => (room, format!("c{}", i - 9)),
+            _ => (room, format!("c{i}")),
+        };
+        expected.push(key.clone());
+        ws.send(json!({"type": "send", "room_id": target, "text": format!("m{i}"), "client_msg_id": key}))
+            .await;
+    }
+
+    let mut answered = Vec::new();
+    let mut seq_of = std::collections::HashMap::new();
+    let mut last_new_seq = 0;
+    while answered.len() < expected.len() {
+        let frame = ws.recv().await;
+        match frame["type"].as_str().unwrap() {
+            "send_ack" => {
+                let key = frame["client_msg_id"].as_str().unwrap().to_string();
+                let seq = frame["message"]["seq"].as_i64().unwrap();
+                match seq_of.get(&key) {
+                    // A repeated key is answered with the original message.
+                    Some(&original) => assert_eq!(seq, original, "{key}"),
+                    None => {
+                        assert_eq!(seq, last_new_seq + 1, "new sends get the next seq");
+                        last_new_seq = seq;
+                        seq_of.insert(key.clone(), seq);
+                    }
+                }
+                answered.push(key);
+            }
+            "error" => {
+                assert_eq!(frame["code"], "not_member", "{frame}");
+                answered.push(frame["ref"].as_str().unwrap().to_string());
+            }
+            other => panic!("unexpected frame {other}: {frame}"),
+        }
+    }
+    assert_eq!(answered, expected, "answers come in the order of the sends");
+    assert_eq!(last_new_seq, 96);
+    let page = app
+        .get(
+            &format!("/v1/rooms/{room}/messages?limit=200"),
+            &alice.token,
+        )
+        .await;
+    let texts: Vec<&str> = page.body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    let sent: Vec<String> = (0..120)
+        .filter(|i| i % 10 != 7 && i % 10 != 9)
+        .map(|i| format!("m{i}"))
+        .collect();
+    assert_eq!(texts, sent, "stored once each, in the order sent");
+}
+
+#[tokio::test]
 async fn subscribe_with_since_seq_replays_the_gap_then_continues_live_without_a_seam() {
     let node1 = spawn_app_with(|s| {
         s.limits.sends_per_second = 1000.0;

@@ -109,8 +109,6 @@ impl MessagesApi {
         };
         let sent = state.store.send_message(auth.0.id, room_id.0, new).await?;
         Ok(if sent.created {
-            state.metrics.count_message_stored();
-            state.bus.publish(&RoomEvent::message(&sent.message)).await;
             SendMessageResponse::Created(Json(sent.message))
         } else {
             SendMessageResponse::Existing(Json(sent.message))

@@ -13,11 +13,13 @@
 
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
+    future::Future,
+    pin::Pin,
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{SinkExt, StreamExt, stream::FuturesOrdered};
 use poem::web::websocket::{CloseCode, Message as WsMessage, WebSocketStream};
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -30,7 +32,7 @@ use crate::{
     domain::{ClientMsgId, InvalidInput, MessageText, parse_seq},
     protocol::{ClientFrame, FrameError, ServerFrame},
     relay::{Closer, Outbound, SocketId, Subscriber},
-    store::{StoreError, messages::NewMessage},
+    store::{StoreError, commit::sent_of, messages::NewMessage},
 };
 
 /// A client that sends nothing (not even a pong) for this long is gone.
@@ -41,6 +43,13 @@ const PING_INTERVAL: Duration = Duration::from_secs(25);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Messages per Postgres query while replaying history.
 const REPLAY_PAGE: i64 = 500;
+/// Sends one socket may have waiting for their commit at once; past this the socket is
+/// not read until one is stored (backpressure, not an error).
+const MAX_SENDS_IN_FLIGHT: usize = 64;
+
+/// A send waiting for its commit; resolves to its answer (`send_ack` or `error`) and the
+/// room it was stored in.
+type PendingAck = Pin<Box<dyn Future<Output = (String, Option<Uuid>)> + Send + Sync>>;
 
 pub struct Session {
     state: AppState,
@@ -59,6 +68,8 @@ pub struct Session {
     member_of: HashSet<Uuid>,
     /// Rooms where this socket last said its user is typing, to clear on disconnect.
     typing_in: HashSet<Uuid>,
+    /// Sends waiting for their commit, answered in the order they were sent.
+    sending: FuturesOrdered<PendingAck>,
 }
 
 impl Session {
@@ -90,6 +101,7 @@ impl Session {
             rooms: BTreeSet::new(),
             member_of: HashSet::new(),
             typing_in: HashSet::new(),
+            sending: FuturesOrdered::new(),
         };
         session
             .state
@@ -99,34 +111,35 @@ impl Session {
         if let Some((room_id, since_seq)) = room {
             session.subscribe(room_id, since_seq).await;
         }
-        session.read_loop(&mut stream).await;
-        session.finish().await;
+        let close = session.read_loop(&mut stream).await;
+        session.finish(close).await;
         if tokio::time::timeout(WRITE_TIMEOUT, writer).await.is_err() {
             tracing::debug!("writer did not finish in time");
         }
         session.state.metrics.socket_closed();
     }
 
-    async fn read_loop(&mut self, stream: &mut futures_util::stream::SplitStream<WebSocketStream>) {
+    /// Handles frames until the client leaves or the socket must close; returns the
+    /// close to send, if this side decided it.
+    async fn read_loop(
+        &mut self,
+        stream: &mut futures_util::stream::SplitStream<WebSocketStream>,
+    ) -> Option<(u16, &'static str)> {
         let mut draining = self.state.shutdown.subscribe();
         let expires_in = Duration::from_secs(self.user.expires_at.saturating_sub(unix_now()));
         let expiry = tokio::time::sleep(expires_in);
         tokio::pin!(expiry);
         loop {
             tokio::select! {
-                next = tokio::time::timeout(IDLE_TIMEOUT, stream.next()) => match next {
-                    Err(_) => {
-                        self.closer.close(1001, "idle");
-                        return;
-                    }
-                    Ok(None) | Ok(Some(Ok(WsMessage::Close(_)))) => return,
+                // A socket with its fill of sends waiting is not read until one commits.
+                next = tokio::time::timeout(IDLE_TIMEOUT, stream.next()),
+                    if self.sending.len() < MAX_SENDS_IN_FLIGHT => match next {
+                    Err(_) => return Some((1001, "idle")),
+                    Ok(None) | Ok(Some(Ok(WsMessage::Close(_)))) => return None,
                     Ok(Some(Err(err))) => {
-                        let too_big = err.to_string().to_lowercase().contains("too long")
-                            || err.to_string().to_lowercase().contains("size");
-                        if too_big {
-                            self.closer.close(1009, "frame too large");
-                        }
-                        return;
+                        let err = err.to_string().to_lowercase();
+                        let too_big = err.contains("too long") || err.contains("size");
+                        return too_big.then_some((1009, "frame too large"));
                     }
                     Ok(Some(Ok(WsMessage::Text(text)))) => {
                         let traceparent = crate::telemetry::child_traceparent(None);
@@ -137,21 +150,30 @@ impl Session {
                     }
                     Ok(Some(Ok(_))) => {}
                 },
-                _ = self.closer.requested() => return,
+                Some((answer, stored_in)) = self.sending.next(), if !self.sending.is_empty() => {
+                    self.member_of.extend(stored_in);
+                    let _ = self.queue.send(Outbound::Frame(answer)).await;
+                }
+                _ = self.closer.requested() => return None,
                 _ = async { draining.wait_for(|draining| *draining).await.map(|_| ()) } => {
-                    self.closer.close(1012, "service restart: reconnect and resume");
-                    return;
+                    return Some((1012, "service restart: reconnect and resume"));
                 }
-                _ = &mut expiry => {
-                    self.closer.close(4001, "token expired");
-                    return;
-                }
+                _ = &mut expiry => return Some((4001, "token expired")),
             }
         }
     }
 
-    /// Ends every subscription, presence and typing indicator of this socket.
-    async fn finish(&mut self) {
+    /// Ends every subscription, presence and typing indicator of this socket, and closes
+    /// it with `close` (or 1000) once the acks of sends still in flight are queued.
+    async fn finish(&mut self, close: Option<(u16, &'static str)>) {
+        let acked = async {
+            while let Some((answer, _)) = self.sending.next().await {
+                let _ = self.queue.send(Outbound::Frame(answer)).await;
+            }
+        };
+        if tokio::time::timeout(WRITE_TIMEOUT, acked).await.is_err() {
+            tracing::debug!("sends still in flight at close");
+        }
         for room_id in std::mem::take(&mut self.rooms) {
             self.state.hub.leave(room_id, self.socket_id);
         }
@@ -160,7 +182,8 @@ impl Session {
             let event = RoomEvent::typing(room_id, self.user.id, false);
             self.state.bus.publish(&event).await;
         }
-        self.closer.close(1000, "bye");
+        let (code, reason) = close.unwrap_or((1000, "bye"));
+        self.closer.close(code, reason);
     }
 
     async fn handle(&mut self, text: &str) {
@@ -202,16 +225,16 @@ impl Session {
                 room_id,
                 text,
                 client_msg_id,
-            } => {
-                let reference = client_msg_id.clone();
-                match self.send(room_id, &text, client_msg_id).await {
-                    Ok(()) => Ok(()),
-                    Err(err) => {
-                        let reference = reference.as_deref().unwrap_or("send");
-                        return self.error_from(err, Some(reference)).await;
-                    }
+            } => match self.send(room_id, &text, client_msg_id.as_deref()) {
+                Ok(ack) => {
+                    self.sending.push_back(ack);
+                    Ok(())
                 }
-            }
+                Err(err) => {
+                    let reference = client_msg_id.as_deref().unwrap_or("send");
+                    return self.error_from(err, Some(reference)).await;
+                }
+            },
             ClientFrame::Typing { room_id, value } => self.typing(room_id, value).await,
             ClientFrame::ReadUpto {
                 room_id,
@@ -278,18 +301,18 @@ impl Session {
         let _ = self.queue.send(Outbound::Unsubscribed { room_id }).await;
     }
 
-    async fn send(
+    /// Queues a send for its room's group commit (so a socket's sends are stored in the
+    /// order it sent them) and returns the wait for its ack, which goes on while the
+    /// socket reads its next frames.
+    fn send(
         &mut self,
         room_id: Option<Uuid>,
         text: &str,
-        client_msg_id: Option<String>,
-    ) -> Result<(), ApiError> {
+        client_msg_id: Option<&str>,
+    ) -> Result<PendingAck, ApiError> {
         let room_id = self.room(room_id)?;
         let text = MessageText::parse(text, self.state.settings.limits.max_text_chars)?;
-        let client_msg_id = client_msg_id
-            .as_deref()
-            .map(ClientMsgId::parse)
-            .transpose()?;
+        let client_msg_id = client_msg_id.map(ClientMsgId::parse).transpose()?;
         if let Err(wait) = self.state.limiter.check(self.user.id) {
             self.state.metrics.count_rate_limited();
             return Err(ApiError::rate_limited(
@@ -301,25 +324,29 @@ impl Session {
             client_msg_id: client_msg_id.as_ref(),
             reply_to: None,
         };
-        let sent = self
-            .state
-            .store
-            .send_message(self.user.id, room_id, new)
-            .await?;
-        if sent.created {
-            self.state.metrics.count_message_stored();
-            self.state
-                .bus
-                .publish(&RoomEvent::message(&sent.message))
-                .await;
-        }
-        self.member_of.insert(room_id);
-        let ack = ServerFrame::SendAck {
-            client_msg_id: client_msg_id.as_ref().map(ClientMsgId::as_str),
-            message: &sent.message,
-        };
-        self.reply(&ack).await;
-        Ok(())
+        let receipt = self.state.store.queue_message(self.user.id, room_id, new)?;
+        Ok(Box::pin(async move {
+            let key = client_msg_id.as_ref().map(ClientMsgId::as_str);
+            match sent_of(receipt).await {
+                Ok(sent) => {
+                    let ack = ServerFrame::SendAck {
+                        client_msg_id: key,
+                        message: &sent.message,
+                    };
+                    (ack.to_json(), Some(room_id))
+                }
+                Err(err) => {
+                    let err = ApiError::from(err);
+                    let detail = err.detail();
+                    let frame = ServerFrame::Error {
+                        code: &detail.code,
+                        message: &detail.message,
+                        reference: Some(key.unwrap_or("send")),
+                    };
+                    (frame.to_json(), None)
+                }
+            }
+        }))
     }
 
     async fn typing(&mut self, room_id: Option<Uuid>, value: bool) -> Result<(), ApiError> {
