@@ -15,10 +15,11 @@ use std::{
 
 use poem::{
     Server,
+    http::uri::Scheme,
     listener::{Acceptor, Listener, TcpAcceptor, TcpListener},
+    web::{LocalAddr, RemoteAddr},
 };
-
-use tokio::sync::watch;
+use tokio::{net::TcpStream, sync::watch};
 
 use crate::{
     api,
@@ -88,7 +89,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// A built node, bound to its port but not yet serving.
 pub struct Application {
-    acceptor: TcpAcceptor,
+    acceptor: NoDelayAcceptor,
     local_addr: SocketAddr,
     state: AppState,
 }
@@ -121,6 +122,7 @@ impl Application {
                 addr: settings.listen_addr,
                 source,
             })?;
+        let acceptor = NoDelayAcceptor(acceptor);
         let local_addr = acceptor
             .local_addr()
             .first()
@@ -189,6 +191,28 @@ impl Application {
             .idle_timeout(IDLE_CONNECTION_TIMEOUT)
             .run_with_graceful_shutdown(api::routes(self.state), signal, Some(SHUTDOWN_GRACE))
             .await
+    }
+}
+
+/// Accepts TCP connections with Nagle's algorithm off. A chat server writes many small
+/// frames; with Nagle on, a frame written while an earlier one is unacknowledged waits
+/// for the client's delayed ACK (40 ms on Linux), which showed as a 40–50 ms p99 floor in
+/// every benchmark.
+struct NoDelayAcceptor(TcpAcceptor);
+
+impl Acceptor for NoDelayAcceptor {
+    type Io = TcpStream;
+
+    fn local_addr(&self) -> Vec<LocalAddr> {
+        self.0.local_addr()
+    }
+
+    async fn accept(&mut self) -> std::io::Result<(TcpStream, LocalAddr, RemoteAddr, Scheme)> {
+        let accepted = self.0.accept().await?;
+        if let Err(err) = accepted.0.set_nodelay(true) {
+            tracing::debug!(error = %err, "cannot turn Nagle off for a connection");
+        }
+        Ok(accepted)
     }
 }
 
