@@ -36,24 +36,36 @@ use crate::{
     },
 };
 
-/// Everything a request handler may need; cheap to clone.
+/// Everything a request handler may need: one shared [`Node`]. Cloning it is one
+/// reference count (every socket's two tasks hold one).
 #[derive(Clone)]
-pub struct AppState {
-    pub settings: Arc<Settings>,
+pub struct AppState(Arc<Node>);
+
+impl std::ops::Deref for AppState {
+    type Target = Node;
+
+    fn deref(&self) -> &Node {
+        &self.0
+    }
+}
+
+/// The node's shared parts.
+pub struct Node {
+    pub settings: Settings,
     pub store: Store,
     pub bus: Bus,
     pub auth: Authenticator,
-    pub limiter: Arc<SendLimiter>,
+    pub limiter: SendLimiter,
     pub metrics: Arc<Metrics>,
     pub hub: RoomHub,
     pub presence: Presence,
     /// Turns `true` once shutdown begins: `/readyz` steers the load balancer away, new
     /// sockets are refused and open ones close with 1012.
-    pub shutdown: Arc<watch::Sender<bool>>,
-    socket_ids: Arc<AtomicU64>,
+    pub shutdown: watch::Sender<bool>,
+    socket_ids: AtomicU64,
 }
 
-impl AppState {
+impl Node {
     pub fn is_draining(&self) -> bool {
         *self.shutdown.borrow()
     }
@@ -130,21 +142,18 @@ impl Application {
             .unwrap_or(settings.listen_addr);
         let metrics = Arc::new(Metrics::default());
         store.on_commit(publish_committed(bus.clone(), metrics.clone()));
-        let state = AppState {
-            limiter: Arc::new(SendLimiter::new(
-                settings.limits.sends_per_second,
-                settings.limits.send_burst,
-            )),
-            settings: Arc::new(settings),
+        let state = AppState(Arc::new(Node {
+            limiter: SendLimiter::new(settings.limits.sends_per_second, settings.limits.send_burst),
+            settings,
             store,
             bus,
             auth,
             metrics,
             hub,
             presence,
-            shutdown: Arc::new(watch::channel(false).0),
-            socket_ids: Arc::new(AtomicU64::new(1)),
-        };
+            shutdown: watch::channel(false).0,
+            socket_ids: AtomicU64::new(1),
+        }));
         Ok(Self {
             acceptor,
             local_addr,

@@ -51,16 +51,25 @@ pub type SocketId = u64;
 pub enum Outbound {
     /// An event of a subscribed room.
     Event(Arc<RoomEvent>),
-    /// The room accepted the subscription; everything after `last_seq` follows live.
-    Subscribed {
-        room_id: Uuid,
-        since_seq: Option<i64>,
-        last_seq: i64,
-    },
+    /// The room accepted the subscription (boxed: rare, and every queue slot is as
+    /// large as the largest variant).
+    Subscribed(Box<Joined>),
     /// The subscription ended (asked for, or access revoked).
     Unsubscribed { room_id: Uuid },
     /// A reply to one of the socket's own frames, already serialised.
     Frame(String),
+}
+
+// A socket's queue is allocated in blocks of slots of this size; keep it small.
+const _: () = assert!(std::mem::size_of::<Outbound>() <= 24);
+
+/// A subscription the room accepted: everything after `last_seq` follows live, and the
+/// socket replays `(since_seq, last_seq]` first.
+#[derive(Debug)]
+pub struct Joined {
+    pub room_id: Uuid,
+    pub since_seq: Option<i64>,
+    pub last_seq: i64,
 }
 
 /// Asks a socket to close with a code, from anywhere: a room whose queue to it is full
@@ -331,11 +340,11 @@ impl RoomTask {
     async fn on_command(&mut self, command: RoomCommand) {
         match command {
             RoomCommand::Join(subscriber, since_seq) => {
-                let subscribed = Outbound::Subscribed {
+                let subscribed = Outbound::Subscribed(Box::new(Joined {
                     room_id: self.room_id,
                     since_seq,
                     last_seq: self.last_seq,
-                };
+                }));
                 if offer(&subscriber, subscribed) {
                     self.subscribers.push(subscriber);
                 }

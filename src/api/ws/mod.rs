@@ -95,8 +95,10 @@ fn upgrade(
     let mut config = WebSocketConfig::default();
     config.max_message_size = Some(max);
     config.max_frame_size = Some(max);
-    // Idle sockets should cost little memory: small buffers, grown only when needed.
-    config.read_buffer_size = 4096;
+    // Idle sockets should cost little memory: small buffers, grown only when needed
+    // (tungstenite zeroes its whole read buffer before each read, so all of it is
+    // resident; 1 KiB still holds several chat frames).
+    config.read_buffer_size = 1024;
     config.write_buffer_size = 0;
     config.max_write_buffer_size = 1024 * 1024;
     let state = state.clone();

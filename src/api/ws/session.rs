@@ -12,16 +12,19 @@
 //! on, dropping any message at or below what it has sent. No gap, no duplicate.
 
 use std::{
-    collections::{BTreeSet, HashMap, HashSet},
+    collections::{HashMap, HashSet},
     future::Future,
     pin::Pin,
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use futures_util::{SinkExt, StreamExt, stream::FuturesOrdered};
+use futures_util::{
+    SinkExt, StreamExt,
+    stream::{FuturesOrdered, SplitStream},
+};
 use poem::web::websocket::{CloseCode, Message as WsMessage, WebSocketStream};
-use tokio::sync::mpsc;
+use tokio::{sync::mpsc, task::JoinHandle};
 use uuid::Uuid;
 
 use crate::{
@@ -30,8 +33,9 @@ use crate::{
     auth::AuthUser,
     bus::{EventKind, RoomEvent},
     domain::{ClientMsgId, InvalidInput, MessageText, parse_seq},
+    presence::RoomSet,
     protocol::{ClientFrame, FrameError, ServerFrame},
-    relay::{Closer, Outbound, SocketId, Subscriber},
+    relay::{Closer, Joined, Outbound, SocketId, Subscriber},
     store::{StoreError, commit::sent_of, messages::NewMessage},
 };
 
@@ -62,7 +66,7 @@ pub struct Session {
     /// The room a single-room socket is bound to; frames without `room_id` act on it.
     default_room: Option<Uuid>,
     /// Rooms this socket is subscribed to.
-    rooms: BTreeSet<Uuid>,
+    rooms: RoomSet,
     /// Rooms whose membership this socket has already confirmed (typing needs it, and
     /// typing frames are too frequent to check each time).
     member_of: HashSet<Uuid>,
@@ -73,13 +77,17 @@ pub struct Session {
 }
 
 impl Session {
-    pub async fn run(
+    /// Serves one upgraded socket until it closes.
+    ///
+    /// Set-up is synchronous, so the returned future (which lives as long as the socket)
+    /// holds the session and no copy of its arguments.
+    pub fn run(
         socket: WebSocketStream,
         state: AppState,
         user: AuthUser,
         room: Option<(Uuid, Option<i64>)>,
-    ) {
-        let (sink, mut stream) = socket.split();
+    ) -> impl Future<Output = ()> + Send {
+        let (sink, stream) = socket.split();
         let (queue, outbound) = mpsc::channel(state.settings.limits.outbound_queue);
         let closer = Arc::new(Closer::default());
         let writer = tokio::spawn(write_loop(
@@ -90,7 +98,7 @@ impl Session {
             user.id,
         ));
         state.metrics.socket_opened();
-        let mut session = Session {
+        let session = Session {
             socket_id: state.next_socket_id(),
             connection: Uuid::now_v7(),
             state,
@@ -98,32 +106,39 @@ impl Session {
             queue,
             closer,
             default_room: room.map(|(id, _)| id),
-            rooms: BTreeSet::new(),
+            rooms: RoomSet::default(),
             member_of: HashSet::new(),
             typing_in: HashSet::new(),
             sending: FuturesOrdered::new(),
         };
-        session
-            .state
-            .presence
-            .connect(session.connection, user.id)
-            .await;
+        session.serve(stream, writer, room)
+    }
+
+    async fn serve(
+        mut self,
+        mut stream: SplitStream<WebSocketStream>,
+        writer: JoinHandle<()>,
+        room: Option<(Uuid, Option<i64>)>,
+    ) {
+        // Work that is rare in a socket's life is boxed, so an idle socket's task does
+        // not reserve room for it (idle sockets are what a node's memory is made of).
+        Box::pin(self.state.presence.connect(self.connection, self.user.id)).await;
         if let Some((room_id, since_seq)) = room {
-            session.subscribe(room_id, since_seq).await;
+            Box::pin(self.subscribe(room_id, since_seq)).await;
         }
-        let close = session.read_loop(&mut stream).await;
-        session.finish(close).await;
+        let close = self.read_loop(&mut stream).await;
+        Box::pin(self.finish(close)).await;
         if tokio::time::timeout(WRITE_TIMEOUT, writer).await.is_err() {
             tracing::debug!("writer did not finish in time");
         }
-        session.state.metrics.socket_closed();
+        self.state.metrics.socket_closed();
     }
 
     /// Handles frames until the client leaves or the socket must close; returns the
     /// close to send, if this side decided it.
     async fn read_loop(
         &mut self,
-        stream: &mut futures_util::stream::SplitStream<WebSocketStream>,
+        stream: &mut SplitStream<WebSocketStream>,
     ) -> Option<(u16, &'static str)> {
         let mut draining = self.state.shutdown.subscribe();
         let expires_in = Duration::from_secs(self.user.expires_at.saturating_sub(unix_now()));
@@ -143,7 +158,7 @@ impl Session {
                     }
                     Ok(Some(Ok(WsMessage::Text(text)))) => {
                         let traceparent = crate::telemetry::child_traceparent(None);
-                        crate::telemetry::in_trace(traceparent, self.handle(&text)).await;
+                        crate::telemetry::in_trace(traceparent, Box::pin(self.handle(&text))).await;
                     }
                     Ok(Some(Ok(WsMessage::Binary(_)))) => {
                         self.error("invalid_frame", "frames are JSON text", None).await;
@@ -475,18 +490,19 @@ async fn write_loop(
                 let text = String::from_utf8_lossy(&event.payload).into_owned();
                 write(&mut sink, &closer, WsMessage::Text(text)).await
             }
-            Outbound::Subscribed {
-                room_id,
-                since_seq,
-                last_seq,
-            } => {
+            Outbound::Subscribed(joined) => {
+                let Joined {
+                    room_id,
+                    since_seq,
+                    last_seq,
+                } = *joined;
                 let frame = ServerFrame::Subscribed { room_id, last_seq }.to_json();
                 let mut result = write(&mut sink, &closer, WsMessage::Text(frame)).await;
                 let since = since_seq.unwrap_or(last_seq);
                 if result.is_ok() && since < last_seq {
-                    result = replay(
+                    result = Box::pin(replay(
                         &mut sink, &closer, &state, user_id, room_id, since, last_seq,
-                    )
+                    ))
                     .await;
                 }
                 cursors.insert(room_id, since.max(last_seq));
