@@ -15,17 +15,16 @@ use std::{
 
 use poem::{
     Server,
-    http::uri::Scheme,
-    listener::{Acceptor, Listener, TcpAcceptor, TcpListener},
-    web::{LocalAddr, RemoteAddr},
+    listener::{Acceptor, Listener, TcpListener},
 };
-use tokio::{net::TcpStream, sync::watch};
+use tokio::sync::watch;
 
 use crate::{
     api,
     auth::Authenticator,
     bus::{Bus, BusError, RoomEvent},
     config::Settings,
+    listener::ChatAcceptor,
     metrics::Metrics,
     presence::{Presence, PresenceError},
     rate_limit::SendLimiter,
@@ -92,7 +91,8 @@ pub enum StartError {
 
 /// How long start-up keeps retrying a database that is not up yet.
 const DATABASE_STARTUP_WAIT: Duration = Duration::from_secs(30);
-/// Connections with no traffic either way for this long are closed.
+/// Connections with no traffic either way for this long are closed (see
+/// [`crate::listener`]); sockets are pinged well within this.
 const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long open sockets get to close with 1012 once shutdown begins.
 const SOCKET_CLOSE_GRACE: Duration = Duration::from_secs(5);
@@ -101,7 +101,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// A built node, bound to its port but not yet serving.
 pub struct Application {
-    acceptor: NoDelayAcceptor,
+    acceptor: ChatAcceptor,
     local_addr: SocketAddr,
     state: AppState,
 }
@@ -134,7 +134,7 @@ impl Application {
                 addr: settings.listen_addr,
                 source,
             })?;
-        let acceptor = NoDelayAcceptor(acceptor);
+        let acceptor = ChatAcceptor::new(acceptor, IDLE_CONNECTION_TIMEOUT);
         let local_addr = acceptor
             .local_addr()
             .first()
@@ -194,34 +194,8 @@ impl Application {
         };
         tracing::info!(addr = %self.local_addr, node_id = %self.state.settings.node_id, "serving");
         Server::new_with_acceptor(self.acceptor)
-            // A connection that sends nothing and is sent nothing (a half-open client,
-            // one that never finishes its request) cannot hold a slot forever. Sockets
-            // are pinged well within this.
-            .idle_timeout(IDLE_CONNECTION_TIMEOUT)
             .run_with_graceful_shutdown(api::routes(self.state), signal, Some(SHUTDOWN_GRACE))
             .await
-    }
-}
-
-/// Accepts TCP connections with Nagle's algorithm off. A chat server writes many small
-/// frames; with Nagle on, a frame written while an earlier one is unacknowledged waits
-/// for the client's delayed ACK (40 ms on Linux), which showed as a 40–50 ms p99 floor in
-/// every benchmark.
-struct NoDelayAcceptor(TcpAcceptor);
-
-impl Acceptor for NoDelayAcceptor {
-    type Io = TcpStream;
-
-    fn local_addr(&self) -> Vec<LocalAddr> {
-        self.0.local_addr()
-    }
-
-    async fn accept(&mut self) -> std::io::Result<(TcpStream, LocalAddr, RemoteAddr, Scheme)> {
-        let accepted = self.0.accept().await?;
-        if let Err(err) = accepted.0.set_nodelay(true) {
-            tracing::debug!(error = %err, "cannot turn Nagle off for a connection");
-        }
-        Ok(accepted)
     }
 }
 

@@ -12,6 +12,7 @@
 //! - [`config`]: settings from the environment; a bad one stops start-up naming it.
 //! - [`app`]: builds a node from settings (pool, migrations, NATS, routes) and runs it
 //!   until a shutdown future resolves. `main.rs` and the tests both go through it.
+//! - [`listener`]: accepted connections: `TCP_NODELAY` and a cheap idle limit.
 //! - [`telemetry`]: tracing subscriber set-up.
 //! - [`domain`]: validated input types (`Username`, `RoomName`, `MessageText`, …); a value
 //!   of one of them is valid by construction.
@@ -36,6 +37,7 @@ pub mod auth;
 pub mod bus;
 pub mod config;
 pub mod domain;
+pub mod listener;
 pub mod metrics;
 pub mod model;
 pub mod presence;

@@ -21,12 +21,12 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, Weak},
+    sync::{Arc, Mutex, OnceLock, Weak},
     time::{Duration, Instant},
 };
 
 use futures_util::StreamExt;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc};
 use uuid::Uuid;
 
 use crate::{
@@ -74,31 +74,34 @@ pub struct Joined {
 
 /// Asks a socket to close with a code, from anywhere: a room whose queue to it is full
 /// (4008), the drain (1012), token expiry (4001). The first request wins.
-#[derive(Debug)]
-pub struct Closer(watch::Sender<Option<(u16, &'static str)>>);
-
-impl Default for Closer {
-    fn default() -> Self {
-        Self(watch::channel(None).0)
-    }
+///
+/// A once-cell and a `Notify` rather than a watch channel: every socket has one, and a
+/// watch channel's eight internal notifiers cost more than the rest of this.
+#[derive(Debug, Default)]
+pub struct Closer {
+    code: OnceLock<(u16, &'static str)>,
+    requested: Notify,
 }
 
 impl Closer {
     pub fn close(&self, code: u16, reason: &'static str) {
-        self.0.send_if_modified(|current| {
-            if current.is_some() {
-                return false;
-            }
-            *current = Some((code, reason));
-            true
-        });
+        if self.code.set((code, reason)).is_ok() {
+            self.requested.notify_waiters();
+        }
     }
 
     /// Resolves with the code once a close is requested.
     pub async fn requested(&self) -> (u16, &'static str) {
-        let mut rx = self.0.subscribe();
-        let found = rx.wait_for(Option::is_some).await;
-        found.ok().and_then(|v| *v).unwrap_or((1011, "closing"))
+        loop {
+            // Registered before the check, so a close between the two is not missed.
+            let notified = self.requested.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(code) = self.code.get() {
+                return *code;
+            }
+            notified.await;
+        }
     }
 }
 

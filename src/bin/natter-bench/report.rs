@@ -52,6 +52,8 @@ pub struct Inputs<'a> {
     pub connects_per_second: f64,
     pub send_seconds: f64,
     pub before_connect: ProcSample,
+    /// The servers after the first quarter of the connections, and how many that was.
+    pub first_quarter: Option<(usize, ProcSample)>,
     pub after_connect: ProcSample,
     pub after_traffic: ProcSample,
 }
@@ -144,12 +146,16 @@ pub fn summarise(inputs: Inputs<'_>) -> Report {
         resumes: inputs.tallies.iter().map(|t| t.resumes).sum(),
         server_cpu_us_per_delivered: (has_pids && delivered > 0)
             .then(|| cpu_ticks as f64 * 10_000.0 / delivered as f64),
+        // The growth from the first quarter of the connections to all of them: memory
+        // that set-up (registrations, the first connects) freed is reused by the first
+        // connections, and counting from zero would credit it to them.
         server_rss_kib_per_connection: (has_pids && connections > 0).then(|| {
-            inputs
-                .after_connect
-                .rss_kib
-                .saturating_sub(inputs.before_connect.rss_kib) as f64
-                / connections as f64
+            let (from_count, from) = match inputs.first_quarter {
+                Some((count, sample)) if count < connections => (count, sample),
+                _ => (0, inputs.before_connect),
+            };
+            inputs.after_connect.rss_kib.saturating_sub(from.rss_kib) as f64
+                / (connections - from_count) as f64
         }),
         latencies_us: latencies,
     }

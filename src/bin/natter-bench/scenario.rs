@@ -112,6 +112,9 @@ async fn run_once(scenario: &str, options: &Options, rate: f64) -> Result<Report
     let before_connect = ProcSample::read(&options.pids);
     let epoch = Instant::now();
     let connect_started = Instant::now();
+    let quarter = plans.len() / 4;
+    let opened_count = AtomicU64::new(0);
+    let first_quarter = std::sync::Mutex::new(None);
     let opened: Vec<Result<(client::Ws, Role), String>> = stream::iter(plans.iter().enumerate())
         .map(|(i, plan)| {
             let base = options.urls[plan.node].clone();
@@ -119,6 +122,7 @@ async fn run_once(scenario: &str, options: &Options, rate: f64) -> Result<Report
             let room = rooms[plan.room].clone();
             let source = 1 + (i % options.sources as usize) as u8;
             let (rate, subscribe) = (plan.rate, plan.subscribe);
+            let (opened_count, first_quarter) = (&opened_count, &first_quarter);
             async move {
                 let path = if options.baseline {
                     "/ws".to_string()
@@ -128,6 +132,10 @@ async fn run_once(scenario: &str, options: &Options, rate: f64) -> Result<Report
                 let mut ws = client::connect(&base, &path, source).await?;
                 if subscribe {
                     client::subscribe(&mut ws, &room, None).await?;
+                }
+                if opened_count.fetch_add(1, Ordering::Relaxed) + 1 == quarter as u64 {
+                    let sample = ProcSample::read(&options.pids);
+                    *first_quarter.lock().expect("not poisoned") = Some((quarter, sample));
                 }
                 Ok((
                     ws,
@@ -213,6 +221,7 @@ async fn run_once(scenario: &str, options: &Options, rate: f64) -> Result<Report
             .as_secs_f64()
             .max(traffic_seconds.min(duration.as_secs_f64())),
         before_connect,
+        first_quarter: first_quarter.into_inner().expect("not poisoned"),
         after_connect,
         after_traffic,
     }))
