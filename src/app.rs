@@ -96,6 +96,8 @@ const DATABASE_STARTUP_WAIT: Duration = Duration::from_secs(30);
 const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long open sockets get to close with 1012 once shutdown begins.
 const SOCKET_CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// How long the last presence changes get to reach the KV bucket once sockets closed.
+const PRESENCE_FLUSH_GRACE: Duration = Duration::from_secs(2);
 /// How long in-flight requests get to finish once shutdown begins.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -191,6 +193,8 @@ impl Application {
             {
                 tracing::warn!("some sockets did not close in time");
             }
+            // Other nodes should see this node's users leave now, not at lease expiry.
+            state.presence.flush(PRESENCE_FLUSH_GRACE).await;
         };
         tracing::info!(addr = %self.local_addr, node_id = %self.state.settings.node_id, "serving");
         Server::new_with_acceptor(self.acceptor)

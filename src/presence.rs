@@ -15,13 +15,17 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, RwLock},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use async_nats::jetstream::kv;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::{bus::Bus, bus::RoomEvent, protocol::PresenceStatus, relay::RoomHub};
@@ -198,6 +202,13 @@ struct Inner {
     closed: Mutex<std::collections::HashSet<String>>,
     view: RwLock<View>,
     hub: RoomHub,
+    /// Connections whose lease changed since the writer last wrote it (see
+    /// [`write_behind`]).
+    dirty: Mutex<std::collections::HashSet<String>>,
+    /// Wakes the writer when `dirty` gains a key.
+    wake: Arc<Notify>,
+    /// Keys the writer is writing now; with `dirty`, what [`Presence::flush`] waits for.
+    writing: AtomicUsize,
 }
 
 impl Presence {
@@ -223,6 +234,7 @@ impl Presence {
         let kv = open_bucket(&jetstream, &config)
             .await
             .map_err(PresenceError::Bucket)?;
+        let wake = Arc::new(Notify::new());
         let presence = Self {
             inner: Arc::new(Inner {
                 kv,
@@ -232,25 +244,29 @@ impl Presence {
                 closed: Mutex::new(std::collections::HashSet::new()),
                 view: RwLock::new(View::default()),
                 hub,
+                dirty: Mutex::default(),
+                wake: wake.clone(),
+                writing: AtomicUsize::new(0),
             }),
         };
+        tokio::spawn(write_behind(Arc::downgrade(&presence.inner), wake));
         tokio::spawn(watch(Arc::downgrade(&presence.inner), jetstream, config));
         tokio::spawn(refresh(Arc::downgrade(&presence.inner)));
         Ok(presence)
     }
 
     /// Records a new connection of `user_id`.
-    pub async fn connect(&self, connection: Uuid, user_id: Uuid) {
+    pub fn connect(&self, connection: Uuid, user_id: Uuid) {
         let lease = Lease {
             user_id,
             node_id: self.inner.node_id.clone(),
             rooms: RoomSet::default(),
         };
-        self.store_lease(connection, lease).await;
+        self.store_lease(connection, lease);
     }
 
     /// Records the rooms a connection is subscribed to now.
-    pub async fn set_rooms(&self, connection: Uuid, rooms: RoomSet) {
+    pub fn set_rooms(&self, connection: Uuid, rooms: RoomSet) {
         let lease = {
             let mut local = self.inner.local.lock().expect("not poisoned");
             let Some((lease, _)) = local.get_mut(&key(connection)) else {
@@ -259,11 +275,11 @@ impl Presence {
             lease.rooms = rooms;
             lease.clone()
         };
-        self.store_lease(connection, lease).await;
+        self.store_lease(connection, lease);
     }
 
     /// Removes a closed connection.
-    pub async fn disconnect(&self, connection: Uuid) {
+    pub fn disconnect(&self, connection: Uuid) {
         let key = key(connection);
         self.inner.local.lock().expect("not poisoned").remove(&key);
         {
@@ -280,33 +296,43 @@ impl Presence {
             .expect("not poisoned")
             .apply(&key, None);
         self.inner.announce(changes);
-        if let Err(err) = self.inner.kv.delete(&key).await {
-            tracing::warn!(error = %err, "deleting a presence lease failed; it expires by itself");
-        }
+        self.inner.mark_dirty(key);
     }
 
-    async fn store_lease(&self, connection: Uuid, lease: Lease) {
+    /// Applies a lease to this node's view at once, so its own reads are immediately
+    /// consistent, and leaves the KV write to the writer.
+    fn store_lease(&self, connection: Uuid, lease: Lease) {
         let key = key(connection);
-        let previous = self
-            .inner
-            .local
-            .lock()
-            .expect("not poisoned")
-            .insert(key.clone(), (lease.clone(), 0));
-        let revision = previous.map_or(0, |(_, revision)| revision);
-        // Apply locally at once, so this node's own reads are immediately consistent.
+        {
+            let mut local = self.inner.local.lock().expect("not poisoned");
+            let revision = local.get(&key).map_or(0, |(_, revision)| *revision);
+            local.insert(key.clone(), (lease.clone(), revision));
+        }
         let changes = self
             .inner
             .view
             .write()
             .expect("not poisoned")
-            .apply(&key, Some(lease.clone()));
+            .apply(&key, Some(lease));
         self.inner.announce(changes);
-        if let Some(written) = put(&self.inner.kv, &key, &lease).await {
-            let mut local = self.inner.local.lock().expect("not poisoned");
-            if let Some(entry) = local.get_mut(&key) {
-                entry.1 = written.max(revision);
+        self.inner.mark_dirty(key);
+    }
+
+    /// Waits, at most `limit`, until every lease change so far is written to the KV
+    /// bucket (at shutdown, so other nodes see this node's users leave at once).
+    pub async fn flush(&self, limit: Duration) {
+        let written = async {
+            loop {
+                let idle = self.inner.dirty.lock().expect("not poisoned").is_empty()
+                    && self.inner.writing.load(Ordering::Acquire) == 0;
+                if idle {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
+        };
+        if tokio::time::timeout(limit, written).await.is_err() {
+            tracing::warn!("presence changes not all written before shutdown; they expire");
         }
     }
 
@@ -342,6 +368,11 @@ impl Presence {
 }
 
 impl Inner {
+    fn mark_dirty(&self, key: String) {
+        self.dirty.lock().expect("not poisoned").insert(key);
+        self.wake.notify_one();
+    }
+
     fn announce(&self, changes: Vec<(Uuid, Uuid, PresenceStatus)>) {
         for (room_id, user_id, status) in changes {
             self.hub
@@ -380,6 +411,53 @@ async fn put(kv: &kv::Store, key: &str, lease: &Lease) -> Option<u64> {
         Err(err) => {
             tracing::warn!(error = %err, "writing a presence lease failed; retried on refresh");
             None
+        }
+    }
+}
+
+/// Leases changed at most this many at a time.
+const WRITE_CONCURRENCY: usize = 64;
+
+/// Writes changed leases to the bucket, so a socket never waits for JetStream.
+///
+/// Each round takes every key changed since the last round and writes its *current*
+/// state (the lease, or a delete once the connection is gone): a key changed during a
+/// round is written again in the next one, never concurrently with itself, so the
+/// bucket ends with the latest state in every case, and bursts of changes to one
+/// connection (connect, then subscribe) cost one write. Ends when presence is dropped.
+async fn write_behind(inner: std::sync::Weak<Inner>, wake: Arc<Notify>) {
+    loop {
+        wake.notified().await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let keys = std::mem::take(&mut *inner.dirty.lock().expect("not poisoned"));
+        inner.writing.store(keys.len(), Ordering::Release);
+        futures_util::stream::iter(keys)
+            .for_each_concurrent(WRITE_CONCURRENCY, |key| {
+                let inner = &inner;
+                async move {
+                    write_current(inner, &key).await;
+                    inner.writing.fetch_sub(1, Ordering::Release);
+                }
+            })
+            .await;
+    }
+}
+
+/// Writes one connection's current lease, or deletes it if the connection is gone.
+async fn write_current(inner: &Inner, key: &str) {
+    let current = inner.local.lock().expect("not poisoned").get(key).cloned();
+    let Some((lease, revision)) = current else {
+        if let Err(err) = inner.kv.delete(key).await {
+            tracing::warn!(error = %err, "deleting a presence lease failed; it expires by itself");
+        }
+        return;
+    };
+    if let Some(written) = put(&inner.kv, key, &lease).await {
+        let mut local = inner.local.lock().expect("not poisoned");
+        if let Some(entry) = local.get_mut(key) {
+            entry.1 = written.max(revision);
         }
     }
 }

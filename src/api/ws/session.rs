@@ -122,7 +122,7 @@ impl Session {
     ) {
         // Work that is rare in a socket's life is boxed, so an idle socket's task does
         // not reserve room for it (idle sockets are what a node's memory is made of).
-        Box::pin(self.state.presence.connect(self.connection, self.user.id)).await;
+        self.state.presence.connect(self.connection, self.user.id);
         if let Some((room_id, since_seq)) = room {
             Box::pin(self.subscribe(room_id, since_seq)).await;
         }
@@ -192,7 +192,7 @@ impl Session {
         for room_id in std::mem::take(&mut self.rooms) {
             self.state.hub.leave(room_id, self.socket_id);
         }
-        self.state.presence.disconnect(self.connection).await;
+        self.state.presence.disconnect(self.connection);
         for room_id in std::mem::take(&mut self.typing_in) {
             let event = RoomEvent::typing(room_id, self.user.id, false);
             self.state.bus.publish(&event).await;
@@ -301,8 +301,7 @@ impl Session {
         self.rooms.insert(room_id);
         self.state
             .presence
-            .set_rooms(self.connection, self.rooms.clone())
-            .await;
+            .set_rooms(self.connection, self.rooms.clone());
     }
 
     async fn unsubscribe(&mut self, room_id: Uuid) {
@@ -310,8 +309,7 @@ impl Session {
             self.state.hub.leave(room_id, self.socket_id);
             self.state
                 .presence
-                .set_rooms(self.connection, self.rooms.clone())
-                .await;
+                .set_rooms(self.connection, self.rooms.clone());
         }
         let _ = self.queue.send(Outbound::Unsubscribed { room_id }).await;
     }
