@@ -27,7 +27,7 @@ struct Plan {
 }
 
 /// Connections opened at once while setting up.
-const CONNECT_CONCURRENCY: usize = 64;
+const CONNECT_CONCURRENCY: usize = 256;
 
 pub async fn run(scenario: &str, options: &Options) -> Result<bool, String> {
     let mut all_clean = true;
