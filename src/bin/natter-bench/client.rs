@@ -175,6 +175,9 @@ pub struct Role {
     pub room: String,
     /// Messages per second this connection sends (0: it only listens).
     pub rate: f64,
+    /// Where in its send period this connection sends, from 0 to 1, so that many
+    /// connections spread their sends out instead of sending together.
+    pub phase: f64,
     /// Whether it subscribes (publishers on their own only read acks).
     pub subscribe: bool,
     /// How to connect again, as a real client would, when the server closes the socket
@@ -228,12 +231,16 @@ pub async fn drive(
     } else {
         Duration::from_secs(3600)
     };
-    let mut ticker = tokio::time::interval(period);
+    let first_send = tokio::time::Instant::now() + period.mul_f64(role.phase);
+    let mut ticker = tokio::time::interval_at(first_send, period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticker.tick().await;
     loop {
         let closed = tokio::select! {
             _ = ticker.tick(), if role.rate > 0.0 && Instant::now() < stop_sending => {
+                // The guard was checked when this wait began; the tick may come later.
+                if Instant::now() >= stop_sending {
+                    continue;
+                }
                 let text = format!("bench:{}", epoch.elapsed().as_micros());
                 let frame = json!({"type": "send", "room_id": role.room, "text": text});
                 ws.send(Message::text(frame.to_string())).await.is_err()

@@ -26,6 +26,10 @@ struct Plan {
     subscribe: bool,
 }
 
+/// Successive multiples of this, modulo 1, spread evenly over [0, 1) for any run of
+/// them (the golden ratio's fractional part).
+const GOLDEN_RATIO_FRACTION: f64 = 0.618_033_988_749_895;
+
 /// Connections opened at once while setting up.
 const CONNECT_CONCURRENCY: usize = 256;
 
@@ -142,6 +146,8 @@ async fn run_once(scenario: &str, options: &Options, rate: f64) -> Result<Report
                     Role {
                         room,
                         rate,
+                        // Spread evenly however many of the connections send.
+                        phase: (i as f64 * GOLDEN_RATIO_FRACTION).fract(),
                         subscribe,
                         base,
                         path,
