@@ -6,6 +6,10 @@
 //! relay. The relay never waits on the queue: when it is full the socket is closed with
 //! 4008 and the client resumes with `since_seq` (SPEC §5).
 //!
+//! Sends do not hold up the reader: each is queued for its room's group commit at once
+//! (so a socket's sends are numbered in the order it sent them) and its answer waits in
+//! an ordered set of sends in flight, bounded per socket, while the reader goes on.
+//!
 //! The writer is also where a subscription's history is replayed (SPEC §1.4): the relay
 //! answers a join with the room's position on this node *in the queue*, ahead of every
 //! later event, and the writer reads `(since_seq, position]` from Postgres before it goes
