@@ -1,17 +1,20 @@
-//! Group commit for sends: on each node, the sends to one room that arrive while a
-//! transaction for that room is in flight are stored together in the next one.
+//! Group commit for sends: the sends queued on a node while a transaction is in flight
+//! are stored together by the next one, across rooms.
 //!
 //! A room's sends cannot commit in parallel anyway: they serialise on the room row's lock
 //! (that is what makes `seq` gapless), and each commit waits for its WAL flush. One send
-//! per transaction therefore caps a room at one message per flush. Batching keeps every
-//! guarantee and lifts the cap:
+//! per transaction therefore caps a room at one message per flush, and costs every
+//! message its own round trips and flush even when rooms are many and quiet. Batching
+//! keeps every guarantee and lifts both costs:
 //!
-//! - the batch's transaction takes the room row's lock first (`SELECT … FOR UPDATE`), so
-//!   batches from all nodes still serialise, and numbers its new messages
+//! - a batch holds the queued sends of several rooms, and a room is in at most one
+//!   batch at a time on this node; its transaction locks the batch's room rows first, in
+//!   id order (`SELECT … ORDER BY id FOR UPDATE`), so batches from all nodes serialise
+//!   per room without deadlocking, and numbers each room's new messages
 //!   `last_seq + 1, + 2, …` in arrival order before setting `last_seq` once: gapless;
 //! - every check that needs the database (membership, `reply_to`, idempotency keys) runs
-//!   under that lock, pipelined with it in one round trip, and a key repeated within the
-//!   batch maps to its first message, so no insert can conflict and leave a hole;
+//!   under those locks, pipelined with them in one round trip, and a key repeated within
+//!   the batch maps to its first message, so no insert can conflict and leave a hole;
 //! - a send is queued synchronously ([`Store::queue_send`]), so the sends of one socket
 //!   are numbered in the order the socket sent them, however many are in flight;
 //! - the new messages are handed to [`OnCommit`] in `seq` order after `COMMIT` and before
@@ -21,12 +24,12 @@
 //!   retry is safe.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, VecDeque},
     sync::{Arc, Mutex, OnceLock},
 };
 
 use futures_util::future::BoxFuture;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use super::{
@@ -39,6 +42,9 @@ use crate::{domain::InvalidInput, model::Message};
 const ROOM_QUEUE: usize = 4096;
 /// Most sends stored by one transaction.
 const MAX_BATCH: usize = 256;
+/// Transactions of sends in flight at once per node (each on its own set of rooms), so
+/// one batch's flush overlaps the next one's round trips.
+const MAX_WRITERS: usize = 4;
 
 /// What the node does with each batch's new messages, in `seq` order, after they are
 /// committed and before their senders hear so (it publishes them).
@@ -70,11 +76,59 @@ pub(super) struct PendingSend {
     pub done: oneshot::Sender<Result<Sent, StoreError>>,
 }
 
-/// The rooms with a batch writer running on this node.
+/// The sends waiting on this node, by room, and which rooms a transaction holds.
 #[derive(Default)]
 pub(super) struct Batches {
-    rooms: Mutex<HashMap<Uuid, mpsc::Sender<PendingSend>>>,
+    state: Mutex<Queues>,
     on_commit: OnceLock<OnCommit>,
+}
+
+#[derive(Default)]
+struct Queues {
+    /// Sends not yet taken by a writer, per room, in arrival order.
+    waiting: HashMap<Uuid, VecDeque<PendingSend>>,
+    /// Rooms with waiting sends and no transaction in flight, oldest first.
+    ready: VecDeque<Uuid>,
+    /// Rooms a writer's transaction holds now; their new sends wait for the next one.
+    in_flight: HashSet<Uuid>,
+    /// Writer tasks running.
+    writers: usize,
+}
+
+impl Queues {
+    /// Takes up to [`MAX_BATCH`] sends from ready rooms, whole rooms first, and marks
+    /// those rooms in flight.
+    fn take_batch(&mut self) -> Vec<(Uuid, Vec<PendingSend>)> {
+        let mut batch = Vec::new();
+        let mut size = 0;
+        while size < MAX_BATCH {
+            let Some(room_id) = self.ready.pop_front() else {
+                break;
+            };
+            let Some(queue) = self.waiting.get_mut(&room_id) else {
+                continue;
+            };
+            let take = queue.len().min(MAX_BATCH - size);
+            let sends: Vec<PendingSend> = queue.drain(..take).collect();
+            if queue.is_empty() {
+                self.waiting.remove(&room_id);
+            }
+            size += sends.len();
+            self.in_flight.insert(room_id);
+            batch.push((room_id, sends));
+        }
+        batch
+    }
+
+    /// Releases a batch's rooms; those with sends that arrived meanwhile are ready again.
+    fn release(&mut self, rooms: impl Iterator<Item = Uuid>) {
+        for room_id in rooms {
+            self.in_flight.remove(&room_id);
+            if self.waiting.contains_key(&room_id) {
+                self.ready.push_back(room_id);
+            }
+        }
+    }
 }
 
 /// What became of one send of a batch.
@@ -83,8 +137,8 @@ enum Outcome {
     Refused(StoreError),
     /// Stored by this batch, at this index of the inserted rows.
     Inserted(usize),
-    /// A retry of a key stored earlier, by (sender, key).
-    Existing((Uuid, String)),
+    /// A retry of a key stored earlier, by (room, sender, key).
+    Existing((Uuid, Uuid, String)),
 }
 
 impl Store {
@@ -101,62 +155,79 @@ impl Store {
         pending: impl FnOnce(oneshot::Sender<Result<Sent, StoreError>>) -> PendingSend,
     ) -> Result<SendReceipt, StoreError> {
         let (done, receipt) = oneshot::channel();
-        let mut rooms = self.batches.rooms.lock().expect("not poisoned");
-        let queue = rooms.entry(room_id).or_insert_with(|| {
-            let (queue, receiver) = mpsc::channel(ROOM_QUEUE);
-            tokio::spawn(self.clone().write_batches(room_id, receiver));
-            queue
-        });
-        queue
-            .try_send(pending(done))
-            .map_err(|_| StoreError::Unavailable("too many sends queued for this room".into()))?;
+        let mut queues = self.batches.state.lock().expect("not poisoned");
+        let queues = &mut *queues;
+        let queue = queues.waiting.entry(room_id).or_default();
+        if queue.len() >= ROOM_QUEUE {
+            return Err(StoreError::Unavailable(
+                "too many sends queued for this room".into(),
+            ));
+        }
+        let first = queue.is_empty();
+        queue.push_back(pending(done));
+        if first && !queues.in_flight.contains(&room_id) {
+            queues.ready.push_back(room_id);
+        }
+        if queues.writers < MAX_WRITERS && !queues.ready.is_empty() {
+            queues.writers += 1;
+            tokio::spawn(self.clone().write_batches());
+        }
         Ok(receipt)
     }
 
-    /// Stores the room's queued sends, a batch per transaction, until the queue is empty.
-    async fn write_batches(self, room_id: Uuid, mut queue: mpsc::Receiver<PendingSend>) {
+    /// Stores batches of queued sends until none are ready.
+    async fn write_batches(self) {
         loop {
-            let mut batch = Vec::new();
-            while batch.len() < MAX_BATCH {
-                match queue.try_recv() {
-                    Ok(pending) => batch.push(pending),
-                    Err(_) => break,
-                }
-            }
-            if batch.is_empty() {
-                // Senders enqueue under this lock, so an empty queue seen here stays empty.
-                let mut rooms = self.batches.rooms.lock().expect("not poisoned");
-                if queue.is_empty() {
-                    rooms.remove(&room_id);
+            let batch = {
+                let mut queues = self.batches.state.lock().expect("not poisoned");
+                let batch = queues.take_batch();
+                if batch.is_empty() {
+                    queues.writers -= 1;
                     return;
                 }
-                continue;
-            }
-            match self.store_batch(room_id, &batch).await {
+                batch
+            };
+            match self.store_batch(&batch).await {
                 Ok(outcomes) => {
+                    // Published before the rooms are released, so a room's next batch
+                    // publishes after this one.
                     self.announce(&batch, &outcomes).await;
-                    for (pending, outcome) in batch.into_iter().zip(outcomes) {
-                        let _ = pending.done.send(outcome);
-                    }
+                    self.release(&batch);
+                    answer(batch, outcomes);
                 }
                 Err(err) => {
-                    tracing::warn!(%room_id, error = %err, size = batch.len(), "a batch of sends failed");
+                    let rooms = batch.len();
+                    let size: usize = batch.iter().map(|(_, sends)| sends.len()).sum();
+                    tracing::warn!(error = %err, rooms, size, "a batch of sends failed");
+                    self.release(&batch);
                     let shared = share(&err);
-                    for pending in batch {
-                        let _ = pending.done.send(Err(shared()));
+                    for (_, sends) in batch {
+                        for pending in sends {
+                            let _ = pending.done.send(Err(shared()));
+                        }
                     }
                 }
             }
         }
     }
 
-    /// Hands the batch's new messages, in `seq` order, to [`OnCommit`].
-    async fn announce(&self, batch: &[PendingSend], outcomes: &[Result<Sent, StoreError>]) {
+    fn release(&self, batch: &[(Uuid, Vec<PendingSend>)]) {
+        let mut queues = self.batches.state.lock().expect("not poisoned");
+        queues.release(batch.iter().map(|(room_id, _)| *room_id));
+    }
+
+    /// Hands the batch's new messages, in `seq` order per room, to [`OnCommit`].
+    async fn announce(
+        &self,
+        batch: &[(Uuid, Vec<PendingSend>)],
+        outcomes: &[Result<Sent, StoreError>],
+    ) {
         let Some(on_commit) = self.batches.on_commit.get() else {
             return;
         };
         let committed = batch
             .iter()
+            .flat_map(|(_, sends)| sends)
             .zip(outcomes)
             .filter_map(|(pending, outcome)| match outcome {
                 Ok(sent) if sent.created => Some(Committed {
@@ -171,46 +242,58 @@ impl Store {
         }
     }
 
-    /// One transaction: lock the room, check every send, insert the new messages and
-    /// move `last_seq`. Returns each send's outcome, in batch order.
+    /// One transaction: lock the batch's rooms, check every send, insert the new
+    /// messages and move each room's `last_seq`. Returns each send's outcome, in batch
+    /// order (room by room, each room's sends in arrival order).
     async fn store_batch(
         &self,
-        room_id: Uuid,
-        batch: &[PendingSend],
+        batch: &[(Uuid, Vec<PendingSend>)],
     ) -> Result<Vec<Result<Sent, StoreError>>, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
 
-        let senders: Vec<Uuid> = batch.iter().map(|p| p.sender).collect();
-        let (key_senders, keys): (Vec<Uuid>, Vec<&str>) = batch
-            .iter()
-            .filter_map(|p| p.client_msg_id.as_deref().map(|k| (p.sender, k)))
-            .unzip();
-        let replies: Vec<Uuid> = batch.iter().filter_map(|p| p.reply_to).collect();
-        // Pipelined: sent together, run in this order, so every check sees the lock held.
-        let locked_room = async {
-            tx.query_opt(
-                "SELECT kind, last_seq FROM rooms WHERE id = $1 FOR UPDATE",
-                &[&room_id],
+        let sends = || {
+            batch
+                .iter()
+                .flat_map(|(room_id, sends)| sends.iter().map(move |p| (*room_id, p)))
+        };
+        let room_ids: Vec<Uuid> = batch.iter().map(|(room_id, _)| *room_id).collect();
+        let (send_rooms, senders): (Vec<Uuid>, Vec<Uuid>) =
+            sends().map(|(room_id, p)| (room_id, p.sender)).unzip();
+        let mut keyed = (Vec::new(), Vec::new(), Vec::new());
+        for (room_id, p) in sends() {
+            if let Some(key) = p.client_msg_id.as_deref() {
+                keyed.0.push(room_id);
+                keyed.1.push(p.sender);
+                keyed.2.push(key);
+            }
+        }
+        let replies: Vec<Uuid> = sends().filter_map(|(_, p)| p.reply_to).collect();
+        // Pipelined: sent together, run in this order, so every check sees the locks held.
+        let locked_rooms = async {
+            tx.query(
+                "SELECT id, kind, last_seq FROM rooms WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+                &[&room_ids],
             )
             .await
         };
         let members = async {
             tx.query(
-                "SELECT user_id FROM members WHERE room_id = $1 AND user_id = ANY($2)",
-                &[&room_id, &senders],
+                "SELECT room_id, user_id FROM members
+                  WHERE (room_id, user_id) IN (SELECT * FROM unnest($1::uuid[], $2::uuid[]))",
+                &[&send_rooms, &senders],
             )
             .await
         };
         let known_sql = format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages
-              WHERE room_id = $1 AND (sender_id, client_msg_id) IN
-                    (SELECT * FROM unnest($2::uuid[], $3::text[]))"
+              WHERE (room_id, sender_id, client_msg_id) IN
+                    (SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[]))"
         );
         let known = async {
-            match keys.is_empty() {
+            match keyed.0.is_empty() {
                 true => Ok(Vec::new()),
-                false => tx.query(&known_sql, &[&room_id, &key_senders, &keys]).await,
+                false => tx.query(&known_sql, &[&keyed.0, &keyed.1, &keyed.2]).await,
             }
         };
         let replied_to = async {
@@ -218,36 +301,55 @@ impl Store {
                 true => Ok(Vec::new()),
                 false => {
                     tx.query(
-                        "SELECT id FROM messages WHERE room_id = $1 AND id = ANY($2)",
-                        &[&room_id, &replies],
+                        "SELECT id, room_id FROM messages WHERE id = ANY($1)",
+                        &[&replies],
                     )
                     .await
                 }
             }
         };
-        let (locked_room, members, known, replied_to) =
-            futures_util::try_join!(locked_room, members, known, replied_to)?;
-        let locked_room = locked_room.ok_or(StoreError::RoomNotFound)?;
-        let public = locked_room.get::<_, &str>("kind") == "public";
-        let last_seq: i64 = locked_room.get("last_seq");
-        let members: HashSet<Uuid> = members.iter().map(|r| r.get(0)).collect();
-        let replied_to: HashSet<Uuid> = replied_to.iter().map(|r| r.get(0)).collect();
-        let mut known: HashMap<(Uuid, String), Message> = known
+        let (locked_rooms, members, known, replied_to) =
+            futures_util::try_join!(locked_rooms, members, known, replied_to)?;
+        // Per room: whether it is public, and the next `seq` to give.
+        let mut rooms: HashMap<Uuid, (bool, i64)> = locked_rooms
+            .iter()
+            .map(|r| {
+                (
+                    r.get("id"),
+                    (
+                        r.get::<_, &str>("kind") == "public",
+                        r.get::<_, i64>("last_seq"),
+                    ),
+                )
+            })
+            .collect();
+        let members: HashSet<(Uuid, Uuid)> = members.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let replied_to: HashSet<(Uuid, Uuid)> =
+            replied_to.iter().map(|r| (r.get(1), r.get(0))).collect();
+        let mut known: HashMap<(Uuid, Uuid, String), Message> = known
             .iter()
             .map(message_from_row)
             .map(|m| {
                 (
-                    (m.sender_id, m.client_msg_id.clone().unwrap_or_default()),
+                    (
+                        m.room_id,
+                        m.sender_id,
+                        m.client_msg_id.clone().unwrap_or_default(),
+                    ),
                     m,
                 )
             })
             .collect();
 
-        let mut outcomes = Vec::with_capacity(batch.len());
-        let mut first_use: HashMap<(Uuid, &str), usize> = HashMap::new();
+        let mut outcomes = Vec::with_capacity(senders.len());
+        let mut first_use: HashMap<(Uuid, Uuid, &str), usize> = HashMap::new();
         let mut rows = NewRows::default();
-        for pending in batch {
-            if !members.contains(&pending.sender) {
+        for (room_id, pending) in sends() {
+            let Some((public, last_seq)) = rooms.get_mut(&room_id) else {
+                outcomes.push(Outcome::Refused(StoreError::RoomNotFound));
+                continue;
+            };
+            if !members.contains(&(room_id, pending.sender)) {
                 // Exactly what `Access` answers: a room one cannot see does not exist.
                 let refusal = match public {
                     true => StoreError::NotMember,
@@ -257,54 +359,62 @@ impl Store {
                 continue;
             }
             if let Some(key) = pending.client_msg_id.as_deref() {
-                let sent_before = (pending.sender, key.to_string());
+                let sent_before = (room_id, pending.sender, key.to_string());
                 if known.contains_key(&sent_before) {
                     outcomes.push(Outcome::Existing(sent_before));
                     continue;
                 }
-                if let Some(&index) = first_use.get(&(pending.sender, key)) {
+                if let Some(&index) = first_use.get(&(room_id, pending.sender, key)) {
                     outcomes.push(Outcome::Inserted(index));
                     continue;
                 }
             }
             if let Some(reply_to) = pending.reply_to
-                && !replied_to.contains(&reply_to)
+                && !replied_to.contains(&(room_id, reply_to))
             {
                 let invalid = InvalidInput::new("reply_to", "is not a message of this room");
                 outcomes.push(Outcome::Refused(invalid.into()));
                 continue;
             }
             if let Some(key) = pending.client_msg_id.as_deref() {
-                first_use.insert((pending.sender, key), rows.ids.len());
+                first_use.insert((room_id, pending.sender, key), rows.ids.len());
             }
             outcomes.push(Outcome::Inserted(rows.ids.len()));
-            rows.push(pending, last_seq);
+            *last_seq += 1;
+            rows.push(room_id, *last_seq, pending);
         }
 
-        let mut inserted: HashMap<i64, Message> = HashMap::new();
-        if let Some(&new_last_seq) = rows.seqs.last() {
+        let mut inserted: HashMap<(Uuid, i64), Message> = HashMap::new();
+        if !rows.ids.is_empty() {
+            let (moved_rooms, moved_to): (Vec<Uuid>, Vec<i64>) = batch
+                .iter()
+                .filter_map(|(room_id, _)| rooms.get(room_id).map(|(_, seq)| (*room_id, *seq)))
+                .unzip();
             let sql = format!(
                 "WITH moved AS (
-                     UPDATE rooms SET last_seq = $8, last_activity_at = now_ms() WHERE id = $1)
+                     UPDATE rooms SET last_seq = x.s, last_activity_at = now_ms()
+                       FROM unnest($8::uuid[], $9::bigint[]) AS x(r, s)
+                      WHERE rooms.id = x.r AND rooms.last_seq <> x.s)
                  INSERT INTO messages (id, room_id, seq, sender_id, text, client_msg_id, reply_to)
-                 SELECT i, $1, s, u, t, k, r
-                   FROM unnest($2::uuid[], $3::bigint[], $4::uuid[], $5::text[], $6::text[], $7::uuid[])
-                        AS x(i, s, u, t, k, r)
+                 SELECT i, m, s, u, t, k, r
+                   FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::uuid[], $5::text[], $6::text[], $7::uuid[])
+                        AS x(i, m, s, u, t, k, r)
                  RETURNING {MESSAGE_COLUMNS}"
             );
-            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
-                &room_id,
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 9] = [
                 &rows.ids,
+                &rows.rooms,
                 &rows.seqs,
                 &rows.senders,
                 &rows.texts,
                 &rows.keys,
                 &rows.replies,
-                &new_last_seq,
+                &moved_rooms,
+                &moved_to,
             ];
             for row in tx.query(&sql, &params).await? {
                 let message = message_from_row(&row);
-                inserted.insert(message.seq, message);
+                inserted.insert((message.room_id, message.seq), message);
             }
         }
         tx.commit().await?;
@@ -327,7 +437,7 @@ impl Store {
                 }),
                 Outcome::Inserted(index) => {
                     let message = inserted
-                        .get(&rows.seqs[index])
+                        .get(&(rows.rooms[index], rows.seqs[index]))
                         .cloned()
                         .ok_or(StoreError::MessageNotFound)?;
                     // The first send of a key created it; repeats in the batch did not.
@@ -339,10 +449,19 @@ impl Store {
     }
 }
 
+/// Answers every send of a batch with its outcome.
+fn answer(batch: Vec<(Uuid, Vec<PendingSend>)>, outcomes: Vec<Result<Sent, StoreError>>) {
+    let sends = batch.into_iter().flat_map(|(_, sends)| sends);
+    for (pending, outcome) in sends.zip(outcomes) {
+        let _ = pending.done.send(outcome);
+    }
+}
+
 /// The columns of a batch's new messages, as arrays for one `unnest` insert.
 #[derive(Default)]
 struct NewRows<'a> {
     ids: Vec<Uuid>,
+    rooms: Vec<Uuid>,
     seqs: Vec<i64>,
     senders: Vec<Uuid>,
     texts: Vec<&'a str>,
@@ -351,10 +470,10 @@ struct NewRows<'a> {
 }
 
 impl<'a> NewRows<'a> {
-    /// Adds a message, numbered right after the previous one.
-    fn push(&mut self, pending: &'a PendingSend, last_seq: i64) {
+    fn push(&mut self, room_id: Uuid, seq: i64, pending: &'a PendingSend) {
         self.ids.push(Uuid::now_v7());
-        self.seqs.push(last_seq + 1 + self.seqs.len() as i64);
+        self.rooms.push(room_id);
+        self.seqs.push(seq);
         self.senders.push(pending.sender);
         self.texts.push(&pending.text);
         self.keys.push(pending.client_msg_id.as_deref());

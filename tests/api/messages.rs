@@ -74,6 +74,80 @@ async fn fifty_concurrent_sends_through_two_nodes_get_seq_one_to_fifty() {
 }
 
 #[tokio::test]
+async fn concurrent_sends_to_many_rooms_through_two_nodes_keep_every_room_gapless() {
+    let node1 = spawn_app_with(|s| s.limits.send_burst = 1000).await;
+    let mut second = settings(&node1.database_url);
+    second.limits.send_burst = 1000;
+    let node2 = spawn_node(second).await;
+    let alice = node1.register("alice").await;
+    let bob = node1.register("bob").await;
+    let mut rooms = Vec::new();
+    for i in 0..12 {
+        rooms.push(
+            node1
+                .create_room(&alice, &format!("room {i}"), "public")
+                .await,
+        );
+    }
+    let private = node1.create_room(&bob, "bob's", "private").await;
+    let not_joined = node1.create_room(&bob, "bob's public", "public").await;
+    let missing = Uuid::new_v4();
+
+    // 120 sends to 12 rooms, and refused ones mixed in, all at once through two nodes:
+    // each node batches many rooms per transaction.
+    let mut sends = Vec::new();
+    for i in 0..120 {
+        sends.push((rooms[i % 12], format!("m{i}"), 201));
+    }
+    for i in 0..6 {
+        sends.push((private, format!("p{i}"), 404));
+        sends.push((not_joined, format!("n{i}"), 403));
+        sends.push((missing, format!("x{i}"), 404));
+    }
+    let replies = join_all(sends.iter().enumerate().map(|(i, (room, text, _))| {
+        let node = if i % 2 == 0 { &node1 } else { &node2 };
+        let token = alice.token.clone();
+        async move {
+            node.post(
+                &format!("/v1/rooms/{room}/messages"),
+                &token,
+                json!({"text": text}),
+            )
+            .await
+        }
+    }))
+    .await;
+    for (reply, (_, text, status)) in replies.iter().zip(&sends) {
+        assert_eq!(reply.status, *status, "{text}: {:?}", reply.body);
+    }
+    for room in &rooms {
+        let page = node2
+            .get(
+                &format!("/v1/rooms/{room}/messages?limit=200"),
+                &alice.token,
+            )
+            .await;
+        let messages = &page.body["messages"];
+        assert_eq!(seqs(messages), (1..=10).collect::<Vec<_>>(), "room {room}");
+        assert!(
+            messages
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|m| m["room_id"] == room.to_string())
+        );
+    }
+    let bobs = node1
+        .get(&format!("/v1/rooms/{not_joined}/messages"), &bob.token)
+        .await;
+    assert_eq!(
+        bobs.body["messages"],
+        json!([]),
+        "refused sends store nothing"
+    );
+}
+
+#[tokio::test]
 async fn twenty_concurrent_retries_of_one_client_msg_id_store_one_message() {
     let node1 = spawn_app().await;
     let node2 = spawn_node(settings(&node1.database_url)).await;
