@@ -35,8 +35,12 @@ use uuid::Uuid;
 use super::{
     Store, StoreError,
     messages::{MESSAGE_COLUMNS, Sent, attach_reactions, message_from_row},
+    rooms::Access,
 };
-use crate::{domain::InvalidInput, model::Message};
+use crate::{
+    domain::InvalidInput,
+    model::{Message, Role, RoomKind},
+};
 
 /// Sends waiting for one room before new ones are refused as unavailable.
 const ROOM_QUEUE: usize = 4096;
@@ -279,7 +283,7 @@ impl Store {
         };
         let members = async {
             tx.query(
-                "SELECT room_id, user_id FROM members
+                "SELECT room_id, user_id, role FROM members
                   WHERE (room_id, user_id) IN (SELECT * FROM unnest($1::uuid[], $2::uuid[]))",
                 &[&send_rooms, &senders],
             )
@@ -310,20 +314,18 @@ impl Store {
         };
         let (locked_rooms, members, known, replied_to) =
             futures_util::try_join!(locked_rooms, members, known, replied_to)?;
-        // Per room: whether it is public, and the next `seq` to give.
-        let mut rooms: HashMap<Uuid, (bool, i64)> = locked_rooms
+        // Per room: its kind, and the last `seq` given so far.
+        let mut rooms: HashMap<Uuid, (RoomKind, i64)> = locked_rooms
             .iter()
             .map(|r| {
-                (
-                    r.get("id"),
-                    (
-                        r.get::<_, &str>("kind") == "public",
-                        r.get::<_, i64>("last_seq"),
-                    ),
-                )
+                let kind = RoomKind::from_db(r.get("kind"));
+                (r.get("id"), (kind, r.get::<_, i64>("last_seq")))
             })
             .collect();
-        let members: HashSet<(Uuid, Uuid)> = members.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let roles: HashMap<(Uuid, Uuid), Role> = members
+            .iter()
+            .map(|r| ((r.get(0), r.get(1)), Role::from_db(r.get(2))))
+            .collect();
         let replied_to: HashSet<(Uuid, Uuid)> =
             replied_to.iter().map(|r| (r.get(1), r.get(0))).collect();
         let mut known: HashMap<(Uuid, Uuid, String), Message> = known
@@ -345,16 +347,12 @@ impl Store {
         let mut first_use: HashMap<(Uuid, Uuid, &str), usize> = HashMap::new();
         let mut rows = NewRows::default();
         for (room_id, pending) in sends() {
-            let Some((public, last_seq)) = rooms.get_mut(&room_id) else {
+            let Some((kind, last_seq)) = rooms.get_mut(&room_id) else {
                 outcomes.push(Outcome::Refused(StoreError::RoomNotFound));
                 continue;
             };
-            if !members.contains(&(room_id, pending.sender)) {
-                // Exactly what `Access` answers: a room one cannot see does not exist.
-                let refusal = match public {
-                    true => StoreError::NotMember,
-                    false => StoreError::RoomNotFound,
-                };
+            let role = roles.get(&(room_id, pending.sender)).copied();
+            if let Err(refusal) = Access::given(*kind, role).and_then(Access::require_member) {
                 outcomes.push(Outcome::Refused(refusal));
                 continue;
             }

@@ -60,14 +60,19 @@ impl Access {
             )
             .await?
             .ok_or(StoreError::RoomNotFound)?;
-        let access = Access {
-            kind: RoomKind::from_db(row.get("kind")),
-            role: row.get::<_, Option<&str>>("role").map(Role::from_db),
-        };
-        if access.kind != RoomKind::Public && access.role.is_none() {
+        Self::given(
+            RoomKind::from_db(row.get("kind")),
+            row.get::<_, Option<&str>>("role").map(Role::from_db),
+        )
+    }
+
+    /// The standing of a user with `role` (`None`: not a member) in an existing room of
+    /// `kind`, failing with `RoomNotFound` where they may not see it.
+    pub fn given(kind: RoomKind, role: Option<Role>) -> Result<Self, StoreError> {
+        if kind != RoomKind::Public && role.is_none() {
             return Err(StoreError::RoomNotFound);
         }
-        Ok(access)
+        Ok(Access { kind, role })
     }
 
     /// Writing (sending, reacting, reading) needs membership.
