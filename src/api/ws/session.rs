@@ -171,7 +171,7 @@ impl Session {
                 },
                 Some((answer, stored_in)) = self.sending.next(), if !self.sending.is_empty() => {
                     self.member_of.extend(stored_in);
-                    let _ = self.queue.send(Outbound::Frame(answer)).await;
+                    self.reply_json(answer).await;
                 }
                 _ = self.closer.requested() => return None,
                 _ = async { draining.wait_for(|draining| *draining).await.map(|_| ()) } => {
@@ -187,7 +187,7 @@ impl Session {
     async fn finish(&mut self, close: Option<(u16, &'static str)>) {
         let acked = async {
             while let Some((answer, _)) = self.sending.next().await {
-                let _ = self.queue.send(Outbound::Frame(answer)).await;
+                self.reply_json(answer).await;
             }
         };
         if tokio::time::timeout(WRITE_TIMEOUT, acked).await.is_err() {
@@ -353,14 +353,8 @@ impl Session {
                     (ack.to_json(), Some(room_id))
                 }
                 Err(err) => {
-                    let err = ApiError::from(err);
-                    let detail = err.detail();
-                    let frame = ServerFrame::Error {
-                        code: &detail.code,
-                        message: &detail.message,
-                        reference: Some(key.unwrap_or("send")),
-                    };
-                    (frame.to_json(), None)
+                    let reference = Some(key.unwrap_or("send"));
+                    (error_frame(&ApiError::from(err), reference), None)
                 }
             }
         }))
@@ -421,7 +415,12 @@ impl Session {
     }
 
     async fn reply(&self, frame: &ServerFrame<'_>) {
-        let _ = self.queue.send(Outbound::Frame(frame.to_json())).await;
+        self.reply_json(frame.to_json()).await;
+    }
+
+    /// Queues a reply that is already serialised.
+    async fn reply_json(&self, frame: String) {
+        let _ = self.queue.send(Outbound::Frame(frame)).await;
     }
 
     async fn error(&self, code: &str, message: &str, reference: Option<&str>) {
@@ -434,9 +433,19 @@ impl Session {
     }
 
     async fn error_from(&self, err: ApiError, reference: Option<&str>) {
-        let detail = err.detail();
-        self.error(&detail.code, &detail.message, reference).await;
+        self.reply_json(error_frame(&err, reference)).await;
     }
+}
+
+/// The `error` frame that answers a frame with `err`.
+fn error_frame(err: &ApiError, reference: Option<&str>) -> String {
+    let detail = err.detail();
+    let frame = ServerFrame::Error {
+        code: &detail.code,
+        message: &detail.message,
+        reference,
+    };
+    frame.to_json()
 }
 
 type Sink = futures_util::stream::SplitSink<WebSocketStream, WsMessage>;
