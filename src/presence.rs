@@ -323,8 +323,10 @@ impl Presence {
     pub async fn flush(&self, limit: Duration) {
         let written = async {
             loop {
-                let idle = self.inner.dirty.lock().expect("not poisoned").is_empty()
-                    && self.inner.writing.load(Ordering::Acquire) == 0;
+                let idle = {
+                    let dirty = self.inner.dirty.lock().expect("not poisoned");
+                    dirty.is_empty() && self.inner.writing.load(Ordering::Acquire) == 0
+                };
                 if idle {
                     return;
                 }
@@ -431,8 +433,13 @@ async fn write_behind(inner: std::sync::Weak<Inner>, wake: Arc<Notify>) {
         let Some(inner) = inner.upgrade() else {
             return;
         };
-        let keys = std::mem::take(&mut *inner.dirty.lock().expect("not poisoned"));
-        inner.writing.store(keys.len(), Ordering::Release);
+        // Taken and counted under the lock, so `flush` never sees neither.
+        let keys = {
+            let mut dirty = inner.dirty.lock().expect("not poisoned");
+            let keys = std::mem::take(&mut *dirty);
+            inner.writing.store(keys.len(), Ordering::Release);
+            keys
+        };
         futures_util::stream::iter(keys)
             .for_each_concurrent(WRITE_CONCURRENCY, |key| {
                 let inner = &inner;
