@@ -12,7 +12,8 @@ use tokio::process::{Child, Command};
 use uuid::Uuid;
 
 use crate::helpers::{
-    JWT_SECRET, TestApp, TestUser, WsClient, create_database, settings, spawn_node,
+    JWT_SECRET, TestApp, TestUser, WsClient, allow_bulk_sends, create_database, settings,
+    spawn_node,
 };
 
 fn free_port() -> u16 {
@@ -92,8 +93,7 @@ async fn cluster(nats_url: Option<&str>) -> Cluster {
     if let Some(url) = nats_url {
         api_settings.nats_url = url.to_string();
     }
-    api_settings.limits.sends_per_second = 1000.0;
-    api_settings.limits.send_burst = 1000;
+    allow_bulk_sends(&mut api_settings);
     let prefix = api_settings.nats_prefix.clone();
     let nats = api_settings.nats_url.clone();
     let api = spawn_node(api_settings).await;

@@ -65,6 +65,13 @@ pub fn settings(database_url: &str) -> Settings {
     }
 }
 
+/// Raises the send budget to 1,000 a second (burst 1,000), for tests that send in bulk
+/// and are not about the rate limit.
+pub fn allow_bulk_sends(settings: &mut Settings) {
+    settings.limits.sends_per_second = 1000.0;
+    settings.limits.send_burst = 1000;
+}
+
 /// A running node.
 pub struct TestApp {
     pub addr: SocketAddr,

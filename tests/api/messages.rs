@@ -5,7 +5,9 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, TestUser, settings, spawn_app, spawn_app_with, spawn_node};
+use crate::helpers::{
+    TestApp, TestUser, allow_bulk_sends, settings, spawn_app, spawn_app_with, spawn_node,
+};
 
 fn seqs(messages: &Value) -> Vec<i64> {
     messages
@@ -75,9 +77,9 @@ async fn fifty_concurrent_sends_through_two_nodes_get_seq_one_to_fifty() {
 
 #[tokio::test]
 async fn concurrent_sends_to_many_rooms_through_two_nodes_keep_every_room_gapless() {
-    let node1 = spawn_app_with(|s| s.limits.send_burst = 1000).await;
+    let node1 = spawn_app_with(allow_bulk_sends).await;
     let mut second = settings(&node1.database_url);
-    second.limits.send_burst = 1000;
+    allow_bulk_sends(&mut second);
     let node2 = spawn_node(second).await;
     let alice = node1.register("alice").await;
     let bob = node1.register("bob").await;

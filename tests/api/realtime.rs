@@ -8,7 +8,8 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::helpers::{
-    JWT_SECRET, TestApp, TestUser, WsClient, settings, spawn_app, spawn_app_with, spawn_node,
+    JWT_SECRET, TestApp, TestUser, WsClient, allow_bulk_sends, settings, spawn_app, spawn_app_with,
+    spawn_node,
 };
 
 async fn public_room_with(app: &TestApp, owner: &TestUser, members: &[&TestUser]) -> Uuid {
@@ -49,14 +50,9 @@ async fn a_message_sent_over_rest_on_one_node_reaches_a_subscriber_on_another() 
 
 #[tokio::test]
 async fn a_websocket_send_is_acked_and_every_subscriber_gets_it_once_in_order() {
-    let node1 = spawn_app_with(|s| {
-        s.limits.sends_per_second = 1000.0;
-        s.limits.send_burst = 1000;
-    })
-    .await;
+    let node1 = spawn_app_with(allow_bulk_sends).await;
     let mut second = settings(&node1.database_url);
-    second.limits.sends_per_second = 1000.0;
-    second.limits.send_burst = 1000;
+    allow_bulk_sends(&mut second);
     let node2 = spawn_node(second).await;
     let alice = node1.register("alice").await;
     let bob = node1.register("bob").await;
@@ -99,11 +95,7 @@ async fn a_websocket_send_is_acked_and_every_subscriber_gets_it_once_in_order() 
 
 #[tokio::test]
 async fn sends_in_flight_on_one_socket_are_stored_and_acked_in_the_order_sent() {
-    let app = spawn_app_with(|s| {
-        s.limits.sends_per_second = 1000.0;
-        s.limits.send_burst = 1000;
-    })
-    .await;
+    let app = spawn_app_with(allow_bulk_sends).await;
     let alice = app.register("alice").await;
     let carol = app.register("carol").await;
     let room = public_room_with(&app, &alice, &[]).await;
@@ -174,11 +166,7 @@ async fn sends_in_flight_on_one_socket_are_stored_and_acked_in_the_order_sent() 
 
 #[tokio::test]
 async fn subscribe_with_since_seq_replays_the_gap_then_continues_live_without_a_seam() {
-    let node1 = spawn_app_with(|s| {
-        s.limits.sends_per_second = 1000.0;
-        s.limits.send_burst = 1000;
-    })
-    .await;
+    let node1 = spawn_app_with(allow_bulk_sends).await;
     let node2 = spawn_node(settings(&node1.database_url)).await;
     let alice = node1.register("alice").await;
     let room = public_room_with(&node1, &alice, &[]).await;
