@@ -1,5 +1,10 @@
-//! Counters for `/metrics`, rendered as Prometheus text. Plain atomics: recording costs
-//! a relaxed increment, and nothing is allocated per request.
+//! `/metrics` in Prometheus text.
+//!
+//! Each layer counts what it alone sees, in plain atomics, so recording costs a relaxed
+//! increment and allocates nothing: the API counts responses and sockets here in
+//! [`Metrics`], the relay counts deliveries, repairs and slow-consumer closes
+//! ([`crate::relay::RelayStats`]), the store and the bus count their own failures. A
+//! scrape gathers them into one [`Scrape`] and renders it.
 
 use std::{
     fmt::Write,
@@ -8,6 +13,9 @@ use std::{
 
 use poem::http::StatusCode;
 
+use crate::relay::RelayStats;
+
+/// What the API layer counts.
 #[derive(Default)]
 pub struct Metrics {
     /// Responses by status class: 1xx..5xx at index 0..4.
@@ -15,6 +23,7 @@ pub struct Metrics {
     messages_stored: AtomicU64,
     sends_rate_limited: AtomicU64,
     sockets_open: AtomicI64,
+    sockets_accepted: AtomicU64,
 }
 
 impl Metrics {
@@ -32,6 +41,7 @@ impl Metrics {
     }
 
     pub fn socket_opened(&self) {
+        self.sockets_accepted.fetch_add(1, Ordering::Relaxed);
         self.sockets_open.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -42,12 +52,69 @@ impl Metrics {
     pub fn sockets_open(&self) -> i64 {
         self.sockets_open.load(Ordering::Relaxed)
     }
+}
 
-    pub fn render(&self, node_id: &str, pool: deadpool_postgres::Status, rooms: usize) -> String {
-        let mut out = String::with_capacity(1024);
-        let node = format!("node=\"{}\"", node_id.replace(['"', '\\', '\n'], "_"));
+/// Upper bounds (ms) of the fan-out latency buckets: sub-millisecond hand-offs on one
+/// node up to the seconds a backlog or a gap repair can take.
+const LATENCY_BOUNDS_MS: [u64; 12] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000];
+
+/// A cumulative-on-read latency histogram with fixed millisecond buckets.
+#[derive(Default)]
+pub struct LatencyHistogram {
+    /// Observations per bucket (not cumulative); the last slot is `+Inf`.
+    buckets: [AtomicU64; LATENCY_BOUNDS_MS.len() + 1],
+    sum_ms: AtomicU64,
+}
+
+impl LatencyHistogram {
+    pub fn observe_ms(&self, ms: u64) {
+        let slot = LATENCY_BOUNDS_MS
+            .iter()
+            .position(|bound| ms <= *bound)
+            .unwrap_or(LATENCY_BOUNDS_MS.len());
+        self.buckets[slot].fetch_add(1, Ordering::Relaxed);
+        self.sum_ms.fetch_add(ms, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, node: &str) {
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (i, count) in self.buckets.iter().enumerate() {
+            cumulative += count.load(Ordering::Relaxed);
+            let le = LATENCY_BOUNDS_MS
+                .get(i)
+                .map_or("+Inf".to_string(), |ms| format!("{}", *ms as f64 / 1000.0));
+            let _ = writeln!(out, "{name}_bucket{{{node},le=\"{le}\"}} {cumulative}");
+        }
+        let sum = self.sum_ms.load(Ordering::Relaxed) as f64 / 1000.0;
+        let _ = writeln!(out, "{name}_sum{{{node}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{node}}} {cumulative}");
+    }
+}
+
+/// Everything one scrape reports, borrowed from the layers that count it.
+pub struct Scrape<'a> {
+    pub node_id: &'a str,
+    pub api: &'a Metrics,
+    pub relay: &'a RelayStats,
+    pub pool: deadpool_postgres::Status,
+    pub db_errors: u64,
+    pub nats_errors: u64,
+    pub nats_connected: bool,
+    pub rooms_relayed: usize,
+    pub subscriptions: usize,
+    pub draining: bool,
+}
+
+impl Scrape<'_> {
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let node = format!("node=\"{}\"", self.node_id.replace(['"', '\\', '\n'], "_"));
+        let api = self.api;
+        let relay = self.relay;
+        out.push_str("# HELP natter_http_responses_total HTTP responses by status class.\n");
         out.push_str("# TYPE natter_http_responses_total counter\n");
-        for (i, count) in self.responses.iter().enumerate() {
+        for (i, count) in api.responses.iter().enumerate() {
             let _ = writeln!(
                 out,
                 "natter_http_responses_total{{{node},class=\"{}xx\"}} {}",
@@ -55,30 +122,152 @@ impl Metrics {
                 count.load(Ordering::Relaxed)
             );
         }
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         let counters = [
-            ("natter_messages_stored_total", &self.messages_stored),
-            ("natter_sends_rate_limited_total", &self.sends_rate_limited),
+            (
+                "natter_websocket_connections_total",
+                "WebSocket connections accepted.",
+                load(&api.sockets_accepted),
+            ),
+            (
+                "natter_messages_stored_total",
+                "Messages committed by this node.",
+                load(&api.messages_stored),
+            ),
+            (
+                "natter_sends_rate_limited_total",
+                "Sends refused by the per-user rate limit (REST 429 or WebSocket error).",
+                load(&api.sends_rate_limited),
+            ),
+            (
+                "natter_events_received_total",
+                "Room events received from NATS.",
+                load(&relay.received),
+            ),
+            (
+                "natter_events_delivered_total",
+                "Events queued to local sockets (one per socket).",
+                load(&relay.delivered),
+            ),
+            (
+                "natter_gap_repairs_total",
+                "Gaps in a room's seq filled from Postgres.",
+                load(&relay.gap_repairs),
+            ),
+            (
+                "natter_messages_repaired_total",
+                "Messages delivered from Postgres because NATS did not bring them.",
+                load(&relay.repaired),
+            ),
+            (
+                "natter_slow_consumer_closes_total",
+                "Sockets closed with 4008 because their queue was full.",
+                load(&relay.slow_closes),
+            ),
+            (
+                "natter_db_errors_total",
+                "Postgres failures: pool checkouts and failed group commits.",
+                self.db_errors,
+            ),
+            (
+                "natter_nats_errors_total",
+                "NATS failures: disconnections, failed publishes and subscriptions.",
+                self.nats_errors,
+            ),
         ];
-        for (name, value) in counters {
+        for (name, help, value) in counters {
             let _ = writeln!(
                 out,
-                "# TYPE {name} counter\n{name}{{{node}}} {}",
-                value.load(Ordering::Relaxed)
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{{node}}} {value}"
             );
         }
         let gauges = [
-            ("natter_db_pool_size", pool.size as i64),
-            ("natter_db_pool_available", pool.available as i64),
-            ("natter_db_pool_waiting", pool.waiting as i64),
             (
                 "natter_websockets_open",
-                self.sockets_open.load(Ordering::Relaxed),
+                "WebSocket connections open now.",
+                api.sockets_open.load(Ordering::Relaxed),
             ),
-            ("natter_rooms_relayed", rooms as i64),
+            (
+                "natter_subscriptions",
+                "Live room subscriptions of this node's sockets.",
+                self.subscriptions as i64,
+            ),
+            (
+                "natter_rooms_relayed",
+                "Rooms this node subscribes to on NATS.",
+                self.rooms_relayed as i64,
+            ),
+            (
+                "natter_db_pool_size",
+                "Postgres connections open.",
+                self.pool.size as i64,
+            ),
+            (
+                "natter_db_pool_available",
+                "Idle Postgres connections.",
+                self.pool.available as i64,
+            ),
+            (
+                "natter_db_pool_waiting",
+                "Callers waiting for a Postgres connection.",
+                self.pool.waiting as i64,
+            ),
+            (
+                "natter_nats_connected",
+                "1 while connected to NATS.",
+                i64::from(self.nats_connected),
+            ),
+            (
+                "natter_draining",
+                "1 once the node has begun its graceful drain.",
+                i64::from(self.draining),
+            ),
         ];
-        for (name, value) in gauges {
-            let _ = writeln!(out, "# TYPE {name} gauge\n{name}{{{node}}} {value}");
+        for (name, help, value) in gauges {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{{node}}} {value}"
+            );
         }
+        out.push_str(
+            "# HELP natter_fanout_latency_seconds From a message's commit to its hand-off to this node's sockets.\n",
+        );
+        relay
+            .fanout_latency
+            .render(&mut out, "natter_fanout_latency_seconds", &node);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_end_with_inf() {
+        let histogram = LatencyHistogram::default();
+        for ms in [0, 1, 3, 40, 99_999] {
+            histogram.observe_ms(ms);
+        }
+        let mut out = String::new();
+        histogram.render(&mut out, "h", "node=\"a\"");
+        assert!(
+            out.contains("h_bucket{node=\"a\",le=\"0.001\"} 2\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("h_bucket{node=\"a\",le=\"0.005\"} 3\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("h_bucket{node=\"a\",le=\"0.05\"} 4\n"),
+            "{out}"
+        );
+        assert!(out.contains("h_bucket{node=\"a\",le=\"5\"} 4\n"), "{out}");
+        assert!(
+            out.contains("h_bucket{node=\"a\",le=\"+Inf\"} 5\n"),
+            "{out}"
+        );
+        assert!(out.contains("h_count{node=\"a\"} 5\n"), "{out}");
     }
 }

@@ -21,8 +21,11 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, OnceLock, Weak},
-    time::{Duration, Instant},
+    sync::{
+        Arc, Mutex, OnceLock, Weak,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use futures_util::StreamExt;
@@ -31,6 +34,7 @@ use uuid::Uuid;
 
 use crate::{
     bus::{Bus, EventKind, RoomEvent},
+    metrics::LatencyHistogram,
     store::Store,
 };
 
@@ -42,6 +46,27 @@ pub const TYPING_TTL: Duration = Duration::from_secs(6);
 const ROOM_COMMAND_QUEUE: usize = 4096;
 /// Messages read from Postgres per repair query.
 const REPAIR_PAGE: i64 = 500;
+
+/// What the relay counts for `/metrics`.
+#[derive(Default)]
+pub struct RelayStats {
+    /// Room events that arrived from NATS.
+    pub received: AtomicU64,
+    /// Events queued to sockets, one per socket.
+    pub delivered: AtomicU64,
+    /// Gaps (and lost trailing messages) filled from Postgres.
+    pub gap_repairs: AtomicU64,
+    /// Messages those repairs delivered.
+    pub repaired: AtomicU64,
+    /// Sockets closed with 4008 because their queue was full.
+    pub slow_closes: AtomicU64,
+    /// From a message's `created_at` to its hand-off to this node's sockets.
+    pub fanout_latency: LatencyHistogram,
+}
+
+fn bump(counter: &AtomicU64, by: u64) {
+    counter.fetch_add(by, Ordering::Relaxed);
+}
 
 /// Identifies one socket on this node.
 pub type SocketId = u64;
@@ -144,6 +169,7 @@ struct HubInner {
     rooms: Mutex<HashMap<Uuid, RoomEntry>>,
     store: Store,
     bus: Bus,
+    stats: Arc<RelayStats>,
 }
 
 impl RoomHub {
@@ -153,6 +179,7 @@ impl RoomHub {
                 rooms: Mutex::new(HashMap::new()),
                 store,
                 bus,
+                stats: Arc::default(),
             }),
         };
         tokio::spawn(catch_up_loop(Arc::downgrade(&hub.inner)));
@@ -177,6 +204,7 @@ impl RoomHub {
                 typing: HashMap::new(),
                 store: self.inner.store.clone(),
                 bus: self.inner.bus.clone(),
+                stats: self.inner.stats.clone(),
             };
             tokio::spawn(task.run(rx));
             RoomEntry {
@@ -222,6 +250,16 @@ impl RoomHub {
     /// Rooms with a task on this node.
     pub fn active_rooms(&self) -> usize {
         self.inner.rooms.lock().expect("not poisoned").len()
+    }
+
+    /// Live subscriptions of this node's sockets, over all rooms.
+    pub fn subscriptions(&self) -> usize {
+        let rooms = self.inner.rooms.lock().expect("not poisoned");
+        rooms.values().map(|entry| entry.subscribers).sum()
+    }
+
+    pub fn stats(&self) -> &RelayStats {
+        &self.inner.stats
     }
 }
 
@@ -276,6 +314,7 @@ struct RoomTask {
     typing: HashMap<Uuid, Instant>,
     store: Store,
     bus: Bus,
+    stats: Arc<RelayStats>,
 }
 
 impl RoomTask {
@@ -348,7 +387,7 @@ impl RoomTask {
                     since_seq,
                     last_seq: self.last_seq,
                 }));
-                if offer(&subscriber, subscribed) {
+                if offer(&subscriber, subscribed, &self.stats) {
                     self.subscribers.push(subscriber);
                 }
             }
@@ -356,6 +395,7 @@ impl RoomTask {
             RoomCommand::Local(event) => self.deliver(&event),
             RoomCommand::CatchUp(committed) => {
                 if committed > self.last_seq {
+                    bump(&self.stats.gap_repairs, 1);
                     tracing::info!(room_id = %self.room_id, from = self.last_seq, to = committed, "repairing trailing messages");
                     self.repair(committed).await;
                 }
@@ -364,6 +404,7 @@ impl RoomTask {
     }
 
     async fn on_event(&mut self, event: Arc<RoomEvent>) {
+        bump(&self.stats.received, 1);
         match event.kind {
             EventKind::Message => {
                 let seq = event.seq.unwrap_or_default();
@@ -371,6 +412,7 @@ impl RoomTask {
                     return;
                 }
                 if seq > self.last_seq + 1 {
+                    bump(&self.stats.gap_repairs, 1);
                     tracing::info!(room_id = %self.room_id, from = self.last_seq, to = seq, "repairing a gap");
                     self.repair(seq - 1).await;
                     if self.last_seq != seq - 1 {
@@ -402,6 +444,7 @@ impl RoomTask {
                         Outbound::Unsubscribed {
                             room_id: event.room_id,
                         },
+                        &self.stats,
                     );
                     false
                 });
@@ -425,6 +468,7 @@ impl RoomTask {
                     return;
                 }
             };
+            bump(&self.stats.repaired, messages.len() as u64);
             for message in &messages {
                 self.last_seq = message.seq;
                 self.deliver(&Arc::new(RoomEvent::message(message)));
@@ -449,17 +493,29 @@ impl RoomTask {
     /// Offers the event to every subscriber without waiting; one whose queue is full is
     /// closed (4008) and dropped, so a slow reader never slows the room.
     fn deliver(&mut self, event: &Arc<RoomEvent>) {
+        let stats = &*self.stats;
         self.subscribers
-            .retain(|subscriber| offer(subscriber, Outbound::Event(event.clone())));
+            .retain(|subscriber| offer(subscriber, Outbound::Event(event.clone()), stats));
+        bump(&stats.delivered, self.subscribers.len() as u64);
+        if let Some(created_at) = event.created_at {
+            let now_ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            // Clocks of different hosts may disagree a little; never below zero.
+            stats
+                .fanout_latency
+                .observe_ms(now_ms.saturating_sub(created_at).max(0) as u64);
+        }
     }
 }
 
 /// Queues `item` for a subscriber; `false` (and a 4008 close) if its queue is full or
 /// gone.
-fn offer(subscriber: &Subscriber, item: Outbound) -> bool {
+fn offer(subscriber: &Subscriber, item: Outbound, stats: &RelayStats) -> bool {
     match subscriber.queue.try_send(item) {
         Ok(()) => true,
         Err(mpsc::error::TrySendError::Full(_)) => {
+            bump(&stats.slow_closes, 1);
             subscriber
                 .closer
                 .close(4008, "too slow: resume with since_seq");

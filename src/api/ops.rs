@@ -6,7 +6,7 @@ use poem::{
     web::{Data, Html},
 };
 
-use crate::app::AppState;
+use crate::{app::AppState, metrics::Scrape};
 
 /// The process is alive.
 #[poem::handler]
@@ -38,11 +38,19 @@ pub async fn readyz(Data(state): Data<&AppState>) -> Response {
 /// Prometheus text exposition.
 #[poem::handler]
 pub async fn metrics(Data(state): Data<&AppState>) -> Response {
-    let text = state.metrics.render(
-        &state.settings.node_id,
-        state.store.pool_status(),
-        state.hub.active_rooms(),
-    );
+    let text = Scrape {
+        node_id: &state.settings.node_id,
+        api: &state.metrics,
+        relay: state.hub.stats(),
+        pool: state.store.pool_status(),
+        db_errors: state.store.failures(),
+        nats_errors: state.bus.failures(),
+        nats_connected: state.bus.is_connected(),
+        rooms_relayed: state.hub.active_rooms(),
+        subscriptions: state.hub.subscriptions(),
+        draining: state.is_draining(),
+    }
+    .render();
     Response::builder()
         .content_type("text/plain; version=0.0.4")
         .body(text)

@@ -16,6 +16,7 @@ const KIND: &str = "Natter-Kind";
 const SEQ: &str = "Natter-Seq";
 const USER: &str = "Natter-User";
 const TYPING: &str = "Natter-Typing";
+const CREATED: &str = "Natter-Created";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventKind {
@@ -71,6 +72,8 @@ pub struct RoomEvent {
     pub user_id: Option<Uuid>,
     /// For typing: started (`true`) or stopped.
     pub typing: Option<bool>,
+    /// For messages: `created_at` (ms), from which `/metrics` measures fan-out latency.
+    pub created_at: Option<i64>,
     /// The server frame, as JSON text.
     pub payload: Bytes,
 }
@@ -83,6 +86,7 @@ impl RoomEvent {
             seq: None,
             user_id: None,
             typing: None,
+            created_at: None,
             payload: Bytes::from(frame.to_json()),
         }
     }
@@ -90,6 +94,7 @@ impl RoomEvent {
     pub fn message(message: &Message) -> Self {
         Self {
             seq: Some(message.seq),
+            created_at: Some(message.created_at),
             ..Self::new(
                 message.room_id,
                 EventKind::Message,
@@ -190,6 +195,7 @@ impl RoomEvent {
             seq: None,
             user_id,
             typing: None,
+            created_at: None,
             payload: Bytes::new(),
         }
     }
@@ -205,6 +211,9 @@ impl RoomEvent {
         }
         if let Some(value) = self.typing {
             headers.insert(TYPING, if value { "1" } else { "0" });
+        }
+        if let Some(created_at) = self.created_at {
+            headers.insert(CREATED, created_at.to_string().as_str());
         }
         headers
     }
@@ -229,12 +238,14 @@ impl RoomEvent {
             None => None,
         };
         let typing = headers.get(TYPING).map(|v| v.as_str() == "1");
+        let created_at = headers.get(CREATED).and_then(|v| v.as_str().parse().ok());
         Some(Self {
             room_id,
             kind,
             seq,
             user_id,
             typing,
+            created_at,
             payload: message.payload,
         })
     }

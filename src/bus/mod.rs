@@ -11,7 +11,13 @@
 
 pub mod event;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use async_nats::{ConnectOptions, Event, ServerAddr, jetstream};
 use tokio::sync::Notify;
@@ -37,6 +43,8 @@ pub struct Bus {
     /// Signalled on every (re)connection, so the relay can look for events it missed
     /// while NATS was away.
     reconnected: Arc<Notify>,
+    /// Disconnections and failed publishes and subscriptions, for `/metrics`.
+    failures: Arc<AtomicU64>,
 }
 
 impl Bus {
@@ -48,20 +56,24 @@ impl Bus {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| BusError::InvalidUrl(e.to_string()))?;
         let reconnected = Arc::new(Notify::new());
-        let on_event = reconnected.clone();
+        let failures = Arc::new(AtomicU64::new(0));
+        let (on_event, on_failure) = (reconnected.clone(), failures.clone());
         let client = ConnectOptions::new()
             .name(format!("natter:{node_id}"))
             .connection_timeout(Duration::from_secs(3))
             .retry_on_initial_connect()
             .event_callback(move |event| {
-                let on_event = on_event.clone();
+                let (on_event, on_failure) = (on_event.clone(), on_failure.clone());
                 async move {
                     match event {
                         Event::Connected => {
                             tracing::info!("NATS connected");
                             on_event.notify_one();
                         }
-                        Event::Disconnected => tracing::warn!("NATS disconnected"),
+                        Event::Disconnected => {
+                            on_failure.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!("NATS disconnected");
+                        }
                         other => tracing::debug!(event = %other, "NATS event"),
                     }
                 }
@@ -86,11 +98,21 @@ impl Bus {
             client,
             prefix: prefix.into(),
             reconnected,
+            failures,
         })
     }
 
     pub fn is_connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// NATS failures this node has seen, for `/metrics`.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    fn count_failure(&self) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn prefix(&self) -> &str {
@@ -127,6 +149,7 @@ impl Bus {
             )
             .await;
         if let Err(err) = result {
+            self.count_failure();
             tracing::warn!(error = %err, "publishing a room event failed");
         }
     }
@@ -134,6 +157,14 @@ impl Bus {
     /// Subscribes to a room's events and makes sure the server knows before returning,
     /// so nothing published after this call is missed.
     pub async fn subscribe_room(&self, room_id: Uuid) -> Result<async_nats::Subscriber, BusError> {
+        let subscribed = self.try_subscribe_room(room_id).await;
+        if subscribed.is_err() {
+            self.count_failure();
+        }
+        subscribed
+    }
+
+    async fn try_subscribe_room(&self, room_id: Uuid) -> Result<async_nats::Subscriber, BusError> {
         let subscriber = self
             .client
             .subscribe(self.room_subject(room_id))

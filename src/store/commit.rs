@@ -203,6 +203,7 @@ impl Store {
                     let rooms = batch.len();
                     let size: usize = batch.iter().map(|(_, sends)| sends.len()).sum();
                     tracing::warn!(error = %err, rooms, size, "a batch of sends failed");
+                    self.count_failure();
                     self.release(&batch);
                     let shared = share(&err);
                     for (_, sends) in batch {

@@ -13,7 +13,14 @@ mod migrate;
 pub mod rooms;
 pub mod users;
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use rustls::pki_types::{CertificateDer, pem::PemObject};
@@ -103,6 +110,8 @@ pub struct Store {
     pool: Pool,
     /// Per-room group commit of sends (see [`commit`]).
     batches: Arc<commit::Batches>,
+    /// Failed checkouts and group commits, for `/metrics`.
+    failures: Arc<AtomicU64>,
 }
 
 /// How long a caller waits for a pooled connection before the database counts as down.
@@ -171,12 +180,25 @@ impl Store {
         Ok(Self {
             pool,
             batches: Default::default(),
+            failures: Default::default(),
         })
     }
 
     /// A pooled connection, or `Unavailable` within [`CHECKOUT_TIMEOUT`].
     pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        Ok(self.pool.get().await?)
+        self.pool.get().await.map_err(|err| {
+            self.count_failure();
+            err.into()
+        })
+    }
+
+    fn count_failure(&self) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Postgres failures this node has seen, for `/metrics`.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
     }
 
     /// Applies the embedded migrations that have not run yet (safe to race; see

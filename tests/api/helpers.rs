@@ -170,6 +170,25 @@ impl TestApp {
         &self.http
     }
 
+    /// The value of one series on `/metrics`, named by its first line prefix, e.g.
+    /// `natter_websockets_open{` or `natter_fanout_latency_seconds_bucket{node="n",le="+Inf"}`.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let line = text
+            .lines()
+            .find(|line| line.starts_with(series))
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    }
+
     /// Sends a request with an optional bearer token and JSON body.
     pub async fn call(
         &self,

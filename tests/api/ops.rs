@@ -11,7 +11,7 @@ use tokio::{
     sync::watch,
 };
 
-use crate::helpers::{create_database, settings, spawn_app, spawn_node};
+use crate::helpers::{WsClient, create_database, settings, spawn_app, spawn_node};
 
 #[tokio::test]
 async fn health_readiness_and_metrics_answer_without_auth() {
@@ -45,6 +45,77 @@ async fn health_readiness_and_metrics_answer_without_auth() {
         .find(|l| l.starts_with("natter_messages_stored_total{"))
         .unwrap();
     assert!(stored.ends_with(" 1"), "{stored}");
+}
+
+#[tokio::test]
+async fn metrics_follow_sockets_subscriptions_and_fan_out_across_nodes() {
+    let first = spawn_app().await;
+    let second = spawn_node(settings(&first.database_url)).await;
+    let alice = first.register("alice").await;
+    let room = first.create_room(&alice, "r", "public").await;
+    let mut ws = WsClient::connect(second.addr, "/v1/ws", &alice.token).await;
+    ws.subscribe(room, None).await;
+    assert_eq!(second.metric("natter_websockets_open{").await, 1.0);
+    assert_eq!(
+        second.metric("natter_websocket_connections_total{").await,
+        1.0
+    );
+    assert_eq!(second.metric("natter_subscriptions{").await, 1.0);
+    assert_eq!(second.metric("natter_rooms_relayed{").await, 1.0);
+
+    first.send(&alice, room, "counted").await;
+    assert_eq!(ws.message_seqs(1).await, vec![1]);
+    assert_eq!(first.metric("natter_messages_stored_total{").await, 1.0);
+    assert!(second.metric("natter_events_received_total{").await >= 1.0);
+    assert!(second.metric("natter_events_delivered_total{").await >= 1.0);
+    let fanned_out = second.metric("natter_fanout_latency_seconds_count{").await;
+    assert_eq!(fanned_out, 1.0, "one message reached this node's sockets");
+    assert_eq!(second.metric("natter_nats_connected{").await, 1.0);
+    assert_eq!(second.metric("natter_draining{").await, 0.0);
+    assert_eq!(second.metric("natter_gap_repairs_total{").await, 0.0);
+
+    drop(ws);
+    let closed = async {
+        while second.metric("natter_websockets_open{").await != 0.0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), closed)
+        .await
+        .expect("the socket's close is counted");
+    assert_eq!(second.metric("natter_subscriptions{").await, 0.0);
+}
+
+#[tokio::test]
+async fn every_series_the_grafana_dashboard_charts_is_exported() {
+    let app = spawn_app().await;
+    let exported = app
+        .http()
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let dashboard = include_str!("../../deploy/grafana-dashboard.json");
+    let charted: std::collections::BTreeSet<&str> = dashboard
+        .match_indices("natter_")
+        .map(|(at, _)| {
+            let rest = &dashboard[at..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            &rest[..end]
+        })
+        .collect();
+    assert!(charted.len() >= 10, "{charted:?}");
+    for series in charted {
+        assert!(
+            exported.contains(&format!("\n{series}{{")),
+            "the dashboard charts {series}, which /metrics lacks"
+        );
+    }
 }
 
 #[tokio::test]

@@ -243,6 +243,8 @@ async fn a_publish_that_nats_never_delivers_is_repaired_from_postgres() {
         .collect();
     assert_eq!(seqs, vec![2, 3, 4]);
     assert_eq!(frames[0]["message"]["text"], "two");
+    assert_eq!(app.metric("natter_gap_repairs_total{").await, 1.0);
+    assert_eq!(app.metric("natter_messages_repaired_total{").await, 2.0);
 
     // A lost last message has no successor; the catch-up timer finds it.
     commit_unpublished("five").await;
@@ -544,6 +546,7 @@ async fn a_slow_reader_is_closed_with_4008_while_others_keep_their_pace() {
     };
     assert_eq!(code, Some(4008));
     assert!(last_seq < total as i64);
+    assert_eq!(app.metric("natter_slow_consumer_closes_total{").await, 1.0);
 
     // It resumes where it stopped and gets the rest.
     let mut resumed = WsClient::connect(app.addr, "/v1/ws", &alice.token).await;
