@@ -136,7 +136,11 @@ impl Application {
                 addr: settings.listen_addr,
                 source,
             })?;
-        let acceptor = ChatAcceptor::new(acceptor, IDLE_CONNECTION_TIMEOUT);
+        let acceptor = ChatAcceptor::new(
+            acceptor,
+            IDLE_CONNECTION_TIMEOUT,
+            settings.limits.request_read_timeout,
+        );
         let local_addr = acceptor
             .local_addr()
             .first()

@@ -33,6 +33,19 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// Input and rate limits (SPEC §5).
     pub limits: Limits,
+    /// Browser origins allowed to call the API cross-origin; none by default, so only
+    /// pages served by the node itself (same origin) can.
+    pub cors_origins: Vec<String>,
+    /// How log lines are written.
+    pub log_format: LogFormat,
+}
+
+/// `LOG_FORMAT`: one JSON object per line for log shippers (default), or text for a
+/// terminal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
 }
 
 /// How Natter issues its own tokens and which external issuers it trusts.
@@ -92,6 +105,9 @@ pub struct Limits {
     pub max_rooms_per_socket: usize,
     /// Events queued for one socket; a socket this far behind is closed with 4008.
     pub outbound_queue: usize,
+    /// How long a client may take to send one HTTP request (head and body) before the
+    /// connection is cut off (slowloris).
+    pub request_read_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -104,6 +120,7 @@ impl Default for Limits {
             max_frame_bytes: 64 * 1024,
             max_rooms_per_socket: 1000,
             outbound_queue: 1024,
+            request_read_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -176,6 +193,11 @@ impl Settings {
                 defaults.max_rooms_per_socket,
             )?,
             outbound_queue: number(&lookup, "OUTBOUND_QUEUE", defaults.outbound_queue)?,
+            request_read_timeout: Duration::from_secs(number(
+                &lookup,
+                "REQUEST_READ_TIMEOUT_SECS",
+                defaults.request_read_timeout.as_secs(),
+            )?),
         };
         let nats_prefix = parsed("NATS_PREFIX", "natter")?;
         let prefix_ok = !nats_prefix.is_empty()
@@ -189,6 +211,29 @@ impl Settings {
         // its users are offline everywhere within 15 s (SPEC §1.6), with room for
         // JetStream's expiry timer.
         let presence_ttl = Duration::from_secs(number(&lookup, "PRESENCE_TTL_SECS", 10)?);
+        let cors_origins = lookup("CORS_ALLOWED_ORIGINS")
+            .unwrap_or_default()
+            .split(',')
+            .map(|origin| origin.trim().trim_end_matches('/').to_string())
+            .filter(|origin| !origin.is_empty())
+            .map(|origin| {
+                let host = origin
+                    .strip_prefix("https://")
+                    .or_else(|| origin.strip_prefix("http://"));
+                match host.is_some_and(|host| !host.is_empty() && !host.contains('/')) {
+                    true => Ok(origin),
+                    false => Err(bad(
+                        "CORS_ALLOWED_ORIGINS",
+                        format!("{origin:?} is not an origin like https://chat.example.com"),
+                    )),
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let log_format = match parsed("LOG_FORMAT", "json")?.trim() {
+            "json" => LogFormat::Json,
+            "text" => LogFormat::Text,
+            _ => return Err(bad("LOG_FORMAT", "must be json or text")),
+        };
         let servers = nats_url.split(',').count().min(5);
         let presence_replicas = number(&lookup, "PRESENCE_REPLICAS", servers)?;
         Ok(Self {
@@ -207,6 +252,8 @@ impl Settings {
                 issuers,
             },
             limits,
+            cors_origins,
+            log_format,
         })
     }
 }
@@ -290,6 +337,31 @@ mod tests {
         assert_eq!(s.listen_addr.to_string(), "0.0.0.0:8080");
         assert_eq!(s.limits.max_text_chars, 4000);
         assert_eq!(s.limits.send_burst, 30);
+    }
+
+    #[test]
+    fn cors_origins_are_a_list_of_origins_and_logs_default_to_json() {
+        let s = Settings::from_lookup(env(&BASE)).unwrap();
+        assert!(s.cors_origins.is_empty());
+        assert_eq!(s.log_format, LogFormat::Json);
+        let mut pairs = BASE.to_vec();
+        pairs.push((
+            "CORS_ALLOWED_ORIGINS",
+            "https://chat.example.com/, http://localhost:3000",
+        ));
+        pairs.push(("LOG_FORMAT", "text"));
+        let s = Settings::from_lookup(env(&pairs)).unwrap();
+        assert_eq!(
+            s.cors_origins,
+            ["https://chat.example.com", "http://localhost:3000"]
+        );
+        assert_eq!(s.log_format, LogFormat::Text);
+        for bad in ["chat.example.com", "https://", "https://a.com/path"] {
+            let mut pairs = BASE.to_vec();
+            pairs.push(("CORS_ALLOWED_ORIGINS", bad));
+            let err = Settings::from_lookup(env(&pairs)).unwrap_err();
+            assert_eq!(err.name, "CORS_ALLOWED_ORIGINS", "{bad}");
+        }
     }
 
     #[test]

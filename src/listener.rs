@@ -11,6 +11,13 @@
 //!   timeout spawns a task per connection and takes a lock on every read and write; here
 //!   activity is one clock read, and the single timer is re-armed only when it fires.
 //!   WebSocket sessions stay well inside the limit: the server pings every 25 s.
+//! - **A limit on slow requests (slowloris).** The idle limit alone lets a client hold a
+//!   connection forever by trickling a request one byte at a time. Until a connection
+//!   is upgraded to a WebSocket, a client still sending [`IdleTimeout`]'s request limit
+//!   after it began a request the server has not answered is cut off: a request head or
+//!   body that takes that long is an attack or a link too slow to chat on. Only reads
+//!   that bring bytes are judged, so a handler that takes long to answer a request that
+//!   arrived whole is never cut off.
 
 use std::{
     io,
@@ -30,15 +37,21 @@ use tokio::{
     time::{Instant, Sleep},
 };
 
-/// Accepts TCP connections with Nagle's algorithm off and an idle limit.
+/// Accepts TCP connections with Nagle's algorithm off, an idle limit and a request
+/// limit.
 pub struct ChatAcceptor {
     inner: TcpAcceptor,
     idle_limit: Duration,
+    request_limit: Duration,
 }
 
 impl ChatAcceptor {
-    pub fn new(inner: TcpAcceptor, idle_limit: Duration) -> Self {
-        Self { inner, idle_limit }
+    pub fn new(inner: TcpAcceptor, idle_limit: Duration, request_limit: Duration) -> Self {
+        Self {
+            inner,
+            idle_limit,
+            request_limit,
+        }
     }
 }
 
@@ -55,7 +68,7 @@ impl Acceptor for ChatAcceptor {
             tracing::debug!(error = %err, "cannot turn Nagle off for a connection");
         }
         Ok((
-            IdleTimeout::new(stream, self.idle_limit),
+            IdleTimeout::new(stream, self.idle_limit).with_request_limit(self.request_limit),
             local,
             remote,
             scheme,
@@ -64,7 +77,9 @@ impl Acceptor for ChatAcceptor {
 }
 
 /// An IO stream that fails with `TimedOut` when it has been waiting to read or write
-/// and nothing went either way for `limit`.
+/// and nothing went either way for `limit`, or when (before a WebSocket upgrade) the
+/// client is still sending `request_limit` after it began a request that has not been
+/// answered.
 pub struct IdleTimeout<T> {
     io: T,
     limit: Duration,
@@ -72,7 +87,17 @@ pub struct IdleTimeout<T> {
     /// Fires at the earliest moment the limit could have been reached; checked then
     /// against `last_activity` and re-armed if there was activity since.
     timer: Pin<Box<Sleep>>,
+    request_limit: Option<Duration>,
+    /// When the client began sending what the server has not yet answered.
+    unanswered_since: Option<Instant>,
+    /// The server answered `101 Switching Protocols`: WebSocket frames follow, which
+    /// the session bounds itself (frame size, pings), so `request_limit` no longer
+    /// applies.
+    upgraded: bool,
 }
+
+/// The start of the response that hands a connection over to the WebSocket session.
+const SWITCHING_PROTOCOLS: &[u8] = b"HTTP/1.1 101 ";
 
 impl<T> IdleTimeout<T> {
     pub fn new(io: T, limit: Duration) -> Self {
@@ -82,6 +107,42 @@ impl<T> IdleTimeout<T> {
             limit,
             last_activity: now,
             timer: Box::pin(tokio::time::sleep_until(now + limit)),
+            request_limit: None,
+            unanswered_since: None,
+            upgraded: false,
+        }
+    }
+
+    pub fn with_request_limit(mut self, limit: Duration) -> Self {
+        self.request_limit = Some(limit);
+        self
+    }
+
+    /// Bytes arrived: `Err(TimedOut)` if they continue a request begun longer than
+    /// `request_limit` ago.
+    fn on_bytes_read(&mut self) -> io::Result<()> {
+        let Some(limit) = self.request_limit.filter(|_| !self.upgraded) else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        match self.unanswered_since {
+            None => self.unanswered_since = Some(now),
+            Some(since) if now.duration_since(since) > limit => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "request sent too slowly",
+                ));
+            }
+            Some(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Bytes were written: whatever the client sent is being answered.
+    fn on_bytes_written(&mut self, first: &[u8]) {
+        self.unanswered_since = None;
+        if first.starts_with(SWITCHING_PROTOCOLS) {
+            self.upgraded = true;
         }
     }
 
@@ -120,7 +181,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for IdleTimeout<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        let before = buf.filled().len();
         let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.on_bytes_read()?;
+        }
         this.track(cx, polled)
     }
 }
@@ -133,6 +198,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.io).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            this.on_bytes_written(buf);
+        }
         this.track(cx, polled)
     }
 
@@ -143,6 +211,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| b);
+            this.on_bytes_written(first);
+        }
         this.track(cx, polled)
     }
 
@@ -201,5 +273,73 @@ mod tests {
         let err = server.read(&mut buf).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert_eq!(started.elapsed(), Duration::from_secs(150) + LIMIT);
+    }
+
+    const REQUEST_LIMIT: Duration = Duration::from_secs(10);
+
+    /// Reads `chunks` times, a second apart; the first error ends it.
+    async fn trickle(
+        server: &mut IdleTimeout<tokio::io::DuplexStream>,
+        chunks: usize,
+    ) -> io::Result<()> {
+        let mut buf = [0u8; 64];
+        for _ in 0..chunks {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            assert!(server.read(&mut buf).await? > 0);
+        }
+        Ok(())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_trickled_past_the_request_limit_is_cut_off() {
+        let (server, mut client) = duplex(1024);
+        let mut server = IdleTimeout::new(server, LIMIT).with_request_limit(REQUEST_LIMIT);
+        let sender = tokio::spawn(async move {
+            for _ in 0..30 {
+                if client.write_all(b"X").await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        let started = Instant::now();
+        let err = trickle(&mut server, 30).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() <= REQUEST_LIMIT + Duration::from_secs(2));
+        drop(server);
+        sender.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn answers_restart_the_request_limit_and_an_upgrade_ends_it() {
+        let (server, mut client) = duplex(1024);
+        let mut server = IdleTimeout::new(server, LIMIT).with_request_limit(REQUEST_LIMIT);
+        let mut buf = [0u8; 64];
+        // Requests answered within the limit, over 30 s: never cut off.
+        for _ in 0..3 {
+            client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+            assert!(server.read(&mut buf).await.unwrap() > 0);
+            tokio::time::sleep(REQUEST_LIMIT - Duration::from_secs(1)).await;
+            client.write_all(b"\r\n").await.unwrap();
+            assert!(server.read(&mut buf).await.unwrap() > 0);
+            server.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+            assert!(client.read(&mut buf).await.unwrap() > 0);
+        }
+        // After a 101, WebSocket frames may come as slowly as they like.
+        client
+            .write_all(b"GET /v1/ws HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(server.read(&mut buf).await.unwrap() > 0);
+        server
+            .write_all(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(client.read(&mut buf).await.unwrap() > 0);
+        for _ in 0..3 {
+            client.write_all(b"x").await.unwrap();
+            assert!(server.read(&mut buf).await.unwrap() > 0);
+            tokio::time::sleep(REQUEST_LIMIT * 2).await;
+        }
     }
 }

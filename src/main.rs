@@ -20,7 +20,6 @@ const USAGE: &str = "usage: natter [serve | migrate | token --user NAME | health
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    telemetry::init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args == ["health"] {
         return health().await;
@@ -32,6 +31,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    telemetry::init(settings.log_format, &settings.node_id);
     let result = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         [] | ["serve"] => serve(settings).await,
         ["migrate"] => migrate(settings).await,

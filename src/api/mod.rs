@@ -38,6 +38,7 @@ pub fn routes(state: AppState) -> impl Endpoint {
     let spec = api.spec_endpoint();
     let docs = api.swagger_ui();
     let max_body_bytes = state.settings.limits.max_body_bytes;
+    let cors_origins: std::sync::Arc<[String]> = state.settings.cors_origins.clone().into();
     Route::new()
         .at("/v1/ws", get(ws::connect))
         .at("/v1/ws/rooms/:room_id", get(ws::connect_room))
@@ -50,6 +51,7 @@ pub fn routes(state: AppState) -> impl Endpoint {
         .at("/", get(ops::index))
         .around(move |ep, req| ops::limit_body(ep, req, max_body_bytes))
         .catch_all_error(error::envelope_poem_error)
+        .around(move |ep, req| ops::cors(ep, req, cors_origins.clone()))
         .around(ops::count_response)
         .around(ops::trace_request)
         .data(state)

@@ -1,8 +1,10 @@
 //! Operational routes and the middleware every request passes through.
 
+use std::sync::Arc;
+
 use poem::{
     Endpoint, IntoResponse, Request, Response, Result,
-    http::{StatusCode, header},
+    http::{HeaderValue, Method, StatusCode, header},
     web::{Data, Html},
 };
 
@@ -85,6 +87,61 @@ pub async fn limit_body<E: Endpoint>(ep: E, mut req: Request, max: usize) -> Res
     ep.call(req).await.map(IntoResponse::into_response)
 }
 
+/// Cross-origin access for the browser origins in `allowed` (`CORS_ALLOWED_ORIGINS`),
+/// and for no other.
+///
+/// A request from an origin not on the list passes through untouched: it gets no
+/// `Access-Control-Allow-*` headers, so a browser keeps the response from the other
+/// site's script, while same-origin pages (which browsers also send an `Origin` with)
+/// work as before. Credentials are bearer tokens, never cookies, so
+/// `Allow-Credentials` is not sent.
+pub async fn cors<E: Endpoint>(ep: E, req: Request, allowed: Arc<[String]>) -> Result<Response> {
+    if allowed.is_empty() {
+        return ep.call(req).await.map(IntoResponse::into_response);
+    }
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .filter(|origin| allowed.iter().any(|a| a.as_bytes() == origin.as_bytes()))
+        .cloned();
+    let Some(origin) = origin else {
+        // Answers differ by origin, so caches must not share them across origins.
+        let mut response = ep.call(req).await.map(IntoResponse::into_response)?;
+        let vary = HeaderValue::from_static("origin");
+        response.headers_mut().insert(header::VARY, vary);
+        return Ok(response);
+    };
+    let preflight = req.method() == Method::OPTIONS
+        && req
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    let mut response = if preflight {
+        Response::builder()
+            .status(StatusCode::NO_CONTENT)
+            .header(
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                "GET, POST, PUT, PATCH, DELETE",
+            )
+            .header(
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                "authorization, content-type, traceparent",
+            )
+            .header(header::ACCESS_CONTROL_MAX_AGE, "600")
+            .finish()
+    } else {
+        let mut response = ep.call(req).await.map(IntoResponse::into_response)?;
+        response.headers_mut().insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("retry-after"),
+        );
+        response
+    };
+    let headers = response.headers_mut();
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    headers.insert(header::VARY, HeaderValue::from_static("origin"));
+    Ok(response)
+}
+
 /// Runs each request in a trace context continued from its `traceparent` header.
 pub async fn trace_request<E: Endpoint>(ep: E, req: Request) -> Result<Response> {
     let parent = req
@@ -92,11 +149,27 @@ pub async fn trace_request<E: Endpoint>(ep: E, req: Request) -> Result<Response>
         .get("traceparent")
         .and_then(|v| v.to_str().ok());
     let traceparent = crate::telemetry::child_traceparent(parent);
-    let span = tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), %traceparent);
-    let work = tracing::Instrument::instrument(ep.call(req), span);
-    crate::telemetry::in_trace(traceparent, work)
-        .await
-        .map(IntoResponse::into_response)
+    // The path only: a WebSocket token may be in the query.
+    let span = tracing::info_span!("request", method = %req.method(), path = %req.uri().path());
+    let started = std::time::Instant::now();
+    let work = tracing::Instrument::instrument(
+        async move {
+            let result = ep.call(req).await.map(IntoResponse::into_response);
+            let status = match &result {
+                Ok(response) => response.status(),
+                Err(err) => err.status(),
+            };
+            let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+            if status.is_server_error() {
+                tracing::warn!(status = status.as_u16(), elapsed_ms, "request failed");
+            } else {
+                tracing::debug!(status = status.as_u16(), elapsed_ms, "request served");
+            }
+            result
+        },
+        span,
+    );
+    crate::telemetry::in_trace(traceparent, work).await
 }
 
 /// Counts every response by status class for `/metrics`.

@@ -1,7 +1,6 @@
 //! Cluster behaviour with nodes as separate `natter` processes, so one can be killed.
 
 use std::{
-    net::SocketAddr,
     process::Stdio,
     time::{Duration, Instant},
 };
@@ -12,73 +11,9 @@ use tokio::process::{Child, Command};
 use uuid::Uuid;
 
 use crate::helpers::{
-    JWT_SECRET, TestApp, TestUser, WsClient, allow_bulk_sends, create_database, settings,
-    spawn_node,
+    NodeProcess, TestApp, TestUser, WsClient, allow_bulk_sends, create_database, free_port,
+    settings, spawn_node,
 };
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A `natter serve` process.
-struct NodeProcess {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl NodeProcess {
-    async fn start(database_url: &str, nats_url: &str, prefix: &str) -> Self {
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_natter"))
-            .arg("serve")
-            .env("DATABASE_URL", database_url)
-            .env("NATS_URL", nats_url)
-            .env("NATS_PREFIX", prefix)
-            .env("JWT_SECRET", JWT_SECRET)
-            .env("LISTEN_ADDR", addr.to_string())
-            .env("NODE_ID", format!("node-{}", addr.port()))
-            .env("SEND_RATE_PER_SEC", "1000")
-            .env("SEND_BURST", "1000")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("natter starts");
-        let node = Self { child, addr };
-        node.wait_ready().await;
-        node
-    }
-
-    async fn wait_ready(&self) {
-        let http = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            let ready = http
-                .get(format!("http://{}/readyz", self.addr))
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 200);
-            if ready {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("node on {} did not become ready", self.addr);
-    }
-
-    fn signal(&self, signal: &str) {
-        let pid = self.child.id().expect("still running").to_string();
-        let status = std::process::Command::new("kill")
-            .args([signal, &pid])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-}
 
 /// Three node processes on one fresh database, sharing a NATS prefix, plus an in-process
 /// node on the same database for REST calls from the test.

@@ -1,15 +1,22 @@
 //! Test harness: every test gets its own database on the harness's Postgres (started by
 //! `tests/run`) and in-process nodes listening on port 0, talked to over real HTTP.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    process::Stdio,
+    time::{Duration, Instant},
+};
 
 use natter::{
     app::Application,
-    config::{AuthSettings, IssuerConfig, Limits, Settings},
+    config::{AuthSettings, IssuerConfig, Limits, LogFormat, Settings},
 };
 use reqwest::{Method, StatusCode, header::HeaderMap};
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
+use tokio::{
+    process::{Child, Command},
+    sync::oneshot,
+};
 use uuid::Uuid;
 
 pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret";
@@ -62,6 +69,8 @@ pub fn settings(database_url: &str) -> Settings {
             issuers: Vec::<IssuerConfig>::new(),
         },
         limits: Limits::default(),
+        cors_origins: Vec::new(),
+        log_format: LogFormat::Text,
     }
 }
 
@@ -162,6 +171,19 @@ impl Reply {
 }
 
 impl TestApp {
+    /// A client for a node this test did not start in-process (a [`NodeProcess`]).
+    pub fn at(addr: SocketAddr, database_url: &str) -> Self {
+        TestApp {
+            addr,
+            database_url: database_url.to_string(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+            shutdown: None,
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
@@ -382,5 +404,83 @@ impl WsClient {
             seqs.push(frame["message"]["seq"].as_i64().unwrap());
         }
         seqs
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `natter serve` process, so a test can kill it or read its output.
+pub struct NodeProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl NodeProcess {
+    /// A node on the given database and NATS; its stdout is discarded, its stderr (the
+    /// logs, `warn` and up) shows in the test's output.
+    pub async fn start(database_url: &str, nats_url: &str, prefix: &str) -> Self {
+        Self::start_with(database_url, nats_url, prefix, |_| {}).await
+    }
+
+    /// As [`Self::start`], with the command adjusted by `customize` (more environment,
+    /// a piped stderr) before it runs.
+    pub async fn start_with(
+        database_url: &str,
+        nats_url: &str,
+        prefix: &str,
+        customize: impl FnOnce(&mut Command),
+    ) -> Self {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_natter"));
+        command
+            .arg("serve")
+            .env("DATABASE_URL", database_url)
+            .env("NATS_URL", nats_url)
+            .env("NATS_PREFIX", prefix)
+            .env("JWT_SECRET", JWT_SECRET)
+            .env("LISTEN_ADDR", addr.to_string())
+            .env("NODE_ID", format!("node-{}", addr.port()))
+            .env("SEND_RATE_PER_SEC", "1000")
+            .env("SEND_BURST", "1000")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .kill_on_drop(true);
+        customize(&mut command);
+        let child = command.spawn().expect("natter starts");
+        let node = Self { child, addr };
+        node.wait_ready().await;
+        node
+    }
+
+    pub async fn wait_ready(&self) {
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let ready = http
+                .get(format!("http://{}/readyz", self.addr))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200);
+            if ready {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("node on {} did not become ready", self.addr);
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("still running").to_string();
+        let status = std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
     }
 }

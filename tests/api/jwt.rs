@@ -385,3 +385,67 @@ async fn an_unknown_kid_refetches_the_jwks_so_rotated_keys_work() {
     }
     assert_eq!(jwks.fetches.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test]
+async fn an_hs256_issuer_and_a_jwks_issuer_never_accept_each_others_tokens() {
+    let jwks = jwks_server(serde_json::from_str(JWKS).unwrap()).await;
+    let url = jwks.url.clone();
+    let supabase = "https://project.supabase.co/auth/v1";
+    let app = spawn_app_with(move |s| {
+        s.auth.issuers.push(IssuerConfig {
+            issuer: ISSUER.into(),
+            audience: AUDIENCE.into(),
+            jwks_url: Some(url),
+            hs256_secret: None,
+        });
+        s.auth.issuers.push(IssuerConfig {
+            issuer: supabase.into(),
+            audience: "authenticated".into(),
+            jwks_url: None,
+            hs256_secret: Some(SUPABASE_SECRET.into()),
+        });
+    })
+    .await;
+    let shared = EncodingKey::from_secret(SUPABASE_SECRET.as_bytes());
+    let natter = EncodingKey::from_secret(JWT_SECRET.as_bytes());
+    let rsa = EncodingKey::from_rsa_pem(RSA_KEY).unwrap();
+    let jwks_claims = idp_claims("user-1");
+    let hs_claims = json!({"sub": "supabase-user-1", "iss": supabase, "aud": "authenticated",
+                           "exp": now() + 600});
+
+    // Each issuer's own tokens work.
+    let jwks_token = sign(Algorithm::RS256, Some("rsa-1"), &rsa, &jwks_claims);
+    assert_eq!(status_with(&app, &jwks_token).await, 200);
+    let hs_token = sign(Algorithm::HS256, None, &shared, &hs_claims);
+    assert_eq!(status_with(&app, &hs_token).await, 200);
+
+    let mut hs_with_jwks_audience = hs_claims.clone();
+    hs_with_jwks_audience["aud"] = json!(AUDIENCE);
+    let mut no_issuer = hs_claims.clone();
+    no_issuer.as_object_mut().unwrap().remove("iss");
+    let attacks = [
+        (
+            "the JWKS issuer's claims, HS256 with the other issuer's secret",
+            sign(Algorithm::HS256, Some("rsa-1"), &shared, &jwks_claims),
+        ),
+        (
+            "the JWKS issuer's claims, HS256 with Natter's secret",
+            sign(Algorithm::HS256, None, &natter, &jwks_claims),
+        ),
+        (
+            "the HS256 issuer's claims, RS256 with a key from the JWKS",
+            sign(Algorithm::RS256, Some("rsa-1"), &rsa, &hs_claims),
+        ),
+        (
+            "the HS256 issuer's secret on a token naming no issuer",
+            sign(Algorithm::HS256, None, &shared, &no_issuer),
+        ),
+        (
+            "the HS256 issuer's token for the JWKS issuer's audience",
+            sign(Algorithm::HS256, None, &shared, &hs_with_jwks_audience),
+        ),
+    ];
+    for (name, token) in attacks {
+        assert_eq!(status_with(&app, &token).await, 401, "{name}");
+    }
+}

@@ -10,4 +10,5 @@ mod ops;
 mod privacy;
 mod realtime;
 mod rooms;
+mod security;
 mod validation;

@@ -7,7 +7,7 @@ use uuid::Uuid;
 use crate::helpers::spawn_app;
 
 /// Every room-scoped route, with a body where it takes one.
-fn room_routes(room: Uuid, message: Uuid, user: Uuid) -> Vec<(Method, String, Option<Value>)> {
+pub fn room_routes(room: Uuid, message: Uuid, user: Uuid) -> Vec<(Method, String, Option<Value>)> {
     let r = format!("/v1/rooms/{room}");
     let m = format!("{r}/messages/{message}");
     vec![

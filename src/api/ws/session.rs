@@ -57,7 +57,7 @@ const MAX_SENDS_IN_FLIGHT: usize = 64;
 
 /// A send waiting for its commit; resolves to its answer (`send_ack` or `error`) and the
 /// room it was stored in.
-type PendingAck = Pin<Box<dyn Future<Output = (String, Option<Uuid>)> + Send + Sync>>;
+type PendingAck = Pin<Box<dyn Future<Output = String> + Send + Sync>>;
 
 pub struct Session {
     state: AppState,
@@ -71,9 +71,6 @@ pub struct Session {
     default_room: Option<Uuid>,
     /// Rooms this socket is subscribed to.
     rooms: RoomSet,
-    /// Rooms whose membership this socket has already confirmed (typing needs it, and
-    /// typing frames are too frequent to check each time).
-    member_of: HashSet<Uuid>,
     /// Rooms where this socket last said its user is typing, to clear on disconnect.
     typing_in: HashSet<Uuid>,
     /// Sends waiting for their commit, answered in the order they were sent.
@@ -111,7 +108,6 @@ impl Session {
             closer,
             default_room: room.map(|(id, _)| id),
             rooms: RoomSet::default(),
-            member_of: HashSet::new(),
             typing_in: HashSet::new(),
             sending: FuturesOrdered::new(),
         };
@@ -169,8 +165,7 @@ impl Session {
                     }
                     Ok(Some(Ok(_))) => {}
                 },
-                Some((answer, stored_in)) = self.sending.next(), if !self.sending.is_empty() => {
-                    self.member_of.extend(stored_in);
+                Some(answer) = self.sending.next(), if !self.sending.is_empty() => {
                     self.reply_json(answer).await;
                 }
                 _ = self.closer.requested() => return None,
@@ -186,7 +181,7 @@ impl Session {
     /// it with `close` (or 1000) once the acks of sends still in flight are queued.
     async fn finish(&mut self, close: Option<(u16, &'static str)>) {
         let acked = async {
-            while let Some((answer, _)) = self.sending.next().await {
+            while let Some(answer) = self.sending.next().await {
                 self.reply_json(answer).await;
             }
         };
@@ -281,12 +276,8 @@ impl Session {
                 .error("too_many_rooms", &message, Some("subscribe"))
                 .await;
         }
-        let role = match self.state.store.check_access(self.user.id, room_id).await {
-            Ok(role) => role,
-            Err(err) => return self.error_from(err.into(), Some("subscribe")).await,
-        };
-        if role.is_some() {
-            self.member_of.insert(room_id);
+        if let Err(err) = self.state.store.check_access(self.user.id, room_id).await {
+            return self.error_from(err.into(), Some("subscribe")).await;
         }
         if self.rooms.remove(&room_id) {
             self.state.hub.leave(room_id, self.socket_id);
@@ -350,11 +341,11 @@ impl Session {
                         client_msg_id: key,
                         message: &sent.message,
                     };
-                    (ack.to_json(), Some(room_id))
+                    ack.to_json()
                 }
                 Err(err) => {
                     let reference = Some(key.unwrap_or("send"));
-                    (error_frame(&ApiError::from(err), reference), None)
+                    error_frame(&ApiError::from(err), reference)
                 }
             }
         }))
@@ -362,17 +353,15 @@ impl Session {
 
     async fn typing(&mut self, room_id: Option<Uuid>, value: bool) -> Result<(), ApiError> {
         let room_id = self.room(room_id)?;
-        if !self.member_of.contains(&room_id) {
-            if self
-                .state
-                .store
-                .check_access(self.user.id, room_id)
-                .await?
-                .is_none()
-            {
-                return Err(StoreError::NotMember.into());
-            }
-            self.member_of.insert(room_id);
+        // Checked on every frame: a cached answer would outlive a removal or a leave.
+        if self
+            .state
+            .store
+            .check_access(self.user.id, room_id)
+            .await?
+            .is_none()
+        {
+            return Err(StoreError::NotMember.into());
         }
         if value {
             self.typing_in.insert(room_id);
