@@ -159,7 +159,8 @@ pub struct ClientMsgId(String);
 
 impl ClientMsgId {
     pub fn parse(raw: &str) -> Result<Self, InvalidInput> {
-        if raw.is_empty() || raw.len() > 128 || raw.chars().any(char::is_control) {
+        let count = raw.chars().count();
+        if count == 0 || count > 128 || raw.chars().any(char::is_control) {
             return Err(InvalidInput::new(
                 "client_msg_id",
                 "must be 1-128 printable characters",

@@ -113,9 +113,15 @@ pub struct Message {
     pub sender_id: Uuid,
     pub text: String,
     pub created_at: i64,
+    /// When the text was last edited; null if never.
+    #[oai(nullable)]
     pub edited_at: Option<i64>,
     pub deleted: bool,
+    /// The sender's idempotency key, if the send had one.
+    #[oai(nullable)]
     pub client_msg_id: Option<String>,
+    /// The message this one answers, if any.
+    #[oai(nullable)]
     pub reply_to: Option<Uuid>,
     pub reactions: Vec<Reaction>,
 }
@@ -128,6 +134,8 @@ pub struct MyRoom {
     /// Messages from others after `last_read_seq` that are not deleted.
     pub unread_count: i64,
     pub last_read_seq: i64,
+    /// Null while the room has no messages.
+    #[oai(nullable)]
     pub last_message: Option<Message>,
     /// When the room last had a message (or was created), for ordering the list.
     pub last_activity_at: i64,

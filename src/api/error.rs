@@ -7,7 +7,11 @@
 //! a client sees one envelope whatever went wrong.
 
 use poem::{IntoResponse, Response, http::StatusCode};
-use poem_openapi::{ApiResponse, Object, payload::Json};
+use poem_openapi::{
+    ApiResponse, Object,
+    error::{ParseParamError, ParseRequestPayloadError},
+    payload::Json,
+};
 
 use crate::{auth::AuthError, domain::InvalidInput, store::StoreError};
 
@@ -68,6 +72,10 @@ pub enum ApiError {
     /// The request body is over the body limit (`payload_too_large`).
     #[oai(status = 413)]
     PayloadTooLarge(Json<ErrorBody>),
+    /// The body is not JSON, or says it is not (`unsupported_media_type`): send
+    /// `Content-Type: application/json`.
+    #[oai(status = 415)]
+    UnsupportedMediaType(Json<ErrorBody>),
     /// The caller's send budget is spent (`rate_limited`); retry after `Retry-After`
     /// seconds.
     #[oai(status = 429)]
@@ -119,6 +127,7 @@ impl ApiError {
         | ApiError::NotFound(json)
         | ApiError::Conflict(json)
         | ApiError::PayloadTooLarge(json)
+        | ApiError::UnsupportedMediaType(json)
         | ApiError::TooManyRequests(json, _)
         | ApiError::Internal(json)
         | ApiError::Unavailable(json, _)) = self;
@@ -171,6 +180,24 @@ impl From<AuthError> for ApiError {
     }
 }
 
+/// A request poem-openapi refused before the handler ran (a parameter or body field
+/// outside its schema), naming the field at fault as the handlers do.
+fn invalid_request(err: &poem::Error, message: String) -> ApiError {
+    if let Some(param) = err.downcast_ref::<ParseParamError>() {
+        return ApiError::invalid(param.name, param.reason.clone());
+    }
+    let field = err
+        .downcast_ref::<ParseRequestPayloadError>()
+        .and_then(|payload| {
+            let (_, rest) = payload.reason.split_once("field `")?;
+            rest.split_once('`').map(|(field, _)| field.to_string())
+        });
+    match field {
+        Some(field) => ApiError::invalid(&field, message),
+        None => ApiError::BadRequest(body("invalid_input", message)),
+    }
+}
+
 /// Turns any error poem raised outside our handlers into the SPEC's envelope; responses
 /// our handlers built already are passed through.
 pub async fn envelope_poem_error(err: poem::Error) -> Response {
@@ -180,12 +207,16 @@ pub async fn envelope_poem_error(err: poem::Error) -> Response {
     let status = err.status();
     let message = err.to_string();
     let api_error = match status {
-        StatusCode::BAD_REQUEST => ApiError::BadRequest(body("invalid_input", message)),
+        StatusCode::BAD_REQUEST => invalid_request(&err, message),
         StatusCode::UNAUTHORIZED => ApiError::unauthorized("a valid bearer token is required"),
         StatusCode::NOT_FOUND => ApiError::NotFound(body("not_found", "no such route")),
         StatusCode::PAYLOAD_TOO_LARGE => {
             ApiError::PayloadTooLarge(body("payload_too_large", "the request body is too large"))
         }
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType(body(
+            "unsupported_media_type",
+            "the body must be JSON, sent with Content-Type: application/json",
+        )),
         StatusCode::SERVICE_UNAVAILABLE => ApiError::unavailable(message),
         s if s.is_server_error() => {
             tracing::error!(error = %message, "unhandled server error");

@@ -6,6 +6,7 @@ mod cluster;
 mod helpers;
 mod jwt;
 mod messages;
+mod openapi_fuzz;
 mod ops;
 mod privacy;
 mod realtime;

@@ -3,7 +3,7 @@
 use poem::web::Data;
 use poem_openapi::{ApiResponse, Object, OpenApi, payload::Json};
 
-use super::ApiTags;
+use super::{ApiTags, JsonString};
 use crate::{
     api::error::ApiError,
     app::AppState,
@@ -21,17 +21,26 @@ fn busy(_: password::Busy) -> ApiError {
 #[derive(Object)]
 struct RegisterRequest {
     /// 3–32 characters of `a-z`, `0-9`, `_`, `.`, `-`.
-    username: String,
-    /// At least 8 characters.
-    password: String,
-    /// Shown to others; defaults to the username.
-    display_name: Option<String>,
+    #[oai(validator(pattern = r"^[a-z0-9_.-]{3,32}$"))]
+    username: JsonString,
+    /// 8–1024 characters.
+    #[oai(validator(min_length = 8, max_length = 1024))]
+    password: JsonString,
+    /// Shown to others, 1–64 characters; defaults to the username.
+    #[oai(
+        nullable,
+        validator(
+            max_length = 64,
+            pattern = r"^[^\x00-\x08\x0B-\x1F\x7F-\x9F]*[^\s\x00-\x1F\x7F-\x9F][^\x00-\x08\x0B-\x1F\x7F-\x9F]*$"
+        )
+    )]
+    display_name: Option<JsonString>,
 }
 
 #[derive(Object)]
 struct LoginRequest {
-    username: String,
-    password: String,
+    username: JsonString,
+    password: JsonString,
 }
 
 /// A user and a bearer token for them.
@@ -91,7 +100,7 @@ impl AuthApi {
             Some((user, hash)) => (Some(user), hash),
             None => (None, None),
         };
-        let valid = password::verify(body.0.password, stored_hash)
+        let valid = password::verify(body.0.password.0, stored_hash)
             .await
             .map_err(busy)?;
         let Some(user) = user.filter(|_| valid) else {

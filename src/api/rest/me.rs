@@ -18,6 +18,7 @@ pub struct MeApi;
 struct MyRoomList {
     rooms: Vec<MyRoom>,
     /// Pass as `cursor` for the next page; absent on the last page.
+    #[oai(skip_serializing_if_is_none)]
     next_cursor: Option<String>,
 }
 
@@ -31,8 +32,12 @@ impl MeApi {
         auth: BearerAuth,
         Data(state): Data<&AppState>,
         /// From a previous page's `next_cursor`.
+        #[oai(validator(
+            pattern = r"^[0-9]{1,15}_[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+        ))]
         cursor: Query<Option<String>>,
         /// Page size, 1–200 (default 50).
+        #[oai(validator(minimum(value = "1"), maximum(value = "200")))]
         limit: Query<Option<i64>>,
     ) -> Result<Json<MyRoomList>, ApiError> {
         let limit = PageLimit::parse(limit.0)?;

@@ -23,6 +23,7 @@ pub struct MembersApi;
 struct MemberList {
     members: Vec<Member>,
     /// Pass as `cursor` for the next page; absent on the last page.
+    #[oai(skip_serializing_if_is_none)]
     next_cursor: Option<String>,
 }
 
@@ -36,8 +37,12 @@ impl MembersApi {
         Data(state): Data<&AppState>,
         room_id: Path<Uuid>,
         /// From a previous page's `next_cursor`.
+        #[oai(validator(
+            pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+        ))]
         cursor: Query<Option<String>>,
         /// Page size, 1–200 (default 50).
+        #[oai(validator(minimum(value = "1"), maximum(value = "200")))]
         limit: Query<Option<i64>>,
     ) -> Result<Json<MemberList>, ApiError> {
         let limit = PageLimit::parse(limit.0)?;

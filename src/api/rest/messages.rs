@@ -8,7 +8,7 @@ use poem_openapi::{
 };
 use uuid::Uuid;
 
-use super::ApiTags;
+use super::{ApiTags, JsonString};
 use crate::{
     api::{error::ApiError, security::BearerAuth},
     app::AppState,
@@ -22,19 +22,30 @@ pub struct MessagesApi;
 
 #[derive(Object)]
 struct SendMessageRequest {
-    /// 1–4000 characters, not blank.
-    text: String,
+    /// 1–4000 characters (`MAX_TEXT_CHARS`), not blank.
+    #[oai(validator(
+        pattern = r"^[^\x00-\x08\x0B-\x1F\x7F-\x9F]*[^\s\x00-\x1F\x7F-\x9F][^\x00-\x08\x0B-\x1F\x7F-\x9F]*$"
+    ))]
+    text: JsonString,
     /// Idempotency key, unique per room and sender: a retry with the same key returns
-    /// the original message instead of storing another.
-    client_msg_id: Option<String>,
+    /// the original message instead of storing another. 1–128 printable characters.
+    #[oai(
+        nullable,
+        validator(max_length = 128, pattern = r"^[^\x00-\x1F\x7F-\x9F]+$")
+    )]
+    client_msg_id: Option<JsonString>,
     /// A message of the same room this one answers.
+    #[oai(nullable)]
     reply_to: Option<Uuid>,
 }
 
 #[derive(Object)]
 struct EditMessageRequest {
-    /// 1–4000 characters, not blank.
-    text: String,
+    /// 1–4000 characters (`MAX_TEXT_CHARS`), not blank.
+    #[oai(validator(
+        pattern = r"^[^\x00-\x08\x0B-\x1F\x7F-\x9F]*[^\s\x00-\x1F\x7F-\x9F][^\x00-\x08\x0B-\x1F\x7F-\x9F]*$"
+    ))]
+    text: JsonString,
 }
 
 #[derive(Object)]
@@ -124,10 +135,13 @@ impl MessagesApi {
         Data(state): Data<&AppState>,
         room_id: Path<Uuid>,
         /// Only messages with a smaller `seq`.
+        #[oai(validator(minimum(value = "0")))]
         before_seq: Query<Option<i64>>,
         /// Only messages with a greater `seq`; the page starts right after it.
+        #[oai(validator(minimum(value = "0")))]
         after_seq: Query<Option<i64>>,
         /// Page size, 1–200 (default 50).
+        #[oai(validator(minimum(value = "1"), maximum(value = "200")))]
         limit: Query<Option<i64>>,
     ) -> Result<Json<MessagePage>, ApiError> {
         let limit = PageLimit::parse(limit.0)?;
@@ -152,9 +166,15 @@ impl MessagesApi {
         auth: BearerAuth,
         Data(state): Data<&AppState>,
         room_id: Path<Uuid>,
-        /// Words to find (web-search syntax: `"exact phrase"`, `-excluded`, `or`).
+        /// Words to find (web-search syntax: `"exact phrase"`, `-excluded`, `or`), 1–200
+        /// characters.
+        #[oai(validator(
+            max_length = 200,
+            pattern = r"^[^\x00-\x08\x0B-\x1F\x7F-\x9F]*[^\s\x00-\x1F\x7F-\x9F][^\x00-\x08\x0B-\x1F\x7F-\x9F]*$"
+        ))]
         q: Query<String>,
         /// Page size, 1–200 (default 50).
+        #[oai(validator(minimum(value = "1"), maximum(value = "200")))]
         limit: Query<Option<i64>>,
     ) -> Result<Json<MessagePage>, ApiError> {
         let limit = PageLimit::parse(limit.0)?;
@@ -224,6 +244,8 @@ impl MessagesApi {
         Data(state): Data<&AppState>,
         room_id: Path<Uuid>,
         message_id: Path<Uuid>,
+        /// One emoji or short code (`:tada:`): 1–32 characters, no whitespace.
+        #[oai(validator(pattern = r"^[^\s\x00-\x1F\x7F-\x9F]{1,32}$"))]
         emoji: Path<String>,
     ) -> Result<Json<Message>, ApiError> {
         let emoji = Emoji::parse(&emoji.0)?;
@@ -241,6 +263,8 @@ impl MessagesApi {
         Data(state): Data<&AppState>,
         room_id: Path<Uuid>,
         message_id: Path<Uuid>,
+        /// One emoji or short code (`:tada:`): 1–32 characters, no whitespace.
+        #[oai(validator(pattern = r"^[^\s\x00-\x1F\x7F-\x9F]{1,32}$"))]
         emoji: Path<String>,
     ) -> Result<Json<Message>, ApiError> {
         let emoji = Emoji::parse(&emoji.0)?;

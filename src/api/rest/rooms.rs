@@ -9,7 +9,7 @@ use poem_openapi::{
 };
 use uuid::Uuid;
 
-use super::{ApiTags, NoContent, id_cursor};
+use super::{ApiTags, JsonString, NoContent, id_cursor};
 use crate::{
     api::{error::ApiError, security::BearerAuth},
     app::AppState,
@@ -31,22 +31,32 @@ enum NewRoomKind {
 #[derive(Object)]
 struct CreateRoomRequest {
     /// 1–100 characters.
-    name: String,
+    #[oai(validator(
+        max_length = 100,
+        pattern = r"^[^\x00-\x08\x0B-\x1F\x7F-\x9F]*[^\s\x00-\x1F\x7F-\x9F][^\x00-\x08\x0B-\x1F\x7F-\x9F]*$"
+    ))]
+    name: JsonString,
     kind: NewRoomKind,
     /// Users to add as members (at most 1000).
+    #[oai(nullable, validator(max_items = 1000))]
     member_ids: Option<Vec<Uuid>>,
 }
 
 #[derive(Object)]
 struct RenameRoomRequest {
     /// 1–100 characters.
-    name: String,
+    #[oai(validator(
+        max_length = 100,
+        pattern = r"^[^\x00-\x08\x0B-\x1F\x7F-\x9F]*[^\s\x00-\x1F\x7F-\x9F][^\x00-\x08\x0B-\x1F\x7F-\x9F]*$"
+    ))]
+    name: JsonString,
 }
 
 #[derive(Object)]
 struct RoomList {
     rooms: Vec<Room>,
     /// Pass as `cursor` for the next page; absent on the last page.
+    #[oai(skip_serializing_if_is_none)]
     next_cursor: Option<String>,
 }
 
@@ -59,6 +69,7 @@ struct DirectRoomRequest {
 #[derive(Object)]
 struct ReadRequest {
     /// The highest `seq` read; the watermark only moves forward.
+    #[oai(validator(minimum(value = "0")))]
     seq: i64,
 }
 
@@ -117,8 +128,12 @@ impl RoomsApi {
         auth: BearerAuth,
         Data(state): Data<&AppState>,
         /// From a previous page's `next_cursor`.
+        #[oai(validator(
+            pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+        ))]
         cursor: Query<Option<String>>,
         /// Page size, 1–200 (default 50).
+        #[oai(validator(minimum(value = "1"), maximum(value = "200")))]
         limit: Query<Option<i64>>,
     ) -> Result<Json<RoomList>, ApiError> {
         let limit = PageLimit::parse(limit.0)?;
