@@ -13,6 +13,7 @@ use std::{
     time::Duration,
 };
 
+use opentelemetry::trace::SpanKind;
 use poem::{
     Server,
     listener::{Acceptor, Listener, TcpListener},
@@ -33,6 +34,7 @@ use crate::{
         Store, StoreError,
         commit::{Committed, OnCommit},
     },
+    telemetry::TraceSpan,
 };
 
 /// Everything a request handler may need: one shared [`Node`]. Cloning it is one
@@ -147,7 +149,11 @@ impl Application {
             .and_then(|a| a.as_socket_addr().copied())
             .unwrap_or(settings.listen_addr);
         let metrics = Arc::new(Metrics::default());
-        store.on_commit(publish_committed(bus.clone(), metrics.clone()));
+        store.on_commit(publish_committed(
+            bus.clone(),
+            metrics.clone(),
+            settings.node_id.as_str().into(),
+        ));
         let state = AppState(Arc::new(Node {
             limiter: SendLimiter::new(settings.limits.sends_per_second, settings.limits.send_burst),
             settings,
@@ -209,23 +215,29 @@ impl Application {
 
 /// Publishes each batch of committed messages once, in `seq` order, each in the trace of
 /// the request that sent it (the publishing half of SPEC §1.3).
-fn publish_committed(bus: Bus, metrics: Arc<Metrics>) -> OnCommit {
+fn publish_committed(bus: Bus, metrics: Arc<Metrics>, node_id: Arc<str>) -> OnCommit {
     Arc::new(move |committed: Vec<Committed>| {
-        let (bus, metrics) = (bus.clone(), metrics.clone());
+        let (bus, metrics, node_id) = (bus.clone(), metrics.clone(), node_id.clone());
         Box::pin(async move {
             for Committed {
                 message,
                 traceparent,
+                transaction_began,
             } in committed
             {
                 metrics.count_message_stored();
+                let mut commit = TraceSpan::start_at(
+                    "postgres commit",
+                    SpanKind::Internal,
+                    traceparent.as_deref(),
+                    &node_id,
+                    Some(transaction_began),
+                );
+                commit.set_attribute("natter.room_id", message.room_id.to_string());
+                commit.set_attribute("natter.seq", message.seq);
                 let event = RoomEvent::message(&message);
-                match traceparent {
-                    Some(traceparent) => {
-                        crate::telemetry::in_trace(traceparent, bus.publish(&event)).await
-                    }
-                    None => bus.publish(&event).await,
-                }
+                let traceparent = commit.traceparent().clone();
+                crate::telemetry::in_trace(traceparent, bus.publish(&event)).await;
             }
         })
     })

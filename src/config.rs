@@ -38,6 +38,11 @@ pub struct Settings {
     pub cors_origins: Vec<String>,
     /// How log lines are written.
     pub log_format: LogFormat,
+    /// Where spans go (`OTEL_EXPORTER_OTLP_ENDPOINT`, the collector's OTLP/HTTP base
+    /// URL); no tracing without it.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the spans (`OTEL_SERVICE_NAME`).
+    pub service_name: String,
 }
 
 /// `LOG_FORMAT`: one JSON object per line for log shippers (default), or text for a
@@ -234,6 +239,12 @@ impl Settings {
             "text" => LogFormat::Text,
             _ => return Err(bad("LOG_FORMAT", "must be json or text")),
         };
+        let otlp_endpoint = match lookup("OTEL_EXPORTER_OTLP_ENDPOINT").filter(|v| !v.is_empty()) {
+            Some(url) if url.starts_with("http://") || url.starts_with("https://") => Some(url),
+            Some(_) => return Err(bad("OTEL_EXPORTER_OTLP_ENDPOINT", "must be an http(s) URL")),
+            None => None,
+        };
+        let service_name = parsed("OTEL_SERVICE_NAME", "natter")?;
         let servers = nats_url.split(',').count().min(5);
         let presence_replicas = number(&lookup, "PRESENCE_REPLICAS", servers)?;
         Ok(Self {
@@ -254,6 +265,8 @@ impl Settings {
             limits,
             cors_origins,
             log_format,
+            otlp_endpoint,
+            service_name,
         })
     }
 }

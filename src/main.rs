@@ -59,8 +59,16 @@ async fn main() -> ExitCode {
 type BoxError = Box<dyn std::error::Error>;
 
 async fn serve(settings: Settings) -> Result<(), BoxError> {
+    let tracer = settings.otlp_endpoint.as_deref().map(|endpoint| {
+        telemetry::otlp::install(endpoint, &settings.service_name, &settings.node_id)
+    });
     let app = Application::build(settings).await?;
     app.run_until_stopped(shutdown_signal()).await?;
+    if let Some(tracer) = tracer {
+        // Hands the last spans to the exporter; its queue is posted while we wait.
+        let flushed = tokio::task::spawn_blocking(move || tracer.shutdown());
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), flushed).await;
+    }
     Ok(())
 }
 

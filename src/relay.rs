@@ -29,6 +29,7 @@ use std::{
 };
 
 use futures_util::StreamExt;
+use opentelemetry::trace::SpanKind;
 use tokio::sync::{Notify, mpsc};
 use uuid::Uuid;
 
@@ -36,6 +37,7 @@ use crate::{
     bus::{Bus, EventKind, RoomEvent},
     metrics::LatencyHistogram,
     store::Store,
+    telemetry::TraceSpan,
 };
 
 /// How often active rooms are compared with Postgres to find lost trailing messages.
@@ -405,6 +407,18 @@ impl RoomTask {
 
     async fn on_event(&mut self, event: Arc<RoomEvent>) {
         bump(&self.stats.received, 1);
+        // The last step of the sender's trace, on this node.
+        let mut span = event.traceparent.as_deref().map(|parent| {
+            TraceSpan::start(
+                "fan-out",
+                SpanKind::Consumer,
+                Some(parent),
+                self.bus.node_id(),
+            )
+        });
+        if let Some(span) = &mut span {
+            span.set_attribute("natter.subscribers", self.subscribers.len() as i64);
+        }
         match event.kind {
             EventKind::Message => {
                 let seq = event.seq.unwrap_or_default();

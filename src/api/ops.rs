@@ -8,7 +8,9 @@ use poem::{
     web::{Data, Html},
 };
 
-use crate::{app::AppState, metrics::Scrape};
+use opentelemetry::trace::SpanKind;
+
+use crate::{app::AppState, metrics::Scrape, telemetry::TraceSpan};
 
 /// The process is alive.
 #[poem::handler]
@@ -148,8 +150,14 @@ pub async fn trace_request<E: Endpoint>(ep: E, req: Request) -> Result<Response>
         .headers()
         .get("traceparent")
         .and_then(|v| v.to_str().ok());
-    let traceparent = crate::telemetry::child_traceparent(parent);
+    let node_id = req
+        .data::<AppState>()
+        .map_or("", |state| state.settings.node_id.as_str());
+    let mut trace_span =
+        TraceSpan::start(req.method().to_string(), SpanKind::Server, parent, node_id);
     // The path only: a WebSocket token may be in the query.
+    trace_span.set_attribute("url.path", req.uri().path().to_string());
+    let traceparent = trace_span.traceparent().clone();
     let span = tracing::info_span!("request", method = %req.method(), path = %req.uri().path());
     let started = std::time::Instant::now();
     let work = tracing::Instrument::instrument(
@@ -159,6 +167,7 @@ pub async fn trace_request<E: Endpoint>(ep: E, req: Request) -> Result<Response>
                 Ok(response) => response.status(),
                 Err(err) => err.status(),
             };
+            trace_span.set_attribute("http.response.status_code", i64::from(status.as_u16()));
             let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
             if status.is_server_error() {
                 tracing::warn!(status = status.as_u16(), elapsed_ms, "request failed");

@@ -4,6 +4,8 @@
 //! the publishing node. What a receiving node needs in order to route it (kind, `seq`,
 //! the user it is about) travels in headers, so routing never parses the payload.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use uuid::Uuid;
 
@@ -74,6 +76,8 @@ pub struct RoomEvent {
     pub typing: Option<bool>,
     /// For messages: `created_at` (ms), from which `/metrics` measures fan-out latency.
     pub created_at: Option<i64>,
+    /// The trace of the publish that brought the event, for the fan-out's span.
+    pub traceparent: Option<Arc<str>>,
     /// The server frame, as JSON text.
     pub payload: Bytes,
 }
@@ -87,6 +91,7 @@ impl RoomEvent {
             user_id: None,
             typing: None,
             created_at: None,
+            traceparent: None,
             payload: Bytes::from(frame.to_json()),
         }
     }
@@ -196,6 +201,7 @@ impl RoomEvent {
             user_id,
             typing: None,
             created_at: None,
+            traceparent: None,
             payload: Bytes::new(),
         }
     }
@@ -223,8 +229,11 @@ impl RoomEvent {
     pub fn decode(room_id: Uuid, message: async_nats::Message) -> Option<Self> {
         let headers = message.headers.as_ref()?;
         let kind = EventKind::parse(headers.get(KIND)?.as_str())?;
-        if let Some(traceparent) = headers.get("traceparent") {
-            tracing::debug!(%room_id, kind = kind.as_str(), traceparent = traceparent.as_str(), "event received");
+        let traceparent = headers
+            .get("traceparent")
+            .map(|v| Arc::<str>::from(v.as_str()));
+        if let Some(traceparent) = &traceparent {
+            tracing::debug!(%room_id, kind = kind.as_str(), %traceparent, "event received");
         }
         let seq = match headers.get(SEQ) {
             Some(v) => Some(v.as_str().parse().ok()?),
@@ -246,6 +255,7 @@ impl RoomEvent {
             user_id,
             typing,
             created_at,
+            traceparent,
             payload: message.payload,
         })
     }

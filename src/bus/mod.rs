@@ -20,10 +20,13 @@ use std::{
 };
 
 use async_nats::{ConnectOptions, Event, ServerAddr, jetstream};
+use opentelemetry::trace::SpanKind;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
 pub use event::{EventKind, RoomEvent};
+
+use crate::telemetry::TraceSpan;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -45,6 +48,8 @@ pub struct Bus {
     reconnected: Arc<Notify>,
     /// Disconnections and failed publishes and subscriptions, for `/metrics`.
     failures: Arc<AtomicU64>,
+    /// This node, for the spans of its publishes.
+    node_id: Arc<str>,
 }
 
 impl Bus {
@@ -99,6 +104,7 @@ impl Bus {
             prefix: prefix.into(),
             reconnected,
             failures,
+            node_id: node_id.into(),
         })
     }
 
@@ -113,6 +119,10 @@ impl Bus {
 
     fn count_failure(&self) {
         self.failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
     }
 
     pub fn prefix(&self) -> &str {
@@ -137,9 +147,16 @@ impl Bus {
     #[tracing::instrument(skip_all, fields(room_id = %event.room_id, kind = ?event.kind, seq = event.seq))]
     pub async fn publish(&self, event: &RoomEvent) {
         let mut headers = event.headers();
-        if let Some(traceparent) = crate::telemetry::current_traceparent() {
-            headers.insert("traceparent", &*traceparent);
-        }
+        let parent = crate::telemetry::current_traceparent();
+        let mut span = TraceSpan::start(
+            "nats publish",
+            SpanKind::Producer,
+            parent.as_deref(),
+            &self.node_id,
+        );
+        span.set_attribute("natter.room_id", event.room_id.to_string());
+        // The receiving nodes' fan-out continues this span's trace.
+        headers.insert("traceparent", &**span.traceparent());
         let result = self
             .client
             .publish_with_headers(

@@ -26,6 +26,7 @@
 use std::{
     collections::{HashMap, HashSet, VecDeque},
     sync::{Arc, Mutex, OnceLock},
+    time::SystemTime,
 };
 
 use futures_util::future::BoxFuture;
@@ -58,6 +59,8 @@ pub type OnCommit = Arc<dyn Fn(Vec<Committed>) -> BoxFuture<'static, ()> + Send 
 pub struct Committed {
     pub message: Message,
     pub traceparent: Option<Arc<str>>,
+    /// When the batch's transaction began: the commit span's start.
+    pub transaction_began: SystemTime,
 }
 
 /// The answer to one queued send: resolves once its batch has committed (or failed).
@@ -191,11 +194,12 @@ impl Store {
                 }
                 batch
             };
+            let began = SystemTime::now();
             match self.store_batch(&batch).await {
                 Ok(outcomes) => {
                     // Published before the rooms are released, so a room's next batch
                     // publishes after this one.
-                    self.announce(&batch, &outcomes).await;
+                    self.announce(&batch, &outcomes, began).await;
                     self.release(&batch);
                     answer(batch, outcomes);
                 }
@@ -226,6 +230,7 @@ impl Store {
         &self,
         batch: &[(Uuid, Vec<PendingSend>)],
         outcomes: &[Result<Sent, StoreError>],
+        transaction_began: SystemTime,
     ) {
         let Some(on_commit) = self.batches.on_commit.get() else {
             return;
@@ -238,6 +243,7 @@ impl Store {
                 Ok(sent) if sent.created => Some(Committed {
                     message: sent.message.clone(),
                     traceparent: pending.traceparent.clone(),
+                    transaction_began,
                 }),
                 _ => None,
             })

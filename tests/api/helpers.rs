@@ -71,6 +71,8 @@ pub fn settings(database_url: &str) -> Settings {
         limits: Limits::default(),
         cors_origins: Vec::new(),
         log_format: LogFormat::Text,
+        otlp_endpoint: None,
+        service_name: "natter".into(),
     }
 }
 
@@ -190,6 +192,22 @@ impl TestApp {
 
     pub fn http(&self) -> &reqwest::Client {
         &self.http
+    }
+
+    /// The value of a label on this node's series, e.g. its `node` id.
+    pub async fn metric_label(&self, label: &str) -> String {
+        let text = self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let prefix = format!("{label}=\"");
+        let start = text.find(&prefix).expect("a labelled series") + prefix.len();
+        text[start..].split('"').next().unwrap().to_string()
     }
 
     /// The value of one series on `/metrics`, named by its first line prefix, e.g.

@@ -12,4 +12,5 @@ mod privacy;
 mod realtime;
 mod rooms;
 mod security;
+mod traces;
 mod validation;

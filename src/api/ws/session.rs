@@ -27,6 +27,7 @@ use futures_util::{
     SinkExt, StreamExt,
     stream::{FuturesOrdered, SplitStream},
 };
+use opentelemetry::trace::SpanKind;
 use poem::web::websocket::{CloseCode, Message as WsMessage, WebSocketStream};
 use tokio::{sync::mpsc, task::JoinHandle};
 use uuid::Uuid;
@@ -41,6 +42,7 @@ use crate::{
     protocol::{ClientFrame, FrameError, ServerFrame},
     relay::{Closer, Joined, Outbound, SocketId, Subscriber},
     store::{StoreError, commit::sent_of, messages::NewMessage},
+    telemetry::TraceSpan,
 };
 
 /// A client that sends nothing (not even a pong) for this long is gone.
@@ -157,7 +159,15 @@ impl Session {
                         return too_big.then_some((1009, "frame too large"));
                     }
                     Ok(Some(Ok(WsMessage::Text(text)))) => {
-                        let traceparent = crate::telemetry::child_traceparent(None);
+                        // Each frame starts a trace; a send's commit, publish and
+                        // fan-out on every node continue it.
+                        let span = TraceSpan::start(
+                            "websocket frame",
+                            SpanKind::Server,
+                            None,
+                            &self.state.settings.node_id,
+                        );
+                        let traceparent = span.traceparent().clone();
                         crate::telemetry::in_trace(traceparent, Box::pin(self.handle(&text))).await;
                     }
                     Ok(Some(Ok(WsMessage::Binary(_)))) => {

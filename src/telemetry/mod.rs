@@ -7,6 +7,12 @@
 //! client's header, or new); events published to NATS carry it in their headers, and the
 //! nodes that deliver them log it, so one message can be followed across nodes.
 //!
+//! With `OTEL_EXPORTER_OTLP_ENDPOINT` set, the same trace context also becomes
+//! OpenTelemetry spans ([`TraceSpan`]), exported by [`otlp`]: a message's trace runs from
+//! the request or frame that sent it, through its Postgres commit and its NATS publish
+//! (whose `traceparent` header carries the context), to the fan-out on every node that
+//! delivers it. Without a collector the spans cost a no-op tracer.
+//!
 //! What is never logged: tokens, passwords and message text. Handlers and store calls are
 //! instrumented with ids only, request spans record the path without its query (where a
 //! WebSocket token may be), the Postgres driver's statement logging (parameters
@@ -14,7 +20,17 @@
 //! the NATS client, which logs message payloads at `trace`, is held to `debug` unless
 //! `RUST_LOG` names it.
 
-use std::{future::Future, sync::Arc};
+pub mod otlp;
+
+use std::{borrow::Cow, future::Future, sync::Arc, time::SystemTime};
+
+use opentelemetry::{
+    Context, KeyValue,
+    trace::{
+        Span as _, SpanContext, SpanId, SpanKind, TraceContextExt, TraceFlags, TraceId, TraceState,
+        Tracer as _,
+    },
+};
 
 use serde_json::{Map, Value};
 use tracing::{
@@ -26,7 +42,7 @@ use tracing_subscriber::{
     fmt::{
         FmtContext, FormatEvent, FormatFields, FormattedFields,
         format::Writer,
-        time::{FormatTime, SystemTime},
+        time::{FormatTime, SystemTime as LogClock},
     },
     registry::LookupSpan,
 };
@@ -86,7 +102,7 @@ where
     ) -> std::fmt::Result {
         let mut line = Map::new();
         let mut time = String::new();
-        SystemTime.format_time(&mut Writer::new(&mut time))?;
+        LogClock.format_time(&mut Writer::new(&mut time))?;
         line.insert("time".into(), time.into());
         let metadata = event.metadata();
         line.insert("level".into(), metadata.level().as_str().into());
@@ -166,6 +182,101 @@ pub fn child_traceparent(parent: Option<&str>) -> String {
         .map(str::to_ascii_lowercase)
         .unwrap_or_else(|| Uuid::new_v4().simple().to_string());
     format!("00-{trace_id}-{span_id}-01")
+}
+
+/// One step of a trace, exported as an OpenTelemetry span when a tracer provider is
+/// installed ([`otlp::install`], or a test's in-memory exporter). It ends when dropped.
+/// Its [`TraceSpan::traceparent`] is what work done on its behalf runs under, so the
+/// next step becomes its child, on this node or, through NATS headers, on another.
+pub struct TraceSpan {
+    span: opentelemetry::global::BoxedSpan,
+    traceparent: Arc<str>,
+}
+
+impl TraceSpan {
+    /// Starts a span as the child of `parent` (a `traceparent`), or of nothing.
+    pub fn start(
+        name: impl Into<Cow<'static, str>>,
+        kind: SpanKind,
+        parent: Option<&str>,
+        node_id: &str,
+    ) -> Self {
+        Self::start_at(name, kind, parent, node_id, None)
+    }
+
+    /// As [`TraceSpan::start`], for work that began at `started` (a group commit that
+    /// ran before the span could be made).
+    pub fn start_at(
+        name: impl Into<Cow<'static, str>>,
+        kind: SpanKind,
+        parent: Option<&str>,
+        node_id: &str,
+        started: Option<SystemTime>,
+    ) -> Self {
+        let tracer = opentelemetry::global::tracer("natter");
+        let parent_context = parent
+            .and_then(remote_context)
+            .map(|remote| Context::new().with_remote_span_context(remote))
+            .unwrap_or_default();
+        let mut builder = tracer
+            .span_builder(name)
+            .with_kind(kind)
+            .with_attributes([KeyValue::new("natter.node_id", node_id.to_string())]);
+        builder.start_time = started;
+        let span = builder.start_with_context(&tracer, &parent_context);
+        let context = span.span_context();
+        // Without a provider the no-op span only echoes its parent; then a new span id
+        // still keeps the trace id for the logs.
+        let exported = context.is_valid() && context.span_id() != parent_span_id(parent);
+        let traceparent = if exported {
+            format!(
+                "00-{}-{}-{:02x}",
+                context.trace_id(),
+                context.span_id(),
+                context.trace_flags().to_u8()
+            )
+        } else {
+            child_traceparent(parent)
+        };
+        Self {
+            span,
+            traceparent: traceparent.into(),
+        }
+    }
+
+    /// The context work done for this span runs under.
+    pub fn traceparent(&self) -> &Arc<str> {
+        &self.traceparent
+    }
+
+    pub fn set_attribute(&mut self, key: &'static str, value: impl Into<opentelemetry::Value>) {
+        self.span.set_attribute(KeyValue::new(key, value));
+    }
+}
+
+/// The remote span context a valid `traceparent` names.
+fn remote_context(traceparent: &str) -> Option<SpanContext> {
+    let parts: Vec<&str> = traceparent.trim().split('-').collect();
+    let [_, trace_id, span_id, flags] = parts[..] else {
+        return None;
+    };
+    if trace_id.len() != 32 || span_id.len() != 16 || flags.len() != 2 {
+        return None;
+    }
+    let context = SpanContext::new(
+        TraceId::from_hex(trace_id).ok()?,
+        SpanId::from_hex(span_id).ok()?,
+        TraceFlags::new(u8::from_str_radix(flags, 16).ok()?),
+        true,
+        TraceState::default(),
+    );
+    context.is_valid().then_some(context)
+}
+
+fn parent_span_id(parent: Option<&str>) -> SpanId {
+    parent
+        .and_then(remote_context)
+        .map_or(SpanId::INVALID, |context| context.span_id())
 }
 
 /// Runs `work` with `traceparent` as its trace context.
