@@ -30,6 +30,9 @@ use uuid::Uuid;
 
 use crate::{bus::Bus, bus::RoomEvent, protocol::PresenceStatus, relay::RoomHub};
 
+/// How long start-up waits for JetStream to take the presence bucket.
+const JETSTREAM_STARTUP_WAIT: Duration = Duration::from_secs(30);
+
 #[derive(Debug, thiserror::Error)]
 pub enum PresenceError {
     #[error("cannot open the presence bucket: {0}")]
@@ -231,9 +234,19 @@ impl Presence {
             limit_markers: Some(ttl.max(Duration::from_secs(1))),
             ..Default::default()
         };
-        let kv = open_bucket(&jetstream, &config)
-            .await
-            .map_err(PresenceError::Bucket)?;
+        // A NATS cluster that is starting alongside the node (compose, Kubernetes) may
+        // not have placed JetStream yet ("no suitable peers"): wait for it, bounded.
+        let deadline = tokio::time::Instant::now() + JETSTREAM_STARTUP_WAIT;
+        let kv = loop {
+            match open_bucket(&jetstream, &config).await {
+                Ok(kv) => break kv,
+                Err(err) if tokio::time::Instant::now() < deadline => {
+                    tracing::warn!(error = %err, "presence bucket not available yet; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(err) => return Err(PresenceError::Bucket(err)),
+            }
+        };
         let wake = Arc::new(Notify::new());
         let presence = Self {
             inner: Arc::new(Inner {

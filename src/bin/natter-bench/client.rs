@@ -57,9 +57,48 @@ impl Api {
 
     /// Registers a fresh user; returns its token.
     pub async fn register(&self, i: usize, run: &str) -> Result<String, String> {
+        self.account(i, run).await.map(|(token, _)| token)
+    }
+
+    /// Registers a fresh user; returns its token and id.
+    pub async fn account(&self, i: usize, run: &str) -> Result<(String, String), String> {
         let body = json!({"username": format!("b{run}-{i}"), "password": "bench-password"});
         let reply = self.post(i, "/v1/auth/register", None, body).await?;
-        Ok(reply["token"].as_str().unwrap_or_default().to_string())
+        let field = |value: &Value| value.as_str().unwrap_or_default().to_string();
+        Ok((field(&reply["token"]), field(&reply["user"]["id"])))
+    }
+
+    /// `GET path` on node `node`: the status (0 if the node did not answer) and body.
+    pub async fn get(&self, node: usize, path: &str, token: &str) -> (u16, Value) {
+        let url = format!("{}{path}", self.urls[node % self.urls.len()]);
+        let request = self
+            .http
+            .get(url)
+            .bearer_auth(token)
+            .timeout(Duration::from_secs(2));
+        match request.send().await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let body = response.json().await.unwrap_or(Value::Null);
+                (status, body)
+            }
+            Err(_) => (0, Value::Null),
+        }
+    }
+
+    /// `POST path` on node `node` with a JSON body; the status (0 if no answer).
+    pub async fn post_status(&self, node: usize, path: &str, token: &str, body: Value) -> u16 {
+        let url = format!("{}{path}", self.urls[node % self.urls.len()]);
+        let request = self
+            .http
+            .post(url)
+            .bearer_auth(token)
+            .json(&body)
+            .timeout(Duration::from_secs(5));
+        match request.send().await {
+            Ok(response) => response.status().as_u16(),
+            Err(_) => 0,
+        }
     }
 
     pub async fn create_room(&self, i: usize, token: &str) -> Result<String, String> {

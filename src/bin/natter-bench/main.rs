@@ -9,6 +9,8 @@
 //! natter-bench rooms    --url URL[,URL…] [--connections 5000] [--rates 1000] [--duration 10]
 //! natter-bench idle     --url URL [--connections 20000]
 //! natter-bench connect  --url URL[,URL…] [--connections 5000]
+//! natter-bench soak     --url URL[,URL…] [--connections 60] [--rooms 3] [--rate 1]
+//!                       [--duration 30] [--fault-at 8] [--slow-readers 0]
 //!   common: [--baseline] [--pids PID,…] [--sources N] [--json] [--svg FILE]
 //! ```
 //!
@@ -22,6 +24,7 @@ mod baseline;
 mod client;
 mod report;
 mod scenario;
+mod soak;
 
 use std::{collections::HashMap, process::ExitCode, time::Duration};
 
@@ -123,6 +126,7 @@ async fn main() -> ExitCode {
         "fanout" | "hot-room" | "rooms" | "idle" | "connect" => {
             scenario::run(&scenario, &options).await
         }
+        "soak" => soak::run(&options, &flags).await,
         other => Err(format!("unknown scenario {other}")),
     };
     match result {

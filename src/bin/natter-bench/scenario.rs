@@ -296,7 +296,7 @@ async fn set_up(
     Ok((tokens, rooms))
 }
 
-fn uuid_fragment() -> String {
+pub(crate) fn uuid_fragment() -> String {
     format!(
         "{:x}",
         std::time::SystemTime::now()
