@@ -31,7 +31,10 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(name) = Username::parse(text) {
         let name = name.as_str();
         assert!((3..=32).contains(&name.len()));
-        assert!(name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b)));
+        assert!(
+            name.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b))
+        );
     }
     if let Ok(name) = DisplayName::parse(text) {
         let name = name.into_inner();
@@ -43,7 +46,11 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(name, name.trim());
     }
     if let Ok(message) = MessageText::parse(text, 4000) {
-        assert_eq!(message.as_str(), text, "message text is kept exactly as sent");
+        assert_eq!(
+            message.as_str(),
+            text,
+            "message text is kept exactly as sent"
+        );
         assert!(text.chars().count() <= 4000 && is_chat_text(text));
     }
     if let Ok(key) = ClientMsgId::parse(text) {
@@ -53,6 +60,11 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(emoji) = Emoji::parse(text) {
         let count = emoji.as_str().chars().count();
         assert!((1..=32).contains(&count));
-        assert!(!emoji.as_str().chars().any(|c| c.is_whitespace() || c.is_control()));
+        assert!(
+            !emoji
+                .as_str()
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        );
     }
 });

@@ -49,5 +49,8 @@ fuzz_target!(|data: &[u8]| {
     };
     let verifier = verifier();
     let verdict = verifier.runtime.block_on(verifier.auth.verify(token));
-    assert!(verdict.is_err(), "an unsigned input was accepted: {token:?}");
+    assert!(
+        verdict.is_err(),
+        "an unsigned input was accepted: {token:?}"
+    );
 });

@@ -11,9 +11,18 @@ fuzz_target!(|data: &[u8]| {
     };
     match ClientFrame::parse(text) {
         Ok(frame) => assert!(
-            ["subscribe", "unsubscribe", "send", "typing", "read_upto", "ping"]
-                .contains(&frame.kind())
+            [
+                "subscribe",
+                "unsubscribe",
+                "send",
+                "typing",
+                "read_upto",
+                "ping"
+            ]
+            .contains(&frame.kind())
         ),
-        Err(FrameError::InvalidJson(_) | FrameError::UnknownType(_) | FrameError::InvalidFrame(_)) => {}
+        Err(
+            FrameError::InvalidJson(_) | FrameError::UnknownType(_) | FrameError::InvalidFrame(_),
+        ) => {}
     }
 });
