@@ -264,7 +264,7 @@ impl Presence {
         };
         tokio::spawn(write_behind(Arc::downgrade(&presence.inner), wake));
         tokio::spawn(watch(Arc::downgrade(&presence.inner), jetstream, config));
-        tokio::spawn(refresh(Arc::downgrade(&presence.inner)));
+        tokio::spawn(refresh(Arc::downgrade(&presence.inner), bus.connections()));
         Ok(presence)
     }
 
@@ -508,15 +508,28 @@ async fn refresh_one(inner: &Inner, key: &str, lease: &Lease, revision: u64) {
     }
 }
 
-/// Keeps this node's leases alive. Ends when presence is dropped.
-async fn refresh(inner: std::sync::Weak<Inner>) {
+/// Keeps this node's leases alive, every third of the TTL and at once when NATS comes
+/// back (leases may have expired while it was away; the sooner they are rewritten, the
+/// shorter other nodes show these users offline). Ends when presence is dropped.
+async fn refresh(
+    inner: std::sync::Weak<Inner>,
+    mut connections: tokio::sync::watch::Receiver<u64>,
+) {
     let Some(period) = inner.upgrade().map(|i| i.ttl / 3) else {
         return;
     };
     let mut tick = tokio::time::interval(period);
     tick.tick().await;
+    connections.mark_unchanged();
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            changed = connections.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+        }
         let Some(inner) = inner.upgrade() else {
             return;
         };

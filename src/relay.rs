@@ -268,7 +268,7 @@ impl RoomHub {
 /// Every [`CATCH_UP_INTERVAL`], or as soon as NATS reconnects, tells each active room its
 /// `last_seq` in Postgres. Ends when the hub is dropped.
 async fn catch_up_loop(hub: Weak<HubInner>) {
-    let Some(reconnected) = hub.upgrade().map(|h| h.bus.reconnected()) else {
+    let Some(mut connections) = hub.upgrade().map(|h| h.bus.connections()) else {
         return;
     };
     let mut tick = tokio::time::interval(CATCH_UP_INTERVAL);
@@ -276,7 +276,7 @@ async fn catch_up_loop(hub: Weak<HubInner>) {
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = reconnected.notified() => {}
+            _ = connections.changed() => {}
         }
         let Some(hub) = hub.upgrade() else {
             return;

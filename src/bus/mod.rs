@@ -21,7 +21,7 @@ use std::{
 
 use async_nats::{ConnectOptions, Event, ServerAddr, jetstream};
 use opentelemetry::trace::SpanKind;
-use tokio::sync::Notify;
+use tokio::sync::watch;
 use uuid::Uuid;
 
 pub use event::{EventKind, RoomEvent};
@@ -43,9 +43,10 @@ pub struct Bus {
     client: async_nats::Client,
     /// First token of every subject and of the presence bucket's name.
     prefix: Arc<str>,
-    /// Signalled on every (re)connection, so the relay can look for events it missed
-    /// while NATS was away.
-    reconnected: Arc<Notify>,
+    /// Counts (re)connections, so the relay can look for events it missed while NATS
+    /// was away and presence can rewrite leases that expired meanwhile; each follower
+    /// holds its own receiver.
+    connections: watch::Sender<u64>,
     /// Disconnections and failed publishes and subscriptions, for `/metrics`.
     failures: Arc<AtomicU64>,
     /// This node, for the spans of its publishes.
@@ -60,9 +61,9 @@ impl Bus {
             .map(|u| u.trim().parse::<ServerAddr>())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| BusError::InvalidUrl(e.to_string()))?;
-        let reconnected = Arc::new(Notify::new());
+        let connections = watch::Sender::new(0);
         let failures = Arc::new(AtomicU64::new(0));
-        let (on_event, on_failure) = (reconnected.clone(), failures.clone());
+        let (on_event, on_failure) = (connections.clone(), failures.clone());
         let client = ConnectOptions::new()
             .name(format!("natter:{node_id}"))
             .connection_timeout(Duration::from_secs(3))
@@ -73,7 +74,7 @@ impl Bus {
                     match event {
                         Event::Connected => {
                             tracing::info!("NATS connected");
-                            on_event.notify_one();
+                            on_event.send_modify(|count| *count += 1);
                         }
                         Event::Disconnected => {
                             on_failure.fetch_add(1, Ordering::Relaxed);
@@ -102,7 +103,7 @@ impl Bus {
         Ok(Self {
             client,
             prefix: prefix.into(),
-            reconnected,
+            connections,
             failures,
             node_id: node_id.into(),
         })
@@ -129,8 +130,9 @@ impl Bus {
         &self.prefix
     }
 
-    pub fn reconnected(&self) -> Arc<Notify> {
-        self.reconnected.clone()
+    /// Changes on every (re)connection to NATS.
+    pub fn connections(&self) -> watch::Receiver<u64> {
+        self.connections.subscribe()
     }
 
     pub fn jetstream(&self) -> jetstream::Context {

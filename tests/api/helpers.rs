@@ -194,17 +194,15 @@ impl TestApp {
         &self.http
     }
 
+    /// The node's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let response = self.http.get(self.url("/metrics")).send().await.unwrap();
+        response.text().await.unwrap()
+    }
+
     /// The value of a label on this node's series, e.g. its `node` id.
     pub async fn metric_label(&self, label: &str) -> String {
-        let text = self
-            .http
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = self.metrics().await;
         let prefix = format!("{label}=\"");
         let start = text.find(&prefix).expect("a labelled series") + prefix.len();
         text[start..].split('"').next().unwrap().to_string()
@@ -213,15 +211,7 @@ impl TestApp {
     /// The value of one series on `/metrics`, named by its first line prefix, e.g.
     /// `natter_websockets_open{` or `natter_fanout_latency_seconds_bucket{node="n",le="+Inf"}`.
     pub async fn metric(&self, series: &str) -> f64 {
-        let text = self
-            .http
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = self.metrics().await;
         let line = text
             .lines()
             .find(|line| line.starts_with(series))

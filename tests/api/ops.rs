@@ -27,15 +27,7 @@ async fn health_readiness_and_metrics_answer_without_auth() {
     let alice = app.register("alice").await;
     let room = app.create_room(&alice, "r", "public").await;
     app.send(&alice, room, "counted").await;
-    let metrics = app
-        .http()
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("natter_http_responses_total{"),
         "{metrics}"
@@ -89,15 +81,7 @@ async fn metrics_follow_sockets_subscriptions_and_fan_out_across_nodes() {
 #[tokio::test]
 async fn every_series_the_grafana_dashboard_charts_is_exported() {
     let app = spawn_app().await;
-    let exported = app
-        .http()
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let exported = app.metrics().await;
     let dashboard = include_str!("../../deploy/grafana-dashboard.json");
     let charted: std::collections::BTreeSet<&str> = dashboard
         .match_indices("natter_")

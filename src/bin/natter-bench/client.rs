@@ -140,6 +140,42 @@ pub async fn connect(base: &str, path: &str, source: u8) -> Result<Ws, String> {
     Ok(ws)
 }
 
+/// Which `seq`s of its room a connection received, how often, and in what order.
+#[derive(Default)]
+pub struct SeqLog {
+    /// `seen[seq]` counts deliveries of that `seq`.
+    pub seen: Vec<u8>,
+    /// Deliveries whose `seq` was below one delivered before.
+    pub reordered: u64,
+    pub last_seq: i64,
+}
+
+impl SeqLog {
+    pub fn saw(&mut self, seq: i64) {
+        let index = seq.max(0) as usize;
+        if self.seen.len() <= index {
+            self.seen.resize(index + 1, 0);
+        }
+        self.seen[index] = self.seen[index].saturating_add(1);
+        if seq < self.last_seq {
+            self.reordered += 1;
+        }
+        self.last_seq = self.last_seq.max(seq);
+    }
+
+    /// How many of `1..=last` never arrived, and how many arrived more than once.
+    pub fn lost_and_duplicated(&self, last: i64) -> (u64, u64) {
+        let (mut lost, mut duplicated) = (0, 0);
+        for seq in 1..=last.max(0) as usize {
+            match self.seen.get(seq).copied().unwrap_or(0) {
+                0 => lost += 1,
+                n => duplicated += u64::from(n - 1),
+            }
+        }
+        (lost, duplicated)
+    }
+}
+
 /// What one connection saw.
 #[derive(Default)]
 pub struct Tally {
@@ -148,11 +184,8 @@ pub struct Tally {
     pub subscribed: bool,
     /// End-to-end latency of each delivered message, in microseconds.
     pub latencies_us: Vec<u32>,
-    /// `seen[seq]` counts deliveries of that `seq`.
-    pub seen: Vec<u8>,
+    pub seqs: SeqLog,
     pub delivered: u64,
-    pub reordered: u64,
-    pub last_seq: i64,
     /// Acknowledged sends and refused ones.
     pub acked: u64,
     pub errors: u64,
@@ -171,15 +204,7 @@ impl Tally {
             let now = epoch.elapsed().as_micros() as u64;
             self.latencies_us
                 .push(now.saturating_sub(sent).min(u32::MAX as u64) as u32);
-            let index = seq.max(0) as usize;
-            if self.seen.len() <= index {
-                self.seen.resize(index + 1, 0);
-            }
-            self.seen[index] = self.seen[index].saturating_add(1);
-            if seq < self.last_seq {
-                self.reordered += 1;
-            }
-            self.last_seq = self.last_seq.max(seq);
+            self.seqs.saw(seq);
             self.delivered += 1;
             progress.fetch_add(1, Ordering::Relaxed);
         } else if text.starts_with(r#"{"type":"send_ack""#) {
@@ -295,7 +320,7 @@ pub async fn drive(
             _ = async { stop_reading.wait_for(|stop| *stop).await.map(|_| ()) } => break,
         };
         if closed {
-            match reconnect(&role, tally.last_seq).await {
+            match reconnect(&role, tally.seqs.last_seq).await {
                 Some(fresh) => {
                     ws = fresh;
                     tally.resumes += 1;

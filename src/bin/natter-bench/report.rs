@@ -93,14 +93,11 @@ pub fn summarise(inputs: Inputs<'_>) -> Report {
     let (mut lost, mut duplicated, mut reordered, mut delivered) = (0, 0, 0, 0);
     let mut latencies = Vec::new();
     for tally in inputs.tallies.iter().filter(|t| t.subscribed) {
-        let sent = sent_per_room.get(tally.room.as_str()).copied().unwrap_or(0) as usize;
-        for seq in 1..=sent {
-            match tally.seen.get(seq).copied().unwrap_or(0) {
-                0 => lost += 1,
-                n => duplicated += u64::from(n - 1),
-            }
-        }
-        reordered += tally.reordered;
+        let sent = sent_per_room.get(tally.room.as_str()).copied().unwrap_or(0);
+        let (room_lost, room_duplicated) = tally.seqs.lost_and_duplicated(sent as i64);
+        lost += room_lost;
+        duplicated += room_duplicated;
+        reordered += tally.seqs.reordered;
         delivered += tally.delivered;
         latencies.extend_from_slice(&tally.latencies_us);
     }

@@ -29,7 +29,7 @@ use tokio_tungstenite::tungstenite::{Message, protocol::frame::coding::CloseCode
 
 use crate::{
     Options,
-    client::{Api, Ws, connect, subscribe},
+    client::{Api, SeqLog, Ws, connect, subscribe},
 };
 
 /// How long a client keeps trying other nodes before it gives up.
@@ -70,10 +70,8 @@ struct ClientReport {
     sent: u64,
     acked: u64,
     send_errors: BTreeMap<String, u64>,
-    /// `seen[seq]` counts deliveries of that `seq`.
-    seen: Vec<u8>,
-    reordered: u64,
-    last_seq: i64,
+    seqs: SeqLog,
+    delivered: u64,
     reconnects: Vec<Duration>,
     gave_up: bool,
     /// It went away when its socket closed, by design.
@@ -87,16 +85,9 @@ impl ClientReport {
         };
         match frame["type"].as_str() {
             Some("message") => {
-                let seq = frame["message"]["seq"].as_i64().unwrap_or_default();
-                let index = seq.max(0) as usize;
-                if self.seen.len() <= index {
-                    self.seen.resize(index + 1, 0);
-                }
-                self.seen[index] = self.seen[index].saturating_add(1);
-                if seq < self.last_seq {
-                    self.reordered += 1;
-                }
-                self.last_seq = self.last_seq.max(seq);
+                self.seqs
+                    .saw(frame["message"]["seq"].as_i64().unwrap_or_default());
+                self.delivered += 1;
             }
             Some("send_ack") => self.acked += 1,
             Some("error") => {
@@ -159,7 +150,7 @@ impl Client {
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + phase, period);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            if (*finals.borrow()).is_some_and(|last| report.last_seq >= last) {
+            if (*finals.borrow()).is_some_and(|last| report.seqs.last_seq >= last) {
                 break;
             }
             let closed = tokio::select! {
@@ -191,7 +182,7 @@ impl Client {
                     return report;
                 }
                 let started = Instant::now();
-                let Some((fresh, at)) = self.reopen(node + 1, report.last_seq).await else {
+                let Some((fresh, at)) = self.reopen(node + 1, report.seqs.last_seq).await else {
                     report.gave_up = true;
                     return report;
                 };
@@ -488,20 +479,15 @@ pub async fn run(options: &Options, flags: &HashMap<String, String>) -> Result<b
     let mut reconnects = Vec::new();
     for (room_index, report) in &reports {
         let last = match report.left {
-            true => report.last_seq.max(0) as usize,
-            false => finals[*room_index].max(0) as usize,
+            true => report.seqs.last_seq,
+            false => finals[*room_index],
         };
         left += u64::from(report.left);
-        for seq in 1..=last {
-            match report.seen.get(seq).copied().unwrap_or(0) {
-                0 => lost += 1,
-                n => {
-                    delivered += u64::from(n);
-                    duplicated += u64::from(n - 1);
-                }
-            }
-        }
-        reordered += report.reordered;
+        let (client_lost, client_duplicated) = report.seqs.lost_and_duplicated(last);
+        lost += client_lost;
+        duplicated += client_duplicated;
+        delivered += report.delivered;
+        reordered += report.seqs.reordered;
         sent += report.sent;
         acked += report.acked;
         gave_up += u64::from(report.gave_up);
