@@ -134,8 +134,8 @@ pub struct MyRoom {
     /// Messages from others after `last_read_seq` that are not deleted.
     pub unread_count: i64,
     pub last_read_seq: i64,
-    /// Null while the room has no messages.
-    #[oai(nullable)]
+    /// Absent while the room has no messages.
+    #[oai(skip_serializing_if_is_none)]
     pub last_message: Option<Message>,
     /// When the room last had a message (or was created), for ordering the list.
     pub last_activity_at: i64,

@@ -606,13 +606,19 @@ async fn watch(
                 kv::Operation::Put => serde_json::from_slice::<Lease>(&entry.value).ok(),
                 kv::Operation::Delete | kv::Operation::Purge => None,
             };
-            // This node's own connections are already in the view, first-hand.
-            if inner
+            // This node's own connections are already in the view, first-hand. One of
+            // them deleted in the bucket is a live connection's lease that expired (NATS
+            // was away longer than the TTL): write it again now, not at the next refresh,
+            // or other nodes show the user offline until then.
+            let local = inner
                 .local
                 .lock()
                 .expect("not poisoned")
-                .contains_key(&entry.key)
-            {
+                .contains_key(&entry.key);
+            if local {
+                if lease.is_none() {
+                    inner.mark_dirty(entry.key);
+                }
                 continue;
             }
             {

@@ -3,6 +3,7 @@
 
 mod auth;
 mod cluster;
+mod generated_client;
 mod helpers;
 mod jwt;
 mod messages;

@@ -103,7 +103,7 @@ async fn every_series_the_grafana_dashboard_charts_is_exported() {
 }
 
 #[tokio::test]
-async fn the_openapi_document_covers_every_operation_with_its_statuses() {
+async fn the_openapi_document_covers_every_operation_with_an_id_a_tag_and_its_statuses() {
     let app = spawn_app().await;
     let spec = crate::helpers::reply(
         app.http()
@@ -153,6 +153,7 @@ async fn the_openapi_document_covers_every_operation_with_its_statuses() {
     ];
     let operations: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
     assert_eq!(operations, expected.len(), "paths: {:?}", paths.keys());
+    let mut operation_ids = std::collections::HashSet::new();
     for (path, method, status) in expected {
         let op = &paths[path][method];
         let responses = op["responses"]
@@ -161,6 +162,14 @@ async fn the_openapi_document_covers_every_operation_with_its_statuses() {
         for s in [status, "400", "503"] {
             assert!(responses.contains_key(s), "{method} {path} documents {s}");
         }
+        // Generated clients name their functions and modules after these.
+        let id = op["operationId"].as_str().unwrap_or_default();
+        assert!(
+            !id.is_empty() && operation_ids.insert(id),
+            "{method} {path}: {id:?}"
+        );
+        assert!(op["tags"][0].is_string(), "{method} {path} is tagged");
+        assert!(op["summary"].is_string(), "{method} {path} is described");
     }
     assert_eq!(spec.body["servers"][0]["url"], "/v1");
     let docs = app.http().get(app.url("/docs")).send().await.unwrap();

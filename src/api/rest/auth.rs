@@ -63,7 +63,7 @@ enum RegisterResponse {
 #[OpenApi(prefix_path = "/auth", tag = "ApiTags::Auth")]
 impl AuthApi {
     /// Create an account and get a token.
-    #[oai(path = "/register", method = "post")]
+    #[oai(path = "/register", method = "post", operation_id = "register")]
     async fn register(
         &self,
         Data(state): Data<&AppState>,
@@ -89,7 +89,7 @@ impl AuthApi {
     }
 
     /// Exchange a username and password for a token.
-    #[oai(path = "/login", method = "post")]
+    #[oai(path = "/login", method = "post", operation_id = "login")]
     async fn login(
         &self,
         Data(state): Data<&AppState>,

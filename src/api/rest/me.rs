@@ -26,7 +26,7 @@ struct MyRoomList {
 impl MeApi {
     /// The caller's rooms, most recently active first, each with its unread count, read
     /// watermark and last message.
-    #[oai(path = "/rooms", method = "get")]
+    #[oai(path = "/rooms", method = "get", operation_id = "list_my_rooms")]
     async fn list_my_rooms(
         &self,
         auth: BearerAuth,

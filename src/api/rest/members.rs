@@ -30,7 +30,11 @@ struct MemberList {
 #[OpenApi(tag = "ApiTags::Members")]
 impl MembersApi {
     /// A room's members with their role, in user-id order.
-    #[oai(path = "/rooms/:room_id/members", method = "get")]
+    #[oai(
+        path = "/rooms/:room_id/members",
+        method = "get",
+        operation_id = "list_members"
+    )]
     async fn list_members(
         &self,
         auth: BearerAuth,
@@ -61,7 +65,11 @@ impl MembersApi {
     }
 
     /// Add a member (owner only). Idempotent.
-    #[oai(path = "/rooms/:room_id/members/:user_id", method = "put")]
+    #[oai(
+        path = "/rooms/:room_id/members/:user_id",
+        method = "put",
+        operation_id = "add_member"
+    )]
     async fn add_member(
         &self,
         auth: BearerAuth,
@@ -77,7 +85,11 @@ impl MembersApi {
     }
 
     /// Remove a member (owner only). Idempotent.
-    #[oai(path = "/rooms/:room_id/members/:user_id", method = "delete")]
+    #[oai(
+        path = "/rooms/:room_id/members/:user_id",
+        method = "delete",
+        operation_id = "remove_member"
+    )]
     async fn remove_member(
         &self,
         auth: BearerAuth,

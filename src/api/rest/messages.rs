@@ -93,7 +93,11 @@ const MAX_QUERY_CHARS: usize = 200;
 #[OpenApi(tag = "ApiTags::Messages")]
 impl MessagesApi {
     /// Send a message. Answered only after it is committed.
-    #[oai(path = "/rooms/:room_id/messages", method = "post")]
+    #[oai(
+        path = "/rooms/:room_id/messages",
+        method = "post",
+        operation_id = "send_message"
+    )]
     async fn send_message(
         &self,
         auth: BearerAuth,
@@ -128,7 +132,11 @@ impl MessagesApi {
 
     /// A page of messages in ascending `seq`: by default the latest `limit`; with
     /// `before_seq` the `limit` just before it; with `after_seq` the `limit` just after it.
-    #[oai(path = "/rooms/:room_id/messages", method = "get")]
+    #[oai(
+        path = "/rooms/:room_id/messages",
+        method = "get",
+        operation_id = "list_messages"
+    )]
     async fn list_messages(
         &self,
         auth: BearerAuth,
@@ -160,7 +168,11 @@ impl MessagesApi {
     }
 
     /// Full-text search within a room: the latest matches, in ascending `seq`.
-    #[oai(path = "/rooms/:room_id/messages/search", method = "get")]
+    #[oai(
+        path = "/rooms/:room_id/messages/search",
+        method = "get",
+        operation_id = "search_messages"
+    )]
     async fn search_messages(
         &self,
         auth: BearerAuth,
@@ -192,7 +204,11 @@ impl MessagesApi {
     }
 
     /// Edit a message's text (sender only).
-    #[oai(path = "/rooms/:room_id/messages/:message_id", method = "patch")]
+    #[oai(
+        path = "/rooms/:room_id/messages/:message_id",
+        method = "patch",
+        operation_id = "edit_message"
+    )]
     async fn edit_message(
         &self,
         auth: BearerAuth,
@@ -214,7 +230,11 @@ impl MessagesApi {
     }
 
     /// Delete a message (sender or room owner), leaving a tombstone that keeps its `seq`.
-    #[oai(path = "/rooms/:room_id/messages/:message_id", method = "delete")]
+    #[oai(
+        path = "/rooms/:room_id/messages/:message_id",
+        method = "delete",
+        operation_id = "delete_message"
+    )]
     async fn delete_message(
         &self,
         auth: BearerAuth,
@@ -236,7 +256,8 @@ impl MessagesApi {
     /// Add the caller's reaction. Idempotent.
     #[oai(
         path = "/rooms/:room_id/messages/:message_id/reactions/:emoji",
-        method = "put"
+        method = "put",
+        operation_id = "add_reaction"
     )]
     async fn add_reaction(
         &self,
@@ -255,7 +276,8 @@ impl MessagesApi {
     /// Remove the caller's reaction. Idempotent.
     #[oai(
         path = "/rooms/:room_id/messages/:message_id/reactions/:emoji",
-        method = "delete"
+        method = "delete",
+        operation_id = "remove_reaction"
     )]
     async fn remove_reaction(
         &self,

@@ -31,7 +31,7 @@ async fn online_users(state: &AppState, ids: Vec<Uuid>) -> Result<Json<UserList>
 #[OpenApi(tag = "ApiTags::Users")]
 impl PresenceApi {
     /// Users with a live connection anywhere in the cluster.
-    #[oai(path = "/presence", method = "get")]
+    #[oai(path = "/presence", method = "get", operation_id = "list_online_users")]
     async fn list_online_users(
         &self,
         _auth: BearerAuth,
@@ -41,7 +41,11 @@ impl PresenceApi {
     }
 
     /// Users with a live subscription to the room, on any node.
-    #[oai(path = "/rooms/:room_id/presence", method = "get")]
+    #[oai(
+        path = "/rooms/:room_id/presence",
+        method = "get",
+        operation_id = "list_room_presence"
+    )]
     async fn list_room_presence(
         &self,
         auth: BearerAuth,

@@ -95,7 +95,7 @@ const MAX_INITIAL_MEMBERS: usize = 1000;
 #[OpenApi(tag = "ApiTags::Rooms")]
 impl RoomsApi {
     /// Create a public or private room.
-    #[oai(path = "/rooms", method = "post")]
+    #[oai(path = "/rooms", method = "post", operation_id = "create_room")]
     async fn create_room(
         &self,
         auth: BearerAuth,
@@ -122,7 +122,7 @@ impl RoomsApi {
     }
 
     /// Public rooms and the caller's rooms, oldest first.
-    #[oai(path = "/rooms", method = "get")]
+    #[oai(path = "/rooms", method = "get", operation_id = "list_rooms")]
     async fn list_rooms(
         &self,
         auth: BearerAuth,
@@ -149,7 +149,7 @@ impl RoomsApi {
     }
 
     /// A room. A private room the caller is not in answers 404, like a missing one.
-    #[oai(path = "/rooms/:room_id", method = "get")]
+    #[oai(path = "/rooms/:room_id", method = "get", operation_id = "get_room")]
     async fn get_room(
         &self,
         auth: BearerAuth,
@@ -160,7 +160,11 @@ impl RoomsApi {
     }
 
     /// Rename a room (owner only).
-    #[oai(path = "/rooms/:room_id", method = "patch")]
+    #[oai(
+        path = "/rooms/:room_id",
+        method = "patch",
+        operation_id = "rename_room"
+    )]
     async fn rename_room(
         &self,
         auth: BearerAuth,
@@ -175,7 +179,11 @@ impl RoomsApi {
     }
 
     /// Delete a room and its messages (owner only).
-    #[oai(path = "/rooms/:room_id", method = "delete")]
+    #[oai(
+        path = "/rooms/:room_id",
+        method = "delete",
+        operation_id = "delete_room"
+    )]
     async fn delete_room(
         &self,
         auth: BearerAuth,
@@ -188,7 +196,11 @@ impl RoomsApi {
     }
 
     /// Join a public room. Idempotent.
-    #[oai(path = "/rooms/:room_id/join", method = "post")]
+    #[oai(
+        path = "/rooms/:room_id/join",
+        method = "post",
+        operation_id = "join_room"
+    )]
     async fn join_room(
         &self,
         auth: BearerAuth,
@@ -200,7 +212,11 @@ impl RoomsApi {
     }
 
     /// Leave a room. Idempotent; the owner cannot leave.
-    #[oai(path = "/rooms/:room_id/leave", method = "post")]
+    #[oai(
+        path = "/rooms/:room_id/leave",
+        method = "post",
+        operation_id = "leave_room"
+    )]
     async fn leave_room(
         &self,
         auth: BearerAuth,
@@ -216,7 +232,11 @@ impl RoomsApi {
     }
 
     /// Move the caller's read watermark forward to `seq`.
-    #[oai(path = "/rooms/:room_id/read", method = "post")]
+    #[oai(
+        path = "/rooms/:room_id/read",
+        method = "post",
+        operation_id = "mark_read"
+    )]
     async fn mark_read(
         &self,
         auth: BearerAuth,
@@ -233,7 +253,7 @@ impl RoomsApi {
     }
 
     /// Get or create the direct room of the caller and another user.
-    #[oai(path = "/dms", method = "post")]
+    #[oai(path = "/dms", method = "post", operation_id = "open_direct_room")]
     async fn open_direct_room(
         &self,
         auth: BearerAuth,

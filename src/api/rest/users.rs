@@ -16,7 +16,7 @@ pub struct UsersApi;
 #[OpenApi(prefix_path = "/users", tag = "ApiTags::Users")]
 impl UsersApi {
     /// The caller.
-    #[oai(path = "/me", method = "get")]
+    #[oai(path = "/me", method = "get", operation_id = "get_me")]
     async fn get_me(
         &self,
         auth: BearerAuth,
@@ -28,7 +28,7 @@ impl UsersApi {
     }
 
     /// A user by id.
-    #[oai(path = "/:user_id", method = "get")]
+    #[oai(path = "/:user_id", method = "get", operation_id = "get_user")]
     async fn get_user(
         &self,
         _auth: BearerAuth,

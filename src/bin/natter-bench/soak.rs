@@ -255,6 +255,12 @@ async fn watch_presence(
                     .collect();
                 if seen != truth {
                     last_wrong = Some(checked_at);
+                    let missing: Vec<_> = truth.difference(&seen).collect();
+                    let extra: Vec<_> = seen.difference(&truth).collect();
+                    eprintln!(
+                        "[soak] {:.1}s presence on node {node} of room {room}: missing {missing:?}, extra {extra:?}",
+                        checked_at.duration_since(fault).as_secs_f64()
+                    );
                 }
             }
         }
@@ -431,6 +437,9 @@ pub async fn run(options: &Options, flags: &HashMap<String, String>) -> Result<b
     };
 
     tokio::time::sleep_until(stop_sending.into()).await;
+    // Both watchers finish before any client leaves, or its leaving would look wrong.
+    let rest = probe.await.unwrap_or_default();
+    let presence_heal = presence.await.unwrap_or_default();
     // The rooms' final positions, from whichever node answers.
     let mut finals = Vec::new();
     for room in &rooms {
@@ -466,8 +475,6 @@ pub async fn run(options: &Options, flags: &HashMap<String, String>) -> Result<b
             }
         }
     }
-    let rest = probe.await.unwrap_or_default();
-    let presence_heal = presence.await.unwrap_or_default();
     let slow_closed = match slow {
         Some(task) => Some(closed_as_slow(task.await.unwrap_or_default()).await),
         None => None,
