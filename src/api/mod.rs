@@ -52,8 +52,7 @@ pub fn routes(state: AppState) -> impl Endpoint {
         .around(move |ep, req| ops::limit_body(ep, req, max_body_bytes))
         .catch_all_error(error::envelope_poem_error)
         .around(move |ep, req| ops::cors(ep, req, cors_origins.clone()))
-        .around(ops::count_response)
-        .around(ops::trace_request)
+        .around(ops::observe_request)
         .data(state)
         .into_endpoint()
 }

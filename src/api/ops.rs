@@ -2,13 +2,12 @@
 
 use std::sync::Arc;
 
+use opentelemetry::trace::SpanKind;
 use poem::{
     Endpoint, IntoResponse, Request, Response, Result,
     http::{HeaderValue, Method, StatusCode, header},
     web::{Data, Html},
 };
-
-use opentelemetry::trace::SpanKind;
 
 use crate::{app::AppState, metrics::Scrape, telemetry::TraceSpan};
 
@@ -144,14 +143,16 @@ pub async fn cors<E: Endpoint>(ep: E, req: Request, allowed: Arc<[String]>) -> R
     Ok(response)
 }
 
-/// Runs each request in a trace context continued from its `traceparent` header.
-pub async fn trace_request<E: Endpoint>(ep: E, req: Request) -> Result<Response> {
+/// Runs each request in a trace context continued from its `traceparent` header (a
+/// server span), logs its outcome and counts its status for `/metrics`.
+pub async fn observe_request<E: Endpoint>(ep: E, req: Request) -> Result<Response> {
     let parent = req
         .headers()
         .get("traceparent")
         .and_then(|v| v.to_str().ok());
-    let node_id = req
-        .data::<AppState>()
+    let state = req.data::<AppState>().cloned();
+    let node_id = state
+        .as_ref()
         .map_or("", |state| state.settings.node_id.as_str());
     let mut trace_span =
         TraceSpan::start(req.method().to_string(), SpanKind::Server, parent, node_id);
@@ -168,6 +169,9 @@ pub async fn trace_request<E: Endpoint>(ep: E, req: Request) -> Result<Response>
                 Err(err) => err.status(),
             };
             trace_span.set_attribute("http.response.status_code", i64::from(status.as_u16()));
+            if let Some(state) = &state {
+                state.metrics.count_response(status);
+            }
             let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
             if status.is_server_error() {
                 tracing::warn!(status = status.as_u16(), elapsed_ms, "request failed");
@@ -179,18 +183,4 @@ pub async fn trace_request<E: Endpoint>(ep: E, req: Request) -> Result<Response>
         span,
     );
     crate::telemetry::in_trace(traceparent, work).await
-}
-
-/// Counts every response by status class for `/metrics`.
-pub async fn count_response<E: Endpoint>(ep: E, req: Request) -> Result<Response> {
-    let counters = req.data::<AppState>().map(|s| s.metrics.clone());
-    let result = ep.call(req).await.map(IntoResponse::into_response);
-    if let Some(counters) = counters {
-        let status = match &result {
-            Ok(resp) => resp.status(),
-            Err(err) => err.status(),
-        };
-        counters.count_response(status);
-    }
-    result
 }

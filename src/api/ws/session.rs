@@ -57,8 +57,8 @@ const REPLAY_PAGE: i64 = 500;
 /// not read until one is stored (backpressure, not an error).
 const MAX_SENDS_IN_FLIGHT: usize = 64;
 
-/// A send waiting for its commit; resolves to its answer (`send_ack` or `error`) and the
-/// room it was stored in.
+/// A send waiting for its commit; resolves to its answer (`send_ack` or `error`),
+/// serialised.
 type PendingAck = Pin<Box<dyn Future<Output = String> + Send + Sync>>;
 
 pub struct Session {
@@ -423,12 +423,7 @@ impl Session {
     }
 
     async fn error(&self, code: &str, message: &str, reference: Option<&str>) {
-        let frame = ServerFrame::Error {
-            code,
-            message,
-            reference,
-        };
-        self.reply(&frame).await;
+        self.reply_json(error_json(code, message, reference)).await;
     }
 
     async fn error_from(&self, err: ApiError, reference: Option<&str>) {
@@ -439,9 +434,14 @@ impl Session {
 /// The `error` frame that answers a frame with `err`.
 fn error_frame(err: &ApiError, reference: Option<&str>) -> String {
     let detail = err.detail();
+    error_json(&detail.code, &detail.message, reference)
+}
+
+/// An `error` frame, serialised.
+fn error_json(code: &str, message: &str, reference: Option<&str>) -> String {
     let frame = ServerFrame::Error {
-        code: &detail.code,
-        message: &detail.message,
+        code,
+        message,
         reference,
     };
     frame.to_json()
