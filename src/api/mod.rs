@@ -1,13 +1,16 @@
 //! HTTP: the versioned REST API under `/v1`, its OpenAPI document and Swagger UI, and
-//! the operational routes (`/healthz`, `/readyz`, `/metrics`).
+//! the operational routes (`/healthz`, `/readyz`, `/metrics`) and the browser client
+//! at `/`.
 //!
 //! `rest` has one `#[OpenApi]` struct per resource; `security` turns the bearer token
-//! into the caller; `error` maps every failure onto the SPEC §5 envelope.
+//! into the caller; `error` maps every failure onto the SPEC §5 envelope; `web` serves
+//! the client's three files.
 
 pub mod error;
 mod ops;
 pub mod rest;
 mod security;
+mod web;
 mod ws;
 
 use poem::{Endpoint, EndpointExt, IntoEndpoint, Route, get};
@@ -48,7 +51,9 @@ pub fn routes(state: AppState) -> impl Endpoint {
         .at("/healthz", get(ops::healthz))
         .at("/readyz", get(ops::readyz))
         .at("/metrics", get(ops::metrics))
-        .at("/", get(ops::index))
+        .at("/", get(web::index))
+        .at("/app.js", get(web::script))
+        .at("/app.css", get(web::style))
         .around(move |ep, req| ops::limit_body(ep, req, max_body_bytes))
         .catch_all_error(error::envelope_poem_error)
         .around(move |ep, req| ops::cors(ep, req, cors_origins.clone()))

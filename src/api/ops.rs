@@ -6,7 +6,7 @@ use opentelemetry::trace::SpanKind;
 use poem::{
     Endpoint, IntoResponse, Request, Response, Result,
     http::{HeaderValue, Method, StatusCode, header},
-    web::{Data, Html},
+    web::Data,
 };
 
 use crate::{app::AppState, metrics::Scrape, telemetry::TraceSpan};
@@ -57,16 +57,6 @@ pub async fn metrics(Data(state): Data<&AppState>) -> Response {
     Response::builder()
         .content_type("text/plain; version=0.0.4")
         .body(text)
-}
-
-/// A pointer to the API docs until the browser client arrives.
-#[poem::handler]
-pub async fn index() -> Html<&'static str> {
-    Html(
-        "<!doctype html><meta charset=utf-8><title>Natter</title>\
-         <h1>Natter</h1><p>A clustered chat server. \
-         See the <a href=/docs>API documentation</a> or <a href=/openapi.json>OpenAPI document</a>.</p>",
-    )
 }
 
 /// Rejects request bodies over `max` bytes with `413`, whether or not the client sent a

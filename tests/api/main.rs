@@ -2,6 +2,7 @@
 //! Run them with `bash tests/run`.
 
 mod auth;
+mod browser;
 mod cluster;
 mod generated_client;
 mod helpers;

@@ -1,0 +1,89 @@
+//! The browser client at `GET /`: one HTML page, one stylesheet and one script, compiled
+//! into the binary so that every node serves the same client with no build step and no
+//! files to deploy beside it.
+//!
+//! The client talks to the node that served it, through the same public REST and
+//! WebSocket API as any other client (`app.js` says how it keeps the SPEC §1 promises on
+//! its side: pending sends keyed by `client_msg_id`, resume with `since_seq`, one entry
+//! per `seq`). The pages are strict about what they may load: a Content-Security-Policy
+//! allows only this origin's script, style and connections, so text that another user
+//! typed can never run as code even if a rendering bug let it into the page.
+
+use std::hash::{Hash, Hasher};
+
+use poem::{
+    Request, Response,
+    http::{StatusCode, header},
+};
+
+/// One file the client is made of.
+struct Asset {
+    body: &'static str,
+    content_type: &'static str,
+}
+
+const INDEX: Asset = Asset {
+    body: include_str!("index.html"),
+    content_type: "text/html; charset=utf-8",
+};
+const SCRIPT: Asset = Asset {
+    body: include_str!("app.js"),
+    content_type: "text/javascript; charset=utf-8",
+};
+const STYLE: Asset = Asset {
+    body: include_str!("app.css"),
+    content_type: "text/css; charset=utf-8",
+};
+
+/// Same-origin only; `connect-src 'self'` covers the page's own `ws:`/`wss:` origin.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
+     style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; \
+     form-action 'self'; frame-ancestors 'none'";
+
+/// The page.
+#[poem::handler]
+pub fn index(req: &Request) -> Response {
+    serve(&INDEX, req)
+}
+
+/// `/app.js`.
+#[poem::handler]
+pub fn script(req: &Request) -> Response {
+    serve(&SCRIPT, req)
+}
+
+/// `/app.css`.
+#[poem::handler]
+pub fn style(req: &Request) -> Response {
+    serve(&STYLE, req)
+}
+
+/// Answers with `asset`, or `304` when the browser already holds this build's copy.
+/// Browsers revalidate every time (`no-cache`), so a node upgraded behind the load
+/// balancer never leaves a tab on a stale script after a reload.
+fn serve(asset: &Asset, req: &Request) -> Response {
+    let etag = etag(asset.body);
+    let cached = req
+        .headers()
+        .get(header::IF_NONE_MATCH)
+        .is_some_and(|v| v.as_bytes() == etag.as_bytes());
+    let builder = Response::builder()
+        .header(header::ETAG, etag)
+        .header(header::CACHE_CONTROL, "no-cache")
+        .header(header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY)
+        .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
+        .header(header::REFERRER_POLICY, "no-referrer");
+    if cached {
+        return builder.status(StatusCode::NOT_MODIFIED).finish();
+    }
+    builder.content_type(asset.content_type).body(asset.body)
+}
+
+/// A strong validator of the file's content. The hasher is SipHash with fixed keys, so
+/// every node of one build gives the same tag and a load balancer may switch nodes
+/// between requests.
+fn etag(body: &str) -> String {
+    let mut hasher = std::hash::DefaultHasher::new();
+    body.hash(&mut hasher);
+    format!("\"{:016x}\"", hasher.finish())
+}
