@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 /// A user as others see them.
 #[derive(Debug, Clone, Object, Serialize)]
+#[oai(example)]
 pub struct User {
     pub id: Uuid,
     pub username: String,
@@ -50,6 +51,7 @@ impl RoomKind {
 
 /// A room.
 #[derive(Debug, Clone, Object, Serialize)]
+#[oai(example)]
 pub struct Room {
     pub id: Uuid,
     /// For a direct room, the other participant's display name.
@@ -82,6 +84,7 @@ impl Role {
 
 /// A room member.
 #[derive(Debug, Clone, Object)]
+#[oai(example)]
 pub struct Member {
     pub user_id: Uuid,
     pub username: String,
@@ -95,6 +98,7 @@ pub struct Member {
 
 /// One emoji's reactions on a message.
 #[derive(Debug, Clone, Object, Serialize)]
+#[oai(example)]
 pub struct Reaction {
     pub emoji: String,
     pub count: i64,
@@ -105,6 +109,7 @@ pub struct Reaction {
 /// A chat message. A deleted message stays as a tombstone: `deleted` is true, `text` is
 /// empty and `seq` is kept, so the sequence has no holes.
 #[derive(Debug, Clone, Object, Serialize)]
+#[oai(example)]
 pub struct Message {
     pub id: Uuid,
     pub room_id: Uuid,
@@ -128,6 +133,7 @@ pub struct Message {
 
 /// A room in the caller's chat list.
 #[derive(Debug, Clone, Object)]
+#[oai(example)]
 pub struct MyRoom {
     #[oai(flatten)]
     pub room: Room,

@@ -20,11 +20,13 @@ const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 2;
 
 /// The body of every error response.
 #[derive(Debug, Object)]
+#[oai(example)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
 #[derive(Debug, Object)]
+#[oai(example)]
 pub struct ErrorDetail {
     /// Stable, machine-readable: `invalid_input`, `room_not_found`, `rate_limited`, …
     pub code: String,
@@ -33,6 +35,24 @@ pub struct ErrorDetail {
     /// With `invalid_input`: the request field at fault.
     #[oai(skip_serializing_if_is_none)]
     pub field: Option<String>,
+}
+
+impl poem_openapi::types::Example for ErrorBody {
+    fn example() -> Self {
+        ErrorBody {
+            error: ErrorDetail::example(),
+        }
+    }
+}
+
+impl poem_openapi::types::Example for ErrorDetail {
+    fn example() -> Self {
+        ErrorDetail {
+            code: "invalid_input".into(),
+            message: "text must not be blank".into(),
+            field: Some("text".into()),
+        }
+    }
 }
 
 fn body(code: &str, message: impl Into<String>) -> Json<ErrorBody> {

@@ -103,7 +103,7 @@ async fn every_series_the_grafana_dashboard_charts_is_exported() {
 }
 
 #[tokio::test]
-async fn the_openapi_document_covers_every_operation_with_an_id_a_tag_and_its_statuses() {
+async fn the_openapi_document_covers_every_operation_with_an_id_a_tag_its_statuses_and_examples() {
     let app = spawn_app().await;
     let spec = crate::helpers::reply(
         app.http()
@@ -170,6 +170,16 @@ async fn the_openapi_document_covers_every_operation_with_an_id_a_tag_and_its_st
         );
         assert!(op["tags"][0].is_string(), "{method} {path} is tagged");
         assert!(op["summary"].is_string(), "{method} {path} is described");
+    }
+    // Every schema of a request or response body shows an example in Swagger UI and in
+    // generated clients' docs.
+    let schemas = spec.body["components"]["schemas"].as_object().unwrap();
+    for (name, schema) in schemas {
+        let is_object = schema["type"] == "object";
+        assert!(
+            !is_object || schema["example"].is_object(),
+            "schema {name} has an example"
+        );
     }
     assert_eq!(spec.body["servers"][0]["url"], "/v1");
     let docs = app.http().get(app.url("/docs")).send().await.unwrap();

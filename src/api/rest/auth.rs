@@ -1,6 +1,8 @@
 //! `POST /v1/auth/register` and `POST /v1/auth/login`: built-in accounts.
 
+use super::examples;
 use poem::web::Data;
+use poem_openapi::types::Example;
 use poem_openapi::{ApiResponse, Object, OpenApi, payload::Json};
 
 use super::{ApiTags, JsonString};
@@ -19,6 +21,7 @@ fn busy(_: password::Busy) -> ApiError {
 }
 
 #[derive(Object)]
+#[oai(example)]
 struct RegisterRequest {
     /// 3–32 characters of `a-z`, `0-9`, `_`, `.`, `-`.
     #[oai(validator(pattern = r"^[a-z0-9_.-]{3,32}$"))]
@@ -38,6 +41,7 @@ struct RegisterRequest {
 }
 
 #[derive(Object)]
+#[oai(example)]
 struct LoginRequest {
     username: JsonString,
     password: JsonString,
@@ -45,6 +49,7 @@ struct LoginRequest {
 
 /// A user and a bearer token for them.
 #[derive(Object)]
+#[oai(example)]
 struct Session {
     user: User,
     /// Send as `Authorization: Bearer <token>`.
@@ -112,5 +117,34 @@ impl AuthApi {
             token: issued.token,
             expires_at: issued.expires_at,
         }))
+    }
+}
+
+impl Example for RegisterRequest {
+    fn example() -> Self {
+        RegisterRequest {
+            username: JsonString("alice".into()),
+            password: JsonString("correct horse battery".into()),
+            display_name: Some(JsonString("Alice".into())),
+        }
+    }
+}
+
+impl Example for LoginRequest {
+    fn example() -> Self {
+        LoginRequest {
+            username: JsonString("alice".into()),
+            password: JsonString("correct horse battery".into()),
+        }
+    }
+}
+
+impl Example for Session {
+    fn example() -> Self {
+        Session {
+            user: User::example(),
+            token: "eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIwMTkzNmYxYy0yYTQwLTdkM2UtOWIxYS00YzhlNWYyMGEwMDEifQ.signature".into(),
+            expires_at: examples::NOW_MS + 86_400_000,
+        }
     }
 }

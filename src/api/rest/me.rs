@@ -1,6 +1,7 @@
 //! `GET /v1/me/rooms`: the caller's chat list.
 
 use poem::web::Data;
+use poem_openapi::types::Example;
 use poem_openapi::{Object, OpenApi, param::Query, payload::Json};
 
 use super::ApiTags;
@@ -15,6 +16,7 @@ use crate::{
 pub struct MeApi;
 
 #[derive(Object)]
+#[oai(example)]
 struct MyRoomList {
     rooms: Vec<MyRoom>,
     /// Pass as `cursor` for the next page; absent on the last page.
@@ -47,5 +49,14 @@ impl MeApi {
             rooms: page.items,
             next_cursor: page.next_cursor,
         }))
+    }
+}
+
+impl Example for MyRoomList {
+    fn example() -> Self {
+        MyRoomList {
+            rooms: vec![MyRoom::example()],
+            next_cursor: None,
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! Room membership as seen and managed by the owner.
 
 use poem::web::Data;
+use poem_openapi::types::Example;
 use poem_openapi::{
     Object, OpenApi,
     param::{Path, Query},
@@ -20,6 +21,7 @@ use crate::{
 pub struct MembersApi;
 
 #[derive(Object)]
+#[oai(example)]
 struct MemberList {
     members: Vec<Member>,
     /// Pass as `cursor` for the next page; absent on the last page.
@@ -106,5 +108,14 @@ impl MembersApi {
             state.bus.publish(&revoke).await;
         }
         Ok(NoContent::Done)
+    }
+}
+
+impl Example for MemberList {
+    fn example() -> Self {
+        MemberList {
+            members: vec![Member::example()],
+            next_cursor: None,
+        }
     }
 }

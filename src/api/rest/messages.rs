@@ -1,6 +1,7 @@
 //! Messages: send, page, edit, delete, react, search.
 
 use poem::web::Data;
+use poem_openapi::types::Example;
 use poem_openapi::{
     ApiResponse, Object, OpenApi,
     param::{Path, Query},
@@ -21,6 +22,7 @@ use crate::{
 pub struct MessagesApi;
 
 #[derive(Object)]
+#[oai(example)]
 struct SendMessageRequest {
     /// 1–4000 characters (`MAX_TEXT_CHARS`), not blank.
     #[oai(validator(
@@ -40,6 +42,7 @@ struct SendMessageRequest {
 }
 
 #[derive(Object)]
+#[oai(example)]
 struct EditMessageRequest {
     /// 1–4000 characters (`MAX_TEXT_CHARS`), not blank.
     #[oai(validator(
@@ -49,6 +52,7 @@ struct EditMessageRequest {
 }
 
 #[derive(Object)]
+#[oai(example)]
 struct MessagePage {
     /// In ascending `seq`.
     messages: Vec<Message>,
@@ -291,5 +295,32 @@ impl MessagesApi {
     ) -> Result<Json<Message>, ApiError> {
         let emoji = Emoji::parse(&emoji.0)?;
         react(state, auth.0.id, room_id.0, message_id.0, &emoji, false).await
+    }
+}
+
+impl Example for SendMessageRequest {
+    fn example() -> Self {
+        SendMessageRequest {
+            text: JsonString("Lunch at noon?".into()),
+            client_msg_id: Some(JsonString("web-5f2a9c1e".into())),
+            reply_to: None,
+        }
+    }
+}
+
+impl Example for EditMessageRequest {
+    fn example() -> Self {
+        EditMessageRequest {
+            text: JsonString("Lunch at one?".into()),
+        }
+    }
+}
+
+impl Example for MessagePage {
+    fn example() -> Self {
+        MessagePage {
+            messages: vec![Message::example()],
+            has_more: true,
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! into `domain` types, call the store, and let `?` map failures through `ApiError`.
 
 pub mod auth;
+mod examples;
 pub mod me;
 pub mod members;
 pub mod messages;

@@ -2,6 +2,7 @@
 //! this node's view of the cluster's presence (no round trip to NATS).
 
 use poem::web::Data;
+use poem_openapi::types::Example;
 use poem_openapi::{Object, OpenApi, param::Path, payload::Json};
 use uuid::Uuid;
 
@@ -15,6 +16,7 @@ use crate::{
 pub struct PresenceApi;
 
 #[derive(Object)]
+#[oai(example)]
 struct UserList {
     users: Vec<User>,
 }
@@ -54,5 +56,13 @@ impl PresenceApi {
     ) -> Result<Json<UserList>, ApiError> {
         state.store.check_access(auth.0.id, room_id.0).await?;
         online_users(state, state.presence.room_users(room_id.0)).await
+    }
+}
+
+impl Example for UserList {
+    fn example() -> Self {
+        UserList {
+            users: vec![User::example()],
+        }
     }
 }

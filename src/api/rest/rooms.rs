@@ -1,7 +1,9 @@
 //! Rooms: create, list, read, rename, delete, join, leave, direct rooms and read
 //! watermarks.
 
+use super::examples;
 use poem::web::Data;
+use poem_openapi::types::Example;
 use poem_openapi::{
     ApiResponse, Enum, Object, OpenApi,
     param::{Path, Query},
@@ -29,6 +31,7 @@ enum NewRoomKind {
 }
 
 #[derive(Object)]
+#[oai(example)]
 struct CreateRoomRequest {
     /// 1–100 characters.
     #[oai(validator(
@@ -43,6 +46,7 @@ struct CreateRoomRequest {
 }
 
 #[derive(Object)]
+#[oai(example)]
 struct RenameRoomRequest {
     /// 1–100 characters.
     #[oai(validator(
@@ -53,6 +57,7 @@ struct RenameRoomRequest {
 }
 
 #[derive(Object)]
+#[oai(example)]
 struct RoomList {
     rooms: Vec<Room>,
     /// Pass as `cursor` for the next page; absent on the last page.
@@ -61,12 +66,14 @@ struct RoomList {
 }
 
 #[derive(Object)]
+#[oai(example)]
 struct DirectRoomRequest {
     /// The other participant.
     user_id: Uuid,
 }
 
 #[derive(Object)]
+#[oai(example)]
 struct ReadRequest {
     /// The highest `seq` read; the watermark only moves forward.
     #[oai(validator(minimum(value = "0")))]
@@ -269,5 +276,46 @@ impl RoomsApi {
         } else {
             DirectRoomResponse::Existing(Json(room))
         })
+    }
+}
+
+impl Example for CreateRoomRequest {
+    fn example() -> Self {
+        CreateRoomRequest {
+            name: JsonString("general".into()),
+            kind: NewRoomKind::Public,
+            member_ids: Some(vec![examples::BOB]),
+        }
+    }
+}
+
+impl Example for RenameRoomRequest {
+    fn example() -> Self {
+        RenameRoomRequest {
+            name: JsonString("lunch".into()),
+        }
+    }
+}
+
+impl Example for RoomList {
+    fn example() -> Self {
+        RoomList {
+            rooms: vec![Room::example()],
+            next_cursor: None,
+        }
+    }
+}
+
+impl Example for DirectRoomRequest {
+    fn example() -> Self {
+        DirectRoomRequest {
+            user_id: examples::BOB,
+        }
+    }
+}
+
+impl Example for ReadRequest {
+    fn example() -> Self {
+        ReadRequest { seq: 42 }
     }
 }
