@@ -183,6 +183,9 @@ def shot(driver, artifacts, name):
 def main():
     port_a, port_b, pid_a, artifacts = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     os.makedirs(artifacts, exist_ok=True)
+    for old in os.listdir(artifacts):
+        if old.endswith(".png"):
+            os.remove(os.path.join(artifacts, old))
     loop = start_loop()
     alice_lb = Balancer(loop, [port_a, port_b])
     bob_lb = Balancer(loop, [port_b, port_a])
@@ -294,7 +297,7 @@ def run(alice, bob, alice_lb, bob_lb, port_a, port_b, pid_a, artifacts):
     bob.set_window_size(390, 844)
     visible(bob, "#back-button").click()
     open_room(bob, "general")
-    shot(bob, artifacts, "phone-room.png")
+    shot(bob, artifacts, "phone.png")
     visible(bob, "#back-button").click()
     visible(bob, "#room-list")
     shot(bob, artifacts, "phone-list.png")
@@ -329,6 +332,16 @@ def run(alice, bob, alice_lb, bob_lb, port_a, port_b, pid_a, artifacts):
         for text in ["sent while offline"] + [f"while you were away {i}" for i in range(1, 4)]:
             assert texts.count(text) == 1, f"{text!r} shown {texts.count(text)} times"
     shot(alice, artifacts, "reconnected-alice.png")
+
+    # The README's picture: Bob writes to Alice's DM (unread in her list) and types in
+    # the room she is looking at.
+    open_room(bob, "Alice")
+    type_and_send(bob, "See you at lunch?")
+    wait(alice, lambda d: (b := room_button(d, "Bob")) and b.find_elements(By.CSS_SELECTOR, ".unread"), "Alice's unread DM")
+    open_room(bob, "general")
+    visible(bob, "#text").send_keys("On my way")
+    wait(alice, lambda d: d.find_element(By.ID, "typing").text == "Bob is typing…", "typing shown")
+    shot(alice, artifacts, "desktop.png")
     print("browser flow passed")
 
 
