@@ -373,3 +373,39 @@ async fn postgres_over_tls_is_used_when_required_and_the_server_is_verified() {
         natter::store::Store::connect(&format!("{database_url}?sslmode=require"), 1, None).unwrap();
     assert!(untrusted.migrate().await.is_err());
 }
+
+#[tokio::test]
+async fn the_web_client_is_served_with_a_strict_content_security_policy_and_revalidated() {
+    let app = spawn_app().await;
+    for (path, content_type, marker) in [
+        ("/", "text/html", "<script src=\"/app.js\""),
+        ("/app.js", "text/javascript", "since_seq"),
+        ("/app.css", "text/css", "@media"),
+    ] {
+        let response = app.http().get(app.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        let headers = response.headers().clone();
+        assert!(
+            headers["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with(content_type)
+        );
+        let csp = headers["content-security-policy"].to_str().unwrap();
+        assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'self'"));
+        assert_eq!(headers["x-content-type-options"], "nosniff");
+        assert_eq!(headers["cache-control"], "no-cache");
+        assert!(response.text().await.unwrap().contains(marker), "{path}");
+        // A browser that holds this build's copy gets a 304 without the body.
+        let etag = headers["etag"].clone();
+        let again = app
+            .http()
+            .get(app.url(path))
+            .header("if-none-match", etag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(again.status(), 304, "{path}");
+        assert!(again.text().await.unwrap().is_empty());
+    }
+}
