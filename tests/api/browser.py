@@ -23,6 +23,7 @@ import threading
 import time
 import urllib.request
 
+from axe_selenium_python import Axe
 from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
@@ -174,6 +175,19 @@ def rest(base, method, path, token, body=None):
         return json.loads(response.read() or b"null")
 
 
+def assert_accessible(driver, view):
+    """axe-core (bundled with axe-selenium-python) finds nothing serious on the page."""
+    axe = Axe(driver)
+    axe.inject()
+    problems = [
+        f"{v['id']} ({v['impact']}): {v['help']}: "
+        + "; ".join(f"{n['target']}: {n.get('failureSummary')}" for n in v["nodes"][:3])
+        for v in axe.run()["violations"]
+        if v["impact"] in ("serious", "critical")
+    ]
+    assert not problems, f"accessibility of {view}:\n" + "\n".join(problems)
+
+
 def shot(driver, artifacts, name):
     path = os.path.join(artifacts, name)
     driver.save_screenshot(path)
@@ -206,6 +220,8 @@ def main():
 
 
 def run(alice, bob, alice_lb, bob_lb, port_a, port_b, pid_a, artifacts):
+    visible(alice, "#username")
+    assert_accessible(alice, "the sign-in form")
     register(alice, "alice", "Alice")
     register(bob, "bob", "Bob")
     assert set(alice_lb.chosen) == {port_a} and set(bob_lb.chosen) == {port_b}, "each on its own node"
@@ -298,6 +314,7 @@ def run(alice, bob, alice_lb, bob_lb, port_a, port_b, pid_a, artifacts):
     visible(bob, "#back-button").click()
     open_room(bob, "general")
     shot(bob, artifacts, "phone.png")
+    assert_accessible(bob, "a conversation at phone width")
     visible(bob, "#back-button").click()
     visible(bob, "#room-list")
     shot(bob, artifacts, "phone-list.png")
@@ -342,6 +359,7 @@ def run(alice, bob, alice_lb, bob_lb, port_a, port_b, pid_a, artifacts):
     visible(bob, "#text").send_keys("On my way")
     wait(alice, lambda d: d.find_element(By.ID, "typing").text == "Bob is typing…", "typing shown")
     shot(alice, artifacts, "desktop.png")
+    assert_accessible(alice, "a conversation with the member list")
     print("browser flow passed")
 
 
