@@ -79,6 +79,17 @@ impl fmt::Debug for Password {
     }
 }
 
+/// Whether `text` could be something a person wrote: not blank, and no control
+/// characters but tab and newline. The OpenAPI document states the same rule as a
+/// pattern (`api::rest::CHAT_TEXT_PATTERN`).
+pub fn is_chat_text(text: &str) -> bool {
+    !text.trim().is_empty() && !text.chars().any(is_forbidden_control)
+}
+
+fn is_forbidden_control(c: char) -> bool {
+    c.is_control() && c != '\n' && c != '\t'
+}
+
 /// Trims `raw` and checks it is 1..=`max` characters and not blank.
 fn bounded_text(
     field: &'static str,
@@ -96,10 +107,7 @@ fn bounded_text(
             format!("must be at most {max} characters"),
         ));
     }
-    if value
-        .chars()
-        .any(|c| c.is_control() && c != '\n' && c != '\t')
-    {
+    if value.chars().any(is_forbidden_control) {
         return Err(InvalidInput::new(
             field,
             "must not contain control characters",

@@ -181,6 +181,18 @@ async fn the_openapi_document_covers_every_operation_with_an_id_a_tag_its_status
             "schema {name} has an example"
         );
     }
+    // Text people write carries its rule in the schema, beside the field's own limits.
+    let text = &schemas["SendMessageRequest"]["properties"]["text"];
+    assert!(
+        text["pattern"]
+            .as_str()
+            .is_some_and(|p| p.contains(r"\x7F-\x9F"))
+    );
+    let name = &schemas["CreateRoomRequest"]["properties"]["name"];
+    assert_eq!(
+        (name["maxLength"].as_u64(), &name["pattern"]),
+        (Some(100), &text["pattern"])
+    );
     assert_eq!(spec.body["servers"][0]["url"], "/v1");
     let docs = app.http().get(app.url("/docs")).send().await.unwrap();
     assert_eq!(docs.status(), 200);

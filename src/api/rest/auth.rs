@@ -5,7 +5,7 @@ use poem::web::Data;
 use poem_openapi::types::Example;
 use poem_openapi::{ApiResponse, Object, OpenApi, payload::Json};
 
-use super::{ApiTags, JsonString};
+use super::{ApiTags, ChatText, ChatTextRule, JsonString};
 use crate::{
     api::error::ApiError,
     app::AppState,
@@ -30,14 +30,8 @@ struct RegisterRequest {
     #[oai(validator(min_length = 8, max_length = 1024))]
     password: JsonString,
     /// Shown to others, 1–64 characters; defaults to the username.
-    #[oai(
-        nullable,
-        validator(
-            max_length = 64,
-            pattern = r"^[^\x00-\x08\x0B-\x1F\x7F-\x9F]*[^\s\x00-\x1F\x7F-\x9F][^\x00-\x08\x0B-\x1F\x7F-\x9F]*$"
-        )
-    )]
-    display_name: Option<JsonString>,
+    #[oai(nullable, validator(max_length = 64, custom = "ChatTextRule"))]
+    display_name: Option<ChatText>,
 }
 
 #[derive(Object)]
@@ -125,7 +119,7 @@ impl Example for RegisterRequest {
         RegisterRequest {
             username: JsonString("alice".into()),
             password: JsonString("correct horse battery".into()),
-            display_name: Some(JsonString("Alice".into())),
+            display_name: Some(ChatText("Alice".into())),
         }
     }
 }

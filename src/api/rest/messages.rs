@@ -9,7 +9,7 @@ use poem_openapi::{
 };
 use uuid::Uuid;
 
-use super::{ApiTags, JsonString};
+use super::{ApiTags, ChatText, ChatTextRule, JsonString};
 use crate::{
     api::{error::ApiError, security::BearerAuth},
     app::AppState,
@@ -25,10 +25,8 @@ pub struct MessagesApi;
 #[oai(example)]
 struct SendMessageRequest {
     /// 1–4000 characters (`MAX_TEXT_CHARS`), not blank.
-    #[oai(validator(
-        pattern = r"^[^\x00-\x08\x0B-\x1F\x7F-\x9F]*[^\s\x00-\x1F\x7F-\x9F][^\x00-\x08\x0B-\x1F\x7F-\x9F]*$"
-    ))]
-    text: JsonString,
+    #[oai(validator(custom = "ChatTextRule"))]
+    text: ChatText,
     /// Idempotency key, unique per room and sender: a retry with the same key returns
     /// the original message instead of storing another. 1–128 printable characters.
     #[oai(
@@ -45,10 +43,8 @@ struct SendMessageRequest {
 #[oai(example)]
 struct EditMessageRequest {
     /// 1–4000 characters (`MAX_TEXT_CHARS`), not blank.
-    #[oai(validator(
-        pattern = r"^[^\x00-\x08\x0B-\x1F\x7F-\x9F]*[^\s\x00-\x1F\x7F-\x9F][^\x00-\x08\x0B-\x1F\x7F-\x9F]*$"
-    ))]
-    text: JsonString,
+    #[oai(validator(custom = "ChatTextRule"))]
+    text: ChatText,
 }
 
 #[derive(Object)]
@@ -184,11 +180,8 @@ impl MessagesApi {
         room_id: Path<Uuid>,
         /// Words to find (web-search syntax: `"exact phrase"`, `-excluded`, `or`), 1–200
         /// characters.
-        #[oai(validator(
-            max_length = 200,
-            pattern = r"^[^\x00-\x08\x0B-\x1F\x7F-\x9F]*[^\s\x00-\x1F\x7F-\x9F][^\x00-\x08\x0B-\x1F\x7F-\x9F]*$"
-        ))]
-        q: Query<String>,
+        #[oai(validator(max_length = 200, custom = "ChatTextRule"))]
+        q: Query<ChatText>,
         /// Page size, 1–200 (default 50).
         #[oai(validator(minimum(value = "1"), maximum(value = "200")))]
         limit: Query<Option<i64>>,
@@ -301,7 +294,7 @@ impl MessagesApi {
 impl Example for SendMessageRequest {
     fn example() -> Self {
         SendMessageRequest {
-            text: JsonString("Lunch at noon?".into()),
+            text: ChatText("Lunch at noon?".into()),
             client_msg_id: Some(JsonString("web-5f2a9c1e".into())),
             reply_to: None,
         }
@@ -311,7 +304,7 @@ impl Example for SendMessageRequest {
 impl Example for EditMessageRequest {
     fn example() -> Self {
         EditMessageRequest {
-            text: JsonString("Lunch at one?".into()),
+            text: ChatText("Lunch at one?".into()),
         }
     }
 }

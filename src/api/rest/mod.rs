@@ -14,8 +14,9 @@ use std::borrow::Cow;
 
 use poem_openapi::{
     ApiResponse, Tags,
-    registry::MetaSchemaRef,
-    types::{ParseError, ParseFromJSON, ParseResult, ToJSON, Type},
+    registry::{MetaSchema, MetaSchemaRef},
+    types::{ParseError, ParseFromJSON, ParseFromParameter, ParseResult, ToJSON, Type},
+    validation::Validator,
 };
 use serde_json::Value;
 use uuid::Uuid;
@@ -50,9 +51,89 @@ pub enum NoContent {
 // Request fields and parameters carry `validator(...)` attributes that mirror what the
 // domain types accept (`crate::domain`), so the OpenAPI document tells generated clients
 // and fuzzers what is valid; poem-openapi checks them before a handler runs, and the
-// domain types still decide. Patterns must be literals there; the recurring one,
-// for names and message text, is: no control characters but tab and newline, and at
-// least one character that is neither whitespace nor control.
+// domain types still decide. Text that people write is a `ChatText` checked by
+// `ChatTextRule`, so its rule is stated once.
+
+/// The rule for text people write (messages, room and display names, search queries),
+/// as the OpenAPI document states it: no control characters but tab and newline, and at
+/// least one character that is neither whitespace nor control.
+const CHAT_TEXT_PATTERN: &str =
+    r"^[^\x00-\x08\x0B-\x1F\x7F-\x9F]*[^\s\x00-\x1F\x7F-\x9F][^\x00-\x08\x0B-\x1F\x7F-\x9F]*$";
+
+/// Text a person wrote: a JSON string (or query parameter) whose schema carries
+/// [`CHAT_TEXT_PATTERN`]. Fields of this type take `validator(custom = "ChatTextRule")`,
+/// which enforces the pattern with the domain's rule and names the field when it fails.
+#[derive(Debug, Clone)]
+pub struct ChatText(pub String);
+
+/// Checks [`CHAT_TEXT_PATTERN`] with [`crate::domain::is_chat_text`]. (poem-openapi's
+/// `pattern` validator compiles its regex on every request.)
+pub struct ChatTextRule;
+
+impl std::fmt::Display for ChatTextRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("must not be blank or contain control characters")
+    }
+}
+
+impl Validator<String> for ChatTextRule {
+    fn check(&self, value: &String) -> bool {
+        crate::domain::is_chat_text(value)
+    }
+}
+
+impl std::ops::Deref for ChatText {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Type for ChatText {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = String;
+    type RawElementValueType = String;
+
+    fn name() -> Cow<'static, str> {
+        String::name()
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        MetaSchemaRef::Inline(Box::new(MetaSchema {
+            pattern: Some(CHAT_TEXT_PATTERN.to_string()),
+            ..MetaSchema::new("string")
+        }))
+    }
+
+    fn as_raw_value(&self) -> Option<&String> {
+        Some(&self.0)
+    }
+
+    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a String> + 'a> {
+        Box::new(std::iter::once(&self.0))
+    }
+}
+
+impl ParseFromJSON for ChatText {
+    fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
+        JsonString::parse_from_json(value)
+            .map(|s| Self(s.0))
+            .map_err(ParseError::propagate)
+    }
+}
+
+impl ParseFromParameter for ChatText {
+    fn parse_from_parameter(value: &str) -> ParseResult<Self> {
+        Ok(Self(value.to_string()))
+    }
+}
+
+impl ToJSON for ChatText {
+    fn to_json(&self) -> Option<Value> {
+        Some(Value::String(self.0.clone()))
+    }
+}
 
 /// A request field that must be a JSON string. poem-openapi's `String` also takes
 /// numbers and booleans (`"name": false` would name a room "false"); the schema says
@@ -112,4 +193,39 @@ fn id_cursor(raw: Option<String>) -> Result<Option<Uuid>, ApiError> {
             .map_err(|_| ApiError::invalid("cursor", "is not a cursor this API returned"))
     })
     .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CHAT_TEXT_PATTERN;
+    use crate::domain::is_chat_text;
+
+    #[test]
+    fn the_chat_text_rule_accepts_exactly_what_the_documented_pattern_matches() {
+        let pattern = regex::Regex::new(CHAT_TEXT_PATTERN).unwrap();
+        let samples = [
+            "hello",
+            " padded ",
+            "two\nlines",
+            "tab\tbed",
+            "ünïcödé",
+            "🎉",
+            "",
+            " ",
+            "\n\t ",
+            "\u{3000}",
+            "\u{00a0}x",
+            "bell\u{7}",
+            "\r\nx",
+            "x\u{85}",
+            "\u{9f}",
+            "\u{1}",
+            "a\u{200b}",
+            "\u{200b}",
+            "x\u{7f}",
+        ];
+        for sample in samples {
+            assert_eq!(is_chat_text(sample), pattern.is_match(sample), "{sample:?}");
+        }
+    }
 }

@@ -11,7 +11,7 @@ use poem_openapi::{
 };
 use uuid::Uuid;
 
-use super::{ApiTags, JsonString, NoContent, id_cursor};
+use super::{ApiTags, ChatText, ChatTextRule, NoContent, id_cursor};
 use crate::{
     api::{error::ApiError, security::BearerAuth},
     app::AppState,
@@ -34,11 +34,8 @@ enum NewRoomKind {
 #[oai(example)]
 struct CreateRoomRequest {
     /// 1–100 characters.
-    #[oai(validator(
-        max_length = 100,
-        pattern = r"^[^\x00-\x08\x0B-\x1F\x7F-\x9F]*[^\s\x00-\x1F\x7F-\x9F][^\x00-\x08\x0B-\x1F\x7F-\x9F]*$"
-    ))]
-    name: JsonString,
+    #[oai(validator(max_length = 100, custom = "ChatTextRule"))]
+    name: ChatText,
     kind: NewRoomKind,
     /// Users to add as members (at most 1000).
     #[oai(nullable, validator(max_items = 1000))]
@@ -49,11 +46,8 @@ struct CreateRoomRequest {
 #[oai(example)]
 struct RenameRoomRequest {
     /// 1–100 characters.
-    #[oai(validator(
-        max_length = 100,
-        pattern = r"^[^\x00-\x08\x0B-\x1F\x7F-\x9F]*[^\s\x00-\x1F\x7F-\x9F][^\x00-\x08\x0B-\x1F\x7F-\x9F]*$"
-    ))]
-    name: JsonString,
+    #[oai(validator(max_length = 100, custom = "ChatTextRule"))]
+    name: ChatText,
 }
 
 #[derive(Object)]
@@ -282,7 +276,7 @@ impl RoomsApi {
 impl Example for CreateRoomRequest {
     fn example() -> Self {
         CreateRoomRequest {
-            name: JsonString("general".into()),
+            name: ChatText("general".into()),
             kind: NewRoomKind::Public,
             member_ids: Some(vec![examples::BOB]),
         }
@@ -292,7 +286,7 @@ impl Example for CreateRoomRequest {
 impl Example for RenameRoomRequest {
     fn example() -> Self {
         RenameRoomRequest {
-            name: JsonString("lunch".into()),
+            name: ChatText("lunch".into()),
         }
     }
 }
