@@ -23,6 +23,7 @@
 //! - a batch that fails stores nothing and answers every sender with its error, so a
 //!   retry is safe.
 
+use crate::store::CachedQuery;
 use std::{
     collections::{HashMap, HashSet, VecDeque},
     sync::{Arc, Mutex, OnceLock},
@@ -282,14 +283,14 @@ impl Store {
         let replies: Vec<Uuid> = sends().filter_map(|(_, p)| p.reply_to).collect();
         // Pipelined: sent together, run in this order, so every check sees the locks held.
         let locked_rooms = async {
-            tx.query(
+            tx.query_cached(
                 "SELECT id, kind, last_seq FROM rooms WHERE id = ANY($1) ORDER BY id FOR UPDATE",
                 &[&room_ids],
             )
             .await
         };
         let members = async {
-            tx.query(
+            tx.query_cached(
                 "SELECT room_id, user_id, role FROM members
                   WHERE (room_id, user_id) IN (SELECT * FROM unnest($1::uuid[], $2::uuid[]))",
                 &[&send_rooms, &senders],
@@ -304,14 +305,17 @@ impl Store {
         let known = async {
             match keyed.0.is_empty() {
                 true => Ok(Vec::new()),
-                false => tx.query(&known_sql, &[&keyed.0, &keyed.1, &keyed.2]).await,
+                false => {
+                    tx.query_cached(&known_sql, &[&keyed.0, &keyed.1, &keyed.2])
+                        .await
+                }
             }
         };
         let replied_to = async {
             match replies.is_empty() {
                 true => Ok(Vec::new()),
                 false => {
-                    tx.query(
+                    tx.query_cached(
                         "SELECT id, room_id FROM messages WHERE id = ANY($1)",
                         &[&replies],
                     )
@@ -417,7 +421,7 @@ impl Store {
                 &moved_rooms,
                 &moved_to,
             ];
-            for row in tx.query(&sql, &params).await? {
+            for row in tx.query_cached(&sql, &params).await? {
                 let message = message_from_row(&row);
                 inserted.insert((message.room_id, message.seq), message);
             }

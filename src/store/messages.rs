@@ -14,6 +14,7 @@
 //!   under the room lock (or, within one batch, from the first send of its key); the
 //!   unique `(room_id, sender_id, client_msg_id)` constraint backs this up.
 
+use crate::store::CachedQuery;
 use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 use uuid::Uuid;
@@ -127,7 +128,7 @@ impl Store {
               ORDER BY seq {order} LIMIT $4"
         );
         let rows = client
-            .query(
+            .query_cached(
                 &sql,
                 &[
                     &room_id,
@@ -164,7 +165,7 @@ impl Store {
               ORDER BY seq LIMIT $4"
         );
         let rows = client
-            .query(&sql, &[&room_id, &after, &upto, &limit])
+            .query_cached(&sql, &[&room_id, &after, &upto, &limit])
             .await?;
         let mut messages: Vec<Message> = rows.iter().map(message_from_row).collect();
         attach_reactions(&client, viewer, &mut messages).await?;
@@ -175,7 +176,7 @@ impl Store {
     pub async fn rooms_last_seq(&self, room_ids: &[Uuid]) -> Result<Vec<(Uuid, i64)>, StoreError> {
         let client = self.client().await?;
         let rows = client
-            .query(
+            .query_cached(
                 "SELECT id, last_seq FROM rooms WHERE id = ANY($1)",
                 &[&room_ids],
             )
@@ -188,7 +189,7 @@ impl Store {
     pub async fn seq_at_time(&self, room_id: Uuid, created_at_ms: i64) -> Result<i64, StoreError> {
         let client = self.client().await?;
         let row = client
-            .query_one(
+            .query_one_cached(
                 "SELECT COALESCE(max(seq), 0) FROM messages WHERE room_id = $1 AND created_at <= $2",
                 &[&room_id, &created_at_ms],
             )
@@ -215,7 +216,7 @@ impl Store {
               RETURNING {MESSAGE_COLUMNS}"
         );
         let row = client
-            .query_opt(&sql, &[&message_id, &room_id, &viewer, &text.as_str()])
+            .query_opt_cached(&sql, &[&message_id, &room_id, &viewer, &text.as_str()])
             .await?;
         let Some(row) = row else {
             let (sender_id, deleted) = message_owner(&client, room_id, message_id).await?;
@@ -255,7 +256,7 @@ impl Store {
             });
         }
         let tx = client.transaction().await?;
-        tx.execute(
+        tx.execute_cached(
             "DELETE FROM reactions WHERE message_id = $1",
             &[&message_id],
         )
@@ -264,7 +265,7 @@ impl Store {
             "UPDATE messages SET deleted = true, text = '' WHERE id = $1
              RETURNING {MESSAGE_COLUMNS}"
         );
-        let row = tx.query_one(&sql, &[&message_id]).await?;
+        let row = tx.query_one_cached(&sql, &[&message_id]).await?;
         tx.commit().await?;
         Ok(message_from_row(&row))
     }
@@ -286,7 +287,7 @@ impl Store {
             .require_member()?;
         let sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = $1 AND room_id = $2");
         let message = client
-            .query_opt(&sql, &[&message_id, &room_id])
+            .query_opt_cached(&sql, &[&message_id, &room_id])
             .await?
             .map(|r| message_from_row(&r))
             .ok_or(StoreError::MessageNotFound)?;
@@ -300,7 +301,7 @@ impl Store {
             "DELETE FROM reactions WHERE message_id = $1 AND emoji = $2 AND user_id = $3"
         };
         let changed = client
-            .execute(statement, &[&message_id, &emoji.as_str(), &viewer])
+            .execute_cached(statement, &[&message_id, &emoji.as_str(), &viewer])
             .await?
             > 0;
         let mut messages = vec![message];
@@ -326,7 +327,7 @@ impl Store {
               ORDER BY seq DESC LIMIT $3"
         );
         let rows = client
-            .query(&sql, &[&room_id, &query, &(limit + 1)])
+            .query_cached(&sql, &[&room_id, &query, &(limit + 1)])
             .await?;
         let (mut messages, has_more) = page_of(&rows, limit);
         messages.reverse();
@@ -358,7 +359,7 @@ async fn message_owner(
     message_id: Uuid,
 ) -> Result<(Uuid, bool), StoreError> {
     let row = db
-        .query_opt(
+        .query_opt_cached(
             "SELECT sender_id, deleted FROM messages WHERE id = $1 AND room_id = $2",
             &[&message_id, &room_id],
         )
@@ -381,7 +382,7 @@ pub(super) async fn fetch_at(
         "SELECT {MESSAGE_COLUMNS} FROM messages
           WHERE (room_id, seq) IN (SELECT * FROM unnest($1::uuid[], $2::bigint[]))"
     );
-    let rows = db.query(&sql, &[&rooms, &seqs]).await?;
+    let rows = db.query_cached(&sql, &[&rooms, &seqs]).await?;
     let mut messages: Vec<Message> = rows.iter().map(message_from_row).collect();
     attach_reactions(db, viewer, &mut messages).await?;
     Ok(messages)
@@ -402,7 +403,7 @@ pub(super) async fn attach_reactions(
         return Ok(());
     }
     let rows = db
-        .query(
+        .query_cached(
             "SELECT message_id, emoji, count(*) AS count, bool_or(user_id = $2) AS me
                FROM reactions WHERE message_id = ANY($1)
               GROUP BY message_id, emoji ORDER BY min(created_at), emoji",

@@ -22,9 +22,9 @@ use std::{
     time::Duration,
 };
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use rustls::pki_types::{CertificateDer, pem::PemObject};
-use tokio_postgres::{NoTls, config::SslMode, error::SqlState};
+use tokio_postgres::{NoTls, Row, config::SslMode, error::SqlState, types::ToSql};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::domain::InvalidInput;
@@ -97,6 +97,52 @@ impl From<deadpool_postgres::PoolError> for StoreError {
         }
     }
 }
+
+/// Queries through each pooled connection's statement cache. A query sent as text is
+/// parsed, described and planned by Postgres on every call, which costs a round trip
+/// and most of a short query's server time (a third of Postgres's CPU in the connect
+/// benchmark went to planning the same subscribe check again and again; BENCHMARKS.md);
+/// a cached statement is prepared once per connection. Every query in this module is
+/// one of a fixed set of texts, so the caches stay small.
+pub(crate) trait CachedQuery: GenericClient {
+    async fn query_cached(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, tokio_postgres::Error> {
+        let statement = self.prepare_cached(sql).await?;
+        self.query(&statement, params).await
+    }
+
+    async fn query_opt_cached(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, tokio_postgres::Error> {
+        let statement = self.prepare_cached(sql).await?;
+        self.query_opt(&statement, params).await
+    }
+
+    async fn query_one_cached(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Row, tokio_postgres::Error> {
+        let statement = self.prepare_cached(sql).await?;
+        self.query_one(&statement, params).await
+    }
+
+    async fn execute_cached(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, tokio_postgres::Error> {
+        let statement = self.prepare_cached(sql).await?;
+        self.execute(&statement, params).await
+    }
+}
+
+impl<C: GenericClient> CachedQuery for C {}
 
 /// The name of the unique constraint `err` violated, if that is what it is.
 pub(crate) fn unique_violation(err: &tokio_postgres::Error) -> Option<&str> {

@@ -4,6 +4,7 @@
 //! caller does not belong to answers exactly like a room that does not exist, so no
 //! route can leak that it exists.
 
+use crate::store::CachedQuery;
 use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 use uuid::Uuid;
@@ -52,7 +53,7 @@ impl Access {
         user_id: Uuid,
     ) -> Result<Self, StoreError> {
         let row = db
-            .query_opt(
+            .query_opt_cached(
                 "SELECT r.kind, m.role FROM rooms r
                    LEFT JOIN members m ON m.room_id = r.id AND m.user_id = $2
                   WHERE r.id = $1",
@@ -148,12 +149,12 @@ impl Store {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let room_id = Uuid::now_v7();
-        tx.execute(
+        tx.execute_cached(
             "INSERT INTO rooms (id, name, kind, owner_id) VALUES ($1, $2, $3, $4)",
             &[&room_id, &name.as_str(), &kind.as_str(), &owner],
         )
         .await?;
-        tx.execute(
+        tx.execute_cached(
             "INSERT INTO members (room_id, user_id, role) VALUES ($1, $2, 'owner')",
             &[&room_id, &owner],
         )
@@ -167,7 +168,7 @@ impl Store {
         others.dedup();
         if !others.is_empty() {
             let added = tx
-                .execute(
+                .execute_cached(
                     "INSERT INTO members (room_id, user_id, role)
                      SELECT $1, u.id, 'member' FROM users u WHERE u.id = ANY($2)",
                     &[&room_id, &others],
@@ -200,7 +201,9 @@ impl Store {
                 AND ($2::uuid IS NULL OR r.id > $2)
               ORDER BY r.id LIMIT $3"
         );
-        let rows = client.query(&sql, &[&viewer, &after, &(limit + 1)]).await?;
+        let rows = client
+            .query_cached(&sql, &[&viewer, &after, &(limit + 1)])
+            .await?;
         let mut items: Vec<Room> = rows.iter().map(room_from_row).collect();
         let next_cursor = if items.len() as i64 > limit {
             items.truncate(limit as usize);
@@ -242,7 +245,7 @@ impl Store {
             .await?
             .require_owner()?;
         client
-            .execute(
+            .execute_cached(
                 "UPDATE rooms SET name = $2 WHERE id = $1",
                 &[&room_id, &name.as_str()],
             )
@@ -257,7 +260,7 @@ impl Store {
             .await?
             .require_owner()?;
         client
-            .execute("DELETE FROM rooms WHERE id = $1", &[&room_id])
+            .execute_cached("DELETE FROM rooms WHERE id = $1", &[&room_id])
             .await?;
         Ok(())
     }
@@ -269,7 +272,7 @@ impl Store {
         let access = Access::of(&client, room_id, viewer).await?;
         if access.role.is_none() {
             client
-                .execute(
+                .execute_cached(
                     "INSERT INTO members (room_id, user_id, role) VALUES ($1, $2, 'member')
                      ON CONFLICT DO NOTHING",
                     &[&room_id, &viewer],
@@ -292,7 +295,7 @@ impl Store {
             Some(Role::Member) => {}
         }
         client
-            .execute(
+            .execute_cached(
                 "DELETE FROM members WHERE room_id = $1 AND user_id = $2",
                 &[&room_id, &viewer],
             )
@@ -312,7 +315,7 @@ impl Store {
         let client = self.client().await?;
         Access::of(&client, room_id, viewer).await?;
         let rows = client
-            .query(
+            .query_cached(
                 "SELECT m.user_id, u.username, u.display_name, m.role, m.joined_at, m.last_read_seq
                    FROM members m JOIN users u ON u.id = m.user_id
                   WHERE m.room_id = $1 AND ($2::uuid IS NULL OR m.user_id > $2)
@@ -354,7 +357,7 @@ impl Store {
             .await?
             .require_owner()?;
         let inserted = client
-            .execute(
+            .execute_cached(
                 "INSERT INTO members (room_id, user_id, role)
                  SELECT $1, u.id, 'member' FROM users u WHERE u.id = $2
                  ON CONFLICT DO NOTHING",
@@ -364,7 +367,7 @@ impl Store {
         if inserted == 0 {
             // Either already a member (fine) or no such user.
             let exists = client
-                .query_opt("SELECT 1 FROM users WHERE id = $1", &[&user_id])
+                .query_opt_cached("SELECT 1 FROM users WHERE id = $1", &[&user_id])
                 .await?;
             if exists.is_none() {
                 return Err(StoreError::UserNotFound);
@@ -388,7 +391,7 @@ impl Store {
             return Err(OWNER_CANNOT_LEAVE);
         }
         client
-            .execute(
+            .execute_cached(
                 "DELETE FROM members WHERE room_id = $1 AND user_id = $2",
                 &[&room_id, &user_id],
             )
@@ -418,13 +421,13 @@ impl Store {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let other_exists = tx
-            .query_opt("SELECT 1 FROM users WHERE id = $1", &[&other])
+            .query_opt_cached("SELECT 1 FROM users WHERE id = $1", &[&other])
             .await?;
         if other_exists.is_none() {
             return Err(StoreError::UserNotFound);
         }
         let created = tx
-            .query_opt(
+            .query_opt_cached(
                 "INSERT INTO rooms (id, name, kind, owner_id, direct_key)
                  VALUES ($1, '', 'direct', $2, $3)
                  ON CONFLICT (direct_key) DO NOTHING RETURNING id",
@@ -435,7 +438,7 @@ impl Store {
         let room_id: Uuid = match created {
             Some(row) => {
                 let id = row.get(0);
-                tx.execute(
+                tx.execute_cached(
                     "INSERT INTO members (room_id, user_id, role)
                      VALUES ($1, $2, 'owner'), ($1, $3, 'member')",
                     &[&id, &viewer, &other],
@@ -444,7 +447,7 @@ impl Store {
                 id
             }
             None => tx
-                .query_one("SELECT id FROM rooms WHERE direct_key = $1", &[&direct_key])
+                .query_one_cached("SELECT id FROM rooms WHERE direct_key = $1", &[&direct_key])
                 .await?
                 .get(0),
         };
@@ -477,7 +480,7 @@ impl Store {
             (Some(c.last_activity_at), Some(c.room_id))
         });
         let rows = client
-            .query(&sql, &[&viewer, &at, &id, &(limit + 1)])
+            .query_cached(&sql, &[&viewer, &at, &id, &(limit + 1)])
             .await?;
         let mut items: Vec<MyRoom> = rows
             .iter()
@@ -529,7 +532,7 @@ impl Store {
             .await?
             .require_member()?;
         let row = client
-            .query_one(
+            .query_one_cached(
                 "WITH target AS (
                      SELECT last_seq FROM rooms WHERE id = $1
                  ), moved AS (
@@ -557,7 +560,7 @@ async fn fetch_room(
     room_id: Uuid,
 ) -> Result<Room, StoreError> {
     let sql = format!("SELECT {ROOM_COLUMNS} FROM rooms r WHERE r.id = $2");
-    db.query_opt(&sql, &[&viewer, &room_id])
+    db.query_opt_cached(&sql, &[&viewer, &room_id])
         .await?
         .map(|r| room_from_row(&r))
         .ok_or(StoreError::RoomNotFound)

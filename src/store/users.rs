@@ -1,5 +1,6 @@
 //! Users: built-in accounts and users provisioned from external issuers.
 
+use crate::store::CachedQuery;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
@@ -43,7 +44,7 @@ impl Store {
         );
         let id = Uuid::now_v7();
         match client
-            .query_one(
+            .query_one_cached(
                 &sql,
                 &[&id, &username.as_str(), &display_name, &password_hash],
             )
@@ -68,7 +69,7 @@ impl Store {
     ) -> Result<Option<(User, Option<String>)>, StoreError> {
         let client = self.client().await?;
         let sql = format!("SELECT {USER_COLUMNS}, password_hash FROM users WHERE username = $1");
-        let row = client.query_opt(&sql, &[&username]).await?;
+        let row = client.query_opt_cached(&sql, &[&username]).await?;
         Ok(row.map(|r| (user_from_row(&r), r.get("password_hash"))))
     }
 
@@ -77,7 +78,7 @@ impl Store {
         let client = self.client().await?;
         let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1");
         client
-            .query_opt(&sql, &[&id])
+            .query_opt_cached(&sql, &[&id])
             .await?
             .map(|r| user_from_row(&r))
             .ok_or(StoreError::UserNotFound)
@@ -90,7 +91,7 @@ impl Store {
         }
         let client = self.client().await?;
         let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = ANY($1) ORDER BY id");
-        let rows = client.query(&sql, &[&ids]).await?;
+        let rows = client.query_cached(&sql, &[&ids]).await?;
         Ok(rows.iter().map(user_from_row).collect())
     }
 
@@ -117,7 +118,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let client = self.client().await?;
         client
-            .execute(
+            .execute_cached(
                 "INSERT INTO users (id, username, display_name, issuer, subject)
                  VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
                 &[
