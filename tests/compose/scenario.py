@@ -60,6 +60,10 @@ class Cluster:
     async def call(self, method, path, token=None, body=None):
         return await asyncio.to_thread(self.request, method, path, token, body)
 
+    def page(self, path):
+        with urllib.request.urlopen(self.base + path, timeout=10) as response:
+            return response.read().decode()
+
     def docker(self, *args):
         return subprocess.run(["docker", *args], check=True, capture_output=True, text=True).stdout
 
@@ -167,6 +171,12 @@ async def main():
     parser.add_argument("--compose", required=True, help="the compose command, shell-quoted")
     args = parser.parse_args()
     cluster = Cluster(args.port, args.project, shlex.split(args.compose))
+
+    # The web client is the first thing a `docker compose up` user opens.
+    page = await asyncio.to_thread(cluster.page, "/")
+    script = await asyncio.to_thread(cluster.page, "/app.js")
+    assert '<script src="/app.js"' in page and "since_seq" in script, "the web client"
+    log("the web client is served through the load balancer")
 
     users = []
     for i in range(max(CLIENTS, SENDERS)):
