@@ -83,8 +83,11 @@ def start_loop():
 def browser(url, width=1280, height=800):
     options = webdriver.ChromeOptions()
     options.binary_location = os.environ["NATTER_TEST_CHROMIUM"]
+    # Headless Chromium reports a pointer that cannot hover; a desktop's mouse can, so
+    # message tools appear on hover as they do for people at a desk.
+    mouse = "--blink-settings=primaryHoverType=2,availableHoverTypes=2,primaryPointerType=4,availablePointerTypes=4"
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                 "--disable-extensions", "--no-first-run", f"--window-size={width},{height}"):
+                 "--disable-extensions", "--no-first-run", f"--window-size={width},{height}", mouse):
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=Service(os.environ["NATTER_TEST_CHROMEDRIVER"]))
     driver.set_window_size(width, height)

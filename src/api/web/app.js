@@ -456,7 +456,7 @@ async function openRoom(roomId) {
   if (!room) { $("members").hidden = true; return; }
   const view = roomView(roomId);
   renderHistoryStatus(view);
-  renderOpenRoom(true);
+  quietly(() => renderOpenRoom(true));
   $("text").focus();
   await Promise.all([
     view.loaded ? null : loadOlder(roomId),
@@ -492,10 +492,19 @@ async function loadOlder(roomId) {
   }
   if (roomId !== state.current) return;
   renderHistoryStatus(view);
-  renderOpenRoom();
+  quietly(() => renderOpenRoom());
   // A first page shorter than the screen leaves nothing to scroll: fetch on.
   const history = $("history");
   if (view.hasMore && history.scrollHeight <= history.clientHeight) loadOlder(roomId);
+}
+
+/** Renders history without a screen reader reading it out: the message list is a live
+ * region for new messages, not for pages loaded on request. */
+function quietly(render) {
+  const list = $("messages");
+  list.setAttribute("aria-live", "off");
+  render();
+  requestAnimationFrame(() => list.setAttribute("aria-live", "polite"));
 }
 
 function renderHistoryStatus(view) {
