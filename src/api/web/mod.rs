@@ -9,30 +9,41 @@
 //! allows only this origin's script, style and connections, so text that another user
 //! typed can never run as code even if a rendering bug let it into the page.
 
-use std::hash::{Hash, Hasher};
+use std::{
+    hash::{Hash, Hasher},
+    sync::LazyLock,
+};
 
 use poem::{
     Request, Response,
     http::{StatusCode, header},
 };
 
-/// One file the client is made of.
+/// One file the client is made of, with its ETag computed once.
 struct Asset {
     body: &'static str,
     content_type: &'static str,
+    etag: LazyLock<String>,
 }
 
-const INDEX: Asset = Asset {
-    body: include_str!("index.html"),
+const INDEX_HTML: &str = include_str!("index.html");
+const APP_JS: &str = include_str!("app.js");
+const APP_CSS: &str = include_str!("app.css");
+
+static INDEX: Asset = Asset {
+    body: INDEX_HTML,
     content_type: "text/html; charset=utf-8",
+    etag: LazyLock::new(|| etag(INDEX_HTML)),
 };
-const SCRIPT: Asset = Asset {
-    body: include_str!("app.js"),
+static SCRIPT: Asset = Asset {
+    body: APP_JS,
     content_type: "text/javascript; charset=utf-8",
+    etag: LazyLock::new(|| etag(APP_JS)),
 };
-const STYLE: Asset = Asset {
-    body: include_str!("app.css"),
+static STYLE: Asset = Asset {
+    body: APP_CSS,
     content_type: "text/css; charset=utf-8",
+    etag: LazyLock::new(|| etag(APP_CSS)),
 };
 
 /// Same-origin only; `connect-src 'self'` covers the page's own `ws:`/`wss:` origin.
@@ -62,7 +73,7 @@ pub fn style(req: &Request) -> Response {
 /// Browsers revalidate every time (`no-cache`), so a node upgraded behind the load
 /// balancer never leaves a tab on a stale script after a reload.
 fn serve(asset: &Asset, req: &Request) -> Response {
-    let etag = etag(asset.body);
+    let etag = asset.etag.as_str();
     let cached = req
         .headers()
         .get(header::IF_NONE_MATCH)
