@@ -32,6 +32,9 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "faults"))
+from proxy import pipe  # noqa: E402  (the fault matrix's TCP proxy: one copy of the pump)
+
 WAIT = 20
 
 
@@ -61,17 +64,6 @@ class Balancer:
             await asyncio.gather(pipe(client_reader, writer), pipe(reader, client_writer))
             return
         client_writer.transport.abort()
-
-
-async def pipe(reader, writer):
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    except (ConnectionError, asyncio.CancelledError):
-        pass
-    finally:
-        writer.close()
 
 
 def start_loop():

@@ -7,7 +7,7 @@ use std::{path::PathBuf, time::Duration};
 
 use tokio::process::Command;
 
-use crate::helpers::{NodeProcess, create_database, settings};
+use crate::helpers::{NodeProcess, create_database, run_within, settings};
 
 #[tokio::test]
 async fn two_browsers_on_two_nodes_chat_and_one_page_survives_its_node_being_killed() {
@@ -22,18 +22,17 @@ async fn two_browsers_on_two_nodes_chat_and_one_page_survives_its_node_being_kil
         NodeProcess::start(&database_url, &settings.nats_url, &settings.nats_prefix),
     );
     let artifacts = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("browser");
-    let flow = Command::new(python)
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/api/browser.py"))
-        .arg(a.addr.port().to_string())
-        .arg(b.addr.port().to_string())
-        .arg(a.child.id().expect("node A runs").to_string())
-        .arg(&artifacts)
-        .kill_on_drop(true)
-        .output();
-    let flow = tokio::time::timeout(Duration::from_secs(240), flow)
-        .await
-        .expect("the browser flow finishes")
-        .expect("python runs");
+    let flow = run_within(
+        Command::new(python)
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/api/browser.py"))
+            .arg(a.addr.port().to_string())
+            .arg(b.addr.port().to_string())
+            .arg(a.child.id().expect("node A runs").to_string())
+            .arg(&artifacts),
+        Duration::from_secs(240),
+        "the browser flow",
+    )
+    .await;
     assert!(
         flow.status.success(),
         "the browser flow failed (screenshots in {}):\n{}{}",

@@ -6,7 +6,7 @@ use std::{path::PathBuf, time::Duration};
 
 use tokio::process::Command;
 
-use crate::helpers::spawn_app;
+use crate::helpers::{run_within, spawn_app};
 
 #[tokio::test]
 async fn a_python_client_generated_from_the_openapi_document_runs_a_full_chat_flow() {
@@ -48,19 +48,18 @@ async fn a_python_client_generated_from_the_openapi_document_runs_a_full_chat_fl
         String::from_utf8_lossy(&generated.stdout),
         String::from_utf8_lossy(&generated.stderr)
     );
-    let flow = Command::new(bin.join("python"))
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/api/generated_client.py"
-        ))
-        .arg(format!("http://{}", app.addr))
-        .env("PYTHONPATH", &work)
-        .kill_on_drop(true)
-        .output();
-    let flow = tokio::time::timeout(Duration::from_secs(120), flow)
-        .await
-        .expect("the flow finishes")
-        .expect("python runs");
+    let flow = run_within(
+        Command::new(bin.join("python"))
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/api/generated_client.py"
+            ))
+            .arg(format!("http://{}", app.addr))
+            .env("PYTHONPATH", &work),
+        Duration::from_secs(120),
+        "the generated client's flow",
+    )
+    .await;
     let _ = std::fs::remove_dir_all(&work);
     assert!(
         flow.status.success(),

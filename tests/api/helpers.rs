@@ -3,7 +3,7 @@
 
 use std::{
     net::SocketAddr,
-    process::Stdio,
+    process::{Output, Stdio},
     time::{Duration, Instant},
 };
 
@@ -413,6 +413,16 @@ impl WsClient {
         }
         seqs
     }
+}
+
+/// Runs `command` to its end and returns what it printed; it is killed if the test gives
+/// up first, and the test fails if it takes longer than `limit`.
+pub async fn run_within(command: &mut Command, limit: Duration, what: &str) -> Output {
+    let output = command.kill_on_drop(true).output();
+    tokio::time::timeout(limit, output)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within {limit:?}"))
+        .unwrap_or_else(|err| panic!("{what} could not start: {err}"))
 }
 
 pub fn free_port() -> u16 {

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
-use crate::helpers::spawn_app;
+use crate::helpers::{run_within, spawn_app};
 
 /// Test cases schemathesis must generate, over all operations and phases.
 const MIN_CASES: u64 = 2000;
@@ -52,7 +52,7 @@ async fn two_thousand_generated_requests_get_no_5xx_and_only_documented_answers(
     if seed != "random" {
         command.args(["--seed", &seed]);
     }
-    let run = command
+    command
         .args(["--header", &format!("Authorization: Bearer {}", user.token)])
         .args(["--checks", "all"])
         .args([
@@ -61,13 +61,8 @@ async fn two_thousand_generated_requests_get_no_5xx_and_only_documented_answers(
         ])
         .args(["--max-examples", "100", "--workers", "1"])
         .args(["--generation-database", "none", "--no-color"])
-        .current_dir(&work)
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(600), run)
-        .await
-        .expect("schemathesis finishes within 10 minutes")
-        .expect("schemathesis runs");
+        .current_dir(&work);
+    let output = run_within(&mut command, Duration::from_secs(600), "schemathesis").await;
     let _ = std::fs::remove_dir_all(&work);
     let report = String::from_utf8_lossy(&output.stdout);
     assert!(

@@ -65,4 +65,5 @@ async def main():
     await asyncio.gather(*(s.serve_forever() for s in servers))
 
 
-asyncio.run(main())
+if __name__ == "__main__":
+    asyncio.run(main())
