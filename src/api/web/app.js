@@ -12,7 +12,8 @@
 //   as HTML, and the page's Content-Security-Policy allows no script but this one.
 "use strict";
 
-const EMOJIS = ["👍", "❤️", "😂", "🎉", "😮", "😢"];
+/** The quick reactions each message offers. */
+const EMOJIS = ["👍", "❤️", "😂"];
 const PAGE = 50;
 const RECEIPTS_UP_TO_MEMBERS = 20;
 const TYPING_REFRESH_MS = 3000;
@@ -620,7 +621,7 @@ function messageItem(message, readers) {
     message.deleted ? null : reactionChips(message),
     message.deleted ? null : el("div", { class: "tools" },
       el("span", { class: "palette", role: "group", "aria-label": "React" },
-        ...EMOJIS.slice(0, 3).map((emoji) => el("button", { type: "button", class: "react", dataset: { emoji }, title: `React ${emoji}`, onclick: () => toggleReaction(message, emoji) }, emoji))),
+        ...EMOJIS.map((emoji) => el("button", { type: "button", class: "react", dataset: { emoji }, title: `React ${emoji}`, onclick: () => toggleReaction(message, emoji) }, emoji))),
       mine ? el("button", { type: "button", class: "edit", onclick: () => startEdit(message) }, "Edit") : null,
       canDelete ? el("button", { type: "button", class: "delete", onclick: (event) => deleteMessage(message, event.currentTarget) }, "Delete") : null),
     readers ? el("div", { class: "receipts" }, `Seen by ${readers.join(", ")}`) : null);
