@@ -158,12 +158,23 @@ impl Visit for JsonFields<'_> {
     }
 }
 
+/// The four dash-separated fields of a `traceparent` (version, trace id, span id,
+/// flags), split without allocating: this runs for every frame, commit and delivery.
+fn traceparent_fields(traceparent: &str) -> Option<[&str; 4]> {
+    let mut fields = traceparent.trim().split('-');
+    let parsed = [
+        fields.next()?,
+        fields.next()?,
+        fields.next()?,
+        fields.next()?,
+    ];
+    fields.next().is_none().then_some(parsed)
+}
+
 /// The trace id (32 hex digits, not all zero) of a valid `traceparent`.
 fn trace_id_of(traceparent: &str) -> Option<&str> {
-    let parts: Vec<&str> = traceparent.split('-').collect();
-    let trace_id = *parts.get(1)?;
-    let valid = parts.len() == 4
-        && trace_id.len() == 32
+    let [_, trace_id, _, _] = traceparent_fields(traceparent)?;
+    let valid = trace_id.len() == 32
         && trace_id.bytes().all(|b| b.is_ascii_hexdigit())
         && trace_id.bytes().any(|b| b != b'0');
     valid.then_some(trace_id)
@@ -176,12 +187,13 @@ tokio::task_local! {
 /// A `traceparent` for new work: the same trace as `parent` (a valid W3C header value)
 /// with a new span id, or a new trace.
 pub fn child_traceparent(parent: Option<&str>) -> String {
-    let span_id = &Uuid::new_v4().simple().to_string()[..16];
     let trace_id = parent
-        .and_then(|p| trace_id_of(p.trim()))
-        .map(str::to_ascii_lowercase)
-        .unwrap_or_else(|| Uuid::new_v4().simple().to_string());
-    format!("00-{trace_id}-{span_id}-01")
+        .and_then(trace_id_of)
+        .and_then(|trace_id| u128::from_str_radix(trace_id, 16).ok())
+        .unwrap_or_else(|| Uuid::new_v4().as_u128());
+    // The low half of a v4 UUID holds its variant bits, so it is never zero.
+    let span_id = Uuid::new_v4().as_u64_pair().1;
+    format!("00-{trace_id:032x}-{span_id:016x}-01")
 }
 
 /// One step of a trace, exported as an OpenTelemetry span when a tracer provider is
@@ -214,8 +226,11 @@ impl TraceSpan {
         started: Option<SystemTime>,
     ) -> Self {
         let tracer = opentelemetry::global::tracer("natter");
-        let parent_context = parent
-            .and_then(remote_context)
+        let remote = parent.and_then(remote_context);
+        let parent_span_id = remote
+            .as_ref()
+            .map_or(SpanId::INVALID, SpanContext::span_id);
+        let parent_context = remote
             .map(|remote| Context::new().with_remote_span_context(remote))
             .unwrap_or_default();
         let mut builder = tracer
@@ -227,7 +242,7 @@ impl TraceSpan {
         let context = span.span_context();
         // Without a provider the no-op span only echoes its parent; then a new span id
         // still keeps the trace id for the logs.
-        let exported = context.is_valid() && context.span_id() != parent_span_id(parent);
+        let exported = context.is_valid() && context.span_id() != parent_span_id;
         let traceparent = if exported {
             format!(
                 "00-{}-{}-{:02x}",
@@ -256,10 +271,7 @@ impl TraceSpan {
 
 /// The remote span context a valid `traceparent` names.
 fn remote_context(traceparent: &str) -> Option<SpanContext> {
-    let parts: Vec<&str> = traceparent.trim().split('-').collect();
-    let [_, trace_id, span_id, flags] = parts[..] else {
-        return None;
-    };
+    let [_, trace_id, span_id, flags] = traceparent_fields(traceparent)?;
     if trace_id.len() != 32 || span_id.len() != 16 || flags.len() != 2 {
         return None;
     }
@@ -271,12 +283,6 @@ fn remote_context(traceparent: &str) -> Option<SpanContext> {
         TraceState::default(),
     );
     context.is_valid().then_some(context)
-}
-
-fn parent_span_id(parent: Option<&str>) -> SpanId {
-    parent
-        .and_then(remote_context)
-        .map_or(SpanId::INVALID, |context| context.span_id())
 }
 
 /// Runs `work` with `traceparent` as its trace context.
@@ -301,5 +307,25 @@ mod tests {
         assert_ne!(child, parent);
         let fresh = child_traceparent(Some("garbage"));
         assert_eq!(fresh.len(), 55);
+        assert!(trace_id_of(&fresh).is_some());
+        let upper = child_traceparent(Some(
+            " 00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01 ",
+        ));
+        assert!(upper.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+    }
+
+    #[test]
+    fn a_traceparent_with_extra_or_missing_fields_is_invalid() {
+        let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert!(trace_id_of(valid).is_some());
+        assert!(remote_context(valid).is_some());
+        for invalid in [
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-00",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        ] {
+            assert!(trace_id_of(invalid).is_none(), "{invalid}");
+            assert!(remote_context(invalid).is_none(), "{invalid}");
+        }
     }
 }

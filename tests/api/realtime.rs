@@ -198,6 +198,44 @@ async fn subscribe_with_since_seq_replays_the_gap_then_continues_live_without_a_
 }
 
 #[tokio::test]
+async fn a_resume_longer_than_a_replay_page_arrives_whole_and_in_order_before_live_messages() {
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let room = public_room_with(&app, &alice, &[]).await;
+    // 1,100 messages of history (more than two replay pages), stored directly.
+    let (db, connection) = tokio_postgres::connect(&app.database_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    db.execute(
+        "INSERT INTO messages (id, room_id, seq, sender_id, text)
+         SELECT gen_random_uuid(), $1, g, $2, 'history ' || g FROM generate_series(1, 1100) g",
+        &[&room, &alice.id],
+    )
+    .await
+    .unwrap();
+    db.execute("UPDATE rooms SET last_seq = 1100 WHERE id = $1", &[&room])
+        .await
+        .unwrap();
+
+    let mut ws = WsClient::connect(app.addr, "/v1/ws", &alice.token).await;
+    ws.subscribe(room, Some(0)).await;
+    app.send(&alice, room, "live").await;
+    // The writer puts many frames into one write: each must still arrive whole, once.
+    for seq in 1..=1101 {
+        let frame = ws.recv_type("message").await;
+        assert_eq!(frame["message"]["seq"], seq);
+        let text = if seq == 1101 {
+            "live".to_string()
+        } else {
+            format!("history {seq}")
+        };
+        assert_eq!(frame["message"]["text"], text);
+    }
+    assert!(ws.next(Duration::from_millis(500)).await.is_none());
+}
+
+#[tokio::test]
 async fn a_publish_that_nats_never_delivers_is_repaired_from_postgres() {
     let app = spawn_app().await;
     let alice = app.register("alice").await;

@@ -97,9 +97,11 @@ fn upgrade(
     config.max_frame_size = Some(max);
     // Idle sockets should cost little memory: small buffers, grown only when needed
     // (tungstenite zeroes its whole read buffer before each read, so all of it is
-    // resident; 1 KiB still holds several chat frames).
+    // resident; 1 KiB still holds several chat frames). Frames are buffered until the
+    // writer flushes what it found queued (`session::MAX_COALESCED` at most), or until
+    // 4 KiB are waiting: the buffer keeps its capacity for the socket's life.
     config.read_buffer_size = 1024;
-    config.write_buffer_size = 0;
+    config.write_buffer_size = 4096;
     config.max_write_buffer_size = 1024 * 1024;
     let state = state.clone();
     ws.config(config)

@@ -449,88 +449,74 @@ fn error_json(code: &str, message: &str, reference: Option<&str>) -> String {
 
 type Sink = futures_util::stream::SplitSink<WebSocketStream, WsMessage>;
 
+/// Most queued items written out together. Whatever is already waiting when the writer
+/// wakes goes out in one write (one syscall and one TCP segment instead of one per
+/// frame), which is most of what a busy socket costs the node; the cap keeps a burst
+/// from growing the write buffer that an idle socket then keeps.
+const MAX_COALESCED: usize = 16;
+
 /// Drains the socket's queue into the socket; replays history on subscribe; sends the
 /// close frame when a close is requested.
 async fn write_loop(
-    mut sink: Sink,
+    sink: Sink,
     mut outbound: mpsc::Receiver<Outbound>,
     closer: Arc<Closer>,
     state: AppState,
     user_id: Uuid,
 ) {
-    // The last `seq` sent per subscribed room.
-    let mut cursors: HashMap<Uuid, i64> = HashMap::new();
+    let mut writer = Writer {
+        sink,
+        closer,
+        state,
+        user_id,
+        cursors: HashMap::new(),
+    };
     let mut ping = tokio::time::interval(PING_INTERVAL);
     ping.tick().await;
     let (code, reason) = loop {
         let item = tokio::select! {
             biased;
-            requested = closer.requested() => break requested,
+            requested = writer.closer.requested() => break requested,
             item = outbound.recv() => match item {
                 Some(item) => item,
                 None => break (1000, "bye"),
             },
             _ = ping.tick() => {
-                match write(&mut sink, &closer, WsMessage::Ping(Vec::new())).await {
+                match writer.send(WsMessage::Ping(Vec::new())).await {
                     Err(Stop::Failed) => return,
                     _ => continue,
                 }
             }
         };
-        let written = match item {
-            Outbound::Frame(text) => write(&mut sink, &closer, WsMessage::Text(text)).await,
-            Outbound::Event(event) => {
-                let Some(cursor) = cursors.get_mut(&event.room_id) else {
-                    continue;
-                };
-                match event.kind {
-                    EventKind::Message => {
-                        let seq = event.seq.unwrap_or_default();
-                        if seq <= *cursor {
-                            continue;
-                        }
-                        *cursor = seq;
-                    }
-                    EventKind::Typing | EventKind::Read if event.user_id == Some(user_id) => {
-                        continue;
-                    }
-                    EventKind::Revoke => continue,
-                    _ => {}
-                }
-                let text = String::from_utf8_lossy(&event.payload).into_owned();
-                write(&mut sink, &closer, WsMessage::Text(text)).await
-            }
-            Outbound::Subscribed(joined) => {
-                let Joined {
-                    room_id,
-                    since_seq,
-                    last_seq,
-                } = *joined;
-                let frame = ServerFrame::Subscribed { room_id, last_seq }.to_json();
-                let mut result = write(&mut sink, &closer, WsMessage::Text(frame)).await;
-                let since = since_seq.unwrap_or(last_seq);
-                if result.is_ok() && since < last_seq {
-                    result = Box::pin(replay(
-                        &mut sink, &closer, &state, user_id, room_id, since, last_seq,
-                    ))
-                    .await;
-                }
-                cursors.insert(room_id, since.max(last_seq));
-                result
-            }
-            Outbound::Unsubscribed { room_id } => {
-                cursors.remove(&room_id);
-                let frame = ServerFrame::Unsubscribed { room_id }.to_json();
-                write(&mut sink, &closer, WsMessage::Text(frame)).await
-            }
-        };
+        let mut written = writer.put(item).await;
+        let mut coalesced = 1;
+        while written.is_ok() && coalesced < MAX_COALESCED {
+            let Ok(item) = outbound.try_recv() else {
+                break;
+            };
+            written = writer.put(item).await;
+            coalesced += 1;
+        }
+        if written.is_ok() {
+            written = writer.flush().await;
+        }
         if let Err(Stop::Failed) = written {
             return;
         }
     };
     let close = WsMessage::Close(Some((CloseCode::from(code), reason.to_string())));
-    let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.send(close)).await;
-    let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.close()).await;
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, writer.sink.send(close)).await;
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, writer.sink.close()).await;
+}
+
+/// The sending half of a socket and what the writer knows about its subscriptions.
+struct Writer {
+    sink: Sink,
+    closer: Arc<Closer>,
+    state: AppState,
+    user_id: Uuid,
+    /// The last `seq` sent per subscribed room.
+    cursors: HashMap<Uuid, i64>,
 }
 
 /// Why the writer stopped writing events.
@@ -541,12 +527,108 @@ enum Stop {
     Failed,
 }
 
-/// Writes one message within [`WRITE_TIMEOUT`], unless a close is requested meanwhile.
-async fn write(sink: &mut Sink, closer: &Closer, message: WsMessage) -> Result<(), Stop> {
+impl Writer {
+    /// Buffers what the client should get for one queued item; it goes out at the next
+    /// flush (or earlier, once the write buffer is full).
+    async fn put(&mut self, item: Outbound) -> Result<(), Stop> {
+        match item {
+            Outbound::Frame(text) => self.feed(WsMessage::Text(text)).await,
+            Outbound::Event(event) => {
+                let Some(cursor) = self.cursors.get_mut(&event.room_id) else {
+                    return Ok(());
+                };
+                match event.kind {
+                    EventKind::Message => {
+                        let seq = event.seq.unwrap_or_default();
+                        if seq <= *cursor {
+                            return Ok(());
+                        }
+                        *cursor = seq;
+                    }
+                    EventKind::Typing | EventKind::Read if event.user_id == Some(self.user_id) => {
+                        return Ok(());
+                    }
+                    EventKind::Revoke => return Ok(()),
+                    _ => {}
+                }
+                let text = String::from_utf8_lossy(&event.payload).into_owned();
+                self.feed(WsMessage::Text(text)).await
+            }
+            Outbound::Subscribed(joined) => {
+                let Joined {
+                    room_id,
+                    since_seq,
+                    last_seq,
+                } = *joined;
+                let frame = ServerFrame::Subscribed { room_id, last_seq }.to_json();
+                let mut result = self.feed(WsMessage::Text(frame)).await;
+                let since = since_seq.unwrap_or(last_seq);
+                if result.is_ok() && since < last_seq {
+                    result = Box::pin(self.replay(room_id, since, last_seq)).await;
+                }
+                self.cursors.insert(room_id, since.max(last_seq));
+                result
+            }
+            Outbound::Unsubscribed { room_id } => {
+                self.cursors.remove(&room_id);
+                let frame = ServerFrame::Unsubscribed { room_id }.to_json();
+                self.feed(WsMessage::Text(frame)).await
+            }
+        }
+    }
+
+    /// Sends the room's messages in `(since, upto]` from Postgres, a page at a time, each
+    /// page flushed before the next query.
+    async fn replay(&mut self, room_id: Uuid, mut since: i64, upto: i64) -> Result<(), Stop> {
+        while since < upto {
+            self.flush().await?;
+            let page = self
+                .state
+                .store
+                .messages_in_range(self.user_id, room_id, since, upto, REPLAY_PAGE)
+                .await;
+            let messages = match page {
+                Ok(messages) if !messages.is_empty() => messages,
+                Ok(_) => return Ok(()),
+                Err(err) => {
+                    // Without the history the client would have a hole: make it resume.
+                    tracing::warn!(%room_id, error = %err, "replay failed");
+                    self.closer
+                        .close(1013, "history unavailable: resume with since_seq");
+                    return Err(Stop::Closing);
+                }
+            };
+            for message in &messages {
+                let frame = ServerFrame::Message { message }.to_json();
+                self.feed(WsMessage::Text(frame)).await?;
+                since = message.seq;
+            }
+        }
+        Ok(())
+    }
+
+    async fn feed(&mut self, message: WsMessage) -> Result<(), Stop> {
+        guarded(&self.closer, self.sink.feed(message)).await
+    }
+
+    async fn flush(&mut self) -> Result<(), Stop> {
+        guarded(&self.closer, self.sink.flush()).await
+    }
+
+    async fn send(&mut self, message: WsMessage) -> Result<(), Stop> {
+        guarded(&self.closer, self.sink.send(message)).await
+    }
+}
+
+/// Runs one write within [`WRITE_TIMEOUT`], unless a close is requested meanwhile.
+async fn guarded<E>(
+    closer: &Closer,
+    write: impl Future<Output = Result<(), E>>,
+) -> Result<(), Stop> {
     tokio::select! {
         biased;
         _ = closer.requested() => Err(Stop::Closing),
-        sent = tokio::time::timeout(WRITE_TIMEOUT, sink.send(message)) => match sent {
+        sent = tokio::time::timeout(WRITE_TIMEOUT, write) => match sent {
             Ok(Ok(())) => Ok(()),
             _ => {
                 closer.close(1011, "write failed");
@@ -554,40 +636,6 @@ async fn write(sink: &mut Sink, closer: &Closer, message: WsMessage) -> Result<(
             }
         },
     }
-}
-
-/// Sends the room's messages in `(since, upto]` from Postgres.
-async fn replay(
-    sink: &mut Sink,
-    closer: &Closer,
-    state: &AppState,
-    user_id: Uuid,
-    room_id: Uuid,
-    mut since: i64,
-    upto: i64,
-) -> Result<(), Stop> {
-    while since < upto {
-        let page = state
-            .store
-            .messages_in_range(user_id, room_id, since, upto, REPLAY_PAGE)
-            .await;
-        let messages = match page {
-            Ok(messages) if !messages.is_empty() => messages,
-            Ok(_) => return Ok(()),
-            Err(err) => {
-                // Without the history the client would have a hole: make it resume.
-                tracing::warn!(%room_id, error = %err, "replay failed");
-                closer.close(1013, "history unavailable: resume with since_seq");
-                return Err(Stop::Closing);
-            }
-        };
-        for message in &messages {
-            let frame = ServerFrame::Message { message }.to_json();
-            write(sink, closer, WsMessage::Text(frame)).await?;
-            since = message.seq;
-        }
-    }
-    Ok(())
 }
 
 fn unix_now() -> u64 {

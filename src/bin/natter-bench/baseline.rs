@@ -13,6 +13,8 @@ use serde_json::{Value, json};
 use tokio::{net::TcpListener, sync::mpsc};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
+use crate::client::ws_config;
+
 #[derive(Default)]
 struct Room {
     seq: i64,
@@ -30,7 +32,9 @@ pub async fn serve(listen: &str) -> Result<(), String> {
         let rooms = rooms.clone();
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
-            if let Ok(ws) = tokio_tungstenite::accept_async(stream).await {
+            if let Ok(ws) =
+                tokio_tungstenite::accept_async_with_config(stream, Some(ws_config())).await
+            {
                 connection(ws, rooms).await;
             }
         });
