@@ -32,8 +32,11 @@ pub async fn serve(listen: &str) -> Result<(), String> {
         let rooms = rooms.clone();
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
-            if let Ok(ws) =
-                tokio_tungstenite::accept_async_with_config(stream, Some(ws_config())).await
+            if let Ok(ws) = tokio_tungstenite::accept_async_with_config(
+                stream,
+                Some(ws_config().write_buffer_size(4096)),
+            )
+            .await
             {
                 connection(ws, rooms).await;
             }
@@ -44,9 +47,16 @@ pub async fn serve(listen: &str) -> Result<(), String> {
 async fn connection(ws: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>, rooms: Rooms) {
     let (mut sink, mut stream) = ws.split();
     let (tx, mut rx) = mpsc::channel::<Utf8Bytes>(1024);
+    // Writes what is queued together, one flush per burst, as a Natter node does: the
+    // ceiling should be the best a bare broadcaster can do, not one syscall per frame.
     let writer = tokio::spawn(async move {
         while let Some(text) = rx.recv().await {
-            if sink.send(Message::Text(text)).await.is_err() {
+            let mut written = sink.feed(Message::Text(text)).await;
+            for _ in 1..16 {
+                let Ok(text) = rx.try_recv() else { break };
+                written = written.and(sink.feed(Message::Text(text)).await);
+            }
+            if written.and(sink.flush().await).is_err() {
                 break;
             }
         }
