@@ -238,6 +238,41 @@ impl TestApp {
         reply(response).await
     }
 
+    /// A direct connection to this app's database, for state the API cannot arrange.
+    pub async fn db(&self) -> tokio_postgres::Client {
+        let (client, connection) =
+            tokio_postgres::connect(&self.database_url, tokio_postgres::NoTls)
+                .await
+                .expect("the test database is reachable");
+        tokio::spawn(connection);
+        client
+    }
+
+    /// Stores messages 1..=`count` of `room` (texts `message 1`, …) straight into
+    /// Postgres, never published, and moves the room's `last_seq` to match.
+    pub async fn store_history(
+        &self,
+        room: Uuid,
+        sender: Uuid,
+        count: i64,
+    ) -> tokio_postgres::Client {
+        let db = self.db().await;
+        db.execute(
+            "INSERT INTO messages (id, room_id, seq, sender_id, text)
+             SELECT gen_random_uuid(), $1, s, $2, 'message ' || s FROM generate_series(1, $3::bigint) s",
+            &[&room, &sender, &count],
+        )
+        .await
+        .unwrap();
+        db.execute(
+            "UPDATE rooms SET last_seq = $2 WHERE id = $1",
+            &[&room, &count],
+        )
+        .await
+        .unwrap();
+        db
+    }
+
     pub async fn get(&self, path: &str, token: &str) -> Reply {
         self.call(Method::GET, path, Some(token), None).await
     }

@@ -302,23 +302,7 @@ async fn pages_of_a_million_message_room_use_the_index_not_a_scan() {
     let app = spawn_app().await;
     let alice = app.register("alice").await;
     let room = app.create_room(&alice, "huge", "public").await;
-    let (db, connection) = tokio_postgres::connect(&app.database_url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    db.execute(
-        "INSERT INTO messages (id, room_id, seq, sender_id, text)
-         SELECT gen_random_uuid(), $1, s, $2, 'message ' || s FROM generate_series(1, 1000000) s",
-        &[&room, &alice.id],
-    )
-    .await
-    .unwrap();
-    db.execute(
-        "UPDATE rooms SET last_seq = 1000000 WHERE id = $1",
-        &[&room],
-    )
-    .await
-    .unwrap();
+    let db = app.store_history(room, alice.id, 1_000_000).await;
     db.batch_execute("ANALYZE messages").await.unwrap();
 
     // The shapes of the store's page queries: latest, before, after.

@@ -203,20 +203,7 @@ async fn a_resume_longer_than_a_replay_page_arrives_whole_and_in_order_before_li
     let alice = app.register("alice").await;
     let room = public_room_with(&app, &alice, &[]).await;
     // 1,100 messages of history (more than two replay pages), stored directly.
-    let (db, connection) = tokio_postgres::connect(&app.database_url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    db.execute(
-        "INSERT INTO messages (id, room_id, seq, sender_id, text)
-         SELECT gen_random_uuid(), $1, g, $2, 'history ' || g FROM generate_series(1, 1100) g",
-        &[&room, &alice.id],
-    )
-    .await
-    .unwrap();
-    db.execute("UPDATE rooms SET last_seq = 1100 WHERE id = $1", &[&room])
-        .await
-        .unwrap();
+    app.store_history(room, alice.id, 1100).await;
 
     let mut ws = WsClient::connect(app.addr, "/v1/ws", &alice.token).await;
     ws.subscribe(room, Some(0)).await;
@@ -228,7 +215,7 @@ async fn a_resume_longer_than_a_replay_page_arrives_whole_and_in_order_before_li
         let text = if seq == 1101 {
             "live".to_string()
         } else {
-            format!("history {seq}")
+            format!("message {seq}")
         };
         assert_eq!(frame["message"]["text"], text);
     }
@@ -246,10 +233,7 @@ async fn a_publish_that_nats_never_delivers_is_repaired_from_postgres() {
     assert_eq!(ws.message_seqs(1).await, vec![1]);
 
     // Commit messages 2 and 3 the way a send does, but never publish them.
-    let (db, connection) = tokio_postgres::connect(&app.database_url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let db = app.db().await;
     let commit_unpublished = |text: &'static str| {
         let db = &db;
         async move {
