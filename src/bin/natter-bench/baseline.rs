@@ -15,6 +15,9 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::client::ws_config;
 
+/// Most queued frames written out together: a Natter node's `session::MAX_COALESCED`.
+const MAX_COALESCED: usize = 16;
+
 #[derive(Default)]
 struct Room {
     seq: i64,
@@ -52,11 +55,13 @@ async fn connection(ws: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream
     let writer = tokio::spawn(async move {
         while let Some(text) = rx.recv().await {
             let mut written = sink.feed(Message::Text(text)).await;
-            for _ in 1..16 {
-                let Ok(text) = rx.try_recv() else { break };
-                written = written.and(sink.feed(Message::Text(text)).await);
+            for _ in 1..MAX_COALESCED {
+                let (Ok(()), Ok(text)) = (&written, rx.try_recv()) else {
+                    break;
+                };
+                written = sink.feed(Message::Text(text)).await;
             }
-            if written.and(sink.flush().await).is_err() {
+            if written.is_err() || sink.flush().await.is_err() {
                 break;
             }
         }
