@@ -14,10 +14,7 @@ use std::{
 };
 
 use opentelemetry::trace::SpanKind;
-use poem::{
-    Server,
-    listener::{Acceptor, Listener, TcpListener},
-};
+use poem::{Server, listener::Acceptor};
 use tokio::sync::watch;
 
 use crate::{
@@ -131,18 +128,15 @@ impl Application {
             hub.clone(),
         )
         .await?;
-        let acceptor = TcpListener::bind(settings.listen_addr)
-            .into_acceptor()
-            .await
-            .map_err(|source| StartError::Listen {
-                addr: settings.listen_addr,
-                source,
-            })?;
-        let acceptor = ChatAcceptor::new(
-            acceptor,
+        let acceptor = ChatAcceptor::bind(
+            settings.listen_addr,
             IDLE_CONNECTION_TIMEOUT,
             settings.limits.request_read_timeout,
-        );
+        )
+        .map_err(|source| StartError::Listen {
+            addr: settings.listen_addr,
+            source,
+        })?;
         let local_addr = acceptor
             .local_addr()
             .first()

@@ -1,7 +1,11 @@
 //! The listening socket: how accepted connections are set up before HTTP sees them.
 //!
-//! Two things a chat server needs that poem's plain TCP acceptor does not do cheaply:
+//! What a chat server needs that poem's plain TCP listener does not do cheaply:
 //!
+//! - **Room for a reconnect storm.** When a node drains, its clients all reconnect
+//!   through the load balancer within a second or two. Rust's and tokio's listeners ask
+//!   the kernel for an accept queue of 128; past it, the kernel drops the handshake and
+//!   the client retries a second later. The queue here is [`LISTEN_BACKLOG`].
 //! - **No Nagle.** A chat server writes many small frames; with Nagle's algorithm on, a
 //!   frame written while an earlier one is unacknowledged waits for the client's delayed
 //!   ACK (40 ms on Linux). Every connection gets `TCP_NODELAY`.
@@ -21,6 +25,7 @@
 
 use std::{
     io,
+    net::SocketAddr,
     pin::Pin,
     task::{Context, Poll},
     time::Duration,
@@ -33,7 +38,7 @@ use poem::{
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::TcpStream,
+    net::{TcpSocket, TcpStream},
     time::{Instant, Sleep},
 };
 
@@ -45,13 +50,31 @@ pub struct ChatAcceptor {
     request_limit: Duration,
 }
 
+/// Connections the kernel completes and holds for the accept loop (capped by the
+/// kernel's `net.core.somaxconn`, 4096 by default).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
 impl ChatAcceptor {
-    pub fn new(inner: TcpAcceptor, idle_limit: Duration, request_limit: Duration) -> Self {
-        Self {
+    /// Listens on `addr` with an accept queue of [`LISTEN_BACKLOG`].
+    pub fn bind(
+        addr: SocketAddr,
+        idle_limit: Duration,
+        request_limit: Duration,
+    ) -> io::Result<Self> {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        // A restarted node rebinds at once, whatever its old connections' TIME_WAIT.
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        let inner = TcpAcceptor::from_tokio(socket.listen(LISTEN_BACKLOG)?)?;
+        Ok(Self {
             inner,
             idle_limit,
             request_limit,
-        }
+        })
     }
 }
 
@@ -240,6 +263,23 @@ mod tests {
     use super::*;
 
     const LIMIT: Duration = Duration::from_secs(60);
+
+    #[tokio::test]
+    async fn a_burst_of_connects_far_past_the_default_backlog_completes_before_any_accept() {
+        // Past a full accept queue the kernel drops handshakes, so with the default of
+        // 128 these connects would wait for retransmits that never find room.
+        const BURST: usize = 600;
+        let acceptor = ChatAcceptor::bind("127.0.0.1:0".parse().unwrap(), LIMIT, LIMIT).unwrap();
+        let addr = *acceptor.local_addr()[0].as_socket_addr().unwrap();
+        let connects = futures_util::future::try_join_all(
+            (0..BURST)
+                .map(|_| tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr))),
+        )
+        .await
+        .expect("every connect completes while nothing accepts");
+        assert!(connects.iter().all(Result::is_ok));
+        drop(acceptor);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_connection_with_no_traffic_times_out_at_the_limit() {

@@ -164,7 +164,7 @@ impl Bus {
             .publish_with_headers(
                 self.room_subject(event.room_id),
                 headers,
-                event.payload.clone(),
+                bytes::Bytes::copy_from_slice(event.payload.as_bytes()),
             )
             .await;
         if let Err(err) = result {

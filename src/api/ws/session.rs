@@ -20,6 +20,7 @@ use std::{
     future::Future,
     pin::Pin,
     sync::Arc,
+    task::Poll,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -473,10 +474,15 @@ async fn write_loop(
     };
     let mut ping = tokio::time::interval(PING_INTERVAL);
     ping.tick().await;
+    // One watch for the socket's life, not one per turn: each costs a lock to join the
+    // closer's waiters and another to leave.
+    let closer = writer.closer.clone();
+    let requested = closer.requested();
+    tokio::pin!(requested);
     let (code, reason) = loop {
         let item = tokio::select! {
             biased;
-            requested = writer.closer.requested() => break requested,
+            requested = &mut requested => break requested,
             item = outbound.recv() => match item {
                 Some(item) => item,
                 None => break (1000, "bye"),
@@ -551,8 +557,9 @@ impl Writer {
                     EventKind::Revoke => return Ok(()),
                     _ => {}
                 }
-                let text = String::from_utf8_lossy(&event.payload).into_owned();
-                self.feed(WsMessage::Text(text)).await
+                // poem's text frames own a `String`: one copy per socket.
+                self.feed(WsMessage::Text(String::from(&*event.payload)))
+                    .await
             }
             Outbound::Subscribed(joined) => {
                 let Joined {
@@ -621,20 +628,30 @@ impl Writer {
 }
 
 /// Runs one write within [`WRITE_TIMEOUT`], unless a close is requested meanwhile.
+///
+/// Most writes finish on their first poll (a frame into the write buffer, a flush into
+/// a socket with room), and those take neither a timer nor a place among the closer's
+/// waiters: at a thousand subscribers, arming both for every frame cost a tenth of a
+/// node's fan-out. A close requested meanwhile is seen by the write loop's next turn.
 async fn guarded<E>(
     closer: &Closer,
     write: impl Future<Output = Result<(), E>>,
 ) -> Result<(), Stop> {
-    tokio::select! {
-        biased;
-        _ = closer.requested() => Err(Stop::Closing),
-        sent = tokio::time::timeout(WRITE_TIMEOUT, write) => match sent {
-            Ok(Ok(())) => Ok(()),
-            _ => {
-                closer.close(1011, "write failed");
-                Err(Stop::Failed)
-            }
+    let mut write = std::pin::pin!(write);
+    let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+    let sent = match first {
+        Poll::Ready(sent) => sent.is_ok(),
+        Poll::Pending => tokio::select! {
+            biased;
+            _ = closer.requested() => return Err(Stop::Closing),
+            sent = tokio::time::timeout(WRITE_TIMEOUT, write) => matches!(sent, Ok(Ok(()))),
         },
+    };
+    if sent {
+        Ok(())
+    } else {
+        closer.close(1011, "write failed");
+        Err(Stop::Failed)
     }
 }
 

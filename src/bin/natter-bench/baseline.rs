@@ -2,16 +2,20 @@
 //! WebSocket broadcaster with no auth, storage or NATS, speaking just enough of Natter's
 //! frames (`subscribe`, `send`) that the same bench client drives it: each `send` gets a
 //! per-room `seq` and is serialised once and offered to every subscriber's bounded queue.
+//! Its `message` events carry every field of Natter's, so both put the same bytes on the
+//! wire and into the client's parser: the ratio compares servers, not frame sizes.
 
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::{net::TcpListener, sync::mpsc};
+use tokio::{net::TcpSocket, sync::mpsc};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use uuid::Uuid;
 
 use crate::client::ws_config;
 
@@ -27,11 +31,30 @@ struct Room {
 type Rooms = Arc<Mutex<HashMap<String, Room>>>;
 
 pub async fn serve(listen: &str) -> Result<(), String> {
-    let listener = TcpListener::bind(listen).await.map_err(|e| e.to_string())?;
+    // The accept queue a Natter node asks for (`listener::LISTEN_BACKLOG`), not the
+    // default 128 that a burst of connects overflows.
+    let addr: std::net::SocketAddr = listen.parse().map_err(|e| format!("{listen}: {e}"))?;
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(|e| e.to_string())?;
+    socket.set_reuseaddr(true).map_err(|e| e.to_string())?;
+    socket.bind(addr).map_err(|e| e.to_string())?;
+    let listener = socket.listen(4096).map_err(|e| e.to_string())?;
     eprintln!("[baseline] listening on {listen}");
     let rooms: Rooms = Arc::default();
     loop {
-        let (stream, _) = listener.accept().await.map_err(|e| e.to_string())?;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            // Out of descriptors (a run larger than the limit): shed, as a node does.
+            Err(err) => {
+                eprintln!("[baseline] accept: {err}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
         let rooms = rooms.clone();
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
@@ -66,6 +89,8 @@ async fn connection(ws: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream
             }
         }
     });
+    let sender_id = Uuid::new_v4();
+    let mut subscribed = Vec::new();
     while let Some(Ok(message)) = stream.next().await {
         let Message::Text(text) = message else {
             continue;
@@ -83,6 +108,7 @@ async fn connection(ws: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream
                     .or_default()
                     .subscribers
                     .push(tx.clone());
+                subscribed.push(room.clone());
                 let reply = format!(
                     r#"{{"type":"subscribed","room_id":{},"last_seq":0}}"#,
                     json!(room)
@@ -94,9 +120,14 @@ async fn connection(ws: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream
                     let mut rooms = rooms.lock().unwrap();
                     let entry = rooms.entry(room.clone()).or_default();
                     entry.seq += 1;
-                    // Natter's field order: `type` first, as the bench client expects.
+                    // Natter's fields in Natter's order (`type` first, as the bench client
+                    // expects).
+                    let created_at = SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis());
                     let message = format!(
-                        r#"{{"room_id":{},"seq":{},"text":{}}}"#,
+                        r#"{{"id":"{}","room_id":{},"seq":{},"sender_id":"{sender_id}","text":{},"created_at":{created_at},"edited_at":null,"deleted":false,"client_msg_id":null,"reply_to":null,"reactions":[]}}"#,
+                        Uuid::new_v4(),
                         json!(room),
                         entry.seq,
                         frame["text"]
@@ -114,6 +145,16 @@ async fn connection(ws: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream
                 let _ = tx.send(ack.into()).await;
             }
             _ => {}
+        }
+    }
+    // The rooms hold senders to this socket's writer; it ends, and the socket closes,
+    // once they are gone.
+    {
+        let mut rooms = rooms.lock().unwrap();
+        for room in subscribed {
+            if let Some(entry) = rooms.get_mut(&room) {
+                entry.subscribers.retain(|s| !s.same_channel(&tx));
+            }
         }
     }
     drop(tx);
