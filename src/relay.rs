@@ -117,6 +117,11 @@ impl Closer {
         }
     }
 
+    /// Whether a close has been requested (one atomic load).
+    pub fn is_requested(&self) -> bool {
+        self.code.get().is_some()
+    }
+
     /// Resolves with the code once a close is requested.
     pub async fn requested(&self) -> (u16, &'static str) {
         loop {

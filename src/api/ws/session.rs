@@ -632,11 +632,14 @@ impl Writer {
 /// Most writes finish on their first poll (a frame into the write buffer, a flush into
 /// a socket with room), and those take neither a timer nor a place among the closer's
 /// waiters: at a thousand subscribers, arming both for every frame cost a tenth of a
-/// node's fan-out. A close requested meanwhile is seen by the write loop's next turn.
+/// node's fan-out. A close already requested is one atomic load to see.
 async fn guarded<E>(
     closer: &Closer,
     write: impl Future<Output = Result<(), E>>,
 ) -> Result<(), Stop> {
+    if closer.is_requested() {
+        return Err(Stop::Closing);
+    }
     let mut write = std::pin::pin!(write);
     let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
     let sent = match first {
