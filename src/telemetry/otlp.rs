@@ -46,7 +46,7 @@ pub fn install(endpoint: &str, service_name: &str, node_id: &str) -> SdkTracerPr
     let provider = SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
         .build();
-    opentelemetry::global::set_tracer_provider(provider.clone());
+    super::set_tracer_provider(provider.clone());
     provider
 }
 

@@ -16,7 +16,7 @@ fn install_exporter() -> InMemorySpanExporter {
     let provider = SdkTracerProvider::builder()
         .with_simple_exporter(exporter.clone())
         .build();
-    opentelemetry::global::set_tracer_provider(provider);
+    natter::telemetry::set_tracer_provider(provider);
     exporter
 }
 
