@@ -54,22 +54,28 @@ pub struct ChatAcceptor {
 /// kernel's `net.core.somaxconn`, 4096 by default).
 pub const LISTEN_BACKLOG: u32 = 4096;
 
+/// A TCP listener on `addr` with an accept queue of [`LISTEN_BACKLOG`] (also what
+/// `natter-bench baseline-server` listens with, so the ceiling gets the same queue).
+pub fn listen(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // A restarted node rebinds at once, whatever its old connections' TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 impl ChatAcceptor {
-    /// Listens on `addr` with an accept queue of [`LISTEN_BACKLOG`].
+    /// Listens on `addr` (see [`listen`]).
     pub fn bind(
         addr: SocketAddr,
         idle_limit: Duration,
         request_limit: Duration,
     ) -> io::Result<Self> {
-        let socket = if addr.is_ipv4() {
-            TcpSocket::new_v4()?
-        } else {
-            TcpSocket::new_v6()?
-        };
-        // A restarted node rebinds at once, whatever its old connections' TIME_WAIT.
-        socket.set_reuseaddr(true)?;
-        socket.bind(addr)?;
-        let inner = TcpAcceptor::from_tokio(socket.listen(LISTEN_BACKLOG)?)?;
+        let inner = TcpAcceptor::from_tokio(listen(addr)?)?;
         Ok(Self {
             inner,
             idle_limit,

@@ -13,7 +13,7 @@ use std::{
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::{net::TcpSocket, sync::mpsc};
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use uuid::Uuid;
 
@@ -31,18 +31,9 @@ struct Room {
 type Rooms = Arc<Mutex<HashMap<String, Room>>>;
 
 pub async fn serve(listen: &str) -> Result<(), String> {
-    // The accept queue a Natter node asks for (`listener::LISTEN_BACKLOG`), not the
-    // default 128 that a burst of connects overflows.
+    // A node's accept queue, not the default 128 that a burst of connects overflows.
     let addr: std::net::SocketAddr = listen.parse().map_err(|e| format!("{listen}: {e}"))?;
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()
-    } else {
-        TcpSocket::new_v6()
-    }
-    .map_err(|e| e.to_string())?;
-    socket.set_reuseaddr(true).map_err(|e| e.to_string())?;
-    socket.bind(addr).map_err(|e| e.to_string())?;
-    let listener = socket.listen(4096).map_err(|e| e.to_string())?;
+    let listener = natter::listener::listen(addr).map_err(|e| format!("{listen}: {e}"))?;
     eprintln!("[baseline] listening on {listen}");
     let rooms: Rooms = Arc::default();
     loop {
