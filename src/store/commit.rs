@@ -19,7 +19,11 @@
 //!   are numbered in the order the socket sent them, however many are in flight;
 //! - the new messages are handed to [`OnCommit`] in `seq` order after `COMMIT` and before
 //!   any sender is answered (SPEC §1.2): the node publishes them there, so a room's
-//!   messages leave each node in order and subscribers need no gap repair for them;
+//!   messages leave each node in order and subscribers need no gap repair for them. One
+//!   announcer task does this for every batch of the node, in the order the batches
+//!   committed; a batch is queued to it *before* its rooms are released, so a room's next
+//!   batch is announced after this one, while its transaction already runs: publishing
+//!   is off the room's critical path, which is what bounds a hot room;
 //! - a batch that fails stores nothing and answers every sender with its error, so a
 //!   retry is safe.
 
@@ -31,7 +35,7 @@ use std::{
 };
 
 use futures_util::future::BoxFuture;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{
@@ -51,6 +55,9 @@ const MAX_BATCH: usize = 256;
 /// Transactions of sends in flight at once per node (each on its own set of rooms), so
 /// one batch's flush overlaps the next one's round trips.
 const MAX_WRITERS: usize = 4;
+/// Committed batches waiting for the announcer; a writer that finds the queue full waits,
+/// holding its rooms, so a slow NATS slows sends instead of growing memory.
+const ANNOUNCE_QUEUE: usize = 16;
 
 /// What the node does with each batch's new messages, in `seq` order, after they are
 /// committed and before their senders hear so (it publishes them).
@@ -88,7 +95,16 @@ pub(super) struct PendingSend {
 #[derive(Default)]
 pub(super) struct Batches {
     state: Mutex<Queues>,
-    on_commit: OnceLock<OnCommit>,
+    /// The announcer's queue, once [`Store::on_commit`] has started it.
+    announcer: OnceLock<mpsc::Sender<Announcement>>,
+}
+
+/// A committed batch on its way to [`OnCommit`] and then to its senders.
+struct Announcement {
+    /// The new messages, in `seq` order per room.
+    committed: Vec<Committed>,
+    /// Every send of the batch with its outcome, in batch order.
+    answers: Vec<(PendingSend, Result<Sent, StoreError>)>,
 }
 
 #[derive(Default)]
@@ -150,10 +166,23 @@ enum Outcome {
 }
 
 impl Store {
-    /// Sets what happens to committed messages before their senders are answered; the
-    /// first call wins.
+    /// Sets what happens to committed messages before their senders are answered, and
+    /// starts the task that does it; the first call wins. Without one, senders are
+    /// answered as soon as their batch commits.
     pub fn on_commit(&self, on_commit: OnCommit) {
-        let _ = self.batches.on_commit.set(on_commit);
+        let (queue, mut announcements) = mpsc::channel::<Announcement>(ANNOUNCE_QUEUE);
+        if self.batches.announcer.set(queue).is_err() {
+            return;
+        }
+        // Ends when the store, and with it the queue's sender, is dropped.
+        tokio::spawn(async move {
+            while let Some(Announcement { committed, answers }) = announcements.recv().await {
+                if !committed.is_empty() {
+                    on_commit(committed).await;
+                }
+                answer(answers);
+            }
+        });
     }
 
     /// Queues a send for its room's next transaction, in call order, without waiting.
@@ -198,18 +227,18 @@ impl Store {
             let began = SystemTime::now();
             match self.store_batch(&batch).await {
                 Ok(outcomes) => {
-                    // Published before the rooms are released, so a room's next batch
-                    // publishes after this one.
-                    self.announce(&batch, &outcomes, began).await;
-                    self.release(&batch);
-                    answer(batch, outcomes);
+                    let rooms: Vec<Uuid> = batch.iter().map(|(room_id, _)| *room_id).collect();
+                    // Queued before the rooms are released, so a room's next batch is
+                    // announced after this one.
+                    self.announce(batch, outcomes, began).await;
+                    self.release(rooms.into_iter());
                 }
                 Err(err) => {
                     let rooms = batch.len();
                     let size: usize = batch.iter().map(|(_, sends)| sends.len()).sum();
                     tracing::warn!(error = %err, rooms, size, "a batch of sends failed");
                     self.count_failure();
-                    self.release(&batch);
+                    self.release(batch.iter().map(|(room_id, _)| *room_id));
                     let shared = share(&err);
                     for (_, sends) in batch {
                         for pending in sends {
@@ -221,25 +250,29 @@ impl Store {
         }
     }
 
-    fn release(&self, batch: &[(Uuid, Vec<PendingSend>)]) {
+    fn release(&self, rooms: impl Iterator<Item = Uuid>) {
         let mut queues = self.batches.state.lock().expect("not poisoned");
-        queues.release(batch.iter().map(|(room_id, _)| *room_id));
+        queues.release(rooms);
     }
 
-    /// Hands the batch's new messages, in `seq` order per room, to [`OnCommit`].
+    /// Queues a committed batch for the announcer, which hands its new messages, in
+    /// `seq` order per room, to [`OnCommit`] and then answers its senders.
     async fn announce(
         &self,
-        batch: &[(Uuid, Vec<PendingSend>)],
-        outcomes: &[Result<Sent, StoreError>],
+        batch: Vec<(Uuid, Vec<PendingSend>)>,
+        outcomes: Vec<Result<Sent, StoreError>>,
         transaction_began: SystemTime,
     ) {
-        let Some(on_commit) = self.batches.on_commit.get() else {
-            return;
-        };
-        let committed = batch
-            .iter()
+        let answers: Vec<(PendingSend, Result<Sent, StoreError>)> = batch
+            .into_iter()
             .flat_map(|(_, sends)| sends)
             .zip(outcomes)
+            .collect();
+        let Some(announcer) = self.batches.announcer.get() else {
+            return answer(answers);
+        };
+        let committed = answers
+            .iter()
             .filter_map(|(pending, outcome)| match outcome {
                 Ok(sent) if sent.created => Some(Committed {
                     message: sent.message.clone(),
@@ -248,9 +281,13 @@ impl Store {
                 }),
                 _ => None,
             })
-            .collect::<Vec<_>>();
-        if !committed.is_empty() {
-            on_commit(committed).await;
+            .collect();
+        if let Err(mpsc::error::SendError(lost)) =
+            announcer.send(Announcement { committed, answers }).await
+        {
+            // The announcer is gone only while the node shuts down; the messages are
+            // committed, so their senders still hear so.
+            answer(lost.answers);
         }
     }
 
@@ -459,9 +496,8 @@ impl Store {
 }
 
 /// Answers every send of a batch with its outcome.
-fn answer(batch: Vec<(Uuid, Vec<PendingSend>)>, outcomes: Vec<Result<Sent, StoreError>>) {
-    let sends = batch.into_iter().flat_map(|(_, sends)| sends);
-    for (pending, outcome) in sends.zip(outcomes) {
+fn answer(answers: Vec<(PendingSend, Result<Sent, StoreError>)>) {
+    for (pending, outcome) in answers {
         let _ = pending.done.send(outcome);
     }
 }

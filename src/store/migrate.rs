@@ -7,7 +7,13 @@
 use super::StoreError;
 
 /// Every migration in order: (version, SQL). Append only; never edit a released one.
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("migrations/0001_init.sql")),
+    (
+        2,
+        include_str!("migrations/0002_messages_without_foreign_keys.sql"),
+    ),
+];
 
 /// Arbitrary, fixed key for `pg_advisory_xact_lock`: "natter" in ASCII.
 const MIGRATION_LOCK_KEY: i64 = 0x6e61_7474_6572;

@@ -253,15 +253,22 @@ impl Store {
         fetch_room(&client, viewer, room_id).await
     }
 
+    /// Deletes a room with its members, messages and their reactions.
     #[tracing::instrument(skip(self))]
     pub async fn delete_room(&self, viewer: Uuid, room_id: Uuid) -> Result<(), StoreError> {
-        let client = self.client().await?;
+        let mut client = self.client().await?;
         Access::of(&client, room_id, viewer)
             .await?
             .require_owner()?;
-        client
-            .execute_cached("DELETE FROM rooms WHERE id = $1", &[&room_id])
+        let tx = client.transaction().await?;
+        // The room first: its row lock waits for a send in flight, which then commits
+        // before the messages are deleted, and any later send finds no room. Two
+        // statements, so the second's snapshot sees that send's messages.
+        tx.execute_cached("DELETE FROM rooms WHERE id = $1", &[&room_id])
             .await?;
+        tx.execute_cached("DELETE FROM messages WHERE room_id = $1", &[&room_id])
+            .await?;
+        tx.commit().await?;
         Ok(())
     }
 

@@ -2,7 +2,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::spawn_app;
+use crate::helpers::{allow_bulk_sends, spawn_app, spawn_app_with};
 
 fn ids(list: &Value) -> Vec<String> {
     list.as_array()
@@ -74,6 +74,59 @@ async fn a_room_is_created_read_renamed_and_deleted_by_its_owner() {
     let gone = app.get(&format!("/v1/rooms/{room}"), &alice.token).await;
     gone.assert_status(404);
     assert_eq!(gone.error_code(), "room_not_found");
+}
+
+#[tokio::test]
+async fn deleting_a_room_deletes_its_messages_and_reactions_even_with_sends_in_flight() {
+    let app = spawn_app_with(allow_bulk_sends).await;
+    let alice = app.register("alice").await;
+    let room = app.create_room(&alice, "doomed", "public").await;
+    let first = app.send(&alice, room, "first").await;
+    let message = first["id"].as_str().unwrap();
+    app.call(
+        Method::PUT,
+        &format!("/v1/rooms/{room}/messages/{message}/reactions/👍"),
+        Some(&alice.token),
+        None,
+    )
+    .await
+    .assert_status(200);
+
+    // Sends racing the delete either commit before it (and are deleted with the room)
+    // or find no room; none may leave a message behind.
+    let (messages_path, room_path) = (
+        format!("/v1/rooms/{room}/messages"),
+        format!("/v1/rooms/{room}"),
+    );
+    let sends = (0..20).map(|i| {
+        app.post(
+            &messages_path,
+            &alice.token,
+            json!({"text": format!("racing {i}")}),
+        )
+    });
+    let delete = app.call(Method::DELETE, &room_path, Some(&alice.token), None);
+    let (sent, deleted) = tokio::join!(futures_util::future::join_all(sends), delete);
+    deleted.assert_status(204);
+    for reply in sent {
+        assert!(
+            [201, 404].contains(&reply.status.as_u16()),
+            "a racing send answered {}",
+            reply.status
+        );
+    }
+
+    let db = app.db().await;
+    let left: i64 = db
+        .query_one(
+            "SELECT (SELECT count(*) FROM messages WHERE room_id = $1)
+                  + (SELECT count(*) FROM reactions WHERE message_id = $2)",
+            &[&room, &message.parse::<Uuid>().unwrap()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "messages or reactions outlived their room");
 }
 
 #[tokio::test]
