@@ -9,10 +9,7 @@ use super::StoreError;
 /// Every migration in order: (version, SQL). Append only; never edit a released one.
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("migrations/0001_init.sql")),
-    (
-        2,
-        include_str!("migrations/0002_messages_without_foreign_keys.sql"),
-    ),
+    (2, include_str!("migrations/0002_message_insert_path.sql")),
 ];
 
 /// Arbitrary, fixed key for `pg_advisory_xact_lock`: "natter" in ASCII.
