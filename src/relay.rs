@@ -3,8 +3,10 @@
 //!
 //! A room that has local subscribers gets one task on this node ([`RoomTask`]). The task
 //! subscribes to the room's NATS subject, so a node receives only the rooms its clients
-//! care about, and forwards each event to every local subscriber's bounded queue with
-//! `try_send`: a socket that cannot keep up is closed with 4008, never waited for.
+//! care about, takes the events this node publishes itself straight from [`Bus`] (NATS
+//! does not echo them), and forwards each event to every local subscriber's bounded
+//! queue with `try_send`: a socket that cannot keep up is closed with 4008, never waited
+//! for.
 //!
 //! **Exactly once, in order, on every node (SPEC §1.3)** is enforced here. The task knows
 //! the highest `seq` it has delivered. A message with a lower or equal `seq` is a
@@ -52,7 +54,7 @@ const REPAIR_PAGE: i64 = 500;
 /// What the relay counts for `/metrics`.
 #[derive(Default)]
 pub struct RelayStats {
-    /// Room events that arrived from NATS.
+    /// Room events that arrived: from NATS, or published by this node.
     pub received: AtomicU64,
     /// Events queued to sockets, one per socket.
     pub delivered: AtomicU64,
@@ -157,6 +159,8 @@ enum RoomCommand {
     Leave(SocketId),
     /// An event made on this node for its own sockets only (presence).
     Local(Arc<RoomEvent>),
+    /// An event this node published, which NATS does not echo back to it.
+    Published(Arc<RoomEvent>),
     /// Postgres says the room's `last_seq` is this; deliver anything missing.
     CatchUp(i64),
 }
@@ -190,6 +194,12 @@ impl RoomHub {
             }),
         };
         tokio::spawn(catch_up_loop(Arc::downgrade(&hub.inner)));
+        let published = Arc::downgrade(&hub.inner);
+        hub.inner.bus.deliver_locally_to(Box::new(move |event| {
+            if let Some(hub) = published.upgrade() {
+                hub.route(RoomCommand::Published, event);
+            }
+        }));
         hub
     }
 
@@ -248,10 +258,7 @@ impl RoomHub {
 
     /// Delivers an event made on this node (presence) to its local subscribers, if any.
     pub fn deliver_local(&self, event: RoomEvent) {
-        let rooms = self.inner.rooms.lock().expect("not poisoned");
-        if let Some(entry) = rooms.get(&event.room_id) {
-            let _ = entry.commands.try_send(RoomCommand::Local(Arc::new(event)));
-        }
+        self.inner.route(RoomCommand::Local, event);
     }
 
     /// Rooms with a task on this node.
@@ -267,6 +274,18 @@ impl RoomHub {
 
     pub fn stats(&self) -> &RelayStats {
         &self.inner.stats
+    }
+}
+
+impl HubInner {
+    /// Hands an event to its room's task, if the room has subscribers here. A task whose
+    /// queue is full misses it, as a slow NATS subscription would: a missed message is
+    /// repaired from Postgres with the next one, or by the catch-up loop.
+    fn route(&self, command: fn(Arc<RoomEvent>) -> RoomCommand, event: RoomEvent) {
+        let rooms = self.rooms.lock().expect("not poisoned");
+        if let Some(entry) = rooms.get(&event.room_id) {
+            let _ = entry.commands.try_send(command(Arc::new(event)));
+        }
     }
 }
 
@@ -400,6 +419,7 @@ impl RoomTask {
             }
             RoomCommand::Leave(socket_id) => self.subscribers.retain(|s| s.socket_id != socket_id),
             RoomCommand::Local(event) => self.deliver(&event),
+            RoomCommand::Published(event) => self.on_event(event).await,
             RoomCommand::CatchUp(committed) => {
                 if committed > self.last_seq {
                     bump(&self.stats.gap_repairs, 1);

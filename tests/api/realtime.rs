@@ -650,9 +650,19 @@ async fn the_single_room_socket_subscribes_at_once_and_acts_on_its_room() {
     assert_eq!(ws.message_seqs(1).await, vec![1]);
     ws.send(json!({"type": "send", "text": "no room_id needed", "client_msg_id": "x"}))
         .await;
-    let ack = ws.recv_type("send_ack").await;
+    // The ack and the sender's own `message` event come in either order.
+    let (mut ack, mut sent) = (None, None);
+    while ack.is_none() || sent.is_none() {
+        let frame = ws.recv().await;
+        match frame["type"].as_str() {
+            Some("send_ack") => ack = Some(frame),
+            Some("message") => sent = Some(frame),
+            _ => {}
+        }
+    }
+    let (ack, sent) = (ack.unwrap(), sent.unwrap());
     assert_eq!(ack["message"]["seq"], 2);
-    let sent = ws.recv_type("message").await;
+    assert_eq!(sent["message"]["seq"], 2);
     let created_at = sent["message"]["created_at"].as_i64().unwrap();
     ws.send(json!({"type": "read_upto", "created_at_ms": created_at}))
         .await;
