@@ -269,7 +269,7 @@ function onMessage(message) {
 
 /** Our own send is stored. Only `message` events move `lastSeq` (they arrive in `seq`
  * order; an ack may overtake an earlier message of someone else's), so the ack shows
- * the message and ends its pending state, and its `message` event follows. */
+ * the message and ends its pending state; its `message` event comes before or after. */
 function onSendAck(message) {
   state.pending.delete(message.client_msg_id);
   const view = state.views.get(message.room_id);
