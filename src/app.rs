@@ -119,7 +119,7 @@ impl Application {
         let bus =
             Bus::connect(&settings.nats_url, &settings.node_id, &settings.nats_prefix).await?;
         let auth = Authenticator::new(&settings.auth, store.clone());
-        let hub = RoomHub::new(store.clone(), bus.clone());
+        let hub = RoomHub::new(store.clone(), bus.clone(), settings.reorder_wait);
         let presence = Presence::start(
             &bus,
             &settings.node_id,

@@ -25,6 +25,9 @@ pub struct Settings {
     pub presence_ttl: Duration,
     /// Replicas of the presence bucket; defaults to the number of NATS servers given.
     pub presence_replicas: usize,
+    /// How long a message that reached a node ahead of its predecessors waits for them
+    /// before they are read from Postgres (`relay::DEFAULT_REORDER_WAIT`).
+    pub reorder_wait: Duration,
     /// Address the HTTP server binds; port 0 picks a free one (tests).
     pub listen_addr: SocketAddr,
     /// Names this node in logs and metrics; defaults to the host name.
@@ -216,6 +219,8 @@ impl Settings {
         // its users are offline everywhere within 15 s (SPEC §1.6), with room for
         // JetStream's expiry timer.
         let presence_ttl = Duration::from_secs(number(&lookup, "PRESENCE_TTL_SECS", 10)?);
+        let default_wait = crate::relay::DEFAULT_REORDER_WAIT.as_millis() as u64;
+        let reorder_wait = Duration::from_millis(number(&lookup, "REORDER_WAIT_MS", default_wait)?);
         let cors_origins = lookup("CORS_ALLOWED_ORIGINS")
             .unwrap_or_default()
             .split(',')
@@ -255,6 +260,7 @@ impl Settings {
             nats_prefix,
             presence_ttl,
             presence_replicas,
+            reorder_wait,
             listen_addr,
             node_id,
             auth: AuthSettings {

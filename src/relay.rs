@@ -10,10 +10,12 @@
 //!
 //! **Exactly once, in order, on every node (SPEC §1.3)** is enforced here. The task knows
 //! the highest `seq` it has delivered. A message with a lower or equal `seq` is a
-//! duplicate and is dropped; one with a higher `seq` than the next means NATS lost
-//! something, and the missing range is read from Postgres and delivered first. Because
-//! `seq` is assigned under the room row's lock, every `seq` below a published one is
-//! already committed, so the range is always complete. A lost *last* message has no
+//! duplicate and is dropped; one with a higher `seq` than the next is held: the missing
+//! ones are usually on their way (this node's own messages skip NATS, so they overtake
+//! other nodes' earlier ones), and if they have not come within the reorder wait, NATS
+//! lost them and the range is read from Postgres and delivered first. Because `seq` is
+//! assigned under the room row's lock, every `seq` below a published one is already
+//! committed, so the range is always complete. A lost *last* message has no
 //! successor to reveal it, so [`RoomHub`] also compares every active room with its
 //! `last_seq` in Postgres, as it was one [`CATCH_UP_INTERVAL`] earlier, and right after
 //! NATS reconnects.
@@ -23,7 +25,7 @@
 //! writer replays from Postgres up to that position before reading on (`api::ws`).
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{
         Arc, Mutex, OnceLock, Weak,
         atomic::{AtomicU64, Ordering},
@@ -51,6 +53,13 @@ pub const TYPING_TTL: Duration = Duration::from_secs(6);
 const ROOM_COMMAND_QUEUE: usize = 4096;
 /// Messages read from Postgres per repair query.
 const REPAIR_PAGE: i64 = 500;
+/// How long a message that arrived ahead of its predecessors waits for them before they
+/// are read from Postgres, unless configured (`REORDER_WAIT_MS`). NATS delivers in well
+/// under a millisecond when a node keeps up and in tens when it is saturated; a real
+/// loss costs its room this much latency once.
+pub const DEFAULT_REORDER_WAIT: Duration = Duration::from_millis(100);
+/// Messages held for their predecessors before the wait is cut short.
+const MAX_HELD: usize = 4096;
 
 /// What the relay counts for `/metrics`.
 #[derive(Default)]
@@ -182,16 +191,19 @@ struct HubInner {
     store: Store,
     bus: Bus,
     stats: Arc<RelayStats>,
+    /// For every room task: how long a message ahead of its predecessors waits for them.
+    reorder_wait: Duration,
 }
 
 impl RoomHub {
-    pub fn new(store: Store, bus: Bus) -> Self {
+    pub fn new(store: Store, bus: Bus, reorder_wait: Duration) -> Self {
         let hub = Self {
             inner: Arc::new(HubInner {
                 rooms: Mutex::new(HashMap::new()),
                 store,
                 bus,
                 stats: Arc::default(),
+                reorder_wait,
             }),
         };
         tokio::spawn(catch_up_loop(Arc::downgrade(&hub.inner)));
@@ -219,6 +231,9 @@ impl RoomHub {
                 room_id,
                 subscribers: Vec::new(),
                 last_seq: 0,
+                held: BTreeMap::new(),
+                repair_at: None,
+                reorder_wait: self.inner.reorder_wait,
                 typing: HashMap::new(),
                 store: self.inner.store.clone(),
                 bus: self.inner.bus.clone(),
@@ -353,6 +368,12 @@ struct RoomTask {
     /// The highest `seq` delivered to this node's subscribers; everything up to it was
     /// delivered exactly once, in order.
     last_seq: i64,
+    /// Messages that arrived ahead of `last_seq + 1`, by `seq`, until their predecessors
+    /// come or `repair_at`.
+    held: BTreeMap<i64, Arc<RoomEvent>>,
+    /// When the held messages' predecessors are read from Postgres.
+    repair_at: Option<tokio::time::Instant>,
+    reorder_wait: Duration,
     /// Users typing in this room, and when their indicator lapses.
     typing: HashMap<Uuid, Instant>,
     store: Store,
@@ -384,6 +405,9 @@ impl RoomTask {
                     }
                     None => nats = None,
                 },
+                _ = sleep_until(self.repair_at), if self.repair_at.is_some() => {
+                    self.repair_held().await;
+                }
                 _ = tick.tick() => {
                     self.expire_typing();
                     if nats.is_none() {
@@ -442,6 +466,7 @@ impl RoomTask {
                     bump(&self.stats.gap_repairs, 1);
                     tracing::info!(room_id = %self.room_id, from = self.last_seq, to = committed, "repairing trailing messages");
                     self.repair(committed).await;
+                    self.deliver_held();
                 }
             }
         }
@@ -468,16 +493,12 @@ impl RoomTask {
                     return;
                 }
                 if seq > self.last_seq + 1 {
-                    bump(&self.stats.gap_repairs, 1);
-                    tracing::info!(room_id = %self.room_id, from = self.last_seq, to = seq, "repairing a gap");
-                    self.repair(seq - 1).await;
-                    if self.last_seq != seq - 1 {
-                        // Postgres is unreachable; the catch-up loop delivers this later.
-                        return;
-                    }
+                    self.hold(seq, event);
+                    return;
                 }
                 self.last_seq = seq;
                 self.deliver(&event);
+                self.deliver_held();
             }
             EventKind::Typing => {
                 let user = event.user_id.unwrap_or_default();
@@ -507,6 +528,54 @@ impl RoomTask {
             }
             _ => self.deliver(&event),
         }
+    }
+
+    /// Keeps a message that arrived ahead of its predecessors until they come, or until
+    /// the reorder wait has passed.
+    fn hold(&mut self, seq: i64, event: Arc<RoomEvent>) {
+        self.held.insert(seq, event);
+        if self.repair_at.is_none() {
+            self.repair_at = Some(tokio::time::Instant::now() + self.reorder_wait);
+        }
+        if self.held.len() > MAX_HELD {
+            // Far behind: stop waiting rather than hold without bound.
+            self.repair_at = Some(tokio::time::Instant::now());
+        }
+    }
+
+    /// Delivers the held messages that now follow `last_seq`, and drops those it passed.
+    fn deliver_held(&mut self) {
+        while let Some(entry) = self.held.first_entry() {
+            let seq = *entry.key();
+            if seq > self.last_seq + 1 {
+                break;
+            }
+            let event = entry.remove();
+            if seq == self.last_seq + 1 {
+                self.last_seq = seq;
+                self.deliver(&event);
+            }
+        }
+        if self.held.is_empty() {
+            self.repair_at = None;
+        }
+    }
+
+    /// The held messages' predecessors did not come in time: NATS lost them. Reads them
+    /// from Postgres, one gap after another, and delivers everything held in order.
+    async fn repair_held(&mut self) {
+        while let Some(&next_held) = self.held.keys().next() {
+            bump(&self.stats.gap_repairs, 1);
+            tracing::info!(room_id = %self.room_id, from = self.last_seq, to = next_held, "repairing a gap");
+            self.repair(next_held - 1).await;
+            if self.last_seq < next_held - 1 {
+                // Postgres is unreachable: hold on and try again after another wait.
+                self.repair_at = Some(tokio::time::Instant::now() + self.reorder_wait);
+                return;
+            }
+            self.deliver_held();
+        }
+        self.repair_at = None;
     }
 
     /// Delivers the messages after `last_seq` up to `upto` from Postgres, in order.
@@ -578,6 +647,14 @@ fn offer(subscriber: &Subscriber, item: Outbound, stats: &RelayStats) -> bool {
             false
         }
         Err(mpsc::error::TrySendError::Closed(_)) => false,
+    }
+}
+
+/// Resolves at `deadline` (never, without one).
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 

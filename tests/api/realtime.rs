@@ -276,6 +276,59 @@ async fn a_publish_that_nats_never_delivers_is_repaired_from_postgres() {
 }
 
 #[tokio::test]
+async fn a_message_that_overtakes_an_earlier_one_waits_for_it_instead_of_reading_postgres() {
+    // Long enough that the earlier message always comes within it here.
+    let app = spawn_app_with(|settings| settings.reorder_wait = Duration::from_secs(5)).await;
+    let alice = app.register("alice").await;
+    let room = public_room_with(&app, &alice, &[]).await;
+    let mut ws = WsClient::connect(app.addr, "/v1/ws", &alice.token).await;
+    ws.subscribe(room, None).await;
+
+    // Message 1 is committed by another "node" whose publish is slow: stored, not yet
+    // published. This node's own message 2 reaches its socket queue first and waits.
+    let db = app.db().await;
+    db.execute(
+        "WITH next AS (UPDATE rooms SET last_seq = 1 WHERE id = $1 RETURNING last_seq)
+         INSERT INTO messages (id, room_id, seq, sender_id, text)
+         SELECT gen_random_uuid(), $1, last_seq, $2, 'one' FROM next",
+        &[&room, &alice.id],
+    )
+    .await
+    .unwrap();
+    app.send(&alice, room, "two").await;
+    let quiet_until = tokio::time::Instant::now() + Duration::from_millis(300);
+    while let Some(frame) = ws.next(quiet_until - tokio::time::Instant::now()).await {
+        let frame = frame.expect("the socket stays open");
+        assert_ne!(
+            frame["type"], "message",
+            "message 2 went out before message 1"
+        );
+    }
+
+    // The other node's publish arrives; its copy (told apart by its text) is delivered,
+    // then message 2, and nothing was read from Postgres.
+    let shared = settings(&app.database_url);
+    let nats = async_nats::connect(shared.nats_url).await.unwrap();
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Natter-Kind", "message");
+    headers.insert("Natter-Seq", "1");
+    let frame = json!({"type": "message", "message": {"room_id": room, "seq": 1, "text": "one, from NATS"}});
+    nats.publish_with_headers(
+        format!("{}.room.{}", shared.nats_prefix, room.simple()),
+        headers,
+        frame.to_string().into(),
+    )
+    .await
+    .unwrap();
+    nats.flush().await.unwrap();
+    let first = ws.recv_type("message").await;
+    assert_eq!(first["message"]["text"], "one, from NATS");
+    let second = ws.recv_type("message").await;
+    assert_eq!(second["message"]["seq"], 2);
+    assert_eq!(app.metric("natter_gap_repairs_total{").await, 0.0);
+}
+
+#[tokio::test]
 async fn bad_frames_get_error_frames_and_the_socket_stays_open() {
     let app = spawn_app().await;
     let alice = app.register("alice").await;
