@@ -405,7 +405,7 @@ impl RoomTask {
                     }
                     None => nats = None,
                 },
-                _ = sleep_until(self.repair_at), if self.repair_at.is_some() => {
+                _ = sleep_until(self.repair_at) => {
                     self.repair_held().await;
                 }
                 _ = tick.tick() => {
