@@ -223,7 +223,7 @@ fn publish_committed(bus: Bus, metrics: Arc<Metrics>, node_id: Arc<str>) -> OnCo
                 let mut commit = TraceSpan::start_at(
                     "postgres commit",
                     SpanKind::Internal,
-                    traceparent.as_deref(),
+                    traceparent.as_ref(),
                     &node_id,
                     Some(transaction_began),
                 );

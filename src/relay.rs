@@ -475,7 +475,7 @@ impl RoomTask {
     async fn on_event(&mut self, event: Arc<RoomEvent>) {
         bump(&self.stats.received, 1);
         // The last step of the sender's trace, on this node.
-        let mut span = event.traceparent.as_deref().map(|parent| {
+        let mut span = event.traceparent.as_ref().map(|parent| {
             TraceSpan::start(
                 "fan-out",
                 SpanKind::Consumer,

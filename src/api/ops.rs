@@ -139,13 +139,18 @@ pub async fn observe_request<E: Endpoint>(ep: E, req: Request) -> Result<Respons
     let parent = req
         .headers()
         .get("traceparent")
-        .and_then(|v| v.to_str().ok());
+        .and_then(|v| v.to_str().ok())
+        .map(Arc::<str>::from);
     let state = req.data::<AppState>().cloned();
     let node_id = state
         .as_ref()
         .map_or("", |state| state.settings.node_id.as_str());
-    let mut trace_span =
-        TraceSpan::start(req.method().to_string(), SpanKind::Server, parent, node_id);
+    let mut trace_span = TraceSpan::start(
+        req.method().to_string(),
+        SpanKind::Server,
+        parent.as_ref(),
+        node_id,
+    );
     // The path only: a WebSocket token may be in the query.
     trace_span.set_attribute("url.path", req.uri().path().to_string());
     let traceparent = trace_span.traceparent().clone();

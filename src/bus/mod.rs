@@ -172,7 +172,7 @@ impl Bus {
         let mut span = TraceSpan::start(
             "nats publish",
             SpanKind::Producer,
-            parent.as_deref(),
+            parent.as_ref(),
             &self.node_id,
         );
         span.set_attribute("natter.room_id", event.room_id.to_string());

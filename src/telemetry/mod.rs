@@ -188,6 +188,14 @@ fn trace_id_of(traceparent: &str) -> Option<&str> {
     valid.then_some(trace_id)
 }
 
+/// Whether `traceparent` is valid and written as this node writes its own (lower case,
+/// no padding), so that work can run under it as it is.
+fn is_canonical(traceparent: &str) -> bool {
+    traceparent.len() == 55
+        && !traceparent.bytes().any(|b| b.is_ascii_uppercase())
+        && trace_id_of(traceparent).is_some()
+}
+
 tokio::task_local! {
     static TRACEPARENT: Arc<str>;
 }
@@ -241,7 +249,7 @@ impl TraceSpan {
     pub fn start(
         name: impl Into<Cow<'static, str>>,
         kind: SpanKind,
-        parent: Option<&str>,
+        parent: Option<&Arc<str>>,
         node_id: &str,
     ) -> Self {
         Self::start_at(name, kind, parent, node_id, None)
@@ -252,17 +260,26 @@ impl TraceSpan {
     pub fn start_at(
         name: impl Into<Cow<'static, str>>,
         kind: SpanKind,
-        parent: Option<&str>,
+        parent: Option<&Arc<str>>,
         node_id: &str,
         started: Option<SystemTime>,
     ) -> Self {
         if !EXPORTING.load(Ordering::Acquire) {
+            // Nothing exports spans, so a new span id would name a span that never
+            // exists: the work continues its parent's context (logs need only its trace
+            // id), and only work without a valid parent starts a trace. Every step of
+            // every message came here (4 % of a node's time in a `rooms` run).
+            let traceparent = match parent {
+                Some(parent) if is_canonical(parent) => Arc::clone(parent),
+                _ => child_traceparent(parent.map(|parent| &**parent)).into(),
+            };
             return Self {
                 span: None,
-                traceparent: child_traceparent(parent).into(),
+                traceparent,
             };
         }
         let tracer = opentelemetry::global::tracer("natter");
+        let parent = parent.map(|parent| &**parent);
         let remote = parent.and_then(remote_context);
         let parent_span_id = remote
             .as_ref()
@@ -351,6 +368,25 @@ mod tests {
             " 00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01 ",
         ));
         assert!(upper.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+    }
+
+    #[test]
+    fn without_an_exporter_a_span_runs_under_its_parents_context() {
+        let parent: Arc<str> = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into();
+        let span = TraceSpan::start("step", SpanKind::Internal, Some(&parent), "node");
+        assert!(Arc::ptr_eq(span.traceparent(), &parent));
+        // A client's header in another spelling is written the node's way.
+        let upper: Arc<str> = " 00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01".into();
+        let span = TraceSpan::start("step", SpanKind::Internal, Some(&upper), "node");
+        assert!(
+            span.traceparent()
+                .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-")
+        );
+        let garbage: Arc<str> = "garbage".into();
+        for parent in [Some(&garbage), None] {
+            let span = TraceSpan::start("step", SpanKind::Internal, parent, "node");
+            assert!(is_canonical(span.traceparent()));
+        }
     }
 
     #[test]
