@@ -11,7 +11,8 @@
 //! OpenTelemetry spans ([`TraceSpan`]), exported by [`otlp`]: a message's trace runs from
 //! the request or frame that sent it, through its Postgres commit and its NATS publish
 //! (whose `traceparent` header carries the context), to the fan-out on every node that
-//! delivers it. Without a collector the spans cost a no-op tracer.
+//! delivers it. Without a collector no span is made: each step runs under the context of
+//! the request or frame that began it, so the logs still share its trace id.
 //!
 //! What is never logged: tokens, passwords and message text. Handlers and store calls are
 //! instrumented with ids only, request spans record the path without its query (where a
