@@ -143,7 +143,8 @@ impl Session {
     /// What the loop waits on besides frames is made once, not on every turn: a busy
     /// socket turns twice per send (the frame, its ack), and remaking a timer, a notify
     /// waiter and a watch waiter each turn cost more than reading the frame. The idle
-    /// limit is one timer, re-armed only when it fires (as [`crate::listener`]'s is).
+    /// limit and the token's expiry share one timer, re-armed only when it fires (as
+    /// [`crate::listener`]'s is).
     async fn read_loop(
         &mut self,
         stream: &mut SplitStream<WebSocketStream>,
@@ -156,12 +157,12 @@ impl Session {
         let closer = self.closer.clone();
         let requested = closer.requested();
         tokio::pin!(requested);
-        let expires_in = Duration::from_secs(self.user.expires_at.saturating_sub(unix_now()));
-        let expiry = tokio::time::sleep(expires_in);
-        tokio::pin!(expiry);
         let mut last_read = Instant::now();
-        let idle = tokio::time::sleep(IDLE_TIMEOUT);
-        tokio::pin!(idle);
+        let expires_at =
+            last_read + Duration::from_secs(self.user.expires_at.saturating_sub(unix_now()));
+        // One timer for both limits (an idle socket's memory is mostly its timers).
+        let limit = tokio::time::sleep_until(expires_at.min(last_read + IDLE_TIMEOUT));
+        tokio::pin!(limit);
         loop {
             tokio::select! {
                 // A socket with its fill of sends waiting is not read until one commits.
@@ -196,16 +197,19 @@ impl Session {
                 Some(answer) = self.sending.next(), if !self.sending.is_empty() => {
                     self.reply_json(answer).await;
                 }
-                () = &mut idle => {
+                () = &mut limit => {
+                    let now = Instant::now();
+                    if now >= expires_at {
+                        return Some((4001, "token expired"));
+                    }
                     let quiet_until = last_read + IDLE_TIMEOUT;
-                    if Instant::now() >= quiet_until {
+                    if now >= quiet_until {
                         return Some((1001, "idle"));
                     }
-                    idle.as_mut().reset(quiet_until);
+                    limit.as_mut().reset(expires_at.min(quiet_until));
                 }
                 _ = &mut requested => return None,
                 () = &mut draining => return Some((1012, "service restart: reconnect and resume")),
-                _ = &mut expiry => return Some((4001, "token expired")),
             }
         }
     }
