@@ -158,10 +158,14 @@ impl Session {
         let requested = closer.requested();
         tokio::pin!(requested);
         let mut last_read = Instant::now();
-        let expires_at =
-            last_read + Duration::from_secs(self.user.expires_at.saturating_sub(unix_now()));
+        // `None` for a token good past the clock's range.
+        let expires_at = last_read.checked_add(Duration::from_secs(
+            self.user.expires_at.saturating_sub(unix_now()),
+        ));
+        let next_limit =
+            |quiet_until: Instant| expires_at.map_or(quiet_until, |at| at.min(quiet_until));
         // One timer for both limits (an idle socket's memory is mostly its timers).
-        let limit = tokio::time::sleep_until(expires_at.min(last_read + IDLE_TIMEOUT));
+        let limit = tokio::time::sleep_until(next_limit(last_read + IDLE_TIMEOUT));
         tokio::pin!(limit);
         loop {
             tokio::select! {
@@ -199,14 +203,19 @@ impl Session {
                 }
                 () = &mut limit => {
                     let now = Instant::now();
-                    if now >= expires_at {
+                    if expires_at.is_some_and(|at| now >= at) {
                         return Some((4001, "token expired"));
+                    }
+                    if self.sending.len() >= MAX_SENDS_IN_FLIGHT {
+                        // Not read because its sends wait for Postgres: not the
+                        // client's silence.
+                        last_read = now;
                     }
                     let quiet_until = last_read + IDLE_TIMEOUT;
                     if now >= quiet_until {
                         return Some((1001, "idle"));
                     }
-                    limit.as_mut().reset(expires_at.min(quiet_until));
+                    limit.as_mut().reset(next_limit(quiet_until));
                 }
                 _ = &mut requested => return None,
                 () = &mut draining => return Some((1012, "service restart: reconnect and resume")),
