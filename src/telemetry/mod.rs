@@ -189,12 +189,26 @@ fn trace_id_of(traceparent: &str) -> Option<&str> {
     valid.then_some(trace_id)
 }
 
-/// Whether `traceparent` is valid and written as this node writes its own (lower case,
-/// no padding), so that work can run under it as it is.
+/// Whether `traceparent` is exactly what this node would write (W3C's field widths,
+/// lower-case hex, no padding, non-zero ids), so that work can run under it as it is.
 fn is_canonical(traceparent: &str) -> bool {
+    let Some(fields) = traceparent_fields(traceparent) else {
+        return false;
+    };
+    let lower_hex = |field: &str| {
+        field
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    let non_zero = |field: &str| field.bytes().any(|b| b != b'0');
     traceparent.len() == 55
-        && !traceparent.bytes().any(|b| b.is_ascii_uppercase())
-        && trace_id_of(traceparent).is_some()
+        && fields
+            .iter()
+            .zip([2, 32, 16, 2])
+            .all(|(field, width)| field.len() == width)
+        && fields.iter().all(|field| lower_hex(field))
+        && non_zero(fields[1])
+        && non_zero(fields[2])
 }
 
 tokio::task_local! {
@@ -384,7 +398,9 @@ mod tests {
                 .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-")
         );
         let garbage: Arc<str> = "garbage".into();
-        for parent in [Some(&garbage), None] {
+        // The right length and a valid trace id, but a span id of the wrong width.
+        let misshapen: Arc<str> = "000-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b-01".into();
+        for parent in [Some(&garbage), Some(&misshapen), None] {
             let span = TraceSpan::start("step", SpanKind::Internal, parent, "node");
             assert!(is_canonical(span.traceparent()));
         }
