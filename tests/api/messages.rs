@@ -6,7 +6,8 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::helpers::{
-    TestApp, TestUser, allow_bulk_sends, settings, spawn_app, spawn_app_with, spawn_node,
+    TestApp, TestUser, allow_bulk_sends, create_database, settings, spawn_app, spawn_app_with,
+    spawn_node,
 };
 
 fn seqs(messages: &Value) -> Vec<i64> {
@@ -517,4 +518,101 @@ async fn the_send_rate_limit_answers_429_with_retry_after_and_recovers() {
     tokio::time::sleep(std::time::Duration::from_secs(retry_after)).await;
     let recovered = app.send(&alice, room, "after waiting").await;
     assert_eq!(recovered["seq"], 5);
+}
+
+/// Sends `count` messages to `room`, one at a time and then all at once, through a pool
+/// whose every connection has to serve some of them; asserts they get the `seq`s that
+/// follow `last_seq` with none missing.
+async fn later_sends_succeed(app: &TestApp, user: &TestUser, room: Uuid, last_seq: i64) {
+    let mut got = Vec::new();
+    for i in 0..16 {
+        got.push(
+            app.send(user, room, format!("one by one {i}")).await["seq"]
+                .as_i64()
+                .unwrap(),
+        );
+    }
+    let together = (0..16).map(|i| app.send(user, room, format!("together {i}")));
+    got.extend(
+        join_all(together)
+            .await
+            .iter()
+            .map(|m| m["seq"].as_i64().unwrap()),
+    );
+    got.sort_unstable();
+    assert_eq!(got, (last_seq + 1..=last_seq + 32).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn a_send_postgres_refuses_to_store_fails_alone_and_leaves_no_hole() {
+    let app = spawn_app_with(allow_bulk_sends).await;
+    let user = app.register("refused").await;
+    let room = app.create_room(&user, "refusals", "public").await;
+    app.send(&user, room, "first").await;
+    let db = app.db().await;
+    db.batch_execute(
+        "ALTER TABLE messages ADD CONSTRAINT test_refuses CHECK (text <> 'refuse me')",
+    )
+    .await
+    .unwrap();
+
+    let refused = app
+        .post(
+            &format!("/v1/rooms/{room}/messages"),
+            &user.token,
+            json!({"text": "refuse me"}),
+        )
+        .await;
+    assert!(refused.status.is_server_error(), "{}", refused.status);
+    db.batch_execute("ALTER TABLE messages DROP CONSTRAINT test_refuses")
+        .await
+        .unwrap();
+
+    later_sends_succeed(&app, &user, room, 1).await;
+    let stored: i64 = db
+        .query_one("SELECT count(*) FROM messages WHERE room_id = $1", &[&room])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 33, "the refused send stored nothing");
+}
+
+#[tokio::test]
+async fn a_send_that_gives_up_waiting_for_its_rooms_lock_fails_alone_and_leaves_no_hole() {
+    // Every connection of the node gives up on a lock after a moment, so a batch fails
+    // between its `BEGIN` and its `COMMIT`, inside the transaction.
+    let database_url = create_database().await;
+    let (_, database) = database_url.rsplit_once('/').unwrap();
+    let admin = TestApp::at("127.0.0.1:0".parse().unwrap(), &database_url)
+        .db()
+        .await;
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {database} SET lock_timeout = '300ms'"
+        ))
+        .await
+        .unwrap();
+    let mut settings = settings(&database_url);
+    allow_bulk_sends(&mut settings);
+    let app = spawn_node(settings).await;
+    let user = app.register("waiter").await;
+    let room = app.create_room(&user, "locked", "public").await;
+
+    let holder = app.db().await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    holder
+        .execute("SELECT 1 FROM rooms WHERE id = $1 FOR UPDATE", &[&room])
+        .await
+        .unwrap();
+    let gave_up = app
+        .post(
+            &format!("/v1/rooms/{room}/messages"),
+            &user.token,
+            json!({"text": "waits too long"}),
+        )
+        .await;
+    assert!(gave_up.status.is_server_error(), "{}", gave_up.status);
+    holder.batch_execute("ROLLBACK").await.unwrap();
+
+    later_sends_succeed(&app, &user, room, 0).await;
 }

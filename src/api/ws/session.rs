@@ -169,8 +169,7 @@ impl Session {
         tokio::pin!(limit);
         loop {
             tokio::select! {
-                // A socket with its fill of sends waiting is not read until one commits.
-                next = stream.next(), if self.sending.len() < MAX_SENDS_IN_FLIGHT => {
+                next = stream.next(), if !self.reading_paused() => {
                     last_read = Instant::now();
                     match next {
                         None | Some(Ok(WsMessage::Close(_))) => return None,
@@ -206,9 +205,8 @@ impl Session {
                     if expires_at.is_some_and(|at| now >= at) {
                         return Some((4001, "token expired"));
                     }
-                    if self.sending.len() >= MAX_SENDS_IN_FLIGHT {
-                        // Not read because its sends wait for Postgres: not the
-                        // client's silence.
+                    if self.reading_paused() {
+                        // Not the client's silence.
                         last_read = now;
                     }
                     let quiet_until = last_read + IDLE_TIMEOUT;
@@ -221,6 +219,12 @@ impl Session {
                 () = &mut draining => return Some((1012, "service restart: reconnect and resume")),
             }
         }
+    }
+
+    /// Whether the socket has its fill of sends waiting for Postgres: it is not read
+    /// until one of them commits.
+    fn reading_paused(&self) -> bool {
+        self.sending.len() >= MAX_SENDS_IN_FLIGHT
     }
 
     /// Ends every subscription, presence and typing indicator of this socket, and closes
