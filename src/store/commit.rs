@@ -25,9 +25,7 @@
 //!   batch is announced after this one, while its transaction already runs: publishing
 //!   is off the room's critical path, which is what bounds a hot room;
 //! - a batch that fails stores nothing and answers every sender with its error, so a
-//!   retry is safe;
-//! - the writers run on a thread of their own with connections of their own
-//!   ([`Committer`]), so a batch's round trips do not queue behind the node's sockets.
+//!   retry is safe.
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -56,58 +54,10 @@ const ROOM_QUEUE: usize = 4096;
 const MAX_BATCH: usize = 256;
 /// Transactions of sends in flight at once per node (each on its own set of rooms), so
 /// one batch's flush overlaps the next one's round trips.
-pub(super) const MAX_WRITERS: usize = 4;
-
+const MAX_WRITERS: usize = 4;
 /// Committed batches waiting for the announcer; a writer that finds the queue full waits,
 /// holding its rooms, so a slow NATS slows sends instead of growing memory.
 const ANNOUNCE_QUEUE: usize = 16;
-
-/// The writers' own thread and connections. On the node's runtime a writer's every
-/// round trip to Postgres waited twice behind the tasks of thousands of sockets (once
-/// for the connection's task, once for the writer's), so under load a batch took 40-50
-/// ms of which Postgres worked a few, and four writers of 256 sends each capped a node
-/// at about 24,000 sends/s. Here the writers and their connections share a thread with
-/// nothing else, which the operating system wakes as soon as Postgres answers.
-pub(super) struct Committer {
-    /// Where writer tasks are spawned.
-    handle: tokio::runtime::Handle,
-    /// [`MAX_WRITERS`] connections, used by nothing else, on this thread's runtime.
-    pool: deadpool_postgres::Pool,
-    /// Ends the thread when the store is gone.
-    stop: Option<oneshot::Sender<()>>,
-}
-
-impl Committer {
-    /// Starts the thread; `pool` connects lazily, from it.
-    pub(super) fn start(pool: deadpool_postgres::Pool) -> Result<Self, StoreError> {
-        let unavailable = |e: std::io::Error| StoreError::Unavailable(e.to_string());
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(unavailable)?;
-        let handle = runtime.handle().clone();
-        let (stop, stopped) = oneshot::channel::<()>();
-        std::thread::Builder::new()
-            .name("natter-commit".into())
-            .spawn(move || {
-                let _ = runtime.block_on(stopped);
-            })
-            .map_err(unavailable)?;
-        Ok(Self {
-            handle,
-            pool,
-            stop: Some(stop),
-        })
-    }
-}
-
-impl Drop for Committer {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
-}
 
 /// What the node does with each batch's new messages, in `seq` order, after they are
 /// committed and before their senders hear so (it publishes them).
@@ -267,7 +217,7 @@ impl Store {
         }
         if queues.writers < MAX_WRITERS && !queues.ready.is_empty() {
             queues.writers += 1;
-            self.committer.handle.spawn(self.clone().write_batches());
+            tokio::spawn(self.clone().write_batches());
         }
         Ok(receipt)
     }
@@ -358,11 +308,7 @@ impl Store {
         &self,
         batch: &[(Uuid, Vec<PendingSend>)],
     ) -> Result<Vec<Result<Sent, StoreError>>, StoreError> {
-        let client = self.committer.pool.get().await.map_err(|err| {
-            self.count_failure();
-            StoreError::from(err)
-        })?;
-        let tx = PipelinedTransaction(Some(client));
+        let tx = PipelinedTransaction(Some(self.client().await?));
         let sends = || {
             batch
                 .iter()

@@ -158,8 +158,6 @@ pub struct Store {
     batches: Arc<commit::Batches>,
     /// Failed checkouts and group commits, for `/metrics`.
     failures: Arc<AtomicU64>,
-    /// The group commit's own thread and connections (see [`commit`]).
-    committer: Arc<commit::Committer>,
 }
 
 /// How long a caller waits for a pooled connection before the database counts as down.
@@ -212,30 +210,23 @@ impl Store {
         let manager_config = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         };
-        let pool_of = |size: usize| {
-            let manager = if config.get_ssl_mode() == SslMode::Require {
-                Manager::from_config(
-                    config.clone(),
-                    tls_connector(ca_file)?,
-                    manager_config.clone(),
-                )
-            } else {
-                Manager::from_config(config.clone(), NoTls, manager_config.clone())
-            };
-            Pool::builder(manager)
-                .max_size(size)
-                .wait_timeout(Some(CHECKOUT_TIMEOUT))
-                .create_timeout(Some(CHECKOUT_TIMEOUT))
-                .recycle_timeout(Some(CHECKOUT_TIMEOUT))
-                .runtime(Runtime::Tokio1)
-                .build()
-                .map_err(|e| StoreError::Unavailable(e.to_string()))
+        let manager = if config.get_ssl_mode() == SslMode::Require {
+            Manager::from_config(config, tls_connector(ca_file)?, manager_config)
+        } else {
+            Manager::from_config(config, NoTls, manager_config)
         };
+        let pool = Pool::builder(manager)
+            .max_size(pool_size)
+            .wait_timeout(Some(CHECKOUT_TIMEOUT))
+            .create_timeout(Some(CHECKOUT_TIMEOUT))
+            .recycle_timeout(Some(CHECKOUT_TIMEOUT))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         Ok(Self {
-            pool: pool_of(pool_size)?,
+            pool,
             batches: Default::default(),
             failures: Default::default(),
-            committer: Arc::new(commit::Committer::start(pool_of(commit::MAX_WRITERS)?)?),
         })
     }
 
