@@ -311,15 +311,19 @@ impl TestApp {
         reply.body["id"].as_str().unwrap().parse().unwrap()
     }
 
+    /// Posts a message with `token`, whatever the answer.
+    pub async fn post_message(&self, token: &str, room: Uuid, text: impl Into<String>) -> Reply {
+        self.post(
+            &format!("/v1/rooms/{room}/messages"),
+            token,
+            json!({"text": text.into()}),
+        )
+        .await
+    }
+
     /// Sends a message and returns it.
     pub async fn send(&self, user: &TestUser, room: Uuid, text: impl Into<String>) -> Value {
-        let reply = self
-            .post(
-                &format!("/v1/rooms/{room}/messages"),
-                &user.token,
-                json!({"text": text.into()}),
-            )
-            .await;
+        let reply = self.post_message(&user.token, room, text).await;
         reply.assert_status(201);
         reply.body
     }

@@ -44,12 +44,8 @@ async fn fifty_concurrent_sends_through_two_nodes_get_seq_one_to_fifty() {
         let node = if i % 2 == 0 { &node1 } else { &node2 };
         let user = &users[i % users.len()];
         async move {
-            node.post(
-                &format!("/v1/rooms/{room}/messages"),
-                &user.token,
-                json!({"text": format!("message {i}")}),
-            )
-            .await
+            node.post_message(&user.token, room, format!("message {i}"))
+                .await
         }
     });
     let replies = join_all(sends).await;
@@ -110,14 +106,7 @@ async fn concurrent_sends_to_many_rooms_through_two_nodes_keep_every_room_gaples
     let replies = join_all(sends.iter().enumerate().map(|(i, (room, text, _))| {
         let node = if i % 2 == 0 { &node1 } else { &node2 };
         let token = alice.token.clone();
-        async move {
-            node.post(
-                &format!("/v1/rooms/{room}/messages"),
-                &token,
-                json!({"text": text}),
-            )
-            .await
-        }
+        async move { node.post_message(&token, *room, text.as_str()).await }
     }))
     .await;
     for (reply, (_, text, status)) in replies.iter().zip(&sends) {
@@ -497,13 +486,7 @@ async fn the_send_rate_limit_answers_429_with_retry_after_and_recovers() {
     for i in 0..3 {
         app.send(&alice, room, &format!("burst {i}")).await;
     }
-    let limited = app
-        .post(
-            &format!("/v1/rooms/{room}/messages"),
-            &alice.token,
-            json!({"text": "one too many"}),
-        )
-        .await;
+    let limited = app.post_message(&alice.token, room, "one too many").await;
     limited.assert_status(429);
     assert_eq!(limited.error_code(), "rate_limited");
     let retry_after: u64 = limited.headers["retry-after"]
@@ -556,13 +539,7 @@ async fn a_send_postgres_refuses_to_store_fails_alone_and_leaves_no_hole() {
     .await
     .unwrap();
 
-    let refused = app
-        .post(
-            &format!("/v1/rooms/{room}/messages"),
-            &user.token,
-            json!({"text": "refuse me"}),
-        )
-        .await;
+    let refused = app.post_message(&user.token, room, "refuse me").await;
     assert!(refused.status.is_server_error(), "{}", refused.status);
     db.batch_execute("ALTER TABLE messages DROP CONSTRAINT test_refuses")
         .await
@@ -604,13 +581,7 @@ async fn a_send_that_gives_up_waiting_for_its_rooms_lock_fails_alone_and_leaves_
         .execute("SELECT 1 FROM rooms WHERE id = $1 FOR UPDATE", &[&room])
         .await
         .unwrap();
-    let gave_up = app
-        .post(
-            &format!("/v1/rooms/{room}/messages"),
-            &user.token,
-            json!({"text": "waits too long"}),
-        )
-        .await;
+    let gave_up = app.post_message(&user.token, room, "waits too long").await;
     assert!(gave_up.status.is_server_error(), "{}", gave_up.status);
     holder.batch_execute("ROLLBACK").await.unwrap();
 

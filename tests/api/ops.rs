@@ -5,7 +5,6 @@ use std::{net::SocketAddr, time::Duration};
 
 use futures_util::future::join_all;
 use reqwest::Method;
-use serde_json::json;
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::watch,
@@ -251,13 +250,7 @@ async fn rest_answers_503_with_retry_after_while_postgres_is_unreachable_and_rec
     app.send(&alice, room, "before").await;
 
     cut.send(true).unwrap();
-    let down = app
-        .post(
-            &format!("/v1/rooms/{room}/messages"),
-            &alice.token,
-            json!({"text": "during"}),
-        )
-        .await;
+    let down = app.post_message(&alice.token, room, "during").await;
     down.assert_status(503);
     assert_eq!(down.error_code(), "unavailable");
     assert!(down.headers.contains_key("retry-after"));
@@ -269,13 +262,7 @@ async fn rest_answers_503_with_retry_after_while_postgres_is_unreachable_and_rec
     cut.send(false).unwrap();
     let mut recovered = None;
     for _ in 0..50 {
-        let reply = app
-            .post(
-                &format!("/v1/rooms/{room}/messages"),
-                &alice.token,
-                json!({"text": "after"}),
-            )
-            .await;
+        let reply = app.post_message(&alice.token, room, "after").await;
         if reply.status == 201 {
             recovered = Some(reply);
             break;
