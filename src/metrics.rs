@@ -9,11 +9,12 @@
 use std::{
     fmt::Write,
     sync::atomic::{AtomicI64, AtomicU64, Ordering},
+    time::Duration,
 };
 
 use poem::http::StatusCode;
 
-use crate::relay::RelayStats;
+use crate::{relay::RelayStats, store::commit::CommitTimings};
 
 /// What the API layer counts.
 #[derive(Default)]
@@ -67,6 +68,10 @@ pub struct LatencyHistogram {
 }
 
 impl LatencyHistogram {
+    pub fn observe(&self, elapsed: Duration) {
+        self.observe_ms(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX));
+    }
+
     pub fn observe_ms(&self, ms: u64) {
         let slot = LATENCY_BOUNDS_MS
             .iter()
@@ -97,6 +102,7 @@ pub struct Scrape<'a> {
     pub node_id: &'a str,
     pub api: &'a Metrics,
     pub relay: &'a RelayStats,
+    pub commit: &'a CommitTimings,
     pub pool: deadpool_postgres::Status,
     pub db_errors: u64,
     pub nats_errors: u64,
@@ -235,6 +241,18 @@ impl Scrape<'_> {
         relay
             .fanout_latency
             .render(&mut out, "natter_fanout_latency_seconds", &node);
+        out.push_str(
+            "# HELP natter_send_queue_wait_seconds From a send's arrival to the start of the transaction that stores it.\n",
+        );
+        self.commit
+            .queue_wait
+            .render(&mut out, "natter_send_queue_wait_seconds", &node);
+        out.push_str(
+            "# HELP natter_send_transaction_seconds The group commit's transactions, each storing a batch of sends.\n",
+        );
+        self.commit
+            .transaction
+            .render(&mut out, "natter_send_transaction_seconds", &node);
         out
     }
 }

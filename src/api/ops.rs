@@ -45,6 +45,7 @@ pub async fn metrics(Data(state): Data<&AppState>) -> Response {
         node_id: &state.settings.node_id,
         api: &state.metrics,
         relay: state.hub.stats(),
+        commit: state.store.commit_timings(),
         pool: state.store.pool_status(),
         db_errors: state.store.failures(),
         nats_errors: state.bus.failures(),

@@ -29,8 +29,8 @@
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
-    sync::{Arc, Mutex, OnceLock},
-    time::SystemTime,
+    sync::{Arc, LazyLock, Mutex, OnceLock},
+    time::{Instant, SystemTime},
 };
 
 use futures_util::future::BoxFuture;
@@ -45,6 +45,7 @@ use super::{
 };
 use crate::{
     domain::InvalidInput,
+    metrics::LatencyHistogram,
     model::{Message, Role, RoomKind},
 };
 
@@ -88,6 +89,8 @@ pub(super) struct PendingSend {
     pub client_msg_id: Option<String>,
     pub reply_to: Option<Uuid>,
     pub traceparent: Option<Arc<str>>,
+    /// When the send joined its room's queue, for [`CommitTimings::queue_wait`].
+    pub queued_at: Instant,
     pub done: oneshot::Sender<Result<Sent, StoreError>>,
 }
 
@@ -97,6 +100,17 @@ pub(super) struct Batches {
     state: Mutex<Queues>,
     /// The announcer's queue, once [`Store::on_commit`] has started it.
     announcer: OnceLock<mpsc::Sender<Announcement>>,
+    timings: CommitTimings,
+}
+
+/// Where a send's time to durability goes, for `/metrics`: waiting for a writer (all
+/// four busy, or its room held by the transaction before), then its batch's transaction.
+#[derive(Default)]
+pub struct CommitTimings {
+    /// Per send: from its queueing to the start of its batch's transaction.
+    pub queue_wait: LatencyHistogram,
+    /// Per batch, failed ones too: from `BEGIN` to the answer to `COMMIT`.
+    pub transaction: LatencyHistogram,
 }
 
 /// A committed batch on its way to [`OnCommit`] and then to its senders.
@@ -166,6 +180,11 @@ enum Outcome {
 }
 
 impl Store {
+    /// How long sends waited for a writer and batches took to commit.
+    pub fn commit_timings(&self) -> &CommitTimings {
+        &self.batches.timings
+    }
+
     /// Sets what happens to committed messages before their senders are answered, and
     /// starts the task that does it; the first call wins. Without one, senders are
     /// answered as soon as their batch commits.
@@ -235,7 +254,16 @@ impl Store {
                 batch
             };
             let began = SystemTime::now();
-            match self.store_batch(&batch).await {
+            let started = Instant::now();
+            let timings = &self.batches.timings;
+            for (_, sends) in &batch {
+                for pending in sends {
+                    timings.queue_wait.observe(started - pending.queued_at);
+                }
+            }
+            let stored = self.store_batch(&batch).await;
+            timings.transaction.observe(started.elapsed());
+            match stored {
                 Ok(outcomes) => {
                     let rooms: Vec<Uuid> = batch.iter().map(|(room_id, _)| *room_id).collect();
                     // Queued before the rooms are released, so a room's next batch is
@@ -406,7 +434,7 @@ impl Store {
             &moved_to,
         ];
         // Prepared before the pipeline, or the COMMIT would go out ahead of it.
-        let insert = tx.prepare_cached(&insert_sql()).await?;
+        let insert = tx.prepare_cached(&INSERT_SQL).await?;
         let inserted = async {
             match rows.ids.is_empty() {
                 true => Ok(Vec::new()),
@@ -453,7 +481,7 @@ impl Store {
 }
 
 /// Stores a batch's new messages and moves each room's `last_seq` and activity time.
-fn insert_sql() -> String {
+static INSERT_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH moved AS (
              UPDATE rooms SET last_seq = x.s, last_activity_at = now_ms()
@@ -465,7 +493,18 @@ fn insert_sql() -> String {
                 AS x(i, m, s, u, t, k, r)
          RETURNING {MESSAGE_COLUMNS}"
     )
-}
+});
+
+/// The messages a batch's keyed sends stored before, by (room, sender, key). The key's
+/// index covers keyed messages only, so the query says it wants only those.
+static KNOWN_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages
+          WHERE client_msg_id IS NOT NULL
+            AND (room_id, sender_id, client_msg_id) IN
+                (SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[]))"
+    )
+});
 
 /// A batch's transaction, with its `BEGIN` and `COMMIT` sent in the same round trip
 /// as the statements beside them rather than each in its own, as tokio-postgres's
@@ -561,13 +600,7 @@ impl<'a> Checks<'a> {
                   WHERE (room_id, user_id) IN (SELECT * FROM unnest($1::uuid[], $2::uuid[]))",
             )
             .await?;
-        let known = tx
-            .prepare_cached(&format!(
-                "SELECT {MESSAGE_COLUMNS} FROM messages
-                  WHERE (room_id, sender_id, client_msg_id) IN
-                        (SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[]))"
-            ))
-            .await?;
+        let known = tx.prepare_cached(&KNOWN_SQL).await?;
         let replied_to = tx
             .prepare_cached("SELECT id, room_id FROM messages WHERE id = ANY($1)")
             .await?;

@@ -12,7 +12,7 @@
 //!   `COMMIT`.
 //! - **Idempotent send (§1.5).** A retry is answered from the stored original, found
 //!   under the room lock (or, within one batch, from the first send of its key); the
-//!   unique `(room_id, sender_id, client_msg_id)` constraint backs this up.
+//!   unique index on `(room_id, sender_id, client_msg_id)` of keyed messages backs this up.
 
 use crate::store::CachedQuery;
 use deadpool_postgres::GenericClient;
@@ -89,6 +89,7 @@ impl Store {
             client_msg_id,
             reply_to: new.reply_to,
             traceparent: crate::telemetry::current_traceparent(),
+            queued_at: std::time::Instant::now(),
             done,
         })
     }

@@ -10,6 +10,7 @@ use super::StoreError;
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("migrations/0001_init.sql")),
     (2, include_str!("migrations/0002_message_insert_path.sql")),
+    (3, include_str!("migrations/0003_sends_without_a_key.sql")),
 ];
 
 /// Arbitrary, fixed key for `pg_advisory_xact_lock`: "natter" in ASCII.

@@ -79,6 +79,10 @@ impl From<tokio_postgres::Error> for StoreError {
                     || *code == SqlState::CRASH_SHUTDOWN
                     || *code == SqlState::CANNOT_CONNECT_NOW
                     || *code == SqlState::QUERY_CANCELED
+                    // Contention that gave up (a configured `lock_timeout`) or lost
+                    // (a deadlock): the same request can succeed a moment later.
+                    || *code == SqlState::LOCK_NOT_AVAILABLE
+                    || *code == SqlState::T_R_DEADLOCK_DETECTED
             })
             || std::error::Error::source(&err).is_some_and(|s| s.is::<std::io::Error>());
         if unavailable {

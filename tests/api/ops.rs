@@ -57,6 +57,10 @@ async fn metrics_follow_sockets_subscriptions_and_fan_out_across_nodes() {
     first.send(&alice, room, "counted").await;
     assert_eq!(ws.message_seqs(1).await, vec![1]);
     assert_eq!(first.metric("natter_messages_stored_total{").await, 1.0);
+    // One send, one batch: its wait for a writer and its transaction were timed.
+    let queue_waits = first.metric("natter_send_queue_wait_seconds_count{").await;
+    let transactions = first.metric("natter_send_transaction_seconds_count{").await;
+    assert_eq!((queue_waits, transactions), (1.0, 1.0));
     assert!(second.metric("natter_events_received_total{").await >= 1.0);
     assert!(second.metric("natter_events_delivered_total{").await >= 1.0);
     let fanned_out = second.metric("natter_fanout_latency_seconds_count{").await;
