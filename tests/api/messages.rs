@@ -1,4 +1,4 @@
-use std::collections::HashSet;
+use std::{collections::HashSet, time::Duration};
 
 use futures_util::future::join_all;
 use reqwest::Method;
@@ -527,7 +527,7 @@ async fn the_send_rate_limit_answers_429_with_retry_after_and_recovers() {
     // Nothing was stored by the refused send, and other users are unaffected.
     assert_eq!(app.send(&bob, room, "bob is fine").await["seq"], 4);
 
-    tokio::time::sleep(std::time::Duration::from_secs(retry_after)).await;
+    tokio::time::sleep(Duration::from_secs(retry_after)).await;
     let recovered = app.send(&alice, room, "after waiting").await;
     assert_eq!(recovered["seq"], 5);
 }
@@ -581,6 +581,42 @@ async fn a_send_postgres_refuses_to_store_fails_alone_and_leaves_no_hole() {
         .unwrap()
         .get(0);
     assert_eq!(stored, 33, "the refused send stored nothing");
+}
+
+#[tokio::test]
+async fn a_send_to_one_room_does_not_wait_for_another_rooms_stalled_transaction() {
+    let app = spawn_app().await;
+    let user = app.register("sender").await;
+    let held = app.create_room(&user, "held", "public").await;
+    let free = app.create_room(&user, "free", "public").await;
+    // Another node's batch, say, holds the first room's row.
+    let holder = app.db().await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    holder
+        .execute("SELECT 1 FROM rooms WHERE id = $1 FOR UPDATE", &[&held])
+        .await
+        .unwrap();
+    let stalled = app.post_message(&user.token, held, "waits for the lock");
+    tokio::pin!(stalled);
+    tokio::select! {
+        reply = &mut stalled => panic!("stored past a held lock: {}", reply.status),
+        () = tokio::time::sleep(Duration::from_millis(300)) => {}
+    }
+
+    // The lock is still held: this send needs a writer of its own, and gets one.
+    let other = tokio::time::timeout(
+        Duration::from_secs(5),
+        app.post_message(&user.token, free, "does not wait"),
+    )
+    .await
+    .expect("a send to another room is not held up by the stalled transaction");
+    other.assert_status(201);
+    assert_eq!(other.body["seq"], 1);
+
+    holder.batch_execute("ROLLBACK").await.unwrap();
+    let stalled = stalled.await;
+    stalled.assert_status(201);
+    assert_eq!(stalled.body["seq"], 1);
 }
 
 #[tokio::test]
