@@ -66,7 +66,7 @@ const MAX_WRITERS: usize = 4;
 /// held by another node's batch). While one writer keeps up, its batches grow with the
 /// load instead of splitting four ways, and every transaction Postgres is spared is a
 /// commit, its planning and a WAL flush: at 8,000 sends/s on one node, four writers
-/// ran 950-1,300 transactions a second and one ran 750-800, with a third less
+/// ran 950-1,360 transactions a second and one ran 750-800, with a third less
 /// Postgres CPU and half the median latency (BENCHMARKS.md, sixth session).
 const WRITER_PATIENCE: Duration = Duration::from_millis(10);
 /// Committed batches waiting for the announcer; a writer that finds the queue full waits,
@@ -116,8 +116,9 @@ pub(super) struct Batches {
     timings: CommitTimings,
 }
 
-/// Where a send's time to durability goes, for `/metrics`: waiting for a writer (all
-/// four busy, or its room held by the transaction before), then its batch's transaction.
+/// Where a send's time to durability goes, for `/metrics`: waiting for a writer (the
+/// running ones busy, or its room held by the transaction before), then its batch's
+/// transaction.
 #[derive(Default)]
 pub struct CommitTimings {
     /// Per send: from its queueing to the start of its batch's transaction.

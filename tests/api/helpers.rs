@@ -249,6 +249,19 @@ impl TestApp {
         client
     }
 
+    /// Takes `room`'s row lock, as another node's batch would, in a transaction on a
+    /// connection of its own; the lock holds until the transaction ends (`ROLLBACK`, or
+    /// the client dropped).
+    pub async fn hold_room_lock(&self, room: Uuid) -> tokio_postgres::Client {
+        let holder = self.db().await;
+        holder.batch_execute("BEGIN").await.unwrap();
+        holder
+            .execute("SELECT 1 FROM rooms WHERE id = $1 FOR UPDATE", &[&room])
+            .await
+            .unwrap();
+        holder
+    }
+
     /// Stores messages 1..=`count` of `room` (texts `message 1`, …) straight into
     /// Postgres, never published, and moves the room's `last_seq` to match.
     pub async fn store_history(

@@ -589,13 +589,7 @@ async fn a_send_to_one_room_does_not_wait_for_another_rooms_stalled_transaction(
     let user = app.register("sender").await;
     let held = app.create_room(&user, "held", "public").await;
     let free = app.create_room(&user, "free", "public").await;
-    // Another node's batch, say, holds the first room's row.
-    let holder = app.db().await;
-    holder.batch_execute("BEGIN").await.unwrap();
-    holder
-        .execute("SELECT 1 FROM rooms WHERE id = $1 FOR UPDATE", &[&held])
-        .await
-        .unwrap();
+    let holder = app.hold_room_lock(held).await;
     let stalled = app.post_message(&user.token, held, "waits for the lock");
     tokio::pin!(stalled);
     tokio::select! {
@@ -640,12 +634,7 @@ async fn a_send_that_gives_up_waiting_for_its_rooms_lock_fails_alone_and_leaves_
     let user = app.register("waiter").await;
     let room = app.create_room(&user, "locked", "public").await;
 
-    let holder = app.db().await;
-    holder.batch_execute("BEGIN").await.unwrap();
-    holder
-        .execute("SELECT 1 FROM rooms WHERE id = $1 FOR UPDATE", &[&room])
-        .await
-        .unwrap();
+    let holder = app.hold_room_lock(room).await;
     let gave_up = app.post_message(&user.token, room, "waits too long").await;
     // Contention, not a fault: worth retrying, and the client is told when.
     gave_up.assert_status(503);
