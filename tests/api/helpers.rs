@@ -171,6 +171,19 @@ impl Reply {
         );
         self
     }
+
+    /// SPEC §5's answer to a failure worth retrying: `503 unavailable` with
+    /// `Retry-After`.
+    #[track_caller]
+    pub fn assert_unavailable(&self) {
+        self.assert_status(503);
+        assert_eq!(self.error_code(), "unavailable");
+        assert!(
+            self.headers.contains_key("retry-after"),
+            "{:?}",
+            self.headers
+        );
+    }
 }
 
 impl TestApp {
