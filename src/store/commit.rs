@@ -183,12 +183,14 @@ impl Queues {
 
     /// Whether a new send should start another writer (see [`WRITER_PATIENCE`]).
     fn wants_writer(&self) -> bool {
-        let behind = self.writers == 0
+        if self.writers >= MAX_WRITERS || self.ready.is_empty() {
+            return false;
+        }
+        self.writers == 0
             || self.waiting_sends >= MAX_BATCH
             || self
                 .newest_batch
-                .is_some_and(|taken| taken.elapsed() >= WRITER_PATIENCE);
-        behind && self.writers < MAX_WRITERS && !self.ready.is_empty()
+                .is_some_and(|taken| taken.elapsed() >= WRITER_PATIENCE)
     }
 
     /// Releases a batch's rooms; those with sends that arrived meanwhile are ready again.
