@@ -3,35 +3,22 @@
 //! `main.rs` and the integration tests both start nodes through [`Application`], so the
 //! tests exercise exactly what production runs (tests bind port 0).
 
-use std::{
-    future::Future,
-    net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::Duration,
-};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
-use opentelemetry::trace::SpanKind;
 use poem::{Server, listener::Acceptor};
 use tokio::sync::watch;
 
 use crate::{
     api,
     auth::Authenticator,
-    bus::{Bus, BusError, RoomEvent},
+    bus::{Bus, BusError},
+    chat::{self, Chat},
     config::Settings,
     listener::ChatAcceptor,
-    metrics::Metrics,
+    metrics::{Metrics, Scrape},
     presence::{Presence, PresenceError},
-    rate_limit::SendLimiter,
-    relay::{RoomHub, SocketId},
-    store::{
-        Store, StoreError,
-        commit::{Committed, OnCommit},
-    },
-    telemetry::TraceSpan,
+    relay::RoomHub,
+    store::{Store, StoreError},
 };
 
 /// Everything a request handler may need: one shared [`Node`]. Cloning it is one
@@ -50,17 +37,19 @@ impl std::ops::Deref for AppState {
 /// The node's shared parts.
 pub struct Node {
     pub settings: Settings,
-    pub store: Store,
-    pub bus: Bus,
+    /// The use cases: everything a client does goes through here.
+    pub chat: Chat,
+    /// Turns bearer tokens into callers.
     pub auth: Authenticator,
-    pub limiter: SendLimiter,
     pub metrics: Arc<Metrics>,
-    pub hub: RoomHub,
-    pub presence: Presence,
     /// Turns `true` once shutdown begins: `/readyz` steers the load balancer away, new
     /// sockets are refused and open ones close with 1012.
     pub shutdown: watch::Sender<bool>,
-    socket_ids: AtomicU64,
+    // The layers below the use cases, for the operational routes only.
+    store: Store,
+    bus: Bus,
+    hub: RoomHub,
+    presence: Presence,
 }
 
 impl Node {
@@ -68,8 +57,26 @@ impl Node {
         *self.shutdown.borrow()
     }
 
-    pub fn next_socket_id(&self) -> SocketId {
-        self.socket_ids.fetch_add(1, Ordering::Relaxed)
+    /// Whether Postgres and NATS are reachable now, for `/readyz`.
+    pub async fn dependencies_reachable(&self) -> (bool, bool) {
+        tokio::join!(self.store.ping(), async { self.bus.is_connected() })
+    }
+
+    /// What `/metrics` reports, gathered from every layer.
+    pub fn scrape(&self) -> Scrape<'_> {
+        Scrape {
+            node_id: &self.settings.node_id,
+            api: &self.metrics,
+            relay: self.hub.stats(),
+            commit: self.store.commit_timings(),
+            pool: self.store.pool_status(),
+            db_errors: self.store.failures(),
+            nats_errors: self.bus.failures(),
+            nats_connected: self.bus.is_connected(),
+            rooms_relayed: self.hub.active_rooms(),
+            subscriptions: self.hub.subscriptions(),
+            draining: self.is_draining(),
+        }
     }
 }
 
@@ -143,22 +150,25 @@ impl Application {
             .and_then(|a| a.as_socket_addr().copied())
             .unwrap_or(settings.listen_addr);
         let metrics = Arc::new(Metrics::default());
-        store.on_commit(publish_committed(
-            bus.clone(),
-            metrics.clone(),
-            settings.node_id.as_str().into(),
-        ));
+        let chat = Chat::new(chat::Parts {
+            store: store.clone(),
+            bus: bus.clone(),
+            hub: hub.clone(),
+            presence: presence.clone(),
+            auth: auth.clone(),
+            metrics: metrics.clone(),
+            limits: settings.limits.clone(),
+        });
         let state = AppState(Arc::new(Node {
-            limiter: SendLimiter::new(settings.limits.sends_per_second, settings.limits.send_burst),
             settings,
-            store,
-            bus,
+            chat,
             auth,
             metrics,
+            shutdown: watch::channel(false).0,
+            store,
+            bus,
             hub,
             presence,
-            shutdown: watch::channel(false).0,
-            socket_ids: AtomicU64::new(1),
         }));
         Ok(Self {
             acceptor,
@@ -205,36 +215,6 @@ impl Application {
             .run_with_graceful_shutdown(api::routes(self.state), signal, Some(SHUTDOWN_GRACE))
             .await
     }
-}
-
-/// Publishes each batch of committed messages once, in `seq` order, each in the trace of
-/// the request that sent it (the publishing half of SPEC §1.3).
-fn publish_committed(bus: Bus, metrics: Arc<Metrics>, node_id: Arc<str>) -> OnCommit {
-    Arc::new(move |committed: Vec<Committed>| {
-        let (bus, metrics, node_id) = (bus.clone(), metrics.clone(), node_id.clone());
-        Box::pin(async move {
-            for Committed {
-                message,
-                traceparent,
-                transaction_began,
-            } in committed
-            {
-                metrics.count_message_stored();
-                let mut commit = TraceSpan::start_at(
-                    "postgres commit",
-                    SpanKind::Internal,
-                    traceparent.as_ref(),
-                    &node_id,
-                    Some(transaction_began),
-                );
-                commit.set_attribute("natter.room_id", message.room_id.to_string());
-                commit.set_attribute("natter.seq", message.seq);
-                let event = RoomEvent::message(&message);
-                let traceparent = commit.traceparent().clone();
-                crate::telemetry::in_trace(traceparent, bus.publish(&event)).await;
-            }
-        })
-    })
 }
 
 /// Applies migrations, retrying while the database is still starting.

@@ -7,6 +7,12 @@ use std::{net::SocketAddr, time::Duration};
 
 use serde::Deserialize;
 
+/// How long a message that arrived ahead of its predecessors waits for them before they
+/// are read from Postgres, unless configured (`REORDER_WAIT_MS`). NATS delivers in well
+/// under a millisecond when a node keeps up and in tens when it is saturated; a real
+/// loss costs its room this much latency once.
+pub const DEFAULT_REORDER_WAIT: Duration = Duration::from_millis(100);
+
 /// Everything a node needs to start.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -26,7 +32,7 @@ pub struct Settings {
     /// Replicas of the presence bucket; defaults to the number of NATS servers given.
     pub presence_replicas: usize,
     /// How long a message that reached a node ahead of its predecessors waits for them
-    /// before they are read from Postgres (`relay::DEFAULT_REORDER_WAIT`).
+    /// before they are read from Postgres ([`DEFAULT_REORDER_WAIT`]).
     pub reorder_wait: Duration,
     /// Address the HTTP server binds; port 0 picks a free one (tests).
     pub listen_addr: SocketAddr,
@@ -219,7 +225,7 @@ impl Settings {
         // its users are offline everywhere within 15 s (SPEC §1.6), with room for
         // JetStream's expiry timer.
         let presence_ttl = Duration::from_secs(number(&lookup, "PRESENCE_TTL_SECS", 10)?);
-        let default_wait = crate::relay::DEFAULT_REORDER_WAIT.as_millis() as u64;
+        let default_wait = DEFAULT_REORDER_WAIT.as_millis() as u64;
         let reorder_wait = Duration::from_millis(number(&lookup, "REORDER_WAIT_MS", default_wait)?);
         let cors_origins = lookup("CORS_ALLOWED_ORIGINS")
             .unwrap_or_default()

@@ -40,7 +40,7 @@ use uuid::Uuid;
 
 use crate::{
     bus::{Bus, EventKind, RoomEvent},
-    metrics::LatencyHistogram,
+    histogram::LatencyHistogram,
     store::Store,
     telemetry::TraceSpan,
 };
@@ -53,11 +53,6 @@ pub const TYPING_TTL: Duration = Duration::from_secs(6);
 const ROOM_COMMAND_QUEUE: usize = 4096;
 /// Messages read from Postgres per repair query.
 const REPAIR_PAGE: i64 = 500;
-/// How long a message that arrived ahead of its predecessors waits for them before they
-/// are read from Postgres, unless configured (`REORDER_WAIT_MS`). NATS delivers in well
-/// under a millisecond when a node keeps up and in tens when it is saturated; a real
-/// loss costs its room this much latency once.
-pub const DEFAULT_REORDER_WAIT: Duration = Duration::from_millis(100);
 /// Messages held for their predecessors before the wait is cut short.
 const MAX_HELD: usize = 4096;
 

@@ -13,7 +13,7 @@ use poem_openapi::{
     payload::Json,
 };
 
-use crate::{auth::AuthError, domain::InvalidInput, store::StoreError};
+use crate::{auth::AuthError, chat::ChatError, domain::InvalidInput, store::StoreError};
 
 /// Seconds a client should wait before retrying while a dependency is down.
 const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 2;
@@ -86,7 +86,7 @@ pub enum ApiError {
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
     /// The request clashes with the current state: `username_taken`, `message_deleted`,
-    /// `owner_cannot_leave`, `direct_room`.
+    /// `owner_cannot_leave`, `direct_room` (and, on a socket, `too_many_rooms`).
     #[oai(status = 409)]
     Conflict(Json<ErrorBody>),
     /// The request body is over the body limit (`payload_too_large`).
@@ -163,6 +163,7 @@ impl From<InvalidInput> for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
+        let message = err.to_string();
         match err {
             StoreError::Unavailable(cause) => {
                 tracing::warn!(%cause, "database unavailable");
@@ -176,14 +177,36 @@ impl From<StoreError> for ApiError {
             StoreError::NotMember => {
                 ApiError::Forbidden(body("not_member", "join this room before writing to it"))
             }
-            StoreError::Forbidden { code, message } => ApiError::Forbidden(body(code, message)),
-            StoreError::Conflict { code, message } => ApiError::Conflict(body(code, message)),
+            StoreError::NotOwner => ApiError::Forbidden(body("not_owner", message)),
+            StoreError::NotSender | StoreError::NotSenderOrOwner => {
+                ApiError::Forbidden(body("not_sender", message))
+            }
+            StoreError::UsernameTaken => ApiError::Conflict(body("username_taken", message)),
+            StoreError::MessageDeleted => ApiError::Conflict(body("message_deleted", message)),
+            StoreError::DirectRoomIsFixed => ApiError::Conflict(body("direct_room", message)),
+            StoreError::OwnerCannotLeave => ApiError::Conflict(body("owner_cannot_leave", message)),
             StoreError::Invalid(invalid) => invalid.into(),
             StoreError::Database(cause) => {
                 tracing::error!(error = ?cause, "database error");
                 ApiError::Internal(body("internal", "internal error"))
             }
-            StoreError::Failed(_) => ApiError::Internal(body("internal", "internal error")),
+        }
+    }
+}
+
+impl From<ChatError> for ApiError {
+    fn from(err: ChatError) -> Self {
+        let message = err.to_string();
+        match err {
+            ChatError::Invalid(invalid) => invalid.into(),
+            ChatError::Store(err) => err.into(),
+            ChatError::RateLimited { retry_after } => {
+                ApiError::rate_limited(retry_after.as_secs_f64().ceil().max(1.0) as u64)
+            }
+            ChatError::TooManyRooms { .. } => ApiError::Conflict(body("too_many_rooms", message)),
+            ChatError::Relay(_) => ApiError::unavailable(message),
+            ChatError::InvalidCredentials => ApiError::invalid_credentials(),
+            ChatError::HasherBusy => ApiError::unavailable(message),
         }
     }
 }

@@ -9,7 +9,7 @@ use poem::{
     web::Data,
 };
 
-use crate::{app::AppState, metrics::Scrape, telemetry::TraceSpan};
+use crate::{app::AppState, telemetry::TraceSpan};
 
 /// The process is alive.
 #[poem::handler]
@@ -21,7 +21,7 @@ pub async fn healthz() -> &'static str {
 #[poem::handler]
 pub async fn readyz(Data(state): Data<&AppState>) -> Response {
     let draining = state.is_draining();
-    let (database, nats) = tokio::join!(state.store.ping(), async { state.bus.is_connected() });
+    let (database, nats) = state.dependencies_reachable().await;
     let ready = database && nats && !draining;
     let body = serde_json::json!({
         "ready": ready,
@@ -41,20 +41,7 @@ pub async fn readyz(Data(state): Data<&AppState>) -> Response {
 /// Prometheus text exposition.
 #[poem::handler]
 pub async fn metrics(Data(state): Data<&AppState>) -> Response {
-    let text = Scrape {
-        node_id: &state.settings.node_id,
-        api: &state.metrics,
-        relay: state.hub.stats(),
-        commit: state.store.commit_timings(),
-        pool: state.store.pool_status(),
-        db_errors: state.store.failures(),
-        nats_errors: state.bus.failures(),
-        nats_connected: state.bus.is_connected(),
-        rooms_relayed: state.hub.active_rooms(),
-        subscriptions: state.hub.subscriptions(),
-        draining: state.is_draining(),
-    }
-    .render();
+    let text = state.scrape().render();
     Response::builder()
         .content_type("text/plain; version=0.0.4")
         .body(text)

@@ -14,52 +14,29 @@
 //!   under the room lock (or, within one batch, from the first send of its key); the
 //!   unique index on `(room_id, sender_id, client_msg_id)` of keyed messages backs this up.
 
-use crate::store::CachedQuery;
+use std::sync::Arc;
+
 use deadpool_postgres::GenericClient;
-use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::{
-    Store, StoreError,
-    commit::{PendingSend, SendReceipt, sent_of},
-    rooms::Access,
+    CachedQuery, Store, StoreError,
+    access::Access,
+    commit::{PendingSend, SendReceipt},
+    rows::{MESSAGE_COLUMNS, attach_reactions, message_from_row, page_of},
 };
 use crate::{
     domain::{ClientMsgId, Emoji, MessageText},
-    model::{Message, Reaction, Role},
+    model::{Message, Role},
 };
-
-pub(super) const MESSAGE_COLUMNS: &str =
-    "id, room_id, seq, sender_id, text, created_at, edited_at, deleted, client_msg_id, reply_to";
-
-pub(super) fn message_from_row(row: &Row) -> Message {
-    Message {
-        id: row.get("id"),
-        room_id: row.get("room_id"),
-        seq: row.get("seq"),
-        sender_id: row.get("sender_id"),
-        text: row.get("text"),
-        created_at: row.get("created_at"),
-        edited_at: row.get("edited_at"),
-        deleted: row.get("deleted"),
-        client_msg_id: row.get("client_msg_id"),
-        reply_to: row.get("reply_to"),
-        reactions: Vec::new(),
-    }
-}
 
 /// A new message as the sender asked for it.
 pub struct NewMessage<'a> {
     pub text: &'a MessageText,
     pub client_msg_id: Option<&'a ClientMsgId>,
     pub reply_to: Option<Uuid>,
-}
-
-/// The outcome of a send: the stored message and whether this call stored it (`false`
-/// for a retry of an earlier `client_msg_id`).
-pub struct Sent {
-    pub message: Message,
-    pub created: bool,
+    /// The trace of the request that sent it, which its commit and fan-out continue.
+    pub traceparent: Option<Arc<str>>,
 }
 
 /// Which part of a room's history to page through.
@@ -88,22 +65,10 @@ impl Store {
             text,
             client_msg_id,
             reply_to: new.reply_to,
-            traceparent: crate::telemetry::current_traceparent(),
+            traceparent: new.traceparent,
             queued_at: std::time::Instant::now(),
             done,
         })
-    }
-
-    /// Stores a message and assigns its `seq`: [`Store::queue_message`] and the wait.
-    #[tracing::instrument(skip(self, new), fields(client_msg_id = new.client_msg_id.map(|c| c.as_str())))]
-    pub async fn send_message(
-        &self,
-        sender: Uuid,
-        room_id: Uuid,
-        new: NewMessage<'_>,
-    ) -> Result<Sent, StoreError> {
-        let receipt = self.queue_message(sender, room_id, new)?;
-        sent_of(receipt).await
     }
 
     /// A page of a room's messages in ascending `seq`, and whether more lie beyond it:
@@ -222,13 +187,10 @@ impl Store {
         let Some(row) = row else {
             let (sender_id, deleted) = message_owner(&client, room_id, message_id).await?;
             return Err(if sender_id != viewer {
-                StoreError::Forbidden {
-                    code: "not_sender",
-                    message: "only the sender may edit a message",
-                }
+                StoreError::NotSender
             } else {
                 debug_assert!(deleted);
-                MESSAGE_DELETED
+                StoreError::MessageDeleted
             });
         };
         let mut messages = vec![message_from_row(&row)];
@@ -251,10 +213,7 @@ impl Store {
             .require_member()?;
         let (sender_id, _) = message_owner(&client, room_id, message_id).await?;
         if sender_id != viewer && role != Role::Owner {
-            return Err(StoreError::Forbidden {
-                code: "not_sender",
-                message: "only the sender or the room's owner may delete a message",
-            });
+            return Err(StoreError::NotSenderOrOwner);
         }
         let tx = client.transaction().await?;
         tx.execute_cached(
@@ -293,7 +252,7 @@ impl Store {
             .map(|r| message_from_row(&r))
             .ok_or(StoreError::MessageNotFound)?;
         if message.deleted {
-            return Err(MESSAGE_DELETED);
+            return Err(StoreError::MessageDeleted);
         }
         let statement = if add {
             "INSERT INTO reactions (message_id, emoji, user_id) VALUES ($1, $2, $3)
@@ -337,22 +296,6 @@ impl Store {
     }
 }
 
-const MESSAGE_DELETED: StoreError = StoreError::Conflict {
-    code: "message_deleted",
-    message: "the message has been deleted",
-};
-
-/// The first `limit` of `rows` (queried with `LIMIT limit + 1`) as messages, and whether
-/// there were more.
-fn page_of(rows: &[Row], limit: i64) -> (Vec<Message>, bool) {
-    let messages = rows
-        .iter()
-        .take(limit as usize)
-        .map(message_from_row)
-        .collect();
-    (messages, rows.len() as i64 > limit)
-}
-
 /// The sender of a message in a room and whether it is deleted.
 async fn message_owner(
     db: &impl GenericClient,
@@ -367,59 +310,4 @@ async fn message_owner(
         .await?
         .ok_or(StoreError::MessageNotFound)?;
     Ok((row.get(0), row.get(1)))
-}
-
-/// The messages at the given (room, seq) positions, with reactions as `viewer` sees them.
-pub(super) async fn fetch_at(
-    db: &impl GenericClient,
-    viewer: Uuid,
-    positions: &[(Uuid, i64)],
-) -> Result<Vec<Message>, StoreError> {
-    if positions.is_empty() {
-        return Ok(Vec::new());
-    }
-    let (rooms, seqs): (Vec<Uuid>, Vec<i64>) = positions.iter().copied().unzip();
-    let sql = format!(
-        "SELECT {MESSAGE_COLUMNS} FROM messages
-          WHERE (room_id, seq) IN (SELECT * FROM unnest($1::uuid[], $2::bigint[]))"
-    );
-    let rows = db.query_cached(&sql, &[&rooms, &seqs]).await?;
-    let mut messages: Vec<Message> = rows.iter().map(message_from_row).collect();
-    attach_reactions(db, viewer, &mut messages).await?;
-    Ok(messages)
-}
-
-/// Fills in each message's reactions (one query for the whole page).
-pub(super) async fn attach_reactions(
-    db: &impl GenericClient,
-    viewer: Uuid,
-    messages: &mut [Message],
-) -> Result<(), StoreError> {
-    let ids: Vec<Uuid> = messages
-        .iter()
-        .filter(|m| !m.deleted)
-        .map(|m| m.id)
-        .collect();
-    if ids.is_empty() {
-        return Ok(());
-    }
-    let rows = db
-        .query_cached(
-            "SELECT message_id, emoji, count(*) AS count, bool_or(user_id = $2) AS me
-               FROM reactions WHERE message_id = ANY($1)
-              GROUP BY message_id, emoji ORDER BY min(created_at), emoji",
-            &[&ids, &viewer],
-        )
-        .await?;
-    for row in rows {
-        let message_id: Uuid = row.get("message_id");
-        if let Some(message) = messages.iter_mut().find(|m| m.id == message_id) {
-            message.reactions.push(Reaction {
-                emoji: row.get("emoji"),
-                count: row.get("count"),
-                me: row.get("me"),
-            });
-        }
-    }
-    Ok(())
 }

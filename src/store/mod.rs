@@ -7,10 +7,12 @@
 //! broken connections are dropped on checkout, so service recovers on its own when the
 //! database returns.
 
+mod access;
 pub mod commit;
 pub mod messages;
 mod migrate;
 pub mod rooms;
+mod rows;
 pub mod users;
 
 use std::{
@@ -31,7 +33,11 @@ use crate::domain::InvalidInput;
 
 /// Errors of the storage layer: infrastructure failures and the domain outcomes that only
 /// the database can decide (a room that does not exist, a name already taken, …).
-#[derive(Debug, thiserror::Error)]
+///
+/// Each variant says what happened, in the store's terms; which status and code a client
+/// sees is decided once, in `api::error`. Errors clone (a failed batch of sends answers
+/// every sender with its error).
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// Postgres cannot be reached or is shutting down; worth retrying.
     #[error("database unavailable: {0}")]
@@ -46,28 +52,31 @@ pub enum StoreError {
     /// A public room the caller must join before writing to it.
     #[error("not a member of this room")]
     NotMember,
-    /// The caller may see the thing but not do this to it (`code` says why).
-    #[error("{message}")]
-    Forbidden {
-        code: &'static str,
-        message: &'static str,
-    },
-    /// The request is valid but clashes with the current state (`code` says how).
-    #[error("{message}")]
-    Conflict {
-        code: &'static str,
-        message: &'static str,
-    },
+    /// Only the room's owner may change the room or its members.
+    #[error("only the room's owner may do this")]
+    NotOwner,
+    /// Only a message's sender may edit it.
+    #[error("only the sender may edit a message")]
+    NotSender,
+    /// Only a message's sender, or the room's owner, may delete it.
+    #[error("only the sender or the room's owner may delete a message")]
+    NotSenderOrOwner,
+    #[error("that username is already taken")]
+    UsernameTaken,
+    /// The message is a tombstone: it cannot be edited or reacted to.
+    #[error("the message has been deleted")]
+    MessageDeleted,
+    /// A direct room's name and members are fixed.
+    #[error("a direct room cannot be renamed, deleted, left or change members")]
+    DirectRoomIsFixed,
+    #[error("the owner cannot leave their room; delete it instead")]
+    OwnerCannotLeave,
     /// Input that only the database can judge, such as a `reply_to` in another room.
     #[error(transparent)]
     Invalid(#[from] InvalidInput),
     /// Anything else: a bug or a broken invariant. Logged, never shown to clients.
     #[error("database error")]
-    Database(#[source] tokio_postgres::Error),
-    /// A shared failure (of a batch of sends) that is not worth retrying; logged where
-    /// it happened, answered as an internal error.
-    #[error("{0}")]
-    Failed(String),
+    Database(#[source] Arc<tokio_postgres::Error>),
 }
 
 impl From<tokio_postgres::Error> for StoreError {
@@ -88,7 +97,7 @@ impl From<tokio_postgres::Error> for StoreError {
         if unavailable {
             StoreError::Unavailable(err.to_string())
         } else {
-            StoreError::Database(err)
+            StoreError::Database(Arc::new(err))
         }
     }
 }

@@ -1,15 +1,15 @@
 //! Rooms, membership, direct rooms, read watermarks and the caller's chat list.
 //!
-//! Visibility is decided here, once, by [`Access`]: a private or direct room that the
-//! caller does not belong to answers exactly like a room that does not exist, so no
-//! route can leak that it exists.
+//! Visibility is decided once, by [`Access`]: a private or direct room that the caller
+//! does not belong to answers exactly like a room that does not exist, so no route can
+//! leak that it exists.
 
 use crate::store::CachedQuery;
 use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use super::{Store, StoreError, messages};
+use super::{Store, StoreError, access::Access, rows};
 use crate::{
     domain::{InvalidInput, RoomName},
     model::{Member, MyRoom, Role, Room, RoomKind},
@@ -35,76 +35,6 @@ fn room_from_row(row: &Row) -> Room {
         member_count: row.get("member_count"),
     }
 }
-
-/// What a user may do in a room they can see.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Access {
-    pub kind: RoomKind,
-    /// `None` for a public room the user has not joined.
-    pub role: Option<Role>,
-}
-
-impl Access {
-    /// Looks up the caller's standing in a room, failing with `RoomNotFound` for a room
-    /// they may not see (missing, or private/direct without membership).
-    pub async fn of(
-        db: &impl GenericClient,
-        room_id: Uuid,
-        user_id: Uuid,
-    ) -> Result<Self, StoreError> {
-        let row = db
-            .query_opt_cached(
-                "SELECT r.kind, m.role FROM rooms r
-                   LEFT JOIN members m ON m.room_id = r.id AND m.user_id = $2
-                  WHERE r.id = $1",
-                &[&room_id, &user_id],
-            )
-            .await?
-            .ok_or(StoreError::RoomNotFound)?;
-        Self::given(
-            RoomKind::from_db(row.get("kind")),
-            row.get::<_, Option<&str>>("role").map(Role::from_db),
-        )
-    }
-
-    /// The standing of a user with `role` (`None`: not a member) in an existing room of
-    /// `kind`, failing with `RoomNotFound` where they may not see it.
-    pub fn given(kind: RoomKind, role: Option<Role>) -> Result<Self, StoreError> {
-        if kind != RoomKind::Public && role.is_none() {
-            return Err(StoreError::RoomNotFound);
-        }
-        Ok(Access { kind, role })
-    }
-
-    /// Writing (sending, reacting, reading) needs membership.
-    pub fn require_member(self) -> Result<Role, StoreError> {
-        self.role.ok_or(StoreError::NotMember)
-    }
-
-    /// Changing the room itself needs ownership; direct rooms have fixed members.
-    pub fn require_owner(self) -> Result<(), StoreError> {
-        if self.require_member()? != Role::Owner {
-            return Err(StoreError::Forbidden {
-                code: "not_owner",
-                message: "only the room's owner may do this",
-            });
-        }
-        if self.kind == RoomKind::Direct {
-            return Err(DIRECT_ROOM_IS_FIXED);
-        }
-        Ok(())
-    }
-}
-
-const DIRECT_ROOM_IS_FIXED: StoreError = StoreError::Conflict {
-    code: "direct_room",
-    message: "a direct room cannot be renamed, deleted, left or change members",
-};
-
-const OWNER_CANNOT_LEAVE: StoreError = StoreError::Conflict {
-    code: "owner_cannot_leave",
-    message: "the owner cannot leave their room; delete it instead",
-};
 
 /// A page of a list and the cursor of the next page, if there is one.
 pub struct Page<T> {
@@ -297,8 +227,10 @@ impl Store {
         let access = Access::of(&client, room_id, viewer).await?;
         match access.role {
             None => return Ok(access.kind),
-            Some(_) if access.kind == RoomKind::Direct => return Err(DIRECT_ROOM_IS_FIXED),
-            Some(Role::Owner) => return Err(OWNER_CANNOT_LEAVE),
+            Some(_) if access.kind == RoomKind::Direct => {
+                return Err(StoreError::DirectRoomIsFixed);
+            }
+            Some(Role::Owner) => return Err(StoreError::OwnerCannotLeave),
             Some(Role::Member) => {}
         }
         client
@@ -395,7 +327,7 @@ impl Store {
         let access = Access::of(&client, room_id, viewer).await?;
         access.require_owner()?;
         if user_id == viewer {
-            return Err(OWNER_CANNOT_LEAVE);
+            return Err(StoreError::OwnerCannotLeave);
         }
         client
             .execute_cached(
@@ -516,7 +448,7 @@ impl Store {
             .filter(|r| r.room.last_seq > 0)
             .map(|r| (r.room.id, r.room.last_seq))
             .collect();
-        let mut last_messages = messages::fetch_at(&client, viewer, &latest).await?;
+        let mut last_messages = rows::fetch_at(&client, viewer, &latest).await?;
         for item in &mut items {
             if let Some(pos) = last_messages.iter().position(|m| m.room_id == item.room.id) {
                 item.last_message = Some(last_messages.swap_remove(pos));

@@ -52,10 +52,7 @@ impl Store {
         {
             Ok(row) => Ok(user_from_row(&row)),
             Err(e) if unique_violation(&e) == Some("users_username_key") => {
-                Err(StoreError::Conflict {
-                    code: "username_taken",
-                    message: "that username is already taken",
-                })
+                Err(StoreError::UsernameTaken)
             }
             Err(e) => Err(e.into()),
         }
@@ -98,7 +95,7 @@ impl Store {
     /// The user named `username`, created without a password if missing (`natter token`).
     pub async fn get_or_create_user(&self, username: &Username) -> Result<User, StoreError> {
         match self.create_user(username, username.as_str(), None).await {
-            Err(StoreError::Conflict { .. }) => {
+            Err(StoreError::UsernameTaken) => {
                 let (user, _) = self
                     .find_login(username.as_str())
                     .await?

@@ -61,7 +61,7 @@ pub fn settings(database_url: &str) -> Settings {
         nats_prefix: database,
         presence_ttl: Duration::from_secs(10),
         presence_replicas: 1,
-        reorder_wait: natter::relay::DEFAULT_REORDER_WAIT,
+        reorder_wait: natter::config::DEFAULT_REORDER_WAIT,
         listen_addr: "127.0.0.1:0".parse().unwrap(),
         node_id: format!("test-{}", &Uuid::new_v4().simple().to_string()[..8]),
         auth: AuthSettings {

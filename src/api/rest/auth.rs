@@ -6,19 +6,9 @@ use poem_openapi::types::Example;
 use poem_openapi::{ApiResponse, Object, OpenApi, payload::Json};
 
 use super::{ApiTags, ChatText, ChatTextRule, JsonString};
-use crate::{
-    api::error::ApiError,
-    app::AppState,
-    auth::password,
-    domain::{DisplayName, Password, Username},
-    model::User,
-};
+use crate::{api::error::ApiError, app::AppState, chat::accounts::SignedIn, model::User};
 
 pub struct AuthApi;
-
-fn busy(_: password::Busy) -> ApiError {
-    ApiError::unavailable("too many logins in progress; retry shortly")
-}
 
 #[derive(Object)]
 #[oai(example)]
@@ -68,23 +58,12 @@ impl AuthApi {
         Data(state): Data<&AppState>,
         body: Json<RegisterRequest>,
     ) -> Result<RegisterResponse, ApiError> {
-        let username = Username::parse(&body.username)?;
-        let password = Password::parse(&body.password)?;
-        let display_name = match &body.display_name {
-            Some(name) => DisplayName::parse(name)?.into_inner(),
-            None => username.as_str().to_string(),
-        };
-        let hash = password::hash(password).await.map_err(busy)?;
-        let user = state
-            .store
-            .create_user(&username, &display_name, Some(&hash))
+        let display_name = body.display_name.as_deref();
+        let signed_in = state
+            .chat
+            .register(&body.username, &body.password, display_name)
             .await?;
-        let issued = state.auth.issue(user.id);
-        Ok(RegisterResponse::Created(Json(Session {
-            user,
-            token: issued.token,
-            expires_at: issued.expires_at,
-        })))
+        Ok(RegisterResponse::Created(Json(signed_in.into())))
     }
 
     /// Exchange a username and password for a token.
@@ -94,23 +73,19 @@ impl AuthApi {
         Data(state): Data<&AppState>,
         body: Json<LoginRequest>,
     ) -> Result<Json<Session>, ApiError> {
-        let found = state.store.find_login(&body.username).await?;
-        let (user, stored_hash) = match found {
-            Some((user, hash)) => (Some(user), hash),
-            None => (None, None),
-        };
-        let valid = password::verify(body.0.password.0, stored_hash)
-            .await
-            .map_err(busy)?;
-        let Some(user) = user.filter(|_| valid) else {
-            return Err(ApiError::invalid_credentials());
-        };
-        let issued = state.auth.issue(user.id);
-        Ok(Json(Session {
+        let body = body.0;
+        let signed_in = state.chat.login(&body.username, body.password.0).await?;
+        Ok(Json(signed_in.into()))
+    }
+}
+
+impl From<SignedIn> for Session {
+    fn from(SignedIn { user, token }: SignedIn) -> Self {
+        Session {
             user,
-            token: issued.token,
-            expires_at: issued.expires_at,
-        }))
+            token: token.token,
+            expires_at: token.expires_at,
+        }
     }
 }
 

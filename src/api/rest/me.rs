@@ -44,7 +44,7 @@ impl MeApi {
     ) -> Result<Json<MyRoomList>, ApiError> {
         let limit = PageLimit::parse(limit.0)?;
         let after = cursor.0.as_deref().map(ActivityCursor::parse).transpose()?;
-        let page = state.store.my_rooms(auth.0.id, after, limit.get()).await?;
+        let page = state.chat.my_rooms(auth.0.id, after, limit.get()).await?;
         Ok(Json(MyRoomList {
             rooms: page.items,
             next_cursor: page.next_cursor,

@@ -13,9 +13,8 @@ use super::{ApiTags, NoContent, id_cursor};
 use crate::{
     api::{error::ApiError, security::BearerAuth},
     app::AppState,
-    bus::RoomEvent,
     domain::PageLimit,
-    model::{Member, RoomKind},
+    model::Member,
 };
 
 pub struct MembersApi;
@@ -53,13 +52,10 @@ impl MembersApi {
     ) -> Result<Json<MemberList>, ApiError> {
         let limit = PageLimit::parse(limit.0)?;
         let after = id_cursor(cursor.0)?;
-        let mut page = state
-            .store
+        let page = state
+            .chat
             .list_members(auth.0.id, room_id.0, after, limit.get())
             .await?;
-        for member in &mut page.items {
-            member.online = state.presence.is_online(member.user_id);
-        }
         Ok(Json(MemberList {
             members: page.items,
             next_cursor: page.next_cursor,
@@ -80,7 +76,7 @@ impl MembersApi {
         user_id: Path<Uuid>,
     ) -> Result<NoContent, ApiError> {
         state
-            .store
+            .chat
             .add_member(auth.0.id, room_id.0, user_id.0)
             .await?;
         Ok(NoContent::Done)
@@ -99,14 +95,10 @@ impl MembersApi {
         room_id: Path<Uuid>,
         user_id: Path<Uuid>,
     ) -> Result<NoContent, ApiError> {
-        let kind = state
-            .store
+        state
+            .chat
             .remove_member(auth.0.id, room_id.0, user_id.0)
             .await?;
-        if kind != RoomKind::Public {
-            let revoke = RoomEvent::revoke(room_id.0, Some(user_id.0));
-            state.bus.publish(&revoke).await;
-        }
         Ok(NoContent::Done)
     }
 }

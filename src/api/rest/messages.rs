@@ -13,10 +13,10 @@ use super::{ApiTags, ChatText, ChatTextRule, JsonString};
 use crate::{
     api::{error::ApiError, security::BearerAuth},
     app::AppState,
-    bus::RoomEvent,
-    domain::{ClientMsgId, Emoji, InvalidInput, MessageText, PageLimit, parse_seq},
+    chat::messages::SendMessage,
+    domain::{PageLimit, parse_seq},
     model::Message,
-    store::messages::{NewMessage, PageBounds},
+    store::messages::PageBounds,
 };
 
 pub struct MessagesApi;
@@ -67,29 +67,6 @@ enum SendMessageResponse {
     Existing(Json<Message>),
 }
 
-/// Adds or removes a reaction and tells the room if that changed anything.
-async fn react(
-    state: &AppState,
-    user_id: Uuid,
-    room_id: Uuid,
-    message_id: Uuid,
-    emoji: &Emoji,
-    add: bool,
-) -> Result<Json<Message>, ApiError> {
-    let (message, changed) = state
-        .store
-        .set_reaction(user_id, room_id, message_id, emoji, add)
-        .await?;
-    if changed {
-        let event = RoomEvent::reaction(room_id, message_id, emoji.as_str(), user_id, add);
-        state.bus.publish(&event).await;
-    }
-    Ok(Json(message))
-}
-
-/// Longest search query, in characters.
-const MAX_QUERY_CHARS: usize = 200;
-
 #[OpenApi(tag = "ApiTags::Messages")]
 impl MessagesApi {
     /// Send a message. Answered only after it is committed.
@@ -105,24 +82,13 @@ impl MessagesApi {
         room_id: Path<Uuid>,
         body: Json<SendMessageRequest>,
     ) -> Result<SendMessageResponse, ApiError> {
-        let text = MessageText::parse(&body.text, state.settings.limits.max_text_chars)?;
-        let client_msg_id = body
-            .client_msg_id
-            .as_deref()
-            .map(ClientMsgId::parse)
-            .transpose()?;
-        if let Err(wait) = state.limiter.check(auth.0.id) {
-            state.metrics.count_rate_limited();
-            return Err(ApiError::rate_limited(
-                wait.as_secs_f64().ceil().max(1.0) as u64
-            ));
-        }
-        let new = NewMessage {
-            text: &text,
-            client_msg_id: client_msg_id.as_ref(),
+        let request = SendMessage {
+            room_id: room_id.0,
+            text: &body.text,
+            client_msg_id: body.client_msg_id.as_deref(),
             reply_to: body.reply_to,
         };
-        let sent = state.store.send_message(auth.0.id, room_id.0, new).await?;
+        let sent = state.chat.send(auth.0.id, request)?.stored().await?;
         Ok(if sent.created {
             SendMessageResponse::Created(Json(sent.message))
         } else {
@@ -160,11 +126,11 @@ impl MessagesApi {
                 .transpose()?,
             after_seq: after_seq.0.map(|s| parse_seq("after_seq", s)).transpose()?,
         };
-        let (messages, has_more) = state
-            .store
+        let page = state
+            .chat
             .list_messages(auth.0.id, room_id.0, bounds, limit.get())
             .await?;
-        Ok(Json(MessagePage { messages, has_more }))
+        Ok(Json(MessagePage::from(page)))
     }
 
     /// Full-text search within a room: the latest matches, in ascending `seq`.
@@ -187,17 +153,11 @@ impl MessagesApi {
         limit: Query<Option<i64>>,
     ) -> Result<Json<MessagePage>, ApiError> {
         let limit = PageLimit::parse(limit.0)?;
-        let query = q.0.trim();
-        if query.is_empty() || query.chars().count() > MAX_QUERY_CHARS {
-            return Err(
-                InvalidInput::new("q", format!("must be 1-{MAX_QUERY_CHARS} characters")).into(),
-            );
-        }
-        let (messages, has_more) = state
-            .store
-            .search_messages(auth.0.id, room_id.0, query, limit.get())
+        let page = state
+            .chat
+            .search_messages(auth.0.id, room_id.0, &q.0, limit.get())
             .await?;
-        Ok(Json(MessagePage { messages, has_more }))
+        Ok(Json(MessagePage::from(page)))
     }
 
     /// Edit a message's text (sender only).
@@ -214,15 +174,10 @@ impl MessagesApi {
         message_id: Path<Uuid>,
         body: Json<EditMessageRequest>,
     ) -> Result<Json<Message>, ApiError> {
-        let text = MessageText::parse(&body.text, state.settings.limits.max_text_chars)?;
         let message = state
-            .store
-            .edit_message(auth.0.id, room_id.0, message_id.0, &text)
+            .chat
+            .edit_message(auth.0.id, room_id.0, message_id.0, &body.text)
             .await?;
-        state
-            .bus
-            .publish(&RoomEvent::message_edited(&message))
-            .await;
         Ok(Json(message))
     }
 
@@ -240,13 +195,9 @@ impl MessagesApi {
         message_id: Path<Uuid>,
     ) -> Result<Json<Message>, ApiError> {
         let message = state
-            .store
+            .chat
             .delete_message(auth.0.id, room_id.0, message_id.0)
             .await?;
-        state
-            .bus
-            .publish(&RoomEvent::message_deleted(&message))
-            .await;
         Ok(Json(message))
     }
 
@@ -266,8 +217,11 @@ impl MessagesApi {
         #[oai(validator(pattern = r"^[^\s\x00-\x1F\x7F-\x9F]{1,32}$"))]
         emoji: Path<String>,
     ) -> Result<Json<Message>, ApiError> {
-        let emoji = Emoji::parse(&emoji.0)?;
-        react(state, auth.0.id, room_id.0, message_id.0, &emoji, true).await
+        let message = state
+            .chat
+            .react(auth.0.id, room_id.0, message_id.0, &emoji.0, true)
+            .await?;
+        Ok(Json(message))
     }
 
     /// Remove the caller's reaction. Idempotent.
@@ -286,8 +240,11 @@ impl MessagesApi {
         #[oai(validator(pattern = r"^[^\s\x00-\x1F\x7F-\x9F]{1,32}$"))]
         emoji: Path<String>,
     ) -> Result<Json<Message>, ApiError> {
-        let emoji = Emoji::parse(&emoji.0)?;
-        react(state, auth.0.id, room_id.0, message_id.0, &emoji, false).await
+        let message = state
+            .chat
+            .react(auth.0.id, room_id.0, message_id.0, &emoji.0, false)
+            .await?;
+        Ok(Json(message))
     }
 }
 
@@ -305,6 +262,15 @@ impl Example for EditMessageRequest {
     fn example() -> Self {
         EditMessageRequest {
             text: ChatText("Lunch at one?".into()),
+        }
+    }
+}
+
+impl From<crate::chat::messages::MessagePage> for MessagePage {
+    fn from(page: crate::chat::messages::MessagePage) -> Self {
+        MessagePage {
+            messages: page.messages,
+            has_more: page.has_more,
         }
     }
 }

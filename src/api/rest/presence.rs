@@ -21,15 +21,6 @@ struct UserList {
     users: Vec<User>,
 }
 
-/// The users behind `ids`, all marked online (they come from the presence view).
-async fn online_users(state: &AppState, ids: Vec<Uuid>) -> Result<Json<UserList>, ApiError> {
-    let mut users = state.store.users_by_ids(&ids).await?;
-    for user in &mut users {
-        user.online = true;
-    }
-    Ok(Json(UserList { users }))
-}
-
 #[OpenApi(tag = "ApiTags::Users")]
 impl PresenceApi {
     /// Users with a live connection anywhere in the cluster.
@@ -39,7 +30,8 @@ impl PresenceApi {
         _auth: BearerAuth,
         Data(state): Data<&AppState>,
     ) -> Result<Json<UserList>, ApiError> {
-        online_users(state, state.presence.online_users()).await
+        let users = state.chat.online_users().await?;
+        Ok(Json(UserList { users }))
     }
 
     /// Users with a live subscription to the room, on any node.
@@ -54,8 +46,8 @@ impl PresenceApi {
         Data(state): Data<&AppState>,
         room_id: Path<Uuid>,
     ) -> Result<Json<UserList>, ApiError> {
-        state.store.check_access(auth.0.id, room_id.0).await?;
-        online_users(state, state.presence.room_users(room_id.0)).await
+        let users = state.chat.room_presence(auth.0.id, room_id.0).await?;
+        Ok(Json(UserList { users }))
     }
 }
 

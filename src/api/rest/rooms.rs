@@ -15,8 +15,8 @@ use super::{ApiTags, ChatText, ChatTextRule, NoContent, id_cursor};
 use crate::{
     api::{error::ApiError, security::BearerAuth},
     app::AppState,
-    bus::RoomEvent,
-    domain::{PageLimit, RoomName, parse_seq},
+    chat::rooms::{CreateRoom, ReadUpTo},
+    domain::PageLimit,
     model::{Room, RoomKind},
 };
 
@@ -91,8 +91,6 @@ enum DirectRoomResponse {
     Existing(Json<Room>),
 }
 
-const MAX_INITIAL_MEMBERS: usize = 1000;
-
 #[OpenApi(tag = "ApiTags::Rooms")]
 impl RoomsApi {
     /// Create a public or private room.
@@ -103,22 +101,15 @@ impl RoomsApi {
         Data(state): Data<&AppState>,
         body: Json<CreateRoomRequest>,
     ) -> Result<CreateRoomResponse, ApiError> {
-        let name = RoomName::parse(&body.name)?;
-        let kind = match body.kind {
-            NewRoomKind::Public => RoomKind::Public,
-            NewRoomKind::Private => RoomKind::Private,
+        let request = CreateRoom {
+            name: &body.name,
+            kind: match body.kind {
+                NewRoomKind::Public => RoomKind::Public,
+                NewRoomKind::Private => RoomKind::Private,
+            },
+            member_ids: body.member_ids.as_deref().unwrap_or_default(),
         };
-        let member_ids = body.member_ids.as_deref().unwrap_or_default();
-        if member_ids.len() > MAX_INITIAL_MEMBERS {
-            return Err(ApiError::invalid(
-                "member_ids",
-                format!("at most {MAX_INITIAL_MEMBERS} members at creation"),
-            ));
-        }
-        let room = state
-            .store
-            .create_room(auth.0.id, &name, kind, member_ids)
-            .await?;
+        let room = state.chat.create_room(auth.0.id, request).await?;
         Ok(CreateRoomResponse::Created(Json(room)))
     }
 
@@ -139,10 +130,7 @@ impl RoomsApi {
     ) -> Result<Json<RoomList>, ApiError> {
         let limit = PageLimit::parse(limit.0)?;
         let after = id_cursor(cursor.0)?;
-        let page = state
-            .store
-            .list_rooms(auth.0.id, after, limit.get())
-            .await?;
+        let page = state.chat.list_rooms(auth.0.id, after, limit.get()).await?;
         Ok(Json(RoomList {
             rooms: page.items,
             next_cursor: page.next_cursor,
@@ -157,7 +145,7 @@ impl RoomsApi {
         Data(state): Data<&AppState>,
         room_id: Path<Uuid>,
     ) -> Result<Json<Room>, ApiError> {
-        Ok(Json(state.store.get_room(auth.0.id, room_id.0).await?))
+        Ok(Json(state.chat.get_room(auth.0.id, room_id.0).await?))
     }
 
     /// Rename a room (owner only).
@@ -173,10 +161,11 @@ impl RoomsApi {
         room_id: Path<Uuid>,
         body: Json<RenameRoomRequest>,
     ) -> Result<Json<Room>, ApiError> {
-        let name = RoomName::parse(&body.name)?;
-        Ok(Json(
-            state.store.rename_room(auth.0.id, room_id.0, &name).await?,
-        ))
+        let room = state
+            .chat
+            .rename_room(auth.0.id, room_id.0, &body.name)
+            .await?;
+        Ok(Json(room))
     }
 
     /// Delete a room and its messages (owner only).
@@ -191,8 +180,7 @@ impl RoomsApi {
         Data(state): Data<&AppState>,
         room_id: Path<Uuid>,
     ) -> Result<NoContent, ApiError> {
-        state.store.delete_room(auth.0.id, room_id.0).await?;
-        state.bus.publish(&RoomEvent::revoke(room_id.0, None)).await;
+        state.chat.delete_room(auth.0.id, room_id.0).await?;
         Ok(NoContent::Done)
     }
 
@@ -208,7 +196,7 @@ impl RoomsApi {
         Data(state): Data<&AppState>,
         room_id: Path<Uuid>,
     ) -> Result<NoContent, ApiError> {
-        state.store.join_room(auth.0.id, room_id.0).await?;
+        state.chat.join_room(auth.0.id, room_id.0).await?;
         Ok(NoContent::Done)
     }
 
@@ -224,11 +212,7 @@ impl RoomsApi {
         Data(state): Data<&AppState>,
         room_id: Path<Uuid>,
     ) -> Result<NoContent, ApiError> {
-        let kind = state.store.leave_room(auth.0.id, room_id.0).await?;
-        if kind != RoomKind::Public {
-            let revoke = RoomEvent::revoke(room_id.0, Some(auth.0.id));
-            state.bus.publish(&revoke).await;
-        }
+        state.chat.leave_room(auth.0.id, room_id.0).await?;
         Ok(NoContent::Done)
     }
 
@@ -245,11 +229,8 @@ impl RoomsApi {
         room_id: Path<Uuid>,
         body: Json<ReadRequest>,
     ) -> Result<NoContent, ApiError> {
-        let seq = parse_seq("seq", body.seq)?;
-        if state.store.mark_read(auth.0.id, room_id.0, seq).await? {
-            let event = RoomEvent::read(room_id.0, auth.0.id, seq);
-            state.bus.publish(&event).await;
-        }
+        let upto = ReadUpTo::Seq(body.seq);
+        state.chat.mark_read(auth.0.id, room_id.0, upto).await?;
         Ok(NoContent::Done)
     }
 
@@ -261,10 +242,7 @@ impl RoomsApi {
         Data(state): Data<&AppState>,
         body: Json<DirectRoomRequest>,
     ) -> Result<DirectRoomResponse, ApiError> {
-        let (room, created) = state
-            .store
-            .get_or_create_direct_room(auth.0.id, body.user_id)
-            .await?;
+        let (room, created) = state.chat.open_direct_room(auth.0.id, body.user_id).await?;
         Ok(if created {
             DirectRoomResponse::Created(Json(room))
         } else {

@@ -22,9 +22,7 @@ impl UsersApi {
         auth: BearerAuth,
         Data(state): Data<&AppState>,
     ) -> Result<Json<User>, ApiError> {
-        let mut user = state.store.get_user(auth.0.id).await?;
-        user.online = state.presence.is_online(user.id);
-        Ok(Json(user))
+        Ok(Json(state.chat.user(auth.0.id).await?))
     }
 
     /// A user by id.
@@ -35,8 +33,6 @@ impl UsersApi {
         Data(state): Data<&AppState>,
         user_id: Path<Uuid>,
     ) -> Result<Json<User>, ApiError> {
-        let mut user = state.store.get_user(user_id.0).await?;
-        user.online = state.presence.is_online(user.id);
-        Ok(Json(user))
+        Ok(Json(state.chat.user(user_id.0).await?))
     }
 }

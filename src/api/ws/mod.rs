@@ -5,6 +5,7 @@
 //! while the node drains, and hands the socket to a [`session::Session`].
 
 mod session;
+mod writer;
 
 use poem::{
     IntoResponse, Request, Response, handler,
@@ -55,7 +56,7 @@ pub async fn connect_room(
         Ok(user) => user,
         Err(err) => return err.into_response(),
     };
-    if let Err(err) = state.store.check_access(user.id, room_id).await {
+    if let Err(err) = state.chat.check_access(user.id, room_id).await {
         return ApiError::from(err).into_response();
     }
     if params.since_seq.is_some_and(|s| s < 0) {

@@ -1,0 +1,69 @@
+//! Accounts: register, log in, look up users.
+
+use uuid::Uuid;
+
+use super::{Chat, ChatError};
+use crate::{
+    auth::{IssuedToken, password},
+    domain::{DisplayName, Password, Username},
+    model::User,
+};
+
+/// A user and a token for them.
+pub struct SignedIn {
+    pub user: User,
+    pub token: IssuedToken,
+}
+
+impl From<password::Busy> for ChatError {
+    fn from(_: password::Busy) -> Self {
+        ChatError::HasherBusy
+    }
+}
+
+impl Chat {
+    /// Creates a built-in account (password hashed with argon2id) and signs it in.
+    pub async fn register(
+        &self,
+        username: &str,
+        password: &str,
+        display_name: Option<&str>,
+    ) -> Result<SignedIn, ChatError> {
+        let username = Username::parse(username)?;
+        let password = Password::parse(password)?;
+        let display_name = match display_name {
+            Some(name) => DisplayName::parse(name)?.into_inner(),
+            None => username.as_str().to_string(),
+        };
+        let hash = password::hash(password).await?;
+        let user = self
+            .store
+            .create_user(&username, &display_name, Some(&hash))
+            .await?;
+        let token = self.auth.issue(user.id);
+        Ok(SignedIn { user, token })
+    }
+
+    /// Exchanges a username and password for a token. An unknown username costs the
+    /// same hashing as a wrong password, so the answer does not tell them apart.
+    pub async fn login(&self, username: &str, password: String) -> Result<SignedIn, ChatError> {
+        let found = self.store.find_login(username).await?;
+        let (user, stored_hash) = match found {
+            Some((user, hash)) => (Some(user), hash),
+            None => (None, None),
+        };
+        let valid = password::verify(password, stored_hash).await?;
+        let user = user
+            .filter(|_| valid)
+            .ok_or(ChatError::InvalidCredentials)?;
+        let token = self.auth.issue(user.id);
+        Ok(SignedIn { user, token })
+    }
+
+    /// A user, with whether they are online anywhere in the cluster.
+    pub async fn user(&self, id: Uuid) -> Result<User, ChatError> {
+        let mut user = self.store.get_user(id).await?;
+        user.online = self.presence.is_online(user.id);
+        Ok(user)
+    }
+}

@@ -1,0 +1,188 @@
+//! Live use: a socket's [`Connection`] to the rooms it follows, typing indicators and
+//! presence.
+//!
+//! A connection is the socket's side of the relay and of presence: the rooms it is
+//! subscribed to, the rooms where its user said they are typing, and its presence lease.
+//! The surface (the WebSocket session) owns it and hands it to these methods; it never
+//! touches the relay or presence itself.
+
+use std::{collections::HashSet, sync::Arc};
+
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use super::{Chat, ChatError};
+use crate::{
+    bus::RoomEvent,
+    model::{Message, User},
+    presence::RoomSet,
+    relay::{Closer, Outbound, SocketId, Subscriber},
+    store::StoreError,
+};
+
+/// One socket's live state.
+pub struct Connection {
+    user_id: Uuid,
+    /// This connection's presence key.
+    id: Uuid,
+    socket_id: SocketId,
+    /// Where the relay puts this socket's events (the socket's writer drains it).
+    queue: mpsc::Sender<Outbound>,
+    /// How the relay closes the socket (4008 when its queue is full).
+    closer: Arc<Closer>,
+    /// Rooms this socket is subscribed to.
+    rooms: RoomSet,
+    /// Rooms where this socket last said its user is typing, to clear on disconnect.
+    typing_in: HashSet<Uuid>,
+}
+
+impl Connection {
+    pub fn user_id(&self) -> Uuid {
+        self.user_id
+    }
+}
+
+impl Chat {
+    /// Starts a socket's connection: its user is online from now on.
+    pub fn connect(
+        &self,
+        user_id: Uuid,
+        queue: mpsc::Sender<Outbound>,
+        closer: Arc<Closer>,
+    ) -> Connection {
+        let connection = Connection {
+            user_id,
+            id: Uuid::now_v7(),
+            socket_id: self.next_socket_id(),
+            queue,
+            closer,
+            rooms: RoomSet::default(),
+            typing_in: HashSet::new(),
+        };
+        self.presence.connect(connection.id, user_id);
+        connection
+    }
+
+    /// Whether `viewer` may see a room at all (`room_not_found` if not).
+    pub async fn check_access(&self, viewer: Uuid, room_id: Uuid) -> Result<(), ChatError> {
+        self.store.check_access(viewer, room_id).await?;
+        Ok(())
+    }
+
+    /// Subscribes the socket to a room it may see: the relay answers in the socket's
+    /// queue with the room's position, then every later event; with `since_seq`, the
+    /// socket replays what it missed first (SPEC §1.4). Subscribing again restarts the
+    /// subscription from `since_seq`.
+    pub async fn subscribe(
+        &self,
+        connection: &mut Connection,
+        room_id: Uuid,
+        since_seq: Option<i64>,
+    ) -> Result<(), ChatError> {
+        let limit = self.limits.max_rooms_per_socket;
+        if !connection.rooms.contains(&room_id) && connection.rooms.len() >= limit {
+            return Err(ChatError::TooManyRooms { limit });
+        }
+        self.store.check_access(connection.user_id, room_id).await?;
+        if connection.rooms.remove(&room_id) {
+            self.hub.leave(room_id, connection.socket_id);
+        }
+        let subscriber = Subscriber {
+            socket_id: connection.socket_id,
+            user_id: connection.user_id,
+            queue: connection.queue.clone(),
+            closer: connection.closer.clone(),
+        };
+        self.hub.join(room_id, subscriber, since_seq)?;
+        connection.rooms.insert(room_id);
+        self.presence
+            .set_rooms(connection.id, connection.rooms.clone());
+        Ok(())
+    }
+
+    /// A subscribed socket's missed messages, `after < seq <= upto`, ascending, at most
+    /// `limit`: the replay of SPEC §1.4. Access was checked when the subscription began
+    /// (a revocation ends the subscription, and with it the replay).
+    pub async fn history(
+        &self,
+        viewer: Uuid,
+        room_id: Uuid,
+        after: i64,
+        upto: i64,
+        limit: i64,
+    ) -> Result<Vec<Message>, ChatError> {
+        Ok(self
+            .store
+            .messages_in_range(viewer, room_id, after, upto, limit)
+            .await?)
+    }
+
+    /// Ends the socket's subscription to a room (if it had one) and tells the socket so.
+    pub async fn unsubscribe(&self, connection: &mut Connection, room_id: Uuid) {
+        if connection.rooms.remove(&room_id) {
+            self.hub.leave(room_id, connection.socket_id);
+            self.presence
+                .set_rooms(connection.id, connection.rooms.clone());
+        }
+        let _ = connection
+            .queue
+            .send(Outbound::Unsubscribed { room_id })
+            .await;
+    }
+
+    /// The user starts or stops typing in a room they belong to; the room hears it, and
+    /// the indicator ends by itself after `relay::TYPING_TTL` or when the socket closes.
+    pub async fn typing(
+        &self,
+        connection: &mut Connection,
+        room_id: Uuid,
+        value: bool,
+    ) -> Result<(), ChatError> {
+        // Checked on every frame: a cached answer would outlive a removal or a leave.
+        let role = self.store.check_access(connection.user_id, room_id).await?;
+        if role.is_none() {
+            return Err(StoreError::NotMember.into());
+        }
+        if value {
+            connection.typing_in.insert(room_id);
+        } else {
+            connection.typing_in.remove(&room_id);
+        }
+        let event = RoomEvent::typing(room_id, connection.user_id, value);
+        self.bus.publish(&event).await;
+        Ok(())
+    }
+
+    /// Ends a socket's connection: its subscriptions, its presence lease and its typing
+    /// indicators (the rooms hear that it stopped typing).
+    pub async fn disconnect(&self, connection: Connection) {
+        for room_id in connection.rooms {
+            self.hub.leave(room_id, connection.socket_id);
+        }
+        self.presence.disconnect(connection.id);
+        for room_id in connection.typing_in {
+            let event = RoomEvent::typing(room_id, connection.user_id, false);
+            self.bus.publish(&event).await;
+        }
+    }
+
+    /// Users with a live connection anywhere in the cluster.
+    pub async fn online_users(&self) -> Result<Vec<User>, ChatError> {
+        self.users_online(self.presence.online_users()).await
+    }
+
+    /// Users with a live subscription to a room the caller may see, on any node.
+    pub async fn room_presence(&self, viewer: Uuid, room_id: Uuid) -> Result<Vec<User>, ChatError> {
+        self.store.check_access(viewer, room_id).await?;
+        self.users_online(self.presence.room_users(room_id)).await
+    }
+
+    /// The users behind `ids`, all marked online (they come from the presence view).
+    async fn users_online(&self, ids: Vec<Uuid>) -> Result<Vec<User>, ChatError> {
+        let mut users = self.store.users_by_ids(&ids).await?;
+        for user in &mut users {
+            user.online = true;
+        }
+        Ok(users)
+    }
+}

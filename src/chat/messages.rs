@@ -1,0 +1,159 @@
+//! Messages: send, page, search, edit, delete, react.
+
+use uuid::Uuid;
+
+use super::{Chat, ChatError};
+use crate::{
+    bus::RoomEvent,
+    domain::{ClientMsgId, Emoji, InvalidInput, MessageText},
+    model::Message,
+    store::{
+        commit::{SendReceipt, Sent, sent_of},
+        messages::{NewMessage, PageBounds},
+    },
+};
+
+/// Longest search query, in characters.
+const MAX_QUERY_CHARS: usize = 200;
+
+/// A message as a client asks to send it, unvalidated.
+pub struct SendMessage<'a> {
+    pub room_id: Uuid,
+    pub text: &'a str,
+    pub client_msg_id: Option<&'a str>,
+    pub reply_to: Option<Uuid>,
+}
+
+/// A send queued for its room's group commit; [`Queued::stored`] waits for the commit.
+#[must_use = "a queued send is answered only by awaiting `stored`"]
+pub struct Queued(SendReceipt);
+
+impl Queued {
+    /// The stored message (or the original, for a retried `client_msg_id`), once it is
+    /// committed (SPEC §1.2).
+    pub async fn stored(self) -> Result<Sent, ChatError> {
+        Ok(sent_of(self.0).await?)
+    }
+}
+
+/// A page of messages in ascending `seq`, and whether more lie beyond it.
+pub struct MessagePage {
+    pub messages: Vec<Message>,
+    pub has_more: bool,
+}
+
+impl Chat {
+    /// Validates and meters a send and queues it for its room's next group commit, at
+    /// once: the sends a caller queues are numbered in the order it queued them, however
+    /// many are in flight. Membership, `reply_to` and the idempotency key are checked
+    /// under the room's lock when the batch runs; the message is emitted by the commit
+    /// hook ([`Chat::on_commit`]).
+    pub fn send(&self, sender: Uuid, request: SendMessage<'_>) -> Result<Queued, ChatError> {
+        let text = MessageText::parse(request.text, self.limits.max_text_chars)?;
+        let client_msg_id = request.client_msg_id.map(ClientMsgId::parse).transpose()?;
+        self.meter_send(sender)?;
+        let new = NewMessage {
+            text: &text,
+            client_msg_id: client_msg_id.as_ref(),
+            reply_to: request.reply_to,
+            traceparent: crate::telemetry::current_traceparent(),
+        };
+        Ok(Queued(self.store.queue_message(
+            sender,
+            request.room_id,
+            new,
+        )?))
+    }
+
+    /// A page of a room's history: by default the latest `limit`.
+    pub async fn list_messages(
+        &self,
+        viewer: Uuid,
+        room_id: Uuid,
+        bounds: PageBounds,
+        limit: i64,
+    ) -> Result<MessagePage, ChatError> {
+        let (messages, has_more) = self
+            .store
+            .list_messages(viewer, room_id, bounds, limit)
+            .await?;
+        Ok(MessagePage { messages, has_more })
+    }
+
+    /// Full-text search within a room: the latest `limit` matches.
+    pub async fn search_messages(
+        &self,
+        viewer: Uuid,
+        room_id: Uuid,
+        query: &str,
+        limit: i64,
+    ) -> Result<MessagePage, ChatError> {
+        let query = query.trim();
+        if query.is_empty() || query.chars().count() > MAX_QUERY_CHARS {
+            let reason = format!("must be 1-{MAX_QUERY_CHARS} characters");
+            return Err(InvalidInput::new("q", reason).into());
+        }
+        let (messages, has_more) = self
+            .store
+            .search_messages(viewer, room_id, query, limit)
+            .await?;
+        Ok(MessagePage { messages, has_more })
+    }
+
+    /// The sender changes their message's text; the room hears `message_edited`.
+    pub async fn edit_message(
+        &self,
+        editor: Uuid,
+        room_id: Uuid,
+        message_id: Uuid,
+        text: &str,
+    ) -> Result<Message, ChatError> {
+        let text = MessageText::parse(text, self.limits.max_text_chars)?;
+        let message = self
+            .store
+            .edit_message(editor, room_id, message_id, &text)
+            .await?;
+        self.bus.publish(&RoomEvent::message_edited(&message)).await;
+        Ok(message)
+    }
+
+    /// The sender or the room's owner deletes a message, leaving a tombstone; the room
+    /// hears `message_deleted`.
+    pub async fn delete_message(
+        &self,
+        deleter: Uuid,
+        room_id: Uuid,
+        message_id: Uuid,
+    ) -> Result<Message, ChatError> {
+        let message = self
+            .store
+            .delete_message(deleter, room_id, message_id)
+            .await?;
+        self.bus
+            .publish(&RoomEvent::message_deleted(&message))
+            .await;
+        Ok(message)
+    }
+
+    /// Adds (`add`) or removes the caller's reaction, idempotently; the room hears a
+    /// `reaction` event only when that changed something.
+    pub async fn react(
+        &self,
+        user: Uuid,
+        room_id: Uuid,
+        message_id: Uuid,
+        emoji: &str,
+        add: bool,
+    ) -> Result<Message, ChatError> {
+        let emoji = Emoji::parse(emoji)?;
+        let (message, changed) = self
+            .store
+            .set_reaction(user, room_id, message_id, &emoji, add)
+            .await?;
+        if changed {
+            let event = RoomEvent::reaction(room_id, message_id, emoji.as_str(), user, add);
+            self.bus.publish(&event).await;
+        }
+        Ok(message)
+    }
+}

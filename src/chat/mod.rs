@@ -1,0 +1,170 @@
+//! The use cases: one method per thing a user does, whatever surface they do it through.
+//!
+//! REST handlers and the WebSocket session only translate between their wire format and
+//! these calls. Each method validates its input, authorizes the caller (through the
+//! store's [`Access`](crate::store) rules), meters what is metered, stores the change
+//! and emits its events, in that order and in this one place, so a rule added here holds
+//! on every surface and a mutation cannot be added without deciding what it emits.
+//!
+//! Events go out through [`Bus::publish`] (NATS, and this node's own subscribers
+//! directly). Messages are the exception that proves the rule: a send is emitted by the
+//! group commit's hook ([`Chat::on_commit`]), in `seq` order and before its sender is
+//! answered, which is what SPEC §1.2 and §1.3 need.
+//!
+//! - [`accounts`]: register, log in, look up users.
+//! - [`messages`]: send, page, search, edit, delete, react.
+//! - [`rooms`]: create, list, read, rename, delete, join, leave, members, direct rooms,
+//!   read watermarks, the caller's chat list.
+//! - [`live`]: a socket's connection: subscribe, unsubscribe, typing, presence.
+
+pub mod accounts;
+pub mod live;
+pub mod messages;
+pub mod rooms;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use opentelemetry::trace::SpanKind;
+
+use crate::{
+    auth::Authenticator,
+    bus::{Bus, RoomEvent},
+    config::Limits,
+    domain::InvalidInput,
+    metrics::Metrics,
+    presence::Presence,
+    rate_limit::SendLimiter,
+    relay::{RelayError, RoomHub},
+    store::{
+        Store, StoreError,
+        commit::{Committed, OnCommit},
+    },
+    telemetry::TraceSpan,
+};
+
+/// Everything a use case may fail with. Each variant says what happened; the API maps
+/// them once to SPEC §5's statuses and codes (`api::error`).
+#[derive(Debug, thiserror::Error)]
+pub enum ChatError {
+    /// The input is invalid; nothing was changed.
+    #[error(transparent)]
+    Invalid(#[from] InvalidInput),
+    /// What the store decided: not found, not allowed, a conflict, or unavailable.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The caller's budget for this action is spent for `retry_after`.
+    #[error("too many messages; slow down")]
+    RateLimited { retry_after: Duration },
+    /// A socket asked for more rooms than it may have.
+    #[error("a socket may subscribe to at most {limit} rooms")]
+    TooManyRooms { limit: usize },
+    /// The room's relay on this node cannot take another subscription now.
+    #[error(transparent)]
+    Relay(#[from] RelayError),
+    /// A login with a wrong username or password (which one is not said).
+    #[error("wrong username or password")]
+    InvalidCredentials,
+    /// Every password hasher is busy; retry shortly.
+    #[error("too many logins in progress; retry shortly")]
+    HasherBusy,
+}
+
+/// The use cases and the parts of the node they work with.
+pub struct Chat {
+    store: Store,
+    bus: Bus,
+    hub: RoomHub,
+    presence: Presence,
+    auth: Authenticator,
+    limiter: SendLimiter,
+    metrics: Arc<Metrics>,
+    limits: Limits,
+    /// Numbers this node's sockets, for the relay's subscriber lists.
+    socket_ids: AtomicU64,
+}
+
+/// What [`Chat::new`] works with.
+pub struct Parts {
+    pub store: Store,
+    pub bus: Bus,
+    pub hub: RoomHub,
+    pub presence: Presence,
+    pub auth: Authenticator,
+    pub metrics: Arc<Metrics>,
+    pub limits: Limits,
+}
+
+impl Chat {
+    /// Builds the use cases and has the group commit emit each stored message.
+    pub fn new(parts: Parts) -> Self {
+        let Parts {
+            store,
+            bus,
+            hub,
+            presence,
+            auth,
+            metrics,
+            limits,
+        } = parts;
+        store.on_commit(Self::on_commit(bus.clone(), metrics.clone()));
+        Self {
+            limiter: SendLimiter::new(limits.sends_per_second, limits.send_burst),
+            store,
+            bus,
+            hub,
+            presence,
+            auth,
+            metrics,
+            limits,
+            socket_ids: AtomicU64::new(1),
+        }
+    }
+
+    /// Emits each batch of committed messages once, in `seq` order, each in the trace of
+    /// the request that sent it (the publishing half of SPEC §1.3).
+    fn on_commit(bus: Bus, metrics: Arc<Metrics>) -> OnCommit {
+        Arc::new(move |committed: Vec<Committed>| {
+            let (bus, metrics) = (bus.clone(), metrics.clone());
+            Box::pin(async move {
+                for Committed {
+                    message,
+                    traceparent,
+                    transaction_began,
+                } in committed
+                {
+                    metrics.count_message_stored();
+                    let mut commit = TraceSpan::start_at(
+                        "postgres commit",
+                        SpanKind::Internal,
+                        traceparent.as_ref(),
+                        bus.node_id(),
+                        Some(transaction_began),
+                    );
+                    commit.set_attribute("natter.room_id", message.room_id.to_string());
+                    commit.set_attribute("natter.seq", message.seq);
+                    let event = RoomEvent::message(&message);
+                    let traceparent = commit.traceparent().clone();
+                    crate::telemetry::in_trace(traceparent, bus.publish(&event)).await;
+                }
+            })
+        })
+    }
+
+    /// Spends one send of `user`'s budget (SPEC §5), or says how long to wait.
+    fn meter_send(&self, user: uuid::Uuid) -> Result<(), ChatError> {
+        self.limiter.check(user).map_err(|wait| {
+            self.metrics.count_rate_limited();
+            ChatError::RateLimited { retry_after: wait }
+        })
+    }
+
+    fn next_socket_id(&self) -> crate::relay::SocketId {
+        self.socket_ids.fetch_add(1, Ordering::Relaxed)
+    }
+}

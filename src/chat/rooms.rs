@@ -1,0 +1,195 @@
+//! Rooms: create, list, read, rename, delete, join, leave, members, direct rooms, read
+//! watermarks and the caller's chat list.
+//!
+//! Losing access to a room (a leave, a removal, the room deleted) emits a revocation, so
+//! every node ends the user's subscriptions to it.
+
+use uuid::Uuid;
+
+use super::{Chat, ChatError};
+use crate::{
+    bus::RoomEvent,
+    domain::{InvalidInput, RoomName, parse_seq},
+    model::{Member, MyRoom, Room, RoomKind},
+    store::rooms::{ActivityCursor, Page},
+};
+
+/// Most members a room can be created with.
+const MAX_INITIAL_MEMBERS: usize = 1000;
+
+/// A room as a client asks to create it, unvalidated.
+pub struct CreateRoom<'a> {
+    pub name: &'a str,
+    /// Public or private (direct rooms come from [`Chat::open_direct_room`]).
+    pub kind: RoomKind,
+    pub member_ids: &'a [Uuid],
+}
+
+/// Where `read_upto` puts the caller's read watermark.
+#[derive(Debug, Clone, Copy)]
+pub enum ReadUpTo {
+    /// Up to this `seq`.
+    Seq(i64),
+    /// Up to the last message created at or before this time (ms since the epoch): the
+    /// single-room socket's form.
+    CreatedAt(i64),
+}
+
+impl Chat {
+    /// Creates a public or private room owned by the caller.
+    pub async fn create_room(
+        &self,
+        owner: Uuid,
+        request: CreateRoom<'_>,
+    ) -> Result<Room, ChatError> {
+        let name = RoomName::parse(request.name)?;
+        if request.kind == RoomKind::Direct {
+            return Err(InvalidInput::new("kind", "must be public or private").into());
+        }
+        if request.member_ids.len() > MAX_INITIAL_MEMBERS {
+            let reason = format!("at most {MAX_INITIAL_MEMBERS} members at creation");
+            return Err(InvalidInput::new("member_ids", reason).into());
+        }
+        Ok(self
+            .store
+            .create_room(owner, &name, request.kind, request.member_ids)
+            .await?)
+    }
+
+    /// Public rooms and the caller's rooms, oldest first.
+    pub async fn list_rooms(
+        &self,
+        viewer: Uuid,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Page<Room>, ChatError> {
+        Ok(self.store.list_rooms(viewer, after, limit).await?)
+    }
+
+    /// A room the caller may see.
+    pub async fn get_room(&self, viewer: Uuid, room_id: Uuid) -> Result<Room, ChatError> {
+        Ok(self.store.get_room(viewer, room_id).await?)
+    }
+
+    /// The owner renames a room.
+    pub async fn rename_room(
+        &self,
+        owner: Uuid,
+        room_id: Uuid,
+        name: &str,
+    ) -> Result<Room, ChatError> {
+        let name = RoomName::parse(name)?;
+        Ok(self.store.rename_room(owner, room_id, &name).await?)
+    }
+
+    /// The owner deletes a room and its history; every subscriber loses it.
+    pub async fn delete_room(&self, owner: Uuid, room_id: Uuid) -> Result<(), ChatError> {
+        self.store.delete_room(owner, room_id).await?;
+        self.bus.publish(&RoomEvent::revoke(room_id, None)).await;
+        Ok(())
+    }
+
+    /// Joins a public room; idempotent.
+    pub async fn join_room(&self, user: Uuid, room_id: Uuid) -> Result<(), ChatError> {
+        Ok(self.store.join_room(user, room_id).await?)
+    }
+
+    /// Leaves a room; idempotent. Leaving a room one can only see as a member ends one's
+    /// subscriptions to it.
+    pub async fn leave_room(&self, user: Uuid, room_id: Uuid) -> Result<(), ChatError> {
+        let kind = self.store.leave_room(user, room_id).await?;
+        self.revoke_member(room_id, kind, user).await;
+        Ok(())
+    }
+
+    /// A room's members with their role and whether they are online.
+    pub async fn list_members(
+        &self,
+        viewer: Uuid,
+        room_id: Uuid,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Page<Member>, ChatError> {
+        let mut page = self
+            .store
+            .list_members(viewer, room_id, after, limit)
+            .await?;
+        for member in &mut page.items {
+            member.online = self.presence.is_online(member.user_id);
+        }
+        Ok(page)
+    }
+
+    /// The owner adds a member; idempotent.
+    pub async fn add_member(
+        &self,
+        owner: Uuid,
+        room_id: Uuid,
+        user: Uuid,
+    ) -> Result<(), ChatError> {
+        Ok(self.store.add_member(owner, room_id, user).await?)
+    }
+
+    /// The owner removes a member; idempotent. The member's subscriptions to a room they
+    /// can no longer see end.
+    pub async fn remove_member(
+        &self,
+        owner: Uuid,
+        room_id: Uuid,
+        user: Uuid,
+    ) -> Result<(), ChatError> {
+        let kind = self.store.remove_member(owner, room_id, user).await?;
+        self.revoke_member(room_id, kind, user).await;
+        Ok(())
+    }
+
+    /// Ends `user`'s subscriptions to a room they just stopped belonging to, unless it is
+    /// public (anyone may read those).
+    async fn revoke_member(&self, room_id: Uuid, kind: RoomKind, user: Uuid) {
+        if kind != RoomKind::Public {
+            self.bus
+                .publish(&RoomEvent::revoke(room_id, Some(user)))
+                .await;
+        }
+    }
+
+    /// The direct room of the caller and `other`, created on first use; `true` if this
+    /// call created it.
+    pub async fn open_direct_room(
+        &self,
+        user: Uuid,
+        other: Uuid,
+    ) -> Result<(Room, bool), ChatError> {
+        Ok(self.store.get_or_create_direct_room(user, other).await?)
+    }
+
+    /// Moves the caller's read watermark forward (never back) and returns it; the room
+    /// hears `read` when it moved.
+    pub async fn mark_read(
+        &self,
+        reader: Uuid,
+        room_id: Uuid,
+        upto: ReadUpTo,
+    ) -> Result<i64, ChatError> {
+        let seq = match upto {
+            ReadUpTo::Seq(seq) => parse_seq("seq", seq)?,
+            ReadUpTo::CreatedAt(at) => self.store.seq_at_time(room_id, at).await?,
+        };
+        if self.store.mark_read(reader, room_id, seq).await? {
+            self.bus
+                .publish(&RoomEvent::read(room_id, reader, seq))
+                .await;
+        }
+        Ok(seq)
+    }
+
+    /// The caller's rooms by last activity, with unread counts and last messages.
+    pub async fn my_rooms(
+        &self,
+        user: Uuid,
+        after: Option<ActivityCursor>,
+        limit: i64,
+    ) -> Result<Page<MyRoom>, ChatError> {
+        Ok(self.store.my_rooms(user, after, limit).await?)
+    }
+}

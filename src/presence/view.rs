@@ -1,0 +1,209 @@
+//! The cluster's presence as this node sees it: every connection's lease, and what
+//! follows from them (who is online, who is live in which room). Pure bookkeeping:
+//! [`View::apply`] turns a lease change into the `joined`/`left` changes it causes.
+
+use std::{collections::HashMap, time::Instant};
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::protocol::PresenceStatus;
+
+/// What one connection's KV entry says.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(super) struct Lease {
+    pub user_id: Uuid,
+    pub node_id: String,
+    pub rooms: RoomSet,
+}
+
+/// A set of room ids as a sorted vector: a connection usually has a handful, and every
+/// connection keeps its set twice (its session and its lease), so the set should cost
+/// 16 bytes a room rather than a tree node's 200.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "Vec<Uuid>")]
+pub struct RoomSet(Vec<Uuid>);
+
+impl From<Vec<Uuid>> for RoomSet {
+    fn from(mut rooms: Vec<Uuid>) -> Self {
+        rooms.sort_unstable();
+        rooms.dedup();
+        Self(rooms)
+    }
+}
+
+impl RoomSet {
+    pub fn contains(&self, room_id: &Uuid) -> bool {
+        self.0.binary_search(room_id).is_ok()
+    }
+
+    /// Adds a room; `false` if it was there already.
+    pub fn insert(&mut self, room_id: Uuid) -> bool {
+        match self.0.binary_search(&room_id) {
+            Ok(_) => false,
+            Err(at) => {
+                self.0.insert(at, room_id);
+                true
+            }
+        }
+    }
+
+    /// Removes a room; `false` if it was not there.
+    pub fn remove(&mut self, room_id: &Uuid) -> bool {
+        match self.0.binary_search(room_id) {
+            Ok(at) => {
+                self.0.remove(at);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Uuid> {
+        self.0.iter()
+    }
+
+    /// The rooms of `self` that are not in `other`.
+    fn difference<'a>(&'a self, other: &'a RoomSet) -> impl Iterator<Item = &'a Uuid> {
+        self.iter().filter(move |room| !other.contains(room))
+    }
+}
+
+impl IntoIterator for RoomSet {
+    type Item = Uuid;
+    type IntoIter = std::vec::IntoIter<Uuid>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+/// The cluster's presence as this node last saw it.
+#[derive(Default)]
+pub(super) struct View {
+    /// Every live connection's lease, by KV key, and when it was last seen written.
+    pub leases: HashMap<String, (Lease, Instant)>,
+    /// Live connections per user.
+    pub online: HashMap<Uuid, usize>,
+    /// Live subscriptions per room and user.
+    pub rooms: HashMap<Uuid, HashMap<Uuid, usize>>,
+}
+
+impl View {
+    /// Replaces (or with `None` removes) a connection's lease; returns the presence
+    /// changes it causes.
+    pub fn apply(&mut self, key: &str, lease: Option<Lease>) -> Vec<(Uuid, Uuid, PresenceStatus)> {
+        let mut changes = Vec::new();
+        let old = match lease {
+            Some(lease) => self.leases.insert(key.to_string(), (lease, Instant::now())),
+            None => self.leases.remove(key),
+        };
+        let new = self.leases.get(key).map(|(lease, _)| lease);
+        let no_rooms = RoomSet::default();
+        if let Some((old, _)) = &old {
+            let kept = new.map_or(&no_rooms, |n| &n.rooms);
+            for room in old.rooms.difference(kept) {
+                let Some(users) = self.rooms.get_mut(room) else {
+                    continue;
+                };
+                if decrement(users, old.user_id) {
+                    changes.push((*room, old.user_id, PresenceStatus::Left));
+                }
+                if users.is_empty() {
+                    self.rooms.remove(room);
+                }
+            }
+            if new.is_none() {
+                decrement(&mut self.online, old.user_id);
+            }
+        }
+        if let Some(new) = new {
+            let before = old.as_ref().map_or(&no_rooms, |(o, _)| &o.rooms);
+            for room in new.rooms.difference(before) {
+                let users = self.rooms.entry(*room).or_default();
+                let count = users.entry(new.user_id).or_default();
+                *count += 1;
+                if *count == 1 {
+                    changes.push((*room, new.user_id, PresenceStatus::Joined));
+                }
+            }
+            if old.is_none() {
+                *self.online.entry(new.user_id).or_default() += 1;
+            }
+        }
+        changes
+    }
+}
+
+/// Decrements `map[key]`, removing it at zero; `true` when it reached zero.
+fn decrement(map: &mut HashMap<Uuid, usize>, key: Uuid) -> bool {
+    match map.get_mut(&key) {
+        Some(count) if *count > 1 => {
+            *count -= 1;
+            false
+        }
+        Some(_) => {
+            map.remove(&key);
+            true
+        }
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(user: Uuid, rooms: &[Uuid]) -> Option<Lease> {
+        Some(Lease {
+            user_id: user,
+            node_id: "n".into(),
+            rooms: rooms.to_vec().into(),
+        })
+    }
+
+    #[test]
+    fn the_first_subscription_joins_and_the_last_one_leaves() {
+        let mut view = View::default();
+        let (user, room) = (Uuid::new_v4(), Uuid::new_v4());
+        assert_eq!(view.apply("c.1", lease(user, &[])), vec![]);
+        assert_eq!(
+            view.apply("c.1", lease(user, &[room])),
+            vec![(room, user, PresenceStatus::Joined)]
+        );
+        // A second device in the same room changes nothing.
+        assert_eq!(view.apply("c.2", lease(user, &[room])), vec![]);
+        assert_eq!(view.apply("c.1", None), vec![]);
+        assert!(view.online.contains_key(&user));
+        assert_eq!(
+            view.apply("c.2", None),
+            vec![(room, user, PresenceStatus::Left)]
+        );
+        assert!(view.online.is_empty());
+        assert!(view.rooms.is_empty());
+    }
+
+    #[test]
+    fn a_room_set_stays_sorted_and_unique_however_it_is_built() {
+        let (a, b, c) = (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3));
+        let mut set: RoomSet = serde_json::from_value(serde_json::json!([c, a, c, b])).unwrap();
+        assert_eq!(set.iter().copied().collect::<Vec<_>>(), vec![a, b, c]);
+        assert!(!set.insert(b));
+        assert!(set.remove(&b));
+        assert!(!set.remove(&b));
+        assert!(set.insert(b));
+        assert_eq!(
+            serde_json::to_value(&set).unwrap(),
+            serde_json::json!([a, b, c])
+        );
+        assert_eq!(set.len(), 3);
+    }
+}
