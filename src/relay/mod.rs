@@ -24,8 +24,10 @@
 //! task's position, in the socket's queue, ahead of every later event; the socket's
 //! writer replays from Postgres up to that position before reading on (`api::ws`).
 
+mod reorder;
+
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     sync::{
         Arc, Mutex, OnceLock, Weak,
         atomic::{AtomicU64, Ordering},
@@ -37,6 +39,8 @@ use futures_util::StreamExt;
 use opentelemetry::trace::SpanKind;
 use tokio::sync::{Notify, mpsc};
 use uuid::Uuid;
+
+use reorder::Reorder;
 
 use crate::{
     bus::{Bus, EventKind, RoomEvent},
@@ -53,8 +57,6 @@ pub const TYPING_TTL: Duration = Duration::from_secs(6);
 const ROOM_COMMAND_QUEUE: usize = 4096;
 /// Messages read from Postgres per repair query.
 const REPAIR_PAGE: i64 = 500;
-/// Messages held for their predecessors before the wait is cut short.
-const MAX_HELD: usize = 4096;
 
 /// What the relay counts for `/metrics`.
 #[derive(Default)]
@@ -225,10 +227,7 @@ impl RoomHub {
             let task = RoomTask {
                 room_id,
                 subscribers: Vec::new(),
-                last_seq: 0,
-                held: BTreeMap::new(),
-                repair_at: None,
-                reorder_wait: self.inner.reorder_wait,
+                position: Reorder::new(0, self.inner.reorder_wait),
                 typing: HashMap::new(),
                 store: self.inner.store.clone(),
                 bus: self.inner.bus.clone(),
@@ -360,15 +359,8 @@ async fn catch_up_loop(hub: Weak<HubInner>) {
 struct RoomTask {
     room_id: Uuid,
     subscribers: Vec<Subscriber>,
-    /// The highest `seq` delivered to this node's subscribers; everything up to it was
-    /// delivered exactly once, in order.
-    last_seq: i64,
-    /// Messages that arrived ahead of `last_seq + 1`, by `seq`, until their predecessors
-    /// come or `repair_at`.
-    held: BTreeMap<i64, Arc<RoomEvent>>,
-    /// When the held messages' predecessors are read from Postgres.
-    repair_at: Option<tokio::time::Instant>,
-    reorder_wait: Duration,
+    /// What this node's subscribers have been delivered, and what waits for a gap.
+    position: Reorder,
     /// Users typing in this room, and when their indicator lapses.
     typing: HashMap<Uuid, Instant>,
     store: Store,
@@ -384,7 +376,7 @@ impl RoomTask {
         let Some(last_seq) = self.committed_last_seq(&commands).await else {
             return;
         };
-        self.last_seq = last_seq;
+        self.position = Reorder::new(last_seq, self.position.wait());
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
@@ -400,7 +392,7 @@ impl RoomTask {
                     }
                     None => nats = None,
                 },
-                _ = sleep_until(self.repair_at) => {
+                _ = sleep_until(self.position.repair_at()) => {
                     self.repair_held().await;
                 }
                 _ = tick.tick() => {
@@ -447,7 +439,7 @@ impl RoomTask {
                 let subscribed = Outbound::Subscribed(Box::new(Joined {
                     room_id: self.room_id,
                     since_seq,
-                    last_seq: self.last_seq,
+                    last_seq: self.position.last_seq(),
                 }));
                 if offer(&subscriber, subscribed, &self.stats) {
                     self.subscribers.push(subscriber);
@@ -457,9 +449,10 @@ impl RoomTask {
             RoomCommand::Local(event) => self.deliver(&event),
             RoomCommand::Published(event) => self.on_event(event).await,
             RoomCommand::CatchUp(committed) => {
-                if committed > self.last_seq {
+                let from = self.position.last_seq();
+                if committed > from {
                     bump(&self.stats.gap_repairs, 1);
-                    tracing::info!(room_id = %self.room_id, from = self.last_seq, to = committed, "repairing trailing messages");
+                    tracing::info!(room_id = %self.room_id, from, to = committed, "repairing trailing messages");
                     self.repair(committed).await;
                     self.deliver_held();
                 }
@@ -484,16 +477,9 @@ impl RoomTask {
         match event.kind {
             EventKind::Message => {
                 let seq = event.seq.unwrap_or_default();
-                if seq <= self.last_seq {
-                    return;
+                for ready in self.position.arrive(seq, event) {
+                    self.deliver(&ready);
                 }
-                if seq > self.last_seq + 1 {
-                    self.hold(seq, event);
-                    return;
-                }
-                self.last_seq = seq;
-                self.deliver(&event);
-                self.deliver_held();
             }
             EventKind::Typing => {
                 let user = event.user_id.unwrap_or_default();
@@ -525,60 +511,36 @@ impl RoomTask {
         }
     }
 
-    /// Keeps a message that arrived ahead of its predecessors until they come, or until
-    /// the reorder wait has passed.
-    fn hold(&mut self, seq: i64, event: Arc<RoomEvent>) {
-        self.held.insert(seq, event);
-        if self.repair_at.is_none() {
-            self.repair_at = Some(tokio::time::Instant::now() + self.reorder_wait);
-        }
-        if self.held.len() > MAX_HELD {
-            // Far behind: stop waiting rather than hold without bound.
-            self.repair_at = Some(tokio::time::Instant::now());
-        }
-    }
-
-    /// Delivers the held messages that now follow `last_seq`, and drops those it passed.
+    /// Delivers the held messages that now follow the room's position.
     fn deliver_held(&mut self) {
-        while let Some(entry) = self.held.first_entry() {
-            let seq = *entry.key();
-            if seq > self.last_seq + 1 {
-                break;
-            }
-            let event = entry.remove();
-            if seq == self.last_seq + 1 {
-                self.last_seq = seq;
-                self.deliver(&event);
-            }
-        }
-        if self.held.is_empty() {
-            self.repair_at = None;
+        for ready in self.position.release() {
+            self.deliver(&ready);
         }
     }
 
     /// The held messages' predecessors did not come in time: NATS lost them. Reads them
     /// from Postgres, one gap after another, and delivers everything held in order.
     async fn repair_held(&mut self) {
-        while let Some(&next_held) = self.held.keys().next() {
+        while let Some(upto) = self.position.missing() {
             bump(&self.stats.gap_repairs, 1);
-            tracing::info!(room_id = %self.room_id, from = self.last_seq, to = next_held, "repairing a gap");
-            self.repair(next_held - 1).await;
-            if self.last_seq < next_held - 1 {
+            tracing::info!(room_id = %self.room_id, from = self.position.last_seq(), to = upto, "repairing a gap");
+            self.repair(upto).await;
+            if self.position.last_seq() < upto {
                 // Postgres is unreachable: hold on and try again after another wait.
-                self.repair_at = Some(tokio::time::Instant::now() + self.reorder_wait);
+                self.position.retry_later();
                 return;
             }
             self.deliver_held();
         }
-        self.repair_at = None;
     }
 
     /// Delivers the messages after `last_seq` up to `upto` from Postgres, in order.
     async fn repair(&mut self, upto: i64) {
-        while self.last_seq < upto {
+        while self.position.last_seq() < upto {
+            let after = self.position.last_seq();
             let page = self
                 .store
-                .messages_in_range(Uuid::nil(), self.room_id, self.last_seq, upto, REPAIR_PAGE)
+                .messages_in_range(Uuid::nil(), self.room_id, after, upto, REPAIR_PAGE)
                 .await;
             let messages = match page {
                 Ok(messages) if !messages.is_empty() => messages,
@@ -590,7 +552,7 @@ impl RoomTask {
             };
             bump(&self.stats.repaired, messages.len() as u64);
             for message in &messages {
-                self.last_seq = message.seq;
+                self.position.advance(message.seq);
                 self.deliver(&Arc::new(RoomEvent::message(message)));
             }
         }

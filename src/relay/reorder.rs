@@ -1,0 +1,239 @@
+//! A room's position on this node and the messages that arrived ahead of it: the
+//! decisions behind "exactly once, in order" (SPEC §1.3), without the I/O.
+//!
+//! A message at or below the position is a duplicate; the next one is delivered, with
+//! any held successors it releases; a later one is held until its predecessors come, or
+//! until the reorder wait has passed, when the room task reads them from Postgres
+//! ([`Reorder::missing`]) and [`Reorder::advance`]s through them.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use tokio::time::{Duration, Instant};
+
+use crate::bus::RoomEvent;
+
+/// Messages held for their predecessors before the wait is cut short.
+const MAX_HELD: usize = 4096;
+
+pub(super) struct Reorder {
+    /// The highest `seq` delivered; everything up to it was delivered exactly once, in
+    /// order.
+    last_seq: i64,
+    /// Messages that arrived ahead of `last_seq + 1`, by `seq`.
+    held: BTreeMap<i64, Arc<RoomEvent>>,
+    /// When the held messages' predecessors are to be read from Postgres.
+    repair_at: Option<Instant>,
+    /// How long a message ahead of its predecessors waits for them.
+    wait: Duration,
+}
+
+impl Reorder {
+    pub fn new(last_seq: i64, wait: Duration) -> Self {
+        Self {
+            last_seq,
+            held: BTreeMap::new(),
+            repair_at: None,
+            wait,
+        }
+    }
+
+    /// How long a message ahead of its predecessors waits for them.
+    pub fn wait(&self) -> Duration {
+        self.wait
+    }
+
+    pub fn last_seq(&self) -> i64 {
+        self.last_seq
+    }
+
+    /// When the gap before the held messages should be repaired, if any are held.
+    pub fn repair_at(&self) -> Option<Instant> {
+        self.repair_at
+    }
+
+    /// A message arrived with `seq`: returns what to deliver now, in order (nothing for
+    /// a duplicate or a message held for its predecessors).
+    pub fn arrive(&mut self, seq: i64, event: Arc<RoomEvent>) -> Vec<Arc<RoomEvent>> {
+        if seq <= self.last_seq {
+            return Vec::new();
+        }
+        if seq > self.last_seq + 1 {
+            self.hold(seq, event);
+            return Vec::new();
+        }
+        self.last_seq = seq;
+        let mut ready = vec![event];
+        ready.extend(self.release());
+        ready
+    }
+
+    fn hold(&mut self, seq: i64, event: Arc<RoomEvent>) {
+        self.held.insert(seq, event);
+        if self.repair_at.is_none() {
+            self.repair_at = Some(Instant::now() + self.wait);
+        }
+        if self.held.len() > MAX_HELD {
+            // Far behind: stop waiting rather than hold without bound.
+            self.repair_at = Some(Instant::now());
+        }
+    }
+
+    /// The last `seq` of the first gap: what must be read from Postgres before the
+    /// held messages can go.
+    pub fn missing(&self) -> Option<i64> {
+        self.held.keys().next().map(|first_held| first_held - 1)
+    }
+
+    /// A message read from Postgres (in order, after `last_seq`) was delivered.
+    pub fn advance(&mut self, seq: i64) {
+        self.last_seq = self.last_seq.max(seq);
+    }
+
+    /// The held messages that now follow `last_seq`, in order; those it passed are
+    /// dropped. With nothing left held, no repair is due.
+    pub fn release(&mut self) -> Vec<Arc<RoomEvent>> {
+        let mut ready = Vec::new();
+        while let Some(entry) = self.held.first_entry() {
+            let seq = *entry.key();
+            if seq > self.last_seq + 1 {
+                break;
+            }
+            let event = entry.remove();
+            if seq == self.last_seq + 1 {
+                self.last_seq = seq;
+                ready.push(event);
+            }
+        }
+        if self.held.is_empty() {
+            self.repair_at = None;
+        }
+        ready
+    }
+
+    /// A repair could not read the gap (Postgres unreachable): try again after another
+    /// wait.
+    pub fn retry_later(&mut self) {
+        self.repair_at = Some(Instant::now() + self.wait);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use uuid::Uuid;
+
+    use super::*;
+
+    const WAIT: Duration = Duration::from_millis(100);
+
+    fn event(seq: i64) -> Arc<RoomEvent> {
+        Arc::new(RoomEvent::message(&crate::model::Message {
+            id: Uuid::from_u128(seq as u128),
+            room_id: Uuid::nil(),
+            seq,
+            sender_id: Uuid::nil(),
+            text: "hi".into(),
+            created_at: 0,
+            edited_at: None,
+            deleted: false,
+            client_msg_id: None,
+            reply_to: None,
+            reactions: Vec::new(),
+        }))
+    }
+
+    /// What `arrive` hands out, as the seqs it was given.
+    fn seqs(events: Vec<Arc<RoomEvent>>) -> Vec<i64> {
+        events.iter().map(|e| e.seq.unwrap_or_default()).collect()
+    }
+
+    fn arrive(reorder: &mut Reorder, seq: i64) -> Vec<i64> {
+        seqs(reorder.arrive(seq, event(seq)))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn messages_in_order_are_delivered_at_once_and_duplicates_dropped() {
+        let mut reorder = Reorder::new(3, WAIT);
+        assert_eq!(arrive(&mut reorder, 4), [4]);
+        assert_eq!(arrive(&mut reorder, 5), [5]);
+        assert!(arrive(&mut reorder, 5).is_empty());
+        assert!(arrive(&mut reorder, 2).is_empty());
+        assert_eq!(reorder.last_seq(), 5);
+        assert_eq!(reorder.repair_at(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_message_ahead_of_its_predecessor_waits_for_it_then_both_go_in_order() {
+        let mut reorder = Reorder::new(0, WAIT);
+        assert!(arrive(&mut reorder, 3).is_empty());
+        assert!(arrive(&mut reorder, 2).is_empty());
+        assert_eq!(reorder.repair_at(), Some(Instant::now() + WAIT));
+        assert_eq!(reorder.missing(), Some(1));
+        assert_eq!(arrive(&mut reorder, 1), [1, 2, 3]);
+        assert_eq!(reorder.repair_at(), None, "nothing held, nothing to repair");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_wait_starts_with_the_first_held_message_and_later_ones_do_not_extend_it() {
+        let mut reorder = Reorder::new(0, WAIT);
+        arrive(&mut reorder, 5);
+        let due = reorder.repair_at().unwrap();
+        tokio::time::advance(WAIT / 2).await;
+        arrive(&mut reorder, 6);
+        assert_eq!(reorder.repair_at(), Some(due));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_repair_fills_one_gap_at_a_time_and_releases_what_follows_it() {
+        let mut reorder = Reorder::new(0, WAIT);
+        for seq in [3, 4, 7] {
+            arrive(&mut reorder, seq);
+        }
+        assert_eq!(reorder.missing(), Some(2));
+        reorder.advance(1);
+        reorder.advance(2);
+        assert_eq!(seqs(reorder.release()), [3, 4]);
+        assert_eq!(reorder.missing(), Some(6), "the next gap");
+        assert!(reorder.repair_at().is_some());
+        for seq in [5, 6] {
+            reorder.advance(seq);
+        }
+        assert_eq!(seqs(reorder.release()), [7]);
+        assert_eq!(reorder.missing(), None);
+        assert_eq!(reorder.repair_at(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn held_messages_a_catch_up_overtook_are_dropped_not_delivered_twice() {
+        let mut reorder = Reorder::new(0, WAIT);
+        arrive(&mut reorder, 3);
+        arrive(&mut reorder, 5);
+        // The trailing-message catch-up read 1..=5 from Postgres and delivered them.
+        for seq in 1..=5 {
+            reorder.advance(seq);
+        }
+        assert!(reorder.release().is_empty());
+        assert_eq!(reorder.last_seq(), 5);
+        assert_eq!(reorder.repair_at(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_repair_that_could_not_read_the_gap_is_retried_after_another_wait() {
+        let mut reorder = Reorder::new(0, WAIT);
+        arrive(&mut reorder, 2);
+        tokio::time::advance(WAIT).await;
+        reorder.retry_later();
+        assert_eq!(reorder.repair_at(), Some(Instant::now() + WAIT));
+        assert_eq!(reorder.missing(), Some(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn too_many_held_messages_cut_the_wait_short() {
+        let mut reorder = Reorder::new(0, WAIT);
+        for seq in 2..(2 + MAX_HELD as i64) {
+            arrive(&mut reorder, seq);
+        }
+        assert_eq!(reorder.repair_at(), Some(Instant::now() + WAIT));
+        arrive(&mut reorder, 2 + MAX_HELD as i64);
+        assert_eq!(reorder.repair_at(), Some(Instant::now()));
+    }
+}
