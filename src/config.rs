@@ -139,18 +139,122 @@ impl Default for Limits {
     }
 }
 
+/// Declares every setting once: its flag (the field's name in kebab case), its
+/// environment variable, the default `--help` shows and what it means. Flags override the
+/// environment; both are strings here and are parsed, and checked together, by
+/// [`Settings::from_lookup`], so a flag and its variable can never be read two ways.
+macro_rules! settings_args {
+    ($( $(#[doc = $doc:literal])* $field:ident: $env:literal $(= $default:literal)?; )*) => {
+        /// The node's settings as flags (`natter serve --help`), each beside its
+        /// environment variable. Values are never printed (some are secrets).
+        #[derive(Clone, Default, clap::Args)]
+        pub struct SettingsArgs {
+            $(
+                $(#[doc = $doc])*
+                #[arg(long, env = $env, hide_env_values = true $(, default_value = $default)?)]
+                $field: Option<String>,
+            )*
+        }
+
+        impl SettingsArgs {
+            /// The value given for the environment variable `name`, by flag or variable.
+            fn get(&self, name: &str) -> Option<String> {
+                match name {
+                    $( $env => self.$field.clone(), )*
+                    _ => None,
+                }
+            }
+
+            /// The flag that sets the environment variable `name`, for error messages.
+            fn flag(name: &str) -> Option<&'static str> {
+                match name {
+                    $( $env => Some(stringify!($field)), )*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+settings_args! {
+    /// Postgres, the source of truth (`postgres://user:pass@host/db`; `sslmode=require`
+    /// for TLS).
+    database_url: "DATABASE_URL";
+    /// Connections this node keeps to Postgres.
+    database_pool_size: "DATABASE_POOL_SIZE" = "16";
+    /// An extra CA certificate (PEM) for Postgres over TLS.
+    database_ca_file: "DATABASE_CA_FILE";
+    /// NATS servers, comma-separated for a cluster.
+    nats_url: "NATS_URL";
+    /// First token of every NATS subject and of the presence bucket's name.
+    nats_prefix: "NATS_PREFIX" = "natter";
+    /// Signs Natter's own tokens (HS256); at least 16 bytes.
+    jwt_secret: "JWT_SECRET";
+    /// Lifetime of the tokens Natter issues, in seconds.
+    jwt_ttl_secs: "JWT_TTL_SECS" = "86400";
+    /// External identity providers: a JSON list of {issuer, audience, jwks_url |
+    /// hs256_secret}.
+    jwt_issuers: "JWT_ISSUERS";
+    /// Address the HTTP server binds.
+    listen_addr: "LISTEN_ADDR" = "0.0.0.0:8080";
+    /// Names this node in logs, metrics and presence [default: the host name].
+    node_id: "NODE_ID";
+    /// Longest message text, in characters.
+    max_text_chars: "MAX_TEXT_CHARS" = "4000";
+    /// Largest request body, in bytes (larger: 413).
+    max_body_bytes: "MAX_BODY_BYTES" = "65536";
+    /// Sustained sends per second per user.
+    send_rate_per_sec: "SEND_RATE_PER_SEC" = "10";
+    /// Sends a user may make at once before the rate applies.
+    send_burst: "SEND_BURST" = "30";
+    /// Largest WebSocket frame a client may send, in bytes (larger: close 1009).
+    max_frame_bytes: "MAX_FRAME_BYTES" = "65536";
+    /// Rooms one socket may subscribe to.
+    max_rooms_per_socket: "MAX_ROOMS_PER_SOCKET" = "1000";
+    /// Events queued for one socket before it is closed with 4008.
+    outbound_queue: "OUTBOUND_QUEUE" = "1024";
+    /// Seconds a client may take to send one HTTP request.
+    request_read_timeout_secs: "REQUEST_READ_TIMEOUT_SECS" = "10";
+    /// Seconds a connection's presence outlives its node's last refresh.
+    presence_ttl_secs: "PRESENCE_TTL_SECS" = "10";
+    /// Replicas of the presence bucket [default: the number of NATS servers given, at
+    /// most 5].
+    presence_replicas: "PRESENCE_REPLICAS";
+    /// Milliseconds a message that arrived ahead of its predecessors waits for them
+    /// before they are read from Postgres.
+    reorder_wait_ms: "REORDER_WAIT_MS" = "100";
+    /// Browser origins allowed to call the API cross-origin, comma-separated.
+    cors_allowed_origins: "CORS_ALLOWED_ORIGINS";
+    /// Log lines as `json` or `text`.
+    log_format: "LOG_FORMAT" = "json";
+    /// Where spans go: an OTLP/HTTP collector's base URL (no tracing without it).
+    otel_exporter_otlp_endpoint: "OTEL_EXPORTER_OTLP_ENDPOINT";
+    /// `service.name` of the spans.
+    otel_service_name: "OTEL_SERVICE_NAME" = "natter";
+}
+
 /// A setting that is missing or cannot be used; the message names it.
 #[derive(Debug, thiserror::Error)]
-#[error("configuration error: {name}: {reason}")]
+#[error("configuration error: {}: {reason}", flag_and_variable(name))]
 pub struct ConfigError {
+    /// The environment variable (its flag is named in the message too).
     pub name: &'static str,
     pub reason: String,
 }
 
+/// `--flag-name / VARIABLE_NAME`, or the variable alone if it has no flag.
+fn flag_and_variable(name: &str) -> String {
+    match SettingsArgs::flag(name) {
+        Some(field) => format!("--{} / {name}", field.replace('_', "-")),
+        None => name.to_string(),
+    }
+}
+
 impl Settings {
-    /// Reads settings from the process environment.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_lookup(|name| std::env::var(name).ok())
+    /// Reads settings from the command line's flags and, for each flag not given, its
+    /// environment variable (clap reads those into `args`).
+    pub fn from_args(args: &SettingsArgs) -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| args.get(name))
     }
 
     /// Reads settings through `lookup`, so tests can supply their own environment.
@@ -355,6 +459,41 @@ mod tests {
         ("NATS_URL", "nats://localhost:4222"),
         ("JWT_SECRET", "0123456789abcdef0123"),
     ];
+
+    /// Parses `natter serve` flags with no environment but `pairs` given as flags.
+    fn from_flags(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            settings: SettingsArgs,
+        }
+        let mut argv = vec!["natter".to_string()];
+        for (name, value) in pairs {
+            let flag = SettingsArgs::flag(name).unwrap().replace('_', "-");
+            argv.push(format!("--{flag}={value}"));
+        }
+        Settings::from_args(&Cli::parse_from(argv).settings)
+    }
+
+    #[test]
+    fn the_defaults_help_shows_are_the_defaults_the_settings_take() {
+        let from_flags = from_flags(&BASE).unwrap();
+        let from_env = Settings::from_lookup(env(&BASE)).unwrap();
+        assert_eq!(format!("{from_flags:?}"), format!("{from_env:?}"));
+    }
+
+    #[test]
+    fn an_error_names_the_flag_and_its_variable() {
+        let mut pairs = BASE.to_vec();
+        pairs.push(("SEND_BURST", "lots"));
+        let err = from_flags(&pairs).unwrap_err();
+        assert_eq!(err.name, "SEND_BURST");
+        assert!(
+            err.to_string().contains("--send-burst / SEND_BURST"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn a_complete_environment_parses_with_spec_defaults() {

@@ -19,17 +19,21 @@
 //! - [`auth`]: password hashing, Natter's own HS256 tokens and external issuers
 //!   (HS256 secrets and JWKS).
 //! - [`model`]: the resources the API returns (users, rooms, messages, …).
+//! - [`chat`]: the use cases, one method per thing a user does (send, edit, react,
+//!   subscribe, …): each validates, authorizes, meters, stores and emits its events, so
+//!   every API surface gets the same rules. The API calls nothing below this layer.
 //! - [`store`]: Postgres: pool, embedded migrations, one module per table group.
 //! - [`bus`]: NATS subjects and the room event codec.
 //! - [`relay`]: per-room fan-out to this node's sockets, interest routing and gap
 //!   repair (SPEC §1.3).
 //! - [`presence`]: connection leases in NATS KV and the cluster-wide view (SPEC §1.6).
 //! - [`protocol`]: WebSocket frames.
-//! - [`rate_limit`]: the per-user send budget shared by every API surface.
-//! - [`metrics`]: counters rendered as Prometheus text.
-//! - [`api`]: HTTP routes: `api::rest` has one module per resource, `api::ws` the
-//!   WebSocket sessions, `api::error` maps every layer's error once onto the SPEC §5
-//!   envelope.
+//! - [`rate_limit`]: the per-user send budget the use cases spend.
+//! - [`metrics`]: counters rendered as Prometheus text; [`histogram`] the latency
+//!   histogram every layer records into.
+//! - [`api`]: HTTP routes, translating between wire formats and [`chat`]: `api::rest`
+//!   has one module per resource, `api::ws` the WebSocket sessions, `api::error` maps
+//!   every layer's error once onto the SPEC §5 envelope.
 
 pub mod api;
 pub mod app;

@@ -1,11 +1,17 @@
-//! The `natter` binary: `serve` (default), `migrate`, and `token --user NAME`.
+//! The `natter` binary: `serve` (default), `migrate`, `token --user NAME` and `health`;
+//! `natter --help` and `natter serve --help` list them and every setting.
 //!
 //! Thin on purpose: it reads settings, starts logging and hands over to the library.
 
 use std::process::ExitCode;
 
+use clap::{Parser, Subcommand};
 use natter::{
-    app::Application, auth::Authenticator, config::Settings, domain::Username, store::Store,
+    app::Application,
+    auth::Authenticator,
+    config::{Settings, SettingsArgs},
+    domain::Username,
+    store::Store,
     telemetry,
 };
 
@@ -16,15 +22,66 @@ use natter::{
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const USAGE: &str = "usage: natter [serve | migrate | token --user NAME | health]";
+/// A clustered real-time chat server: REST and WebSocket APIs, Postgres as the source of
+/// truth, NATS between nodes. Every setting is a flag or its environment variable.
+#[derive(Parser)]
+#[command(
+    name = "natter",
+    version,
+    after_help = "Logs are filtered by RUST_LOG (default: info)."
+)]
+struct Cli {
+    /// What to do; `serve` when none is given.
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the REST and WebSocket APIs until SIGTERM, then drain.
+    Serve(SettingsArgs),
+    /// Apply the database migrations and exit.
+    Migrate(SettingsArgs),
+    /// Print a token for a user, creating the user (without a password) if needed: for
+    /// local testing.
+    Token {
+        /// The user's username.
+        #[arg(long)]
+        user: String,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+    /// Exit 0 if the node on LISTEN_ADDR answers /healthz: the container health check,
+    /// for images with no shell or curl.
+    Health,
+}
+
+/// `natter` alone: `serve`, with its settings from the environment.
+#[derive(Parser)]
+struct Environment {
+    #[command(flatten)]
+    settings: SettingsArgs,
+}
+
+/// What to run once the settings are read.
+enum Run {
+    Serve,
+    Migrate,
+    Token { user: String },
+}
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args == ["health"] {
-        return health().await;
-    }
-    let settings = match Settings::from_env() {
+    let command = Cli::parse()
+        .command
+        .unwrap_or_else(|| Command::Serve(Environment::parse_from(["natter"]).settings));
+    let (args, run) = match command {
+        Command::Health => return health().await,
+        Command::Serve(args) => (args, Run::Serve),
+        Command::Migrate(args) => (args, Run::Migrate),
+        Command::Token { user, settings } => (settings, Run::Token { user }),
+    };
+    let settings = match Settings::from_args(&args) {
         Ok(settings) => settings,
         Err(err) => {
             eprintln!("natter: {err}");
@@ -32,14 +89,10 @@ async fn main() -> ExitCode {
         }
     };
     telemetry::init(settings.log_format, &settings.node_id);
-    let result = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
-        [] | ["serve"] => serve(settings).await,
-        ["migrate"] => migrate(settings).await,
-        ["token", "--user", name] => token(settings, name).await,
-        _ => {
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
-        }
+    let result = match run {
+        Run::Serve => serve(settings).await,
+        Run::Migrate => migrate(settings).await,
+        Run::Token { user } => token(settings, &user).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -47,7 +47,7 @@ impl Chat {
     /// once: the sends a caller queues are numbered in the order it queued them, however
     /// many are in flight. Membership, `reply_to` and the idempotency key are checked
     /// under the room's lock when the batch runs; the message is emitted by the commit
-    /// hook ([`Chat::on_commit`]).
+    /// hook (`Chat::on_commit`).
     pub fn send(&self, sender: Uuid, request: SendMessage<'_>) -> Result<Queued, ChatError> {
         let text = MessageText::parse(request.text, self.limits.max_text_chars)?;
         let client_msg_id = request.client_msg_id.map(ClientMsgId::parse).transpose()?;

@@ -2,13 +2,13 @@
 //!
 //! REST handlers and the WebSocket session only translate between their wire format and
 //! these calls. Each method validates its input, authorizes the caller (through the
-//! store's [`Access`](crate::store) rules), meters what is metered, stores the change
+//! store's `store::access::Access` rules), meters what is metered, stores the change
 //! and emits its events, in that order and in this one place, so a rule added here holds
 //! on every surface and a mutation cannot be added without deciding what it emits.
 //!
 //! Events go out through [`Bus::publish`] (NATS, and this node's own subscribers
 //! directly). Messages are the exception that proves the rule: a send is emitted by the
-//! group commit's hook ([`Chat::on_commit`]), in `seq` order and before its sender is
+//! group commit's hook (`Chat::on_commit`), in `seq` order and before its sender is
 //! answered, which is what SPEC §1.2 and §1.3 need.
 //!
 //! - [`accounts`]: register, log in, look up users.

@@ -1,6 +1,6 @@
 //! The KV side of presence: the bucket, the write-behind that puts this node's leases
 //! into it, the refresher that keeps them alive, and the watcher that folds every node's
-//! changes into the [`View`](super::view::View).
+//! changes into the `View`.
 
 use std::{
     sync::{Arc, atomic::Ordering},

@@ -7,6 +7,7 @@ mod cluster;
 mod generated_client;
 mod helpers;
 mod jwt;
+mod layout;
 mod messages;
 mod openapi_fuzz;
 mod ops;

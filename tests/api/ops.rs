@@ -394,3 +394,64 @@ async fn the_web_client_is_served_with_a_strict_content_security_policy_and_reva
         assert!(again.text().await.unwrap().is_empty());
     }
 }
+
+/// Runs the `natter` binary with no environment at all.
+fn natter_without_environment(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_natter"))
+        .args(args)
+        .env_clear()
+        .output()
+        .expect("natter runs")
+}
+
+#[test]
+fn natter_help_lists_its_commands_and_serve_help_every_setting_with_its_variable_and_default() {
+    let help = natter_without_environment(&["--help"]);
+    assert!(help.status.success());
+    let text = String::from_utf8_lossy(&help.stdout);
+    for command in ["serve", "migrate", "token", "health"] {
+        assert!(text.contains(command), "{command} missing from:\n{text}");
+    }
+    let help = natter_without_environment(&["serve", "--help"]);
+    assert!(help.status.success());
+    let text = String::from_utf8_lossy(&help.stdout);
+    for (flag, variable) in [
+        ("--database-url", "DATABASE_URL"),
+        ("--nats-url", "NATS_URL"),
+        ("--jwt-secret", "JWT_SECRET"),
+        ("--listen-addr", "LISTEN_ADDR"),
+        ("--node-id", "NODE_ID"),
+        (
+            "--otel-exporter-otlp-endpoint",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+        ),
+    ] {
+        assert!(text.contains(flag), "{flag} missing from:\n{text}");
+        assert!(
+            text.contains(&format!("env: {variable}")),
+            "{variable} missing"
+        );
+    }
+    assert!(text.contains("[default: 0.0.0.0:8080]"), "{text}");
+}
+
+#[test]
+fn a_bad_flag_or_setting_stops_natter_with_a_line_that_names_it() {
+    let unknown = natter_without_environment(&["serve", "--no-such-flag"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("--no-such-flag"));
+    let missing = natter_without_environment(&["serve"]);
+    assert_eq!(missing.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(stderr.contains("--database-url / DATABASE_URL"), "{stderr}");
+    let bad = natter_without_environment(&[
+        "serve",
+        "--database-url=postgres://u@localhost/db",
+        "--nats-url=nats://localhost:4222",
+        "--jwt-secret=0123456789abcdef0123",
+        "--send-burst=lots",
+    ]);
+    assert_eq!(bad.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("--send-burst / SEND_BURST"), "{stderr}");
+}

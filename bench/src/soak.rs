@@ -14,7 +14,7 @@
 //! never read, while a burst of large messages goes to their room.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashSet},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -37,31 +37,18 @@ const RECONNECT_LIMIT: Duration = Duration::from_secs(60);
 /// How long the run waits, after sending stops, for every client to catch up.
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 
-struct Settings {
-    connections: usize,
-    rooms: usize,
-    rate: f64,
-    duration: Duration,
-    fault_at: Duration,
-    slow_readers: usize,
-}
-
-impl Settings {
-    fn parse(options: &Options, flags: &HashMap<String, String>) -> Result<Self, String> {
-        let number = |name: &str, default: f64| -> Result<f64, String> {
-            flags.get(name).map_or(Ok(default), |v| {
-                v.parse().map_err(|_| format!("--{name}: not a number"))
-            })
-        };
-        Ok(Self {
-            connections: number("connections", 60.0)?.max(1.0) as usize,
-            rooms: number("rooms", 3.0)?.max(1.0) as usize,
-            rate: number("rate", 1.0)?,
-            duration: options.duration,
-            fault_at: Duration::from_secs_f64(number("fault-at", 8.0)?),
-            slow_readers: number("slow-readers", 0.0)? as usize,
-        })
-    }
+pub struct Settings {
+    /// WebSockets to open, one user each.
+    pub connections: usize,
+    /// Rooms every user sends to and follows.
+    pub rooms: usize,
+    /// Sends per second per connection.
+    pub rate: f64,
+    /// When into the run the fault is expected (the fault script acts then).
+    pub fault_at: Duration,
+    /// Connections that read slowly on purpose (they must be closed with 4008, not
+    /// slow anyone else).
+    pub slow_readers: usize,
 }
 
 /// One user's connection and what it saw.
@@ -326,8 +313,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[rank - 1]
 }
 
-pub async fn run(options: &Options, flags: &HashMap<String, String>) -> Result<bool, String> {
-    let settings = Settings::parse(options, flags)?;
+pub async fn run(options: &Options, settings: Settings) -> Result<bool, String> {
     let nodes = options.urls.len();
     let api = Arc::new(Api::new(&options.urls));
     let run = crate::scenario::uuid_fragment();
@@ -355,7 +341,7 @@ pub async fn run(options: &Options, flags: &HashMap<String, String>) -> Result<b
     );
 
     let started = Instant::now();
-    let stop_sending = started + settings.duration;
+    let stop_sending = started + options.duration;
     let fault = started + settings.fault_at;
     let urls = Arc::new(options.urls.clone());
     let (final_tx, final_rx) = watch::channel(None::<Vec<i64>>);
