@@ -131,6 +131,26 @@ pub struct Message {
     pub reactions: Vec<Reaction>,
 }
 
+#[cfg(test)]
+impl Message {
+    /// A plain message (`"hi"`, no key, reply or reactions) for unit tests.
+    pub(crate) fn for_test(room_id: Uuid, seq: i64, sender_id: Uuid) -> Self {
+        Message {
+            id: Uuid::from_u128(seq as u128),
+            room_id,
+            seq,
+            sender_id,
+            text: "hi".into(),
+            created_at: 0,
+            edited_at: None,
+            deleted: false,
+            client_msg_id: None,
+            reply_to: None,
+            reactions: Vec::new(),
+        }
+    }
+}
+
 /// A room in the caller's chat list.
 #[derive(Debug, Clone, Object)]
 #[oai(example)]

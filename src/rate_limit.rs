@@ -1,96 +1,128 @@
-//! The per-user send budget (SPEC §5: 10 sends/s with a burst of 30), shared by every
-//! surface that sends (REST now, WebSocket too).
+//! The per-user send budget (SPEC §5: 10 sends/s with a burst of 30), which the use cases
+//! spend on every send, whichever surface it came through.
 //!
-//! A generic cell rate algorithm: each user has a "theoretical arrival time" that every
-//! send pushes one emission interval into the future; a send that would push it more
-//! than `burst` intervals ahead of now is refused, and the refusal says how long until
-//! it would fit. One timestamp per active user; idle users are swept, so memory stays
-//! bounded by the users active in the last few seconds.
+//! governor's keyed generic cell rate algorithm: one timestamp per active user in a
+//! sharded map, so users on different shards never wait for each other, and a refusal
+//! says how long until the next send would fit. Users idle long enough to have their
+//! whole burst back are dropped every [`SWEEP_EVERY`] checks, so memory stays bounded
+//! by the users active in the last few seconds (one shard locked at a time).
 //!
 //! The budget is per node: a user whose sends are spread over N nodes by the load
 //! balancer gets up to N times the rate. That bounds abuse without a cluster-wide
 //! round trip on every send.
 
 use std::{
-    collections::HashMap,
-    sync::Mutex,
-    time::{Duration, Instant},
+    num::NonZeroU32,
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
 };
 
+use governor::{
+    Quota, RateLimiter,
+    clock::{Clock, DefaultClock},
+    middleware::NoOpMiddleware,
+    state::keyed::DashMapStateStore,
+};
 use uuid::Uuid;
 
-pub struct SendLimiter {
-    interval: Duration,
-    /// How far ahead of now a user's arrival time may run: `burst` intervals.
-    tolerance: Duration,
-    users: Mutex<HashMap<Uuid, Instant>>,
+/// Checks between two sweeps of idle users.
+const SWEEP_EVERY: u64 = 65_536;
+
+pub struct SendLimiter<C: Clock = DefaultClock> {
+    users: RateLimiter<Uuid, DashMapStateStore<Uuid>, C, NoOpMiddleware<C::Instant>>,
+    /// Checks so far, to sweep every [`SWEEP_EVERY`].
+    checks: AtomicU64,
 }
 
-/// Entries beyond this trigger a sweep of idle users.
-const SWEEP_THRESHOLD: usize = 10_000;
+/// `per_second` sends a second after a burst of `burst`: the fastest rate governor can
+/// keep (one a nanosecond) bounds a configured rate above it.
+fn quota(per_second: f64, burst: u32) -> Quota {
+    let period = Duration::from_secs_f64(1.0 / per_second).max(Duration::from_nanos(1));
+    let quota = Quota::with_period(period).expect("a period of at least 1 ns");
+    quota.allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN))
+}
 
 impl SendLimiter {
     pub fn new(per_second: f64, burst: u32) -> Self {
-        let interval = Duration::from_secs_f64(1.0 / per_second);
+        Self::with_clock(per_second, burst, DefaultClock::default())
+    }
+}
+
+impl<C: Clock> SendLimiter<C> {
+    fn with_clock(per_second: f64, burst: u32, clock: C) -> Self {
         Self {
-            interval,
-            tolerance: interval * burst,
-            users: Mutex::new(HashMap::new()),
+            users: RateLimiter::dashmap_with_clock(quota(per_second, burst), clock),
+            checks: AtomicU64::new(0),
         }
     }
 
     /// Spends one send of `user`'s budget, or says how long until one is available.
     pub fn check(&self, user: Uuid) -> Result<(), Duration> {
-        self.check_at(user, Instant::now())
-    }
-
-    fn check_at(&self, user: Uuid, now: Instant) -> Result<(), Duration> {
-        let mut users = self.users.lock().expect("not poisoned");
-        if users.len() > SWEEP_THRESHOLD {
-            users.retain(|_, tat| *tat > now);
+        if self.checks.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
+            self.users.retain_recent();
+            self.users.shrink_to_fit();
         }
-        let tat = users.get(&user).copied().unwrap_or(now).max(now);
-        let next = tat + self.interval;
-        let ahead = next - now;
-        if ahead > self.tolerance {
-            return Err(ahead - self.tolerance);
-        }
-        users.insert(user, next);
-        Ok(())
+        self.users
+            .check_key(&user)
+            .map_err(|not_until| not_until.wait_time_from(self.users.clock().now()))
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use governor::clock::FakeRelativeClock;
+
     use super::*;
 
     #[test]
     fn a_burst_is_allowed_then_the_rate_applies() {
-        let limiter = SendLimiter::new(10.0, 30);
+        let clock = FakeRelativeClock::default();
+        let limiter = SendLimiter::with_clock(10.0, 30, clock.clone());
         let user = Uuid::new_v4();
-        let start = Instant::now();
         for _ in 0..30 {
-            assert!(limiter.check_at(user, start).is_ok());
+            assert!(limiter.check(user).is_ok());
         }
-        let wait = limiter.check_at(user, start).unwrap_err();
+        let wait = limiter.check(user).unwrap_err();
         assert!(wait > Duration::ZERO && wait <= Duration::from_millis(100));
-        assert!(
-            limiter
-                .check_at(user, start + Duration::from_millis(100))
-                .is_ok()
-        );
-        assert!(
-            limiter
-                .check_at(user, start + Duration::from_millis(100))
-                .is_err()
-        );
+        clock.advance(Duration::from_millis(100));
+        assert!(limiter.check(user).is_ok());
+        assert!(limiter.check(user).is_err());
     }
 
     #[test]
     fn users_have_separate_budgets() {
-        let limiter = SendLimiter::new(1.0, 1);
-        let now = Instant::now();
-        assert!(limiter.check_at(Uuid::new_v4(), now).is_ok());
-        assert!(limiter.check_at(Uuid::new_v4(), now).is_ok());
+        let limiter = SendLimiter::with_clock(1.0, 1, FakeRelativeClock::default());
+        assert!(limiter.check(Uuid::new_v4()).is_ok());
+        assert!(limiter.check(Uuid::new_v4()).is_ok());
+    }
+
+    #[test]
+    fn idle_users_are_swept_and_active_ones_kept() {
+        let clock = FakeRelativeClock::default();
+        let limiter = SendLimiter::with_clock(10.0, 1, clock.clone());
+        let active = Uuid::new_v4();
+        for _ in 0..1000 {
+            let _ = limiter.check(Uuid::new_v4());
+        }
+        // A second later the thousand have their budgets back; `active` spends its own.
+        clock.advance(Duration::from_secs(1));
+        assert!(limiter.check(active).is_ok());
+        let before_sweep = SWEEP_EVERY - 1 - limiter.checks.load(Ordering::Relaxed);
+        for _ in 0..before_sweep {
+            let _ = limiter.check(active);
+        }
+        assert!(limiter.users.len() > 1000);
+        let _ = limiter.check(active);
+        assert_eq!(limiter.users.len(), 1, "only the active user is left");
+        assert!(
+            limiter.check(active).is_err(),
+            "and its spent budget with it"
+        );
+    }
+
+    #[test]
+    fn a_rate_beyond_one_a_nanosecond_is_that_rate_not_a_panic() {
+        let limiter = SendLimiter::with_clock(1e12, 1_000_000, FakeRelativeClock::default());
+        assert!(limiter.check(Uuid::new_v4()).is_ok());
     }
 }

@@ -122,23 +122,16 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
+    use crate::model::Message;
 
     const WAIT: Duration = Duration::from_millis(100);
 
     fn event(seq: i64) -> Arc<RoomEvent> {
-        Arc::new(RoomEvent::message(&crate::model::Message {
-            id: Uuid::from_u128(seq as u128),
-            room_id: Uuid::nil(),
+        Arc::new(RoomEvent::message(&Message::for_test(
+            Uuid::nil(),
             seq,
-            sender_id: Uuid::nil(),
-            text: "hi".into(),
-            created_at: 0,
-            edited_at: None,
-            deleted: false,
-            client_msg_id: None,
-            reply_to: None,
-            reactions: Vec::new(),
-        }))
+            Uuid::nil(),
+        )))
     }
 
     /// What `arrive` hands out, as the seqs it was given.

@@ -295,19 +295,7 @@ mod tests {
     const OTHER: Uuid = Uuid::from_u128(11);
 
     fn message(seq: i64) -> RoomEvent {
-        RoomEvent::message(&Message {
-            id: Uuid::from_u128(seq as u128),
-            room_id: ROOM,
-            seq,
-            sender_id: OTHER,
-            text: "hi".into(),
-            created_at: 0,
-            edited_at: None,
-            deleted: false,
-            client_msg_id: None,
-            reply_to: None,
-            reactions: Vec::new(),
-        })
+        RoomEvent::message(&Message::for_test(ROOM, seq, OTHER))
     }
 
     fn admitted(cursors: &mut Cursors, events: &[RoomEvent]) -> Vec<bool> {

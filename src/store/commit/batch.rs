@@ -438,17 +438,8 @@ mod tests {
 
     fn message(room_id: Uuid, seq: i64, sender_id: Uuid, key: Option<&str>) -> Message {
         Message {
-            id: Uuid::now_v7(),
-            room_id,
-            seq,
-            sender_id,
-            text: "hi".into(),
-            created_at: 0,
-            edited_at: None,
-            deleted: false,
             client_msg_id: key.map(str::to_string),
-            reply_to: None,
-            reactions: Vec::new(),
+            ..Message::for_test(room_id, seq, sender_id)
         }
     }
 
