@@ -6,6 +6,7 @@
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use poem::{Server, listener::Acceptor};
+use prometheus_client::{collector::Collector, encoding::DescriptorEncoder, registry::Registry};
 use tokio::sync::watch;
 
 use crate::{
@@ -15,7 +16,7 @@ use crate::{
     chat::{self, Chat},
     config::Settings,
     listener::ChatAcceptor,
-    metrics::{Metrics, Scrape},
+    metrics::{self, Metrics},
     presence::{Presence, PresenceError},
     relay::RoomHub,
     store::{Store, StoreError},
@@ -39,6 +40,8 @@ pub struct Node {
     pub settings: Settings,
     /// The use cases: everything a client does goes through here.
     pub chat: Chat,
+    /// Every series `/metrics` exports.
+    metrics_registry: Registry,
     /// Turns bearer tokens into callers.
     pub auth: Authenticator,
     pub metrics: Arc<Metrics>,
@@ -48,7 +51,6 @@ pub struct Node {
     // The layers below the use cases, for the operational routes only.
     store: Store,
     bus: Bus,
-    hub: RoomHub,
     presence: Presence,
 }
 
@@ -62,21 +64,85 @@ impl Node {
         tokio::join!(self.store.ping(), async { self.bus.is_connected() })
     }
 
-    /// What `/metrics` reports, gathered from every layer.
-    pub fn scrape(&self) -> Scrape<'_> {
-        Scrape {
-            node_id: &self.settings.node_id,
-            api: &self.metrics,
-            relay: self.hub.stats(),
-            commit: self.store.commit_timings(),
-            pool: self.store.pool_status(),
-            db_errors: self.store.failures(),
-            nats_errors: self.bus.failures(),
-            nats_connected: self.bus.is_connected(),
-            rooms_relayed: self.hub.active_rooms(),
-            subscriptions: self.hub.subscriptions(),
-            draining: self.is_draining(),
+    /// `/metrics`: every series, as OpenMetrics text.
+    pub fn render_metrics(&self) -> String {
+        metrics::render(&self.metrics_registry)
+    }
+}
+
+/// What `/metrics` reads from the layers at each scrape rather than counts.
+struct LiveValues {
+    store: Store,
+    bus: Bus,
+    hub: RoomHub,
+    draining: watch::Receiver<bool>,
+}
+
+impl std::fmt::Debug for LiveValues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LiveValues")
+    }
+}
+
+impl Collector for LiveValues {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let counters = [
+            (
+                "natter_db_errors",
+                "Postgres failures: pool checkouts and failed group commits",
+                self.store.failures(),
+            ),
+            (
+                "natter_nats_errors",
+                "NATS failures: disconnections, failed publishes and subscriptions",
+                self.bus.failures(),
+            ),
+        ];
+        for (name, help, value) in counters {
+            metrics::encode_counter(&mut encoder, name, help, value)?;
         }
+        let pool = self.store.pool_status();
+        let gauges = [
+            (
+                "natter_subscriptions",
+                "Live room subscriptions of this node's sockets",
+                self.hub.subscriptions() as i64,
+            ),
+            (
+                "natter_rooms_relayed",
+                "Rooms this node subscribes to on NATS",
+                self.hub.active_rooms() as i64,
+            ),
+            (
+                "natter_db_pool_size",
+                "Postgres connections open",
+                pool.size as i64,
+            ),
+            (
+                "natter_db_pool_available",
+                "Idle Postgres connections",
+                pool.available as i64,
+            ),
+            (
+                "natter_db_pool_waiting",
+                "Callers waiting for a Postgres connection",
+                pool.waiting as i64,
+            ),
+            (
+                "natter_nats_connected",
+                "1 while connected to NATS",
+                i64::from(self.bus.is_connected()),
+            ),
+            (
+                "natter_draining",
+                "1 once the node has begun its graceful drain",
+                i64::from(*self.draining.borrow()),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            metrics::encode_gauge(&mut encoder, name, help, value)?;
+        }
+        Ok(())
     }
 }
 
@@ -150,6 +216,20 @@ impl Application {
             .and_then(|a| a.as_socket_addr().copied())
             .unwrap_or(settings.listen_addr);
         let metrics = Arc::new(Metrics::default());
+        let (shutdown, draining) = watch::channel(false);
+        let live = LiveValues {
+            store: store.clone(),
+            bus: bus.clone(),
+            hub: hub.clone(),
+            draining,
+        };
+        let metrics_registry = metrics::registry(
+            &settings.node_id,
+            &metrics,
+            hub.stats(),
+            store.commit_timings(),
+            live,
+        );
         let chat = Chat::new(chat::Parts {
             store: store.clone(),
             bus: bus.clone(),
@@ -162,12 +242,12 @@ impl Application {
         let state = AppState(Arc::new(Node {
             settings,
             chat,
+            metrics_registry,
             auth,
             metrics,
-            shutdown: watch::channel(false).0,
+            shutdown,
             store,
             bus,
-            hub,
             presence,
         }));
         Ok(Self {

@@ -29,8 +29,8 @@
 //! - [`presence`]: connection leases in NATS KV and the cluster-wide view (SPEC §1.6).
 //! - [`protocol`]: WebSocket frames.
 //! - [`rate_limit`]: the per-user send budget the use cases spend.
-//! - [`metrics`]: counters rendered as Prometheus text; [`histogram`] the latency
-//!   histogram every layer records into.
+//! - [`metrics`]: prometheus-client's registry, rendered as OpenMetrics text;
+//!   [`histogram`] the latency histogram every layer records into.
 //! - [`api`]: HTTP routes, translating between wire formats and [`chat`]: `api::rest`
 //!   has one module per resource, `api::ws` the WebSocket sessions, `api::error` maps
 //!   every layer's error once onto the SPEC §5 envelope.

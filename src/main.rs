@@ -112,9 +112,14 @@ async fn main() -> ExitCode {
 type BoxError = Box<dyn std::error::Error>;
 
 async fn serve(settings: Settings) -> Result<(), BoxError> {
-    let tracer = settings.otlp_endpoint.as_deref().map(|endpoint| {
-        telemetry::otlp::install(endpoint, &settings.service_name, &settings.node_id)
-    });
+    let tracer = match settings.otlp_endpoint.as_deref() {
+        Some(endpoint) => Some(telemetry::otlp::install(
+            endpoint,
+            &settings.service_name,
+            &settings.node_id,
+        )?),
+        None => None,
+    };
     let app = Application::build(settings).await?;
     app.run_until_stopped(shutdown_signal()).await?;
     if let Some(tracer) = tracer {

@@ -1,215 +1,254 @@
-//! `/metrics` in Prometheus text.
+//! `/metrics`: prometheus-client's registry, rendered as OpenMetrics text.
 //!
-//! Each layer counts what it alone sees, in plain atomics, so recording costs a relaxed
-//! increment and allocates nothing: the API counts responses and sockets here in
-//! [`Metrics`], the relay counts deliveries, repairs and slow-consumer closes
-//! ([`crate::relay::RelayStats`]), the store and the bus count their own failures. A
-//! scrape gathers them into one [`Scrape`] and renders it.
+//! Each layer counts what it alone sees with prometheus-client's counters and
+//! histograms, so recording costs a relaxed increment and allocates nothing: the API
+//! counts responses and sockets here in [`Metrics`], the relay counts deliveries,
+//! repairs and slow-consumer closes ([`RelayStats`]), the group commit times its sends
+//! ([`CommitTimings`]). [`registry`] registers them once, every series labelled with
+//! the node; what is read rather than counted (pool occupancy, failures the store and
+//! the bus count, subscriptions) is read at each scrape by a [`Collector`] the caller
+//! provides.
 
-use std::{
-    fmt::Write,
-    sync::atomic::{AtomicI64, AtomicU64, Ordering},
-};
+use std::borrow::Cow;
 
 use poem::http::StatusCode;
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{
+        counter::{ConstCounter, Counter},
+        gauge::{ConstGauge, Gauge},
+    },
+    registry::Registry,
+};
 
 use crate::{relay::RelayStats, store::commit::CommitTimings};
 
-/// What the API layer counts.
-#[derive(Default)]
+/// The `Content-Type` of [`render`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// What the API layer counts. Clones count into the same series.
+#[derive(Clone, Debug, Default)]
 pub struct Metrics {
     /// Responses by status class: 1xx..5xx at index 0..4.
-    responses: [AtomicU64; 5],
-    messages_stored: AtomicU64,
-    sends_rate_limited: AtomicU64,
-    sockets_open: AtomicI64,
-    sockets_accepted: AtomicU64,
+    responses: [Counter; 5],
+    messages_stored: Counter,
+    sends_rate_limited: Counter,
+    sockets_open: Gauge,
+    sockets_accepted: Counter,
 }
 
 impl Metrics {
     pub fn count_response(&self, status: StatusCode) {
         let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
-        self.responses[class].fetch_add(1, Ordering::Relaxed);
+        self.responses[class].inc();
     }
 
     pub fn count_message_stored(&self) {
-        self.messages_stored.fetch_add(1, Ordering::Relaxed);
+        self.messages_stored.inc();
     }
 
     pub fn count_rate_limited(&self) {
-        self.sends_rate_limited.fetch_add(1, Ordering::Relaxed);
+        self.sends_rate_limited.inc();
     }
 
     pub fn socket_opened(&self) {
-        self.sockets_accepted.fetch_add(1, Ordering::Relaxed);
-        self.sockets_open.fetch_add(1, Ordering::Relaxed);
+        self.sockets_accepted.inc();
+        self.sockets_open.inc();
     }
 
     pub fn socket_closed(&self) {
-        self.sockets_open.fetch_sub(1, Ordering::Relaxed);
+        self.sockets_open.dec();
     }
 
     pub fn sockets_open(&self) -> i64 {
-        self.sockets_open.load(Ordering::Relaxed)
+        self.sockets_open.get()
     }
 }
 
-/// Everything one scrape reports, borrowed from the layers that count it.
-pub struct Scrape<'a> {
-    pub node_id: &'a str,
-    pub api: &'a Metrics,
-    pub relay: &'a RelayStats,
-    pub commit: &'a CommitTimings,
-    pub pool: deadpool_postgres::Status,
-    pub db_errors: u64,
-    pub nats_errors: u64,
-    pub nats_connected: bool,
-    pub rooms_relayed: usize,
-    pub subscriptions: usize,
-    pub draining: bool,
+/// The node's registry: every series it exports, labelled `node="<node_id>"`; `live`
+/// adds what is read at each scrape.
+pub fn registry(
+    node_id: &str,
+    api: &Metrics,
+    relay: &RelayStats,
+    commit: &CommitTimings,
+    live: impl Collector,
+) -> Registry {
+    let node = (Cow::Borrowed("node"), Cow::Owned(node_id.to_string()));
+    let mut registry = Registry::with_labels(std::iter::once(node));
+    let counters = [
+        (
+            "natter_websocket_connections",
+            "WebSocket connections accepted",
+            &api.sockets_accepted,
+        ),
+        (
+            "natter_messages_stored",
+            "Messages committed by this node",
+            &api.messages_stored,
+        ),
+        (
+            "natter_sends_rate_limited",
+            "Sends refused by the per-user rate limit (REST 429 or WebSocket error)",
+            &api.sends_rate_limited,
+        ),
+        (
+            "natter_events_received",
+            "Room events received from NATS",
+            &relay.received,
+        ),
+        (
+            "natter_events_delivered",
+            "Events queued to local sockets (one per socket)",
+            &relay.delivered,
+        ),
+        (
+            "natter_gap_repairs",
+            "Gaps in a room's seq filled from Postgres",
+            &relay.gap_repairs,
+        ),
+        (
+            "natter_messages_repaired",
+            "Messages delivered from Postgres because NATS did not bring them",
+            &relay.repaired,
+        ),
+        (
+            "natter_slow_consumer_closes",
+            "Sockets closed with 4008 because their queue was full",
+            &relay.slow_closes,
+        ),
+    ];
+    for (name, help, counter) in counters {
+        registry.register(name, help, counter.clone());
+    }
+    registry.register(
+        "natter_websockets_open",
+        "WebSocket connections open now",
+        api.sockets_open.clone(),
+    );
+    let histograms = [
+        (
+            "natter_fanout_latency_seconds",
+            "From a message's commit to its hand-off to this node's sockets",
+            &relay.fanout_latency,
+        ),
+        (
+            "natter_send_queue_wait_seconds",
+            "From a send's arrival to the start of the transaction that stores it",
+            &commit.queue_wait,
+        ),
+        (
+            "natter_send_transaction_seconds",
+            "The group commit's transactions, each storing a batch of sends",
+            &commit.transaction,
+        ),
+    ];
+    for (name, help, histogram) in histograms {
+        registry.register(name, help, histogram.metric());
+    }
+    registry.register_collector(Box::new(Responses(api.responses.clone())));
+    registry.register_collector(Box::new(live));
+    registry
 }
 
-impl Scrape<'_> {
-    pub fn render(&self) -> String {
-        let mut out = String::with_capacity(4096);
-        let node = format!("node=\"{}\"", self.node_id.replace(['"', '\\', '\n'], "_"));
-        let api = self.api;
-        let relay = self.relay;
-        out.push_str("# HELP natter_http_responses_total HTTP responses by status class.\n");
-        out.push_str("# TYPE natter_http_responses_total counter\n");
-        for (i, count) in api.responses.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "natter_http_responses_total{{{node},class=\"{}xx\"}} {}",
-                i + 1,
-                count.load(Ordering::Relaxed)
+/// The registry as OpenMetrics text.
+pub fn render(registry: &Registry) -> String {
+    let mut text = String::with_capacity(8192);
+    prometheus_client::encoding::text::encode(&mut text, registry)
+        .expect("writing to a String does not fail");
+    text
+}
+
+/// HTTP responses by status class, one series each.
+#[derive(Debug)]
+struct Responses([Counter; 5]);
+
+impl Collector for Responses {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let help = "HTTP responses by status class";
+        let mut family = encoder.encode_descriptor(
+            "natter_http_responses",
+            help,
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (i, counter) in self.0.iter().enumerate() {
+            let class = [("class", format!("{}xx", i + 1))];
+            ConstCounter::new(counter.get()).encode(family.encode_family(&class)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes one series read at scrape time: a counter or a gauge.
+pub fn encode_counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let counter = ConstCounter::new(value);
+    counter.encode(encoder.encode_descriptor(name, help, None, counter.metric_type())?)
+}
+
+/// See [`encode_counter`].
+pub fn encode_gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: i64,
+) -> Result<(), std::fmt::Error> {
+    let gauge = ConstGauge::new(value);
+    gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[derive(Debug)]
+    struct Nothing;
+
+    impl Collector for Nothing {
+        fn encode(&self, _: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn every_series_is_labelled_with_the_node_and_histograms_are_cumulative() {
+        let api = Metrics::default();
+        let relay = RelayStats::default();
+        let commit = CommitTimings::default();
+        api.count_response(StatusCode::CREATED);
+        api.count_response(StatusCode::NOT_FOUND);
+        api.count_message_stored();
+        for ms in [0, 1, 3, 40, 99_999] {
+            relay.fanout_latency.observe_ms(ms);
+        }
+        commit.queue_wait.observe(Duration::from_micros(300));
+        let text = render(&registry("a\"b", &api, &relay, &commit, Nothing));
+        let node = r#"node="a\"b""#;
+        for line in [
+            format!("natter_http_responses_total{{{node},class=\"2xx\"}} 1"),
+            format!("natter_http_responses_total{{{node},class=\"4xx\"}} 1"),
+            format!("natter_messages_stored_total{{{node}}} 1"),
+            format!("natter_fanout_latency_seconds_bucket{{{node},le=\"0.001\"}} 2"),
+            format!("natter_fanout_latency_seconds_bucket{{{node},le=\"0.005\"}} 3"),
+            format!("natter_fanout_latency_seconds_bucket{{{node},le=\"5.0\"}} 4"),
+            format!("natter_fanout_latency_seconds_bucket{{{node},le=\"+Inf\"}} 5"),
+            format!("natter_fanout_latency_seconds_count{{{node}}} 5"),
+            format!("natter_send_queue_wait_seconds_count{{{node}}} 1"),
+        ] {
+            assert!(
+                text.contains(&format!("{line}\n")),
+                "{line} missing from:\n{text}"
             );
         }
-        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        let counters = [
-            (
-                "natter_websocket_connections_total",
-                "WebSocket connections accepted.",
-                load(&api.sockets_accepted),
-            ),
-            (
-                "natter_messages_stored_total",
-                "Messages committed by this node.",
-                load(&api.messages_stored),
-            ),
-            (
-                "natter_sends_rate_limited_total",
-                "Sends refused by the per-user rate limit (REST 429 or WebSocket error).",
-                load(&api.sends_rate_limited),
-            ),
-            (
-                "natter_events_received_total",
-                "Room events received from NATS.",
-                load(&relay.received),
-            ),
-            (
-                "natter_events_delivered_total",
-                "Events queued to local sockets (one per socket).",
-                load(&relay.delivered),
-            ),
-            (
-                "natter_gap_repairs_total",
-                "Gaps in a room's seq filled from Postgres.",
-                load(&relay.gap_repairs),
-            ),
-            (
-                "natter_messages_repaired_total",
-                "Messages delivered from Postgres because NATS did not bring them.",
-                load(&relay.repaired),
-            ),
-            (
-                "natter_slow_consumer_closes_total",
-                "Sockets closed with 4008 because their queue was full.",
-                load(&relay.slow_closes),
-            ),
-            (
-                "natter_db_errors_total",
-                "Postgres failures: pool checkouts and failed group commits.",
-                self.db_errors,
-            ),
-            (
-                "natter_nats_errors_total",
-                "NATS failures: disconnections, failed publishes and subscriptions.",
-                self.nats_errors,
-            ),
-        ];
-        for (name, help, value) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{{node}}} {value}"
-            );
-        }
-        let gauges = [
-            (
-                "natter_websockets_open",
-                "WebSocket connections open now.",
-                api.sockets_open.load(Ordering::Relaxed),
-            ),
-            (
-                "natter_subscriptions",
-                "Live room subscriptions of this node's sockets.",
-                self.subscriptions as i64,
-            ),
-            (
-                "natter_rooms_relayed",
-                "Rooms this node subscribes to on NATS.",
-                self.rooms_relayed as i64,
-            ),
-            (
-                "natter_db_pool_size",
-                "Postgres connections open.",
-                self.pool.size as i64,
-            ),
-            (
-                "natter_db_pool_available",
-                "Idle Postgres connections.",
-                self.pool.available as i64,
-            ),
-            (
-                "natter_db_pool_waiting",
-                "Callers waiting for a Postgres connection.",
-                self.pool.waiting as i64,
-            ),
-            (
-                "natter_nats_connected",
-                "1 while connected to NATS.",
-                i64::from(self.nats_connected),
-            ),
-            (
-                "natter_draining",
-                "1 once the node has begun its graceful drain.",
-                i64::from(self.draining),
-            ),
-        ];
-        for (name, help, value) in gauges {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{{node}}} {value}"
-            );
-        }
-        out.push_str(
-            "# HELP natter_fanout_latency_seconds From a message's commit to its hand-off to this node's sockets.\n",
-        );
-        relay
-            .fanout_latency
-            .render(&mut out, "natter_fanout_latency_seconds", &node);
-        out.push_str(
-            "# HELP natter_send_queue_wait_seconds From a send's arrival to the start of the transaction that stores it.\n",
-        );
-        self.commit
-            .queue_wait
-            .render(&mut out, "natter_send_queue_wait_seconds", &node);
-        out.push_str(
-            "# HELP natter_send_transaction_seconds The group commit's transactions, each storing a batch of sends.\n",
-        );
-        self.commit
-            .transaction
-            .render(&mut out, "natter_send_transaction_seconds", &node);
-        out
+        assert!(text.contains("# HELP natter_messages_stored Messages committed by this node.\n"));
+        assert!(text.ends_with("# EOF\n"));
     }
 }

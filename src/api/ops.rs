@@ -9,7 +9,7 @@ use poem::{
     web::Data,
 };
 
-use crate::{app::AppState, telemetry::TraceSpan};
+use crate::{app::AppState, metrics::CONTENT_TYPE, telemetry::TraceSpan};
 
 /// The process is alive.
 #[poem::handler]
@@ -41,10 +41,8 @@ pub async fn readyz(Data(state): Data<&AppState>) -> Response {
 /// Prometheus text exposition.
 #[poem::handler]
 pub async fn metrics(Data(state): Data<&AppState>) -> Response {
-    let text = state.scrape().render();
-    Response::builder()
-        .content_type("text/plain; version=0.0.4")
-        .body(text)
+    let text = state.render_metrics();
+    Response::builder().content_type(CONTENT_TYPE).body(text)
 }
 
 /// Rejects request bodies over `max` bytes with `413`, whether or not the client sent a

@@ -28,15 +28,13 @@ mod reorder;
 
 use std::{
     collections::HashMap,
-    sync::{
-        Arc, Mutex, OnceLock, Weak,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex, OnceLock, Weak},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use futures_util::StreamExt;
 use opentelemetry::trace::SpanKind;
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{Notify, mpsc};
 use uuid::Uuid;
 
@@ -62,21 +60,21 @@ const REPAIR_PAGE: i64 = 500;
 #[derive(Default)]
 pub struct RelayStats {
     /// Room events that arrived: from NATS, or published by this node.
-    pub received: AtomicU64,
+    pub received: Counter,
     /// Events queued to sockets, one per socket.
-    pub delivered: AtomicU64,
+    pub delivered: Counter,
     /// Gaps (and lost trailing messages) filled from Postgres.
-    pub gap_repairs: AtomicU64,
+    pub gap_repairs: Counter,
     /// Messages those repairs delivered.
-    pub repaired: AtomicU64,
+    pub repaired: Counter,
     /// Sockets closed with 4008 because their queue was full.
-    pub slow_closes: AtomicU64,
+    pub slow_closes: Counter,
     /// From a message's `created_at` to its hand-off to this node's sockets.
     pub fanout_latency: LatencyHistogram,
 }
 
-fn bump(counter: &AtomicU64, by: u64) {
-    counter.fetch_add(by, Ordering::Relaxed);
+fn bump(counter: &Counter, by: u64) {
+    counter.inc_by(by);
 }
 
 /// Identifies one socket on this node.

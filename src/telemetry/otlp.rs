@@ -1,198 +1,202 @@
-//! Exports finished spans as OTLP/HTTP JSON (`POST {OTEL_EXPORTER_OTLP_ENDPOINT}/v1/traces`),
-//! which every OpenTelemetry collector accepts.
+//! Exports finished spans to an OpenTelemetry collector as OTLP/HTTP JSON
+//! (`POST {OTEL_EXPORTER_OTLP_ENDPOINT}/v1/traces`), which every collector accepts.
 //!
-//! The SDK's batch processor hands [`JsonExporter`] batches on its own thread; the
-//! exporter encodes each batch and queues it, without waiting, for one task on the node's
-//! runtime that posts it through the node's HTTP client. The queue is bounded: when the
-//! collector is slow or gone, batches are dropped (and counted in the log), never
-//! buffered without bound and never waited for by a request.
+//! opentelemetry-otlp encodes the spans; they travel through the node's own HTTP client
+//! ([`NodeHttp`]), so the exporter brings no second HTTP stack and reaches an `https`
+//! collector with the same TLS roots as every other call the node makes. The SDK's batch
+//! processor exports from a thread of its own and waits for each export: [`NodeHttp`]
+//! hands the request, without waiting for room, to one task on the node's runtime that
+//! posts it. That queue is bounded: when the collector is slow or gone, batches are
+//! refused (and the SDK drops them), never buffered without bound and never waited for by
+//! a request.
 
-use std::{
-    sync::atomic::{AtomicU64, Ordering},
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::time::Duration;
 
-use opentelemetry::{
-    KeyValue, Value,
-    trace::{SpanKind, Status},
-};
-use opentelemetry_sdk::{
-    error::{OTelSdkError, OTelSdkResult},
-    trace::{SdkTracerProvider, SpanData, SpanExporter},
-};
-use serde_json::{Map, json};
-use tokio::sync::mpsc;
+use async_trait::async_trait;
+use opentelemetry::KeyValue;
+use opentelemetry_http::{Bytes, HttpClient, HttpError, Request, Response};
+use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
+use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
+use tokio::sync::{mpsc, oneshot};
 
-/// Encoded batches waiting for the poster.
-const QUEUED_BATCHES: usize = 32;
+/// Exports waiting for the poster.
+const QUEUED_EXPORTS: usize = 32;
 /// How long one POST to the collector may take.
 const POST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Installs a global tracer provider that exports to the collector at `endpoint` (the
 /// OTLP/HTTP base URL, e.g. `http://otel-collector:4318`). Must run inside the node's
 /// Tokio runtime. Returns the provider, to flush it at shutdown.
-pub fn install(endpoint: &str, service_name: &str, node_id: &str) -> SdkTracerProvider {
-    let url = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
-    let (batches, queue) = mpsc::channel(QUEUED_BATCHES);
-    tokio::spawn(post_batches(url, queue));
-    let exporter = JsonExporter {
-        resource: json!({"attributes": [
-            attribute(&KeyValue::new("service.name", service_name.to_string())),
-            attribute(&KeyValue::new("service.instance.id", node_id.to_string())),
-        ]}),
-        batches,
-        dropped: AtomicU64::new(0),
-    };
+pub fn install(
+    endpoint: &str,
+    service_name: &str,
+    node_id: &str,
+) -> Result<SdkTracerProvider, opentelemetry_otlp::ExporterBuildError> {
+    let (requests, queue) = mpsc::channel(QUEUED_EXPORTS);
+    tokio::spawn(post_exports(queue));
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_http_client(NodeHttp { requests })
+        .with_protocol(Protocol::HttpJson)
+        .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
+        .with_timeout(POST_TIMEOUT)
+        .build()?;
+    let resource = Resource::builder_empty()
+        .with_service_name(service_name.to_string())
+        .with_attribute(KeyValue::new("service.instance.id", node_id.to_string()))
+        .build();
     let provider = SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
+        .with_resource(resource)
         .build();
     super::set_tracer_provider(provider.clone());
-    provider
+    Ok(provider)
 }
 
-async fn post_batches(url: String, mut queue: mpsc::Receiver<String>) {
+/// A request to the collector and where its answer goes.
+type Export = (
+    Request<Bytes>,
+    oneshot::Sender<Result<Response<Bytes>, String>>,
+);
+
+/// The exporter's HTTP client: a handle on [`post_exports`].
+#[derive(Debug)]
+struct NodeHttp {
+    requests: mpsc::Sender<Export>,
+}
+
+#[async_trait]
+impl HttpClient for NodeHttp {
+    async fn send_bytes(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
+        let (answer, answered) = oneshot::channel();
+        self.requests
+            .try_send((request, answer))
+            .map_err(|_| "the span export queue is full")?;
+        let response = answered
+            .await
+            .map_err(|_| "the node stopped before the export was posted")?;
+        Ok(response?)
+    }
+}
+
+/// Posts each export through one reqwest client on the node's runtime, in order. Ends
+/// when the exporter is dropped.
+async fn post_exports(mut queue: mpsc::Receiver<Export>) {
     let http = reqwest::Client::builder()
         .timeout(POST_TIMEOUT)
         .build()
         .unwrap_or_default();
-    while let Some(body) = queue.recv().await {
-        let sent = http
-            .post(&url)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .and_then(reqwest::Response::error_for_status);
-        if let Err(err) = sent {
-            tracing::debug!(error = %err, "exporting spans failed");
-        }
+    while let Some((request, answer)) = queue.recv().await {
+        let (parts, body) = request.into_parts();
+        let posted = async {
+            let response = http
+                .request(parts.method, parts.uri.to_string())
+                .headers(parts.headers)
+                .body(body)
+                .send()
+                .await?;
+            let status = response.status();
+            let body = response.bytes().await?;
+            Ok::<_, reqwest::Error>((status, body))
+        };
+        let answered = match posted.await {
+            Ok((status, body)) => Response::builder()
+                .status(status)
+                .body(body)
+                .map_err(|e| e.to_string()),
+            Err(err) => {
+                tracing::debug!(error = %err, "exporting spans failed");
+                Err(err.to_string())
+            }
+        };
+        let _ = answer.send(answered);
     }
-}
-
-#[derive(Debug)]
-struct JsonExporter {
-    /// The OTLP `resource` object: service name and instance.
-    resource: serde_json::Value,
-    batches: mpsc::Sender<String>,
-    dropped: AtomicU64,
-}
-
-impl SpanExporter for JsonExporter {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let body = encode(&self.resource, &batch);
-        if self.batches.try_send(body).is_err() {
-            let dropped = self
-                .dropped
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
-            tracing::debug!(dropped, "span queue full; spans dropped");
-            return Err(OTelSdkError::InternalFailure("span queue full".into()));
-        }
-        Ok(())
-    }
-}
-
-/// One `ExportTraceServiceRequest` in the OTLP JSON mapping.
-fn encode(resource: &serde_json::Value, batch: &[SpanData]) -> String {
-    let spans: Vec<serde_json::Value> = batch.iter().map(span).collect();
-    json!({"resourceSpans": [{
-        "resource": resource,
-        "scopeSpans": [{"scope": {"name": "natter"}, "spans": spans}],
-    }]})
-    .to_string()
-}
-
-fn span(data: &SpanData) -> serde_json::Value {
-    let context = &data.span_context;
-    let mut span = Map::new();
-    span.insert("traceId".into(), context.trace_id().to_string().into());
-    span.insert("spanId".into(), context.span_id().to_string().into());
-    if data.parent_span_id != opentelemetry::trace::SpanId::INVALID {
-        span.insert(
-            "parentSpanId".into(),
-            data.parent_span_id.to_string().into(),
-        );
-    }
-    span.insert("name".into(), data.name.to_string().into());
-    let kind = match data.span_kind {
-        SpanKind::Internal => 1,
-        SpanKind::Server => 2,
-        SpanKind::Client => 3,
-        SpanKind::Producer => 4,
-        SpanKind::Consumer => 5,
-    };
-    span.insert("kind".into(), kind.into());
-    span.insert("startTimeUnixNano".into(), nanos(data.start_time).into());
-    span.insert("endTimeUnixNano".into(), nanos(data.end_time).into());
-    let attributes: Vec<_> = data.attributes.iter().map(attribute).collect();
-    span.insert("attributes".into(), attributes.into());
-    let status = match &data.status {
-        Status::Unset => json!({"code": 0}),
-        Status::Ok => json!({"code": 1}),
-        Status::Error { description } => json!({"code": 2, "message": description.to_string()}),
-    };
-    span.insert("status".into(), status);
-    span.into()
-}
-
-/// Nanoseconds since the epoch, as the decimal string the JSON mapping uses for 64-bit
-/// integers.
-fn nanos(time: SystemTime) -> String {
-    let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    since_epoch.as_nanos().to_string()
-}
-
-fn attribute(attribute: &KeyValue) -> serde_json::Value {
-    let value = match &attribute.value {
-        Value::Bool(b) => json!({"boolValue": b}),
-        Value::I64(i) => json!({"intValue": i.to_string()}),
-        Value::F64(f) => json!({"doubleValue": f}),
-        other => json!({"stringValue": other.as_str()}),
-    };
-    json!({"key": attribute.key.as_str(), "value": value})
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
-    use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+    use opentelemetry::trace::SpanKind;
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::TcpListener,
+    };
 
     use super::*;
+    use crate::telemetry::TraceSpan;
 
-    #[test]
-    fn a_span_encodes_to_the_otlp_json_mapping() {
-        let start = UNIX_EPOCH + Duration::from_nanos(1_795_000_000_123_456_789);
-        let data = SpanData {
-            span_context: SpanContext::new(
-                TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
-                SpanId::from_hex("00f067aa0ba902b7").unwrap(),
-                TraceFlags::SAMPLED,
-                false,
-                TraceState::default(),
-            ),
-            parent_span_id: SpanId::from_hex("53995c3f42cd8ad8").unwrap(),
-            parent_span_is_remote: true,
-            span_kind: SpanKind::Producer,
-            name: "nats publish".into(),
-            start_time: start,
-            end_time: start + Duration::from_micros(250),
-            attributes: vec![KeyValue::new("natter.seq", 7_i64)],
-            dropped_attributes_count: 0,
-            events: Default::default(),
-            links: Default::default(),
-            status: Status::Unset,
-            instrumentation_scope: Default::default(),
+    /// Accepts one HTTP request and answers 200; returns its head and body.
+    async fn one_request(listener: TcpListener) -> (String, serde_json::Value) {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut received = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let (head, length) = loop {
+            let read = stream.read(&mut chunk).await.unwrap();
+            received.extend_from_slice(&chunk[..read]);
+            let text = String::from_utf8_lossy(&received).to_string();
+            if let Some((head, _)) = text.split_once("\r\n\r\n") {
+                let length = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_lowercase()
+                            .strip_prefix("content-length: ")
+                            .map(str::to_string)
+                    })
+                    .and_then(|l| l.trim().parse::<usize>().ok())
+                    .unwrap();
+                break (head.to_string(), length);
+            }
         };
-        let body: serde_json::Value =
-            serde_json::from_str(&encode(&json!({"attributes": []}), &[data])).unwrap();
+        while received.len() < head.len() + 4 + length {
+            let read = stream.read(&mut chunk).await.unwrap();
+            received.extend_from_slice(&chunk[..read]);
+        }
+        stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        let body = serde_json::from_slice(&received[head.len() + 4..]).unwrap();
+        (head, body)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn finished_spans_reach_the_collector_as_otlp_json_with_the_nodes_resource() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}/", listener.local_addr().unwrap());
+        let collector = tokio::spawn(one_request(listener));
+        let provider = install(&endpoint, "natter-test", "node-7").unwrap();
+        let parent: std::sync::Arc<str> =
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into();
+        let mut span =
+            TraceSpan::start("nats publish", SpanKind::Producer, Some(&parent), "node-7");
+        span.set_attribute("natter.seq", 7_i64);
+        drop(span);
+        let flushed = tokio::task::spawn_blocking(move || provider.force_flush());
+        let (head, body) = tokio::time::timeout(Duration::from_secs(10), collector)
+            .await
+            .expect("the collector got the spans")
+            .unwrap();
+        flushed.await.unwrap().unwrap();
+        assert!(head.starts_with("POST /v1/traces HTTP/1.1"), "{head}");
+        assert!(
+            head.to_lowercase()
+                .contains("content-type: application/json"),
+            "{head}"
+        );
+        let resource = &body["resourceSpans"][0]["resource"]["attributes"];
+        let attribute = |key: &str| {
+            resource
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|a| a["key"] == key)
+                .map(|a| a["value"]["stringValue"].clone())
+        };
+        assert_eq!(attribute("service.name"), Some("natter-test".into()));
+        assert_eq!(attribute("service.instance.id"), Some("node-7".into()));
         let span = &body["resourceSpans"][0]["scopeSpans"][0]["spans"][0];
+        assert_eq!(span["name"], "nats publish");
         assert_eq!(span["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_eq!(span["spanId"], "00f067aa0ba902b7");
-        assert_eq!(span["parentSpanId"], "53995c3f42cd8ad8");
+        assert_eq!(span["parentSpanId"], "00f067aa0ba902b7");
         assert_eq!(span["kind"], 4);
-        assert_eq!(span["startTimeUnixNano"], "1795000000123456789");
-        assert_eq!(span["endTimeUnixNano"], "1795000000123706789");
-        assert_eq!(span["attributes"][0]["key"], "natter.seq");
-        assert_eq!(span["attributes"][0]["value"]["intValue"], "7");
     }
 }
