@@ -13,8 +13,15 @@ use serde::Deserialize;
 /// loss costs its room this much latency once.
 pub const DEFAULT_REORDER_WAIT: Duration = Duration::from_millis(100);
 
-/// Everything a node needs to start.
-#[derive(Clone, Debug)]
+/// The `iss` of tokens Natter signs itself; no external issuer may use it.
+pub const LOCAL_ISSUER: &str = "natter";
+
+/// Shortest shared secret accepted for HS256 (SPEC §10): 256 bits.
+const MIN_HS256_SECRET_BYTES: usize = 32;
+
+/// Everything a node needs to start. `Debug` leaves out the URLs, which may carry
+/// passwords (the auth settings leave out their secrets).
+#[derive(Clone)]
 pub struct Settings {
     /// Where Postgres lives; the source of truth for all durable state.
     pub database_url: String,
@@ -52,6 +59,29 @@ pub struct Settings {
     pub otlp_endpoint: Option<String>,
     /// `service.name` of the spans (`OTEL_SERVICE_NAME`).
     pub service_name: String,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("database_url", &"<redacted>")
+            .field("database_pool_size", &self.database_pool_size)
+            .field("database_ca_file", &self.database_ca_file)
+            .field("nats_url", &"<redacted>")
+            .field("nats_prefix", &self.nats_prefix)
+            .field("presence_ttl", &self.presence_ttl)
+            .field("presence_replicas", &self.presence_replicas)
+            .field("reorder_wait", &self.reorder_wait)
+            .field("listen_addr", &self.listen_addr)
+            .field("node_id", &self.node_id)
+            .field("auth", &self.auth)
+            .field("limits", &self.limits)
+            .field("cors_origins", &self.cors_origins)
+            .field("log_format", &self.log_format)
+            .field("otlp_endpoint", &self.otlp_endpoint)
+            .field("service_name", &self.service_name)
+            .finish()
+    }
 }
 
 /// `LOG_FORMAT`: one JSON object per line for log shippers (default), or text for a
@@ -417,20 +447,47 @@ fn parse_issuers(json: &str) -> Result<Vec<IssuerConfig>, ConfigError> {
     let issuers: Vec<IssuerConfig> =
         serde_json::from_str(json).map_err(|e| bad("JWT_ISSUERS", e))?;
     for issuer in &issuers {
+        let refuse = |reason: &str| {
+            bad(
+                "JWT_ISSUERS",
+                format!("issuer {:?} {reason}", issuer.issuer),
+            )
+        };
+        if issuer.issuer == LOCAL_ISSUER {
+            return Err(refuse("is Natter's own issuer"));
+        }
         match (&issuer.jwks_url, &issuer.hs256_secret) {
-            (Some(_), None) | (None, Some(_)) => {}
-            _ => {
-                return Err(bad(
-                    "JWT_ISSUERS",
-                    format!(
-                        "issuer {:?} needs exactly one of jwks_url and hs256_secret",
-                        issuer.issuer
-                    ),
+            (Some(url), None) if !is_trusted_key_url(url) => {
+                return Err(refuse(
+                    "needs a jwks_url over https (plain http only on loopback)",
                 ));
             }
+            (None, Some(secret)) if secret.len() < MIN_HS256_SECRET_BYTES => {
+                return Err(refuse("needs an hs256_secret of at least 32 bytes"));
+            }
+            (Some(_), None) | (None, Some(_)) => {}
+            _ => return Err(refuse("needs exactly one of jwks_url and hs256_secret")),
         }
     }
     Ok(issuers)
+}
+
+/// Whether signing keys fetched from `url` can be trusted: over TLS, or from this host.
+fn is_trusted_key_url(url: &str) -> bool {
+    let Ok(url) = reqwest::Url::parse(url) else {
+        return false;
+    };
+    match url.scheme() {
+        "https" => true,
+        "http" => url.host_str().is_some_and(|host| {
+            let ip = host.trim_start_matches('[').trim_end_matches(']');
+            host == "localhost"
+                || ip
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }),
+        _ => false,
+    }
 }
 
 fn hostname() -> String {
@@ -529,6 +586,17 @@ mod tests {
     }
 
     #[test]
+    fn a_debug_print_of_the_settings_shows_no_password_or_secret() {
+        let mut pairs = BASE.to_vec();
+        pairs.push(("NATS_URL", "nats://natter:nats-password@localhost:4222"));
+        let printed = format!("{:?}", Settings::from_lookup(env(&pairs)).unwrap());
+        assert!(printed.contains("node_id"), "{printed}");
+        for secret in ["u:p@", "nats-password", "0123456789abcdef0123"] {
+            assert!(!printed.contains(secret), "{secret} in {printed}");
+        }
+    }
+
+    #[test]
     fn a_missing_setting_is_named() {
         let err = Settings::from_lookup(env(&BASE[..2])).unwrap_err();
         assert_eq!(err.name, "JWT_SECRET");
@@ -543,6 +611,42 @@ mod tests {
             Settings::from_lookup(env(&pairs)).unwrap_err().name,
             "SEND_BURST"
         );
+    }
+
+    fn issuers_error(json: &str) -> Option<String> {
+        let mut pairs = BASE.to_vec();
+        pairs.push(("JWT_ISSUERS", json));
+        Settings::from_lookup(env(&pairs))
+            .err()
+            .map(|err| format!("{}: {err}", err.name))
+    }
+
+    #[test]
+    fn an_issuer_with_a_short_secret_a_plain_http_key_url_or_natters_own_name_is_refused() {
+        let secret_31 = "x".repeat(31);
+        let secret_32 = "x".repeat(32);
+        let refused = [
+            r#"[{"issuer":"a","audience":"b","hs256_secret":""}]"#.to_string(),
+            format!(r#"[{{"issuer":"a","audience":"b","hs256_secret":"{secret_31}"}}]"#),
+            r#"[{"issuer":"a","audience":"b","jwks_url":"http://keys.example.com/jwks"}]"#.into(),
+            r#"[{"issuer":"a","audience":"b","jwks_url":"ftp://keys.example.com/jwks"}]"#.into(),
+            r#"[{"issuer":"a","audience":"b","jwks_url":"not a url"}]"#.into(),
+            format!(r#"[{{"issuer":"natter","audience":"b","hs256_secret":"{secret_32}"}}]"#),
+        ];
+        for json in refused {
+            let err = issuers_error(&json).unwrap_or_else(|| panic!("{json} was accepted"));
+            assert!(err.starts_with("JWT_ISSUERS"), "{err}");
+        }
+        let accepted = [
+            format!(r#"[{{"issuer":"a","audience":"b","hs256_secret":"{secret_32}"}}]"#),
+            r#"[{"issuer":"a","audience":"b","jwks_url":"https://keys.example.com/jwks"}]"#.into(),
+            r#"[{"issuer":"a","audience":"b","jwks_url":"http://127.0.0.1:9000/jwks"}]"#.into(),
+            r#"[{"issuer":"a","audience":"b","jwks_url":"http://localhost/jwks"}]"#.into(),
+            r#"[{"issuer":"a","audience":"b","jwks_url":"http://[::1]:9000/jwks"}]"#.into(),
+        ];
+        for json in accepted {
+            assert_eq!(issuers_error(&json), None, "{json}");
+        }
     }
 
     #[test]

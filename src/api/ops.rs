@@ -47,7 +47,8 @@ pub async fn metrics(Data(state): Data<&AppState>) -> Response {
 
 /// Rejects request bodies over `max` bytes with `413`, whether or not the client sent a
 /// `Content-Length`: a declared length is checked up front, a streamed body is read
-/// only up to the limit.
+/// only up to the limit. Only a real WebSocket handshake is not read (SPEC §10): its
+/// connection belongs to the socket once upgraded.
 pub async fn limit_body<E: Endpoint>(ep: E, mut req: Request, max: usize) -> Result<Response> {
     let declared = req
         .headers()
@@ -57,11 +58,22 @@ pub async fn limit_body<E: Endpoint>(ep: E, mut req: Request, max: usize) -> Res
     if declared.is_some_and(|len| len > max) {
         return Err(poem::Error::from_status(StatusCode::PAYLOAD_TOO_LARGE));
     }
-    if declared.is_none() && !req.headers().contains_key(header::UPGRADE) {
+    if declared.is_none() && !is_websocket_handshake(&req) {
         let body = req.take_body().into_bytes_limit(max).await?;
         req.set_body(body);
     }
     ep.call(req).await.map(IntoResponse::into_response)
+}
+
+/// A GET to a WebSocket route that asks to upgrade to `websocket` and carries no body:
+/// any other request with an `Upgrade` header is an ordinary request.
+fn is_websocket_handshake(req: &Request) -> bool {
+    let path = req.uri().path();
+    let upgrade = req.headers().get(header::UPGRADE);
+    req.method() == Method::GET
+        && (path == "/v1/ws" || path.starts_with("/v1/ws/"))
+        && upgrade.is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+        && !req.headers().contains_key(header::TRANSFER_ENCODING)
 }
 
 /// Cross-origin access for the browser origins in `allowed` (`CORS_ALLOWED_ORIGINS`),

@@ -28,8 +28,7 @@ use crate::{
 };
 use jwks::JwksCache;
 
-/// The `iss` of tokens Natter signs itself.
-pub const LOCAL_ISSUER: &str = "natter";
+pub use crate::config::LOCAL_ISSUER;
 
 /// Seconds of clock skew tolerated on `exp` and `nbf`.
 const LEEWAY_SECS: u64 = 30;

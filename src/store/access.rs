@@ -55,6 +55,16 @@ impl Access {
         self.role.ok_or(StoreError::NotMember)
     }
 
+    /// Deleting someone else's message needs ownership of a room that has an owner: in
+    /// a direct room (SPEC §10) only a message's sender may delete it.
+    pub fn require_moderator(self) -> Result<(), StoreError> {
+        match (self.kind, self.role) {
+            (RoomKind::Direct, _) => Err(StoreError::NotSender),
+            (_, Some(Role::Owner)) => Ok(()),
+            _ => Err(StoreError::NotSenderOrOwner),
+        }
+    }
+
     /// Changing the room itself needs ownership; direct rooms have fixed members.
     pub fn require_owner(self) -> Result<(), StoreError> {
         if self.require_member()? != Role::Owner {

@@ -27,7 +27,7 @@ use super::{
 };
 use crate::{
     domain::{ClientMsgId, Emoji, MessageText},
-    model::{Message, Role},
+    model::Message,
 };
 
 /// A new message as the sender asked for it.
@@ -208,12 +208,11 @@ impl Store {
         message_id: Uuid,
     ) -> Result<Message, StoreError> {
         let mut client = self.client().await?;
-        let role = Access::of(&client, room_id, viewer)
-            .await?
-            .require_member()?;
+        let access = Access::of(&client, room_id, viewer).await?;
+        access.require_member()?;
         let (sender_id, _) = message_owner(&client, room_id, message_id).await?;
-        if sender_id != viewer && role != Role::Owner {
-            return Err(StoreError::NotSenderOrOwner);
+        if sender_id != viewer {
+            access.require_moderator()?;
         }
         let tx = client.transaction().await?;
         tx.execute_cached(

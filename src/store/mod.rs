@@ -55,8 +55,8 @@ pub enum StoreError {
     /// Only the room's owner may change the room or its members.
     #[error("only the room's owner may do this")]
     NotOwner,
-    /// Only a message's sender may edit it.
-    #[error("only the sender may edit a message")]
+    /// Only a message's sender may edit it, or delete it in a direct room.
+    #[error("only the message's sender may do this")]
     NotSender,
     /// Only a message's sender, or the room's owner, may delete it.
     #[error("only the sender or the room's owner may delete a message")]

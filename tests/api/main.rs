@@ -1,6 +1,7 @@
 //! Integration tests: real nodes over real HTTP against the harness's Postgres and NATS.
 //! Run them with `bash tests/run`.
 
+mod abuse;
 mod auth;
 mod browser;
 mod cluster;
