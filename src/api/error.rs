@@ -86,7 +86,8 @@ pub enum ApiError {
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
     /// The request clashes with the current state: `username_taken`, `message_deleted`,
-    /// `owner_cannot_leave`, `direct_room` (and, on a socket, `too_many_rooms`).
+    /// `owner_cannot_leave`, `direct_room`, `too_many_reactions` (and, on a socket,
+    /// `too_many_rooms`).
     #[oai(status = 409)]
     Conflict(Json<ErrorBody>),
     /// The request body is over the body limit (`payload_too_large`).
@@ -183,6 +184,7 @@ impl From<StoreError> for ApiError {
             }
             StoreError::UsernameTaken => ApiError::Conflict(body("username_taken", message)),
             StoreError::MessageDeleted => ApiError::Conflict(body("message_deleted", message)),
+            StoreError::TooManyReactions => ApiError::Conflict(body("too_many_reactions", message)),
             StoreError::DirectRoomIsFixed => ApiError::Conflict(body("direct_room", message)),
             StoreError::OwnerCannotLeave => ApiError::Conflict(body("owner_cannot_leave", message)),
             StoreError::Invalid(invalid) => invalid.into(),

@@ -48,6 +48,10 @@ pub struct PageBounds {
     pub after_seq: Option<i64>,
 }
 
+/// Distinct emoji one message may carry (SPEC §10): a page, or a chat list's
+/// `last_message`, cannot be grown without bound through one message's reactions.
+const MAX_DISTINCT_REACTIONS: i64 = 20;
+
 impl Store {
     /// Queues a message for its room's next group commit and returns at once; the
     /// receipt resolves when it is stored (see the module docs for the guarantees).
@@ -240,12 +244,17 @@ impl Store {
         emoji: &Emoji,
         add: bool,
     ) -> Result<(Message, bool), StoreError> {
-        let client = self.client().await?;
+        let mut client = self.client().await?;
         Access::of(&client, room_id, viewer)
             .await?
             .require_member()?;
-        let sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = $1 AND room_id = $2");
-        let message = client
+        let tx = client.transaction().await?;
+        // The message's row lock orders concurrent reactions to it, so the cap on its
+        // distinct emoji holds however many arrive at once.
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = $1 AND room_id = $2 FOR UPDATE"
+        );
+        let message = tx
             .query_opt_cached(&sql, &[&message_id, &room_id])
             .await?
             .map(|r| message_from_row(&r))
@@ -253,18 +262,34 @@ impl Store {
         if message.deleted {
             return Err(StoreError::MessageDeleted);
         }
-        let statement = if add {
-            "INSERT INTO reactions (message_id, emoji, user_id) VALUES ($1, $2, $3)
-             ON CONFLICT DO NOTHING"
-        } else {
-            "DELETE FROM reactions WHERE message_id = $1 AND emoji = $2 AND user_id = $3"
-        };
-        let changed = client
-            .execute_cached(statement, &[&message_id, &emoji.as_str(), &viewer])
+        let changed = if add {
+            let row = tx
+                .query_one_cached(
+                    "SELECT count(DISTINCT emoji), COALESCE(bool_or(emoji = $2), false)
+                       FROM reactions WHERE message_id = $1",
+                    &[&message_id, &emoji.as_str()],
+                )
+                .await?;
+            let (distinct, present): (i64, bool) = (row.get(0), row.get(1));
+            if !present && distinct >= MAX_DISTINCT_REACTIONS {
+                return Err(StoreError::TooManyReactions);
+            }
+            tx.execute_cached(
+                "INSERT INTO reactions (message_id, emoji, user_id) VALUES ($1, $2, $3)
+                 ON CONFLICT DO NOTHING",
+                &[&message_id, &emoji.as_str(), &viewer],
+            )
             .await?
-            > 0;
+        } else {
+            tx.execute_cached(
+                "DELETE FROM reactions WHERE message_id = $1 AND emoji = $2 AND user_id = $3",
+                &[&message_id, &emoji.as_str(), &viewer],
+            )
+            .await?
+        } > 0;
         let mut messages = vec![message];
-        attach_reactions(&client, viewer, &mut messages).await?;
+        attach_reactions(&tx, viewer, &mut messages).await?;
+        tx.commit().await?;
         Ok((messages.remove(0), changed))
     }
 

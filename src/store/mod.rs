@@ -63,6 +63,9 @@ pub enum StoreError {
     NotSenderOrOwner,
     #[error("that username is already taken")]
     UsernameTaken,
+    /// The message carries as many distinct emoji as it may; a new one is refused.
+    #[error("a message carries at most 20 distinct reactions")]
+    TooManyReactions,
     /// The message is a tombstone: it cannot be edited or reacted to.
     #[error("the message has been deleted")]
     MessageDeleted,
