@@ -143,6 +143,16 @@ pub struct Limits {
     pub sends_per_second: f64,
     /// Sends a user may make at once before the rate applies.
     pub send_burst: u32,
+    /// Sustained edits, deletes and reaction changes per second per user (SPEC §10).
+    pub edits_per_second: f64,
+    /// Edits, deletes and reaction changes a user may make at once.
+    pub edit_burst: u32,
+    /// Rooms and direct rooms a user may create per minute (SPEC §10).
+    pub room_creations_per_minute: u32,
+    /// Subscribes and unsubscribes per second per socket (SPEC §10).
+    pub subscribes_per_second: u32,
+    /// Open sockets per user on one node; the next upgrade is refused with 429.
+    pub sockets_per_user: usize,
     /// Largest WebSocket message a client may send; larger closes the socket with 1009.
     pub max_frame_bytes: usize,
     /// Rooms one socket may subscribe to.
@@ -161,6 +171,11 @@ impl Default for Limits {
             max_body_bytes: 64 * 1024,
             sends_per_second: 10.0,
             send_burst: 30,
+            edits_per_second: 20.0,
+            edit_burst: 60,
+            room_creations_per_minute: 30,
+            subscribes_per_second: 100,
+            sockets_per_user: 50,
             max_frame_bytes: 64 * 1024,
             max_rooms_per_socket: 1000,
             outbound_queue: 1024,
@@ -237,6 +252,16 @@ settings_args! {
     send_rate_per_sec: "SEND_RATE_PER_SEC" = "10";
     /// Sends a user may make at once before the rate applies.
     send_burst: "SEND_BURST" = "30";
+    /// Sustained edits, deletes and reaction changes per second per user.
+    edit_rate_per_sec: "EDIT_RATE_PER_SEC" = "20";
+    /// Edits, deletes and reaction changes a user may make at once.
+    edit_burst: "EDIT_BURST" = "60";
+    /// Rooms and direct rooms a user may create per minute.
+    room_creations_per_min: "ROOM_CREATIONS_PER_MIN" = "30";
+    /// Subscribes and unsubscribes per second per socket.
+    subscribe_rate_per_sec: "SUBSCRIBE_RATE_PER_SEC" = "100";
+    /// Open sockets per user on one node (the next upgrade: 429).
+    max_sockets_per_user: "MAX_SOCKETS_PER_USER" = "50";
     /// Largest WebSocket frame a client may send, in bytes (larger: close 1009).
     max_frame_bytes: "MAX_FRAME_BYTES" = "65536";
     /// Rooms one socket may subscribe to.
@@ -334,6 +359,19 @@ impl Settings {
             max_body_bytes: number(&lookup, "MAX_BODY_BYTES", defaults.max_body_bytes)?,
             sends_per_second: number(&lookup, "SEND_RATE_PER_SEC", defaults.sends_per_second)?,
             send_burst: number(&lookup, "SEND_BURST", defaults.send_burst)?,
+            edits_per_second: number(&lookup, "EDIT_RATE_PER_SEC", defaults.edits_per_second)?,
+            edit_burst: number(&lookup, "EDIT_BURST", defaults.edit_burst)?,
+            room_creations_per_minute: number(
+                &lookup,
+                "ROOM_CREATIONS_PER_MIN",
+                defaults.room_creations_per_minute,
+            )?,
+            subscribes_per_second: number(
+                &lookup,
+                "SUBSCRIBE_RATE_PER_SEC",
+                defaults.subscribes_per_second,
+            )?,
+            sockets_per_user: number(&lookup, "MAX_SOCKETS_PER_USER", defaults.sockets_per_user)?,
             max_frame_bytes: number(&lookup, "MAX_FRAME_BYTES", defaults.max_frame_bytes)?,
             max_rooms_per_socket: number(
                 &lookup,

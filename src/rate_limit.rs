@@ -1,17 +1,20 @@
-//! The per-user send budget (SPEC §5: 10 sends/s with a burst of 30), which the use cases
-//! spend on every send, whichever surface it came through.
+//! Budgets for what clients do (SPEC §5 and §10): sends per user (10/s, burst 30); edits,
+//! deletes and reactions per user (20/s, burst 60); room creation per user (30 a
+//! minute); subscribes per socket (100/s). The use cases spend them, whichever surface
+//! the action came through.
 //!
-//! governor's keyed generic cell rate algorithm: one timestamp per active user in a
-//! sharded map, so users on different shards never wait for each other, and a refusal
-//! says how long until the next send would fit. Users idle long enough to have their
-//! whole burst back are dropped every [`SWEEP_EVERY`] checks, so memory stays bounded
-//! by the users active in the last few seconds (one shard locked at a time).
+//! Each [`Budget`] is governor's keyed generic cell rate algorithm: one timestamp per
+//! active key in a sharded map, so keys on different shards never wait for each other,
+//! and a refusal says how long until the next action would fit. Keys idle long enough
+//! to have their whole burst back are dropped every [`SWEEP_EVERY`] checks, so memory
+//! stays bounded by the keys active in the last moments (one shard locked at a time).
 //!
-//! The budget is per node: a user whose sends are spread over N nodes by the load
+//! Budgets are per node: a user whose requests are spread over N nodes by the load
 //! balancer gets up to N times the rate. That bounds abuse without a cluster-wide
-//! round trip on every send.
+//! round trip on every action.
 
 use std::{
+    hash::Hash,
     num::NonZeroU32,
     sync::atomic::{AtomicU64, Ordering},
     time::Duration,
@@ -28,13 +31,14 @@ use uuid::Uuid;
 /// Checks between two sweeps of idle users.
 const SWEEP_EVERY: u64 = 65_536;
 
-pub struct SendLimiter<C: Clock = DefaultClock> {
-    users: RateLimiter<Uuid, DashMapStateStore<Uuid>, C, NoOpMiddleware<C::Instant>>,
+/// A rate with a burst, per key (a user, a socket).
+pub struct Budget<K: Hash + Eq + Clone = Uuid, C: Clock = DefaultClock> {
+    keys: RateLimiter<K, DashMapStateStore<K>, C, NoOpMiddleware<C::Instant>>,
     /// Checks so far, to sweep every [`SWEEP_EVERY`].
     checks: AtomicU64,
 }
 
-/// `per_second` sends a second after a burst of `burst`: the fastest rate governor can
+/// `per_second` actions a second after a burst of `burst`: the fastest rate governor can
 /// keep (one a nanosecond) bounds a configured rate above it.
 fn quota(per_second: f64, burst: u32) -> Quota {
     let period = Duration::from_secs_f64(1.0 / per_second).max(Duration::from_nanos(1));
@@ -42,29 +46,30 @@ fn quota(per_second: f64, burst: u32) -> Quota {
     quota.allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN))
 }
 
-impl SendLimiter {
+impl<K: Hash + Eq + Clone> Budget<K> {
+    /// `per_second` actions a second per key, after a burst of `burst`.
     pub fn new(per_second: f64, burst: u32) -> Self {
         Self::with_clock(per_second, burst, DefaultClock::default())
     }
 }
 
-impl<C: Clock> SendLimiter<C> {
+impl<K: Hash + Eq + Clone, C: Clock> Budget<K, C> {
     fn with_clock(per_second: f64, burst: u32, clock: C) -> Self {
         Self {
-            users: RateLimiter::dashmap_with_clock(quota(per_second, burst), clock),
+            keys: RateLimiter::dashmap_with_clock(quota(per_second, burst), clock),
             checks: AtomicU64::new(0),
         }
     }
 
-    /// Spends one send of `user`'s budget, or says how long until one is available.
-    pub fn check(&self, user: Uuid) -> Result<(), Duration> {
+    /// Spends one action of `key`'s budget, or says how long until one is available.
+    pub fn check(&self, key: K) -> Result<(), Duration> {
         if self.checks.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
-            self.users.retain_recent();
-            self.users.shrink_to_fit();
+            self.keys.retain_recent();
+            self.keys.shrink_to_fit();
         }
-        self.users
-            .check_key(&user)
-            .map_err(|not_until| not_until.wait_time_from(self.users.clock().now()))
+        self.keys
+            .check_key(&key)
+            .map_err(|not_until| not_until.wait_time_from(self.keys.clock().now()))
     }
 }
 
@@ -77,7 +82,7 @@ mod tests {
     #[test]
     fn a_burst_is_allowed_then_the_rate_applies() {
         let clock = FakeRelativeClock::default();
-        let limiter = SendLimiter::with_clock(10.0, 30, clock.clone());
+        let limiter = Budget::<Uuid, _>::with_clock(10.0, 30, clock.clone());
         let user = Uuid::new_v4();
         for _ in 0..30 {
             assert!(limiter.check(user).is_ok());
@@ -91,7 +96,7 @@ mod tests {
 
     #[test]
     fn users_have_separate_budgets() {
-        let limiter = SendLimiter::with_clock(1.0, 1, FakeRelativeClock::default());
+        let limiter = Budget::<Uuid, _>::with_clock(1.0, 1, FakeRelativeClock::default());
         assert!(limiter.check(Uuid::new_v4()).is_ok());
         assert!(limiter.check(Uuid::new_v4()).is_ok());
     }
@@ -99,7 +104,7 @@ mod tests {
     #[test]
     fn idle_users_are_swept_and_active_ones_kept() {
         let clock = FakeRelativeClock::default();
-        let limiter = SendLimiter::with_clock(10.0, 1, clock.clone());
+        let limiter = Budget::<Uuid, _>::with_clock(10.0, 1, clock.clone());
         let active = Uuid::new_v4();
         for _ in 0..1000 {
             let _ = limiter.check(Uuid::new_v4());
@@ -111,9 +116,9 @@ mod tests {
         for _ in 0..before_sweep {
             let _ = limiter.check(active);
         }
-        assert!(limiter.users.len() > 1000);
+        assert!(limiter.keys.len() > 1000);
         let _ = limiter.check(active);
-        assert_eq!(limiter.users.len(), 1, "only the active user is left");
+        assert_eq!(limiter.keys.len(), 1, "only the active user is left");
         assert!(
             limiter.check(active).is_err(),
             "and its spent budget with it"
@@ -122,7 +127,7 @@ mod tests {
 
     #[test]
     fn a_rate_beyond_one_a_nanosecond_is_that_rate_not_a_panic() {
-        let limiter = SendLimiter::with_clock(1e12, 1_000_000, FakeRelativeClock::default());
+        let limiter = Budget::<Uuid, _>::with_clock(1e12, 1_000_000, FakeRelativeClock::default());
         assert!(limiter.check(Uuid::new_v4()).is_ok());
     }
 }

@@ -97,7 +97,8 @@ pub enum ApiError {
     /// `Content-Type: application/json`.
     #[oai(status = 415)]
     UnsupportedMediaType(Json<ErrorBody>),
-    /// The caller's send budget is spent (`rate_limited`); retry after `Retry-After`
+    /// The caller's budget for this action is spent (`rate_limited`), or they have as
+    /// many sockets open as they may (`too_many_sockets`); retry after `Retry-After`
     /// seconds.
     #[oai(status = 429)]
     TooManyRequests(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
@@ -121,7 +122,7 @@ impl ApiError {
 
     pub fn rate_limited(retry_after_secs: u64) -> Self {
         ApiError::TooManyRequests(
-            body("rate_limited", "too many messages; slow down"),
+            body("rate_limited", "too many requests; slow down"),
             retry_after_secs,
         )
     }
@@ -206,6 +207,9 @@ impl From<ChatError> for ApiError {
                 ApiError::rate_limited(retry_after.as_secs_f64().ceil().max(1.0) as u64)
             }
             ChatError::TooManyRooms { .. } => ApiError::Conflict(body("too_many_rooms", message)),
+            ChatError::TooManySockets { .. } => {
+                ApiError::TooManyRequests(body("too_many_sockets", message), 1)
+            }
             ChatError::Relay(_) => ApiError::unavailable(message),
             ChatError::InvalidCredentials => ApiError::invalid_credentials(),
             ChatError::HasherBusy => ApiError::unavailable(message),

@@ -6,12 +6,15 @@
 //! The surface (the WebSocket session) owns it and hands it to these methods; it never
 //! touches the relay or presence itself.
 
-use std::{collections::HashSet, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+};
 
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::{Chat, ChatError};
+use super::{Chat, ChatError, meter};
 use crate::{
     bus::RoomEvent,
     model::{Message, User},
@@ -20,9 +23,29 @@ use crate::{
     store::StoreError,
 };
 
+/// A user's place among their open sockets on this node (SPEC §10); given back when
+/// dropped, with the socket's [`Connection`].
+pub struct SocketPermit {
+    user_id: Uuid,
+    open: Arc<Mutex<HashMap<Uuid, usize>>>,
+}
+
+impl Drop for SocketPermit {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().expect("not poisoned");
+        if let Some(count) = open.get_mut(&self.user_id) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.user_id);
+            }
+        }
+    }
+}
+
 /// One socket's live state.
 pub struct Connection {
-    user_id: Uuid,
+    /// The socket's user, and their place among their sockets on this node.
+    permit: SocketPermit,
     /// This connection's presence key.
     id: Uuid,
     socket_id: SocketId,
@@ -38,20 +61,37 @@ pub struct Connection {
 
 impl Connection {
     pub fn user_id(&self) -> Uuid {
-        self.user_id
+        self.permit.user_id
     }
 }
 
 impl Chat {
-    /// Starts a socket's connection: its user is online from now on.
+    /// Admits one more socket of `user_id` on this node, or refuses it once they have
+    /// `MAX_SOCKETS_PER_USER` open (the upgrade is then answered 429).
+    pub fn admit_socket(&self, user_id: Uuid) -> Result<SocketPermit, ChatError> {
+        let limit = self.limits.sockets_per_user;
+        let mut open = self.open_sockets.lock().expect("not poisoned");
+        let count = open.entry(user_id).or_default();
+        if *count >= limit {
+            return Err(ChatError::TooManySockets { limit });
+        }
+        *count += 1;
+        Ok(SocketPermit {
+            user_id,
+            open: self.open_sockets.clone(),
+        })
+    }
+
+    /// Starts an admitted socket's connection: its user is online from now on.
     pub fn connect(
         &self,
-        user_id: Uuid,
+        permit: SocketPermit,
         queue: mpsc::Sender<Outbound>,
         closer: Arc<Closer>,
     ) -> Connection {
+        let user_id = permit.user_id;
         let connection = Connection {
-            user_id,
+            permit,
             id: Uuid::now_v7(),
             socket_id: self.next_socket_id(),
             queue,
@@ -79,17 +119,20 @@ impl Chat {
         room_id: Uuid,
         since_seq: Option<i64>,
     ) -> Result<(), ChatError> {
+        meter(&self.subscribes, connection.socket_id)?;
         let limit = self.limits.max_rooms_per_socket;
         if !connection.rooms.contains(&room_id) && connection.rooms.len() >= limit {
             return Err(ChatError::TooManyRooms { limit });
         }
-        self.store.check_access(connection.user_id, room_id).await?;
+        self.store
+            .check_access(connection.user_id(), room_id)
+            .await?;
         if connection.rooms.remove(&room_id) {
             self.hub.leave(room_id, connection.socket_id);
         }
         let subscriber = Subscriber {
             socket_id: connection.socket_id,
-            user_id: connection.user_id,
+            user_id: connection.user_id(),
             queue: connection.queue.clone(),
             closer: connection.closer.clone(),
         };
@@ -118,7 +161,13 @@ impl Chat {
     }
 
     /// Ends the socket's subscription to a room (if it had one) and tells the socket so.
-    pub async fn unsubscribe(&self, connection: &mut Connection, room_id: Uuid) {
+    /// Subscribes and unsubscribes share one budget per socket (SPEC §10).
+    pub async fn unsubscribe(
+        &self,
+        connection: &mut Connection,
+        room_id: Uuid,
+    ) -> Result<(), ChatError> {
+        meter(&self.subscribes, connection.socket_id)?;
         if connection.rooms.remove(&room_id) {
             self.hub.leave(room_id, connection.socket_id);
             self.presence
@@ -128,6 +177,7 @@ impl Chat {
             .queue
             .send(Outbound::Unsubscribed { room_id })
             .await;
+        Ok(())
     }
 
     /// The user starts or stops typing in a room they belong to; the room hears it, and
@@ -139,7 +189,10 @@ impl Chat {
         value: bool,
     ) -> Result<(), ChatError> {
         // Checked on every frame: a cached answer would outlive a removal or a leave.
-        let role = self.store.check_access(connection.user_id, room_id).await?;
+        let role = self
+            .store
+            .check_access(connection.user_id(), room_id)
+            .await?;
         if role.is_none() {
             return Err(StoreError::NotMember.into());
         }
@@ -148,7 +201,7 @@ impl Chat {
         } else {
             connection.typing_in.remove(&room_id);
         }
-        let event = RoomEvent::typing(room_id, connection.user_id, value);
+        let event = RoomEvent::typing(room_id, connection.user_id(), value);
         self.bus.publish(&event).await;
         Ok(())
     }
@@ -156,12 +209,13 @@ impl Chat {
     /// Ends a socket's connection: its subscriptions, its presence lease and its typing
     /// indicators (the rooms hear that it stopped typing).
     pub async fn disconnect(&self, connection: Connection) {
+        let user_id = connection.user_id();
         for room_id in connection.rooms {
             self.hub.leave(room_id, connection.socket_id);
         }
         self.presence.disconnect(connection.id);
         for room_id in connection.typing_in {
-            let event = RoomEvent::typing(room_id, connection.user_id, false);
+            let event = RoomEvent::typing(room_id, user_id, false);
             self.bus.publish(&event).await;
         }
     }

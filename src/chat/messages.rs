@@ -2,7 +2,7 @@
 
 use uuid::Uuid;
 
-use super::{Chat, ChatError};
+use super::{Chat, ChatError, meter};
 use crate::{
     bus::RoomEvent,
     domain::{ClientMsgId, Emoji, InvalidInput, MessageText},
@@ -100,7 +100,8 @@ impl Chat {
         Ok(MessagePage { messages, has_more })
     }
 
-    /// The sender changes their message's text; the room hears `message_edited`.
+    /// The sender changes their message's text; the room hears `message_edited`. Edits,
+    /// deletes and reaction changes share one budget per user (SPEC §10).
     pub async fn edit_message(
         &self,
         editor: Uuid,
@@ -109,6 +110,7 @@ impl Chat {
         text: &str,
     ) -> Result<Message, ChatError> {
         let text = MessageText::parse(text, self.limits.max_text_chars)?;
+        meter(&self.edits, editor)?;
         let message = self
             .store
             .edit_message(editor, room_id, message_id, &text)
@@ -125,6 +127,7 @@ impl Chat {
         room_id: Uuid,
         message_id: Uuid,
     ) -> Result<Message, ChatError> {
+        meter(&self.edits, deleter)?;
         let message = self
             .store
             .delete_message(deleter, room_id, message_id)
@@ -146,6 +149,7 @@ impl Chat {
         add: bool,
     ) -> Result<Message, ChatError> {
         let emoji = Emoji::parse(emoji)?;
+        meter(&self.edits, user)?;
         let (message, changed) = self
             .store
             .set_reaction(user, room_id, message_id, &emoji, add)

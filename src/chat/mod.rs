@@ -23,14 +23,17 @@ pub mod messages;
 pub mod rooms;
 
 use std::{
+    collections::HashMap,
+    hash::Hash,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
 };
 
 use opentelemetry::trace::SpanKind;
+use uuid::Uuid;
 
 use crate::{
     auth::Authenticator,
@@ -39,7 +42,7 @@ use crate::{
     domain::InvalidInput,
     metrics::Metrics,
     presence::Presence,
-    rate_limit::SendLimiter,
+    rate_limit::Budget,
     relay::{RelayError, RoomHub},
     store::{
         Store, StoreError,
@@ -59,11 +62,14 @@ pub enum ChatError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The caller's budget for this action is spent for `retry_after`.
-    #[error("too many messages; slow down")]
+    #[error("too many requests; slow down")]
     RateLimited { retry_after: Duration },
     /// A socket asked for more rooms than it may have.
     #[error("a socket may subscribe to at most {limit} rooms")]
     TooManyRooms { limit: usize },
+    /// The user has as many sockets open on this node as they may.
+    #[error("at most {limit} open sockets per user; close one first")]
+    TooManySockets { limit: usize },
     /// The room's relay on this node cannot take another subscription now.
     #[error(transparent)]
     Relay(#[from] RelayError),
@@ -82,7 +88,16 @@ pub struct Chat {
     hub: RoomHub,
     presence: Presence,
     auth: Authenticator,
-    limiter: SendLimiter,
+    /// Sends per user (SPEC §5).
+    sends: Budget,
+    /// Edits, deletes and reaction changes per user (SPEC §10).
+    edits: Budget,
+    /// Rooms and direct rooms created per user (SPEC §10).
+    creations: Budget,
+    /// Subscribes and unsubscribes per socket (SPEC §10).
+    subscribes: Budget<crate::relay::SocketId>,
+    /// Open sockets per user on this node (SPEC §10).
+    open_sockets: Arc<Mutex<HashMap<Uuid, usize>>>,
     metrics: Arc<Metrics>,
     limits: Limits,
     /// Numbers this node's sockets, for the relay's subscriber lists.
@@ -114,7 +129,17 @@ impl Chat {
         } = parts;
         store.on_commit(Self::on_commit(bus.clone(), metrics.clone()));
         Self {
-            limiter: SendLimiter::new(limits.sends_per_second, limits.send_burst),
+            sends: Budget::new(limits.sends_per_second, limits.send_burst),
+            edits: Budget::new(limits.edits_per_second, limits.edit_burst),
+            creations: Budget::new(
+                f64::from(limits.room_creations_per_minute) / 60.0,
+                limits.room_creations_per_minute,
+            ),
+            subscribes: Budget::new(
+                f64::from(limits.subscribes_per_second),
+                limits.subscribes_per_second,
+            ),
+            open_sockets: Arc::default(),
             store,
             bus,
             hub,
@@ -157,14 +182,18 @@ impl Chat {
     }
 
     /// Spends one send of `user`'s budget (SPEC §5), or says how long to wait.
-    fn meter_send(&self, user: uuid::Uuid) -> Result<(), ChatError> {
-        self.limiter.check(user).map_err(|wait| {
-            self.metrics.count_rate_limited();
-            ChatError::RateLimited { retry_after: wait }
-        })
+    fn meter_send(&self, user: Uuid) -> Result<(), ChatError> {
+        meter(&self.sends, user).inspect_err(|_| self.metrics.count_rate_limited())
     }
 
     fn next_socket_id(&self) -> crate::relay::SocketId {
         self.socket_ids.fetch_add(1, Ordering::Relaxed)
     }
+}
+
+/// Spends one action of `key`'s budget, or says how long to wait.
+fn meter<K: Hash + Eq + Clone>(budget: &Budget<K>, key: K) -> Result<(), ChatError> {
+    budget
+        .check(key)
+        .map_err(|wait| ChatError::RateLimited { retry_after: wait })
 }

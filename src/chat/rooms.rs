@@ -6,7 +6,7 @@
 
 use uuid::Uuid;
 
-use super::{Chat, ChatError};
+use super::{Chat, ChatError, meter};
 use crate::{
     bus::RoomEvent,
     domain::{InvalidInput, RoomName, parse_seq},
@@ -36,7 +36,8 @@ pub enum ReadUpTo {
 }
 
 impl Chat {
-    /// Creates a public or private room owned by the caller.
+    /// Creates a public or private room owned by the caller. Creating rooms and opening
+    /// direct rooms share one budget per user (SPEC §10).
     pub async fn create_room(
         &self,
         owner: Uuid,
@@ -50,6 +51,7 @@ impl Chat {
             let reason = format!("at most {MAX_INITIAL_MEMBERS} members at creation");
             return Err(InvalidInput::new("member_ids", reason).into());
         }
+        meter(&self.creations, owner)?;
         Ok(self
             .store
             .create_room(owner, &name, request.kind, request.member_ids)
@@ -160,6 +162,7 @@ impl Chat {
         user: Uuid,
         other: Uuid,
     ) -> Result<(Room, bool), ChatError> {
+        meter(&self.creations, user)?;
         Ok(self.store.get_or_create_direct_room(user, other).await?)
     }
 

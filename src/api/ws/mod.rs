@@ -86,12 +86,18 @@ async fn authenticate(
     Ok(state.auth.verify(token).await?)
 }
 
+/// Upgrades the connection to a session, unless the user already has as many sockets
+/// open on this node as they may (`429 too_many_sockets`).
 fn upgrade(
     ws: WebSocket,
     state: &AppState,
     user: AuthUser,
     room: Option<(Uuid, Option<i64>)>,
 ) -> Response {
+    let permit = match state.chat.admit_socket(user.id) {
+        Ok(permit) => permit,
+        Err(err) => return ApiError::from(err).into_response(),
+    };
     let max = state.settings.limits.max_frame_bytes;
     let mut config = WebSocketConfig::default();
     config.max_message_size = Some(max);
@@ -106,6 +112,6 @@ fn upgrade(
     config.max_write_buffer_size = 1024 * 1024;
     let state = state.clone();
     ws.config(config)
-        .on_upgrade(move |socket| session::Session::run(socket, state, user, room))
+        .on_upgrade(move |socket| session::Session::run(socket, state, user, permit, room))
         .into_response()
 }

@@ -31,7 +31,11 @@ use crate::{
     api::error::ApiError,
     app::AppState,
     auth::AuthUser,
-    chat::{live::Connection, messages::SendMessage, rooms::ReadUpTo},
+    chat::{
+        live::{Connection, SocketPermit},
+        messages::SendMessage,
+        rooms::ReadUpTo,
+    },
     domain::{InvalidInput, parse_seq},
     protocol::{ClientFrame, FrameError, ServerFrame},
     relay::{Closer, Outbound},
@@ -72,6 +76,7 @@ impl Session {
         socket: WebSocketStream,
         state: AppState,
         user: AuthUser,
+        permit: SocketPermit,
         room: Option<(Uuid, Option<i64>)>,
     ) -> impl Future<Output = ()> + Send {
         let (sink, stream) = socket.split();
@@ -85,7 +90,7 @@ impl Session {
             user.id,
         ));
         state.metrics.socket_opened();
-        let connection = state.chat.connect(user.id, queue.clone(), closer.clone());
+        let connection = state.chat.connect(permit, queue.clone(), closer.clone());
         let session = Session {
             state,
             user,
@@ -248,8 +253,8 @@ impl Session {
             ClientFrame::Unsubscribe { room_id } => match self.room(room_id) {
                 Ok(room_id) => {
                     let chat = &self.state.chat;
-                    chat.unsubscribe(&mut self.connection, room_id).await;
-                    Ok(())
+                    let unsubscribed = chat.unsubscribe(&mut self.connection, room_id).await;
+                    unsubscribed.map_err(ApiError::from)
                 }
                 Err(err) => Err(err),
             },
