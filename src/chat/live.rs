@@ -7,8 +7,9 @@
 //! touches the relay or presence itself.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use tokio::sync::mpsc;
@@ -22,6 +23,9 @@ use crate::{
     relay::{Closer, Outbound, SocketId, Subscriber},
     store::StoreError,
 };
+
+/// How often a room hears that a user is still typing, at most (SPEC §10).
+const TYPING_REBROADCAST: Duration = Duration::from_secs(3);
 
 /// A user's place among their open sockets on this node (SPEC §10); given back when
 /// dropped, with the socket's [`Connection`].
@@ -55,8 +59,9 @@ pub struct Connection {
     closer: Arc<Closer>,
     /// Rooms this socket is subscribed to.
     rooms: RoomSet,
-    /// Rooms where this socket last said its user is typing, to clear on disconnect.
-    typing_in: HashSet<Uuid>,
+    /// Rooms where this socket last said its user is typing, with when the room last
+    /// heard so: repeats are coalesced, and these are cleared on disconnect.
+    typing_in: HashMap<Uuid, Instant>,
 }
 
 impl Connection {
@@ -97,7 +102,7 @@ impl Chat {
             queue,
             closer,
             rooms: RoomSet::default(),
-            typing_in: HashSet::new(),
+            typing_in: HashMap::new(),
         };
         self.presence.connect(connection.id, user_id);
         connection
@@ -180,8 +185,11 @@ impl Chat {
         Ok(())
     }
 
-    /// The user starts or stops typing in a room they belong to; the room hears it, and
-    /// the indicator ends by itself after `relay::TYPING_TTL` or when the socket closes.
+    /// The user starts or stops typing in a room they belong to. The room hears a change
+    /// at once, and a `true` kept up at most once per [`TYPING_REBROADCAST`] (SPEC §10):
+    /// a client that sends `typing` on every keystroke costs the room one event every
+    /// few seconds. The indicator ends after `relay::TYPING_TTL` from the last event the
+    /// room heard (so at least 3 s after the last frame), or when the socket closes.
     pub async fn typing(
         &self,
         connection: &mut Connection,
@@ -196,13 +204,23 @@ impl Chat {
         if role.is_none() {
             return Err(StoreError::NotMember.into());
         }
-        if value {
-            connection.typing_in.insert(room_id);
+        let heard = if value {
+            let now = Instant::now();
+            let told_lately = connection
+                .typing_in
+                .get(&room_id)
+                .is_some_and(|told| now.duration_since(*told) < TYPING_REBROADCAST);
+            if !told_lately {
+                connection.typing_in.insert(room_id, now);
+            }
+            !told_lately
         } else {
-            connection.typing_in.remove(&room_id);
+            connection.typing_in.remove(&room_id).is_some()
+        };
+        if heard {
+            let event = RoomEvent::typing(room_id, connection.user_id(), value);
+            self.bus.publish(&event).await;
         }
-        let event = RoomEvent::typing(room_id, connection.user_id(), value);
-        self.bus.publish(&event).await;
         Ok(())
     }
 
@@ -214,7 +232,7 @@ impl Chat {
             self.hub.leave(room_id, connection.socket_id);
         }
         self.presence.disconnect(connection.id);
-        for room_id in connection.typing_in {
+        for room_id in connection.typing_in.into_keys() {
             let event = RoomEvent::typing(room_id, user_id, false);
             self.bus.publish(&event).await;
         }
