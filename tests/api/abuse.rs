@@ -8,7 +8,7 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::helpers::spawn_app;
+use crate::{helpers::spawn_app, realtime::public_room_with};
 
 #[tokio::test]
 async fn an_upgrade_header_on_an_ordinary_request_does_not_exempt_its_streamed_body_from_the_limit()
@@ -112,10 +112,7 @@ async fn a_message_carries_at_most_twenty_distinct_emoji_even_when_they_arrive_a
     let app = spawn_app().await;
     let alice = app.register("alice").await;
     let bob = app.register("bob").await;
-    let room = app.create_room(&alice, "r", "public").await;
-    app.post(&format!("/v1/rooms/{room}/join"), &bob.token, json!({}))
-        .await
-        .assert_status(204);
+    let room = public_room_with(&app, &alice, &[&bob]).await;
     let react = |token: &str, message: &str, emoji: &str| {
         let path = format!("/v1/rooms/{room}/messages/{message}/reactions/{emoji}");
         let token = token.to_string();
@@ -337,10 +334,7 @@ async fn two_hundred_typing_frames_in_a_second_reach_the_room_as_one_event_and_e
     let app = spawn_app().await;
     let alice = app.register("alice").await;
     let bob = app.register("bob").await;
-    let room = app.create_room(&alice, "r", "public").await;
-    app.post(&format!("/v1/rooms/{room}/join"), &bob.token, json!({}))
-        .await
-        .assert_status(204);
+    let room = public_room_with(&app, &alice, &[&bob]).await;
     let mut typer = crate::helpers::WsClient::connect(app.addr, "/v1/ws", &alice.token).await;
     let mut watcher = crate::helpers::WsClient::connect(app.addr, "/v1/ws", &bob.token).await;
     typer.subscribe(room, None).await;

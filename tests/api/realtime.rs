@@ -12,7 +12,11 @@ use crate::helpers::{
     spawn_node,
 };
 
-async fn public_room_with(app: &TestApp, owner: &TestUser, members: &[&TestUser]) -> Uuid {
+pub(crate) async fn public_room_with(
+    app: &TestApp,
+    owner: &TestUser,
+    members: &[&TestUser],
+) -> Uuid {
     let room = app.create_room(owner, "live", "public").await;
     for member in members {
         app.post(&format!("/v1/rooms/{room}/join"), &member.token, json!({}))
