@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use crate::{
     api,
-    auth::Authenticator,
+    auth::{self, Authenticator},
     bus::{Bus, BusError},
     chat::{self, Chat},
     config::Settings,
@@ -191,7 +191,8 @@ impl Application {
         migrate_when_reachable(&store).await?;
         let bus =
             Bus::connect(&settings.nats_url, &settings.node_id, &settings.nats_prefix).await?;
-        let auth = Authenticator::new(&settings.auth, store.clone());
+        let signing_key = auth::local_signing_key(&settings.auth, &store).await?;
+        let auth = Authenticator::new(&settings.auth, &signing_key, store.clone());
         let hub = RoomHub::new(store.clone(), bus.clone(), settings.reorder_wait);
         let presence = Presence::start(
             &bus,

@@ -95,8 +95,9 @@ pub enum LogFormat {
 /// How Natter issues its own tokens and which external issuers it trusts.
 #[derive(Clone)]
 pub struct AuthSettings {
-    /// Signs and verifies Natter's own HS256 tokens.
-    pub jwt_secret: String,
+    /// Signs and verifies Natter's own HS256 tokens; `None`: the cluster's generated
+    /// key, stored in Postgres (`auth::local_signing_key`).
+    pub jwt_secret: Option<String>,
     /// Lifetime of a token issued at register, login or `natter token`.
     pub token_ttl: Duration,
     /// External identity providers whose tokens are accepted too.
@@ -233,7 +234,8 @@ settings_args! {
     nats_url: "NATS_URL";
     /// First token of every NATS subject and of the presence bucket's name.
     nats_prefix: "NATS_PREFIX" = "natter";
-    /// Signs Natter's own tokens (HS256); at least 16 bytes.
+    /// Signs Natter's own tokens (HS256); at least 32 bytes [default: a random key the
+    /// cluster generates once and keeps in Postgres].
     jwt_secret: "JWT_SECRET";
     /// Lifetime of the tokens Natter issues, in seconds.
     jwt_ttl_secs: "JWT_TTL_SECS" = "86400";
@@ -331,12 +333,9 @@ impl Settings {
             .parse::<tokio_postgres::Config>()
             .map_err(|e| bad("DATABASE_URL", e))?;
         let nats_url = required("NATS_URL")?;
-        let jwt_secret = required("JWT_SECRET")?;
-        if jwt_secret.len() < 16 {
-            return Err(ConfigError {
-                name: "JWT_SECRET",
-                reason: "must be at least 16 bytes".into(),
-            });
+        let jwt_secret = lookup("JWT_SECRET").filter(|secret| !secret.is_empty());
+        if let Some(secret) = &jwt_secret {
+            check_jwt_secret(secret)?;
         }
         let listen_addr = parsed("LISTEN_ADDR", "0.0.0.0:8080")?
             .parse()
@@ -481,6 +480,43 @@ where
     Ok(value)
 }
 
+/// Every signing secret this repository has ever shipped, as a default, an example or a
+/// test value: published, so anyone could sign tokens with them. Append only.
+pub const SHIPPED_SECRETS: &[&str] = &[
+    "local-only-secret-change-me-in-production",
+    "local-development-secret",
+    "dev-only-secret-dev-only-secret-dev-only",
+    "change-me-to-at-least-32-random-bytes",
+    "CHANGE-ME-TO-48-RANDOM-BYTES",
+    "test-secret-test-secret-test-secret",
+    "bench-secret-bench-secret",
+    "faults-secret-faults-secret",
+    "fuzzing-secret-fuzzing-secret",
+    "0123456789abcdef0123",
+    "supabase-style-shared-secret",
+    "supabase-secret-supabase-secret",
+];
+
+/// Whether `secret` is one anyone could know: one this repository shipped.
+pub fn is_shipped_secret(secret: &str) -> bool {
+    SHIPPED_SECRETS.contains(&secret.trim())
+}
+
+/// `JWT_SECRET`, when set, must be long and not one the repository ever published.
+fn check_jwt_secret(secret: &str) -> Result<(), ConfigError> {
+    if is_shipped_secret(secret) {
+        return Err(bad(
+            "JWT_SECRET",
+            "is an example value published in Natter's repository; \
+             unset it (the cluster then generates its own) or use `openssl rand -base64 48`",
+        ));
+    }
+    if secret.len() < MIN_HS256_SECRET_BYTES {
+        return Err(bad("JWT_SECRET", "must be at least 32 bytes"));
+    }
+    Ok(())
+}
+
 fn parse_issuers(json: &str) -> Result<Vec<IssuerConfig>, ConfigError> {
     let issuers: Vec<IssuerConfig> =
         serde_json::from_str(json).map_err(|e| bad("JWT_ISSUERS", e))?;
@@ -502,6 +538,11 @@ fn parse_issuers(json: &str) -> Result<Vec<IssuerConfig>, ConfigError> {
             }
             (None, Some(secret)) if secret.len() < MIN_HS256_SECRET_BYTES => {
                 return Err(refuse("needs an hs256_secret of at least 32 bytes"));
+            }
+            (None, Some(secret)) if is_shipped_secret(secret) => {
+                return Err(refuse(
+                    "has an example hs256_secret published in Natter's repository",
+                ));
             }
             (Some(_), None) | (None, Some(_)) => {}
             _ => return Err(refuse("needs exactly one of jwks_url and hs256_secret")),
@@ -552,7 +593,7 @@ mod tests {
     const BASE: [(&str, &str); 3] = [
         ("DATABASE_URL", "postgres://u:p@localhost/db"),
         ("NATS_URL", "nats://localhost:4222"),
-        ("JWT_SECRET", "0123456789abcdef0123"),
+        ("JWT_SECRET", "an-operators-own-secret-of-32-bytes-or-more"),
     ];
 
     /// Parses `natter serve` flags with no environment but `pairs` given as flags.
@@ -629,16 +670,40 @@ mod tests {
         pairs.push(("NATS_URL", "nats://natter:nats-password@localhost:4222"));
         let printed = format!("{:?}", Settings::from_lookup(env(&pairs)).unwrap());
         assert!(printed.contains("node_id"), "{printed}");
-        for secret in ["u:p@", "nats-password", "0123456789abcdef0123"] {
+        for secret in ["u:p@", "nats-password", "an-operators-own-secret"] {
             assert!(!printed.contains(secret), "{secret} in {printed}");
         }
     }
 
     #[test]
     fn a_missing_setting_is_named() {
-        let err = Settings::from_lookup(env(&BASE[..2])).unwrap_err();
-        assert_eq!(err.name, "JWT_SECRET");
-        assert!(err.to_string().contains("JWT_SECRET"));
+        let err = Settings::from_lookup(env(&BASE[..1])).unwrap_err();
+        assert_eq!(err.name, "NATS_URL");
+        assert!(err.to_string().contains("NATS_URL"));
+    }
+
+    #[test]
+    fn without_jwt_secret_the_generated_key_is_used() {
+        for pairs in [&BASE[..2], &[BASE[0], BASE[1], ("JWT_SECRET", "")]] {
+            let settings = Settings::from_lookup(env(pairs)).unwrap();
+            assert!(settings.auth.jwt_secret.is_none());
+        }
+    }
+
+    #[test]
+    fn a_short_or_shipped_jwt_secret_stops_start_up() {
+        let mut shipped = SHIPPED_SECRETS.to_vec();
+        shipped.push("x".repeat(31).leak());
+        for secret in shipped {
+            let err = Settings::from_lookup(env(&[BASE[0], BASE[1], ("JWT_SECRET", secret)]))
+                .unwrap_err();
+            assert_eq!(err.name, "JWT_SECRET", "{secret}");
+            assert_eq!(err.to_string().lines().count(), 1);
+        }
+        let own = "x".repeat(32);
+        let settings =
+            Settings::from_lookup(env(&[BASE[0], BASE[1], ("JWT_SECRET", &own)])).unwrap();
+        assert_eq!(settings.auth.jwt_secret.as_deref(), Some(own.as_str()));
     }
 
     #[test]

@@ -182,20 +182,41 @@ impl ClientMsgId {
     }
 }
 
-/// A reaction: one emoji (or short code such as `:+1:`): 1–32 characters, no whitespace.
+/// A reaction (SPEC §10): 1–32 characters of Unicode emoji, with their skin tones,
+/// joiners and keycaps, and nothing else. Each emoji is stored fully qualified, so `❤`
+/// and `❤️` are one reaction.
 #[derive(Debug, Clone)]
 pub struct Emoji(String);
 
 impl Emoji {
+    pub const MAX_CHARS: usize = 32;
+
     pub fn parse(raw: &str) -> Result<Self, InvalidInput> {
-        let count = raw.chars().count();
-        if count == 0 || count > 32 || raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(InvalidInput::new(
-                "emoji",
-                "must be 1-32 characters without whitespace",
-            ));
+        let invalid = || InvalidInput::new("emoji", "must be 1-32 characters of Unicode emoji");
+        let chars: Vec<(usize, char)> = raw.char_indices().collect();
+        if chars.is_empty() || chars.len() > Self::MAX_CHARS {
+            return Err(invalid());
         }
-        Ok(Self(raw.to_string()))
+        // The longest known emoji at each position: sequences (families, flags, skin
+        // tones) are longer than the emoji they are made of.
+        let mut canonical = String::new();
+        let mut at = 0;
+        while at < chars.len() {
+            let start = chars[at].0;
+            let (next, emoji) = (at + 1..=chars.len())
+                .rev()
+                .find_map(|end| {
+                    let stop = chars.get(end).map_or(raw.len(), |&(byte, _)| byte);
+                    emojis::get(&raw[start..stop]).map(|emoji| (end, emoji))
+                })
+                .ok_or_else(invalid)?;
+            canonical.push_str(emoji.as_str());
+            at = next;
+        }
+        if canonical.chars().count() > Self::MAX_CHARS {
+            return Err(invalid());
+        }
+        Ok(Self(canonical))
     }
 
     pub fn as_str(&self) -> &str {
@@ -281,10 +302,33 @@ mod tests {
     }
 
     #[test]
-    fn emoji_rejects_whitespace() {
-        assert!(Emoji::parse("👍").is_ok());
-        assert!(Emoji::parse(":+1:").is_ok());
-        assert!(Emoji::parse("a b").is_err());
-        assert!(Emoji::parse("").is_err());
+    fn an_emoji_is_unicode_emoji_and_nothing_else() {
+        for ok in ["👍", "👍🏽", "❤️", "🇫🇷", "1️⃣", "👨‍👩‍👧", "🎉🎉", "©"]
+        {
+            assert!(Emoji::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            ":+1:",
+            ":tada:",
+            "x",
+            "1",
+            "a b",
+            "👍 ",
+            "🏽",
+            "👍\u{200b}",
+            "\u{200d}",
+            "<script>",
+            &"👍".repeat(33),
+        ] {
+            assert!(Emoji::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn an_emoji_is_kept_fully_qualified() {
+        assert_eq!(Emoji::parse("❤").unwrap().as_str(), "❤\u{fe0f}");
+        assert_eq!(Emoji::parse("❤️").unwrap().as_str(), "❤\u{fe0f}");
+        assert_eq!(Emoji::parse("👍🏽").unwrap().as_str(), "👍🏽");
     }
 }

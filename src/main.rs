@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use natter::{
     app::Application,
-    auth::Authenticator,
+    auth::{self, Authenticator},
     config::{Settings, SettingsArgs},
     domain::Username,
     store::Store,
@@ -151,7 +151,8 @@ async fn token(settings: Settings, name: &str) -> Result<(), BoxError> {
     )?;
     store.migrate().await?;
     let user = store.get_or_create_user(&username).await?;
-    let issued = Authenticator::new(&settings.auth, store).issue(user.id);
+    let signing_key = auth::local_signing_key(&settings.auth, &store).await?;
+    let issued = Authenticator::new(&settings.auth, &signing_key, store).issue(user.id);
     println!("{}", issued.token);
     Ok(())
 }

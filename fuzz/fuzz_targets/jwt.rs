@@ -29,7 +29,7 @@ fn verifier() -> &'static Verifier {
             Store::connect("postgres://natter@127.0.0.1:1/natter", 1, None).unwrap()
         });
         let settings = AuthSettings {
-            jwt_secret: "fuzzing-secret-fuzzing-secret".into(),
+            jwt_secret: None,
             token_ttl: Duration::from_secs(3600),
             issuers: vec![IssuerConfig {
                 issuer: "https://project.supabase.co/auth/v1".into(),
@@ -38,7 +38,9 @@ fn verifier() -> &'static Verifier {
                 hs256_secret: Some("supabase-secret-supabase-secret".into()),
             }],
         };
-        let auth = runtime.block_on(async { Authenticator::new(&settings, store) });
+        // Any key will do: the fuzzer only ever holds forged signatures.
+        let key = [0x5a_u8; 32];
+        let auth = runtime.block_on(async { Authenticator::new(&settings, &key, store) });
         Verifier { runtime, auth }
     })
 }

@@ -97,9 +97,9 @@ pub enum ApiError {
     /// `Content-Type: application/json`.
     #[oai(status = 415)]
     UnsupportedMediaType(Json<ErrorBody>),
-    /// The caller's budget for this action is spent (`rate_limited`), or they have as
-    /// many sockets open as they may (`too_many_sockets`); retry after `Retry-After`
-    /// seconds.
+    /// The caller's budget for this action is spent (`rate_limited`), they have as
+    /// many sockets open as they may (`too_many_sockets`), or this username has had too
+    /// many failed logins (`too_many_attempts`); retry after `Retry-After` seconds.
     #[oai(status = 429)]
     TooManyRequests(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
     /// An unexpected failure (`internal`); details are in the server log only.
@@ -213,6 +213,10 @@ impl From<ChatError> for ApiError {
             ChatError::Relay(_) => ApiError::unavailable(message),
             ChatError::InvalidCredentials => ApiError::invalid_credentials(),
             ChatError::HasherBusy => ApiError::unavailable(message),
+            ChatError::TooManyAttempts { retry_after } => ApiError::TooManyRequests(
+                body("too_many_attempts", message),
+                retry_after.as_secs_f64().ceil().max(1.0) as u64,
+            ),
         }
     }
 }

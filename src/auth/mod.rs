@@ -10,6 +10,7 @@
 
 pub mod jwks;
 pub mod password;
+pub mod throttle;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -125,8 +126,21 @@ const PROVISIONED_CACHE_MAX: usize = 100_000;
 /// Namespace for the stable ids of external users: v5(namespace, issuer + "\n" + sub).
 const EXTERNAL_USER_NAMESPACE: Uuid = Uuid::from_u128(0x6e61_7474_6572_4000_8000_6578_7465_726e);
 
+/// The key of Natter's own tokens: `JWT_SECRET` if set, else the one the cluster
+/// generated and keeps in Postgres (SPEC §10), so no deployment runs on a published key.
+pub async fn local_signing_key(
+    settings: &AuthSettings,
+    store: &Store,
+) -> Result<Vec<u8>, StoreError> {
+    match &settings.jwt_secret {
+        Some(secret) => Ok(secret.as_bytes().to_vec()),
+        None => store.signing_key().await,
+    }
+}
+
 impl Authenticator {
-    pub fn new(settings: &AuthSettings, store: Store) -> Self {
+    /// `signing_key`: from [`local_signing_key`].
+    pub fn new(settings: &AuthSettings, signing_key: &[u8], store: Store) -> Self {
         let http = reqwest::Client::builder()
             .user_agent("natter")
             .build()
@@ -160,8 +174,8 @@ impl Authenticator {
         local_validation.set_required_spec_claims(&["exp", "sub", "iss"]);
         Self {
             inner: Arc::new(Inner {
-                encoding_key: EncodingKey::from_secret(settings.jwt_secret.as_bytes()),
-                local_key: DecodingKey::from_secret(settings.jwt_secret.as_bytes()),
+                encoding_key: EncodingKey::from_secret(signing_key),
+                local_key: DecodingKey::from_secret(signing_key),
                 local_validation,
                 token_ttl_secs: settings.token_ttl.as_secs(),
                 issuers,

@@ -4,10 +4,13 @@ use uuid::Uuid;
 
 use super::{Chat, ChatError};
 use crate::{
-    auth::{IssuedToken, password},
+    auth::{IssuedToken, password, throttle},
     domain::{DisplayName, Password, Username},
     model::User,
 };
+
+/// Characters of a login's username that key its throttle record.
+const MAX_THROTTLE_KEY_CHARS: usize = 64;
 
 /// A user and a token for them.
 pub struct SignedIn {
@@ -45,8 +48,16 @@ impl Chat {
     }
 
     /// Exchanges a username and password for a token. An unknown username costs the
-    /// same hashing as a wrong password, so the answer does not tell them apart.
+    /// same hashing, and the same throttle, as a wrong password, so the answer does not
+    /// tell them apart. Attempts are counted cluster-wide before the password is
+    /// checked ([`throttle`]); a success clears the count.
     pub async fn login(&self, username: &str, password: String) -> Result<SignedIn, ChatError> {
+        // Bounded, so an attacker's made-up names cannot make huge keys.
+        let throttle_key: String = username.chars().take(MAX_THROTTLE_KEY_CHARS).collect();
+        self.store
+            .count_login_attempt(&throttle_key, throttle::count_attempt)
+            .await?
+            .map_err(|retry_after| ChatError::TooManyAttempts { retry_after })?;
         let found = self.store.find_login(username).await?;
         let (user, stored_hash) = match found {
             Some((user, hash)) => (Some(user), hash),
@@ -56,6 +67,7 @@ impl Chat {
         let user = user
             .filter(|_| valid)
             .ok_or(ChatError::InvalidCredentials)?;
+        self.store.clear_login_failures(&throttle_key).await?;
         let token = self.auth.issue(user.id);
         Ok(SignedIn { user, token })
     }

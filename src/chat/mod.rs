@@ -79,6 +79,9 @@ pub enum ChatError {
     /// Every password hasher is busy; retry shortly.
     #[error("too many logins in progress; retry shortly")]
     HasherBusy,
+    /// Too many failed logins for this username lately (SPEC §10).
+    #[error("too many failed logins for this username; retry later")]
+    TooManyAttempts { retry_after: Duration },
 }
 
 /// The use cases and the parts of the node they work with.

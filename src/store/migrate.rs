@@ -2,7 +2,8 @@
 //!
 //! All pending migrations run in one transaction that first takes a transaction-scoped
 //! advisory lock, so ten nodes starting at once apply each migration exactly once: the
-//! first holds the lock and migrates, the rest wait, then find nothing left to do.
+//! first holds the lock and migrates, the rest wait, then find nothing left to do. The
+//! same transaction creates the cluster's signing key, once.
 
 use super::StoreError;
 
@@ -11,6 +12,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("migrations/0001_init.sql")),
     (2, include_str!("migrations/0002_message_insert_path.sql")),
     (3, include_str!("migrations/0003_sends_without_a_key.sql")),
+    (4, include_str!("migrations/0004_credentials.sql")),
 ];
 
 /// Arbitrary, fixed key for `pg_advisory_xact_lock`: "natter" in ASCII.
@@ -45,6 +47,15 @@ pub(super) async fn run(client: &mut deadpool_postgres::Object) -> Result<(), St
         )
         .await?;
     }
+    // The cluster's own signing key, for when JWT_SECRET is unset: the first node makes
+    // it, under the lock, so every node reads the same one.
+    let mut key = [0u8; 32];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut key);
+    tx.execute(
+        "INSERT INTO signing_keys (name, secret) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        &[&super::credentials::LOCAL_SIGNING_KEY, &key.as_slice()],
+    )
+    .await?;
     tx.commit().await?;
     Ok(())
 }

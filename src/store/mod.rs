@@ -9,6 +9,7 @@
 
 mod access;
 pub mod commit;
+pub mod credentials;
 pub mod messages;
 mod migrate;
 pub mod rooms;

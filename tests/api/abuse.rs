@@ -8,7 +8,12 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::{helpers::spawn_app, realtime::public_room_with};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::{
+    helpers::{TestApp, settings, spawn_app, spawn_app_with, spawn_node},
+    realtime::public_room_with,
+};
 
 #[tokio::test]
 async fn an_upgrade_header_on_an_ordinary_request_does_not_exempt_its_streamed_body_from_the_limit()
@@ -370,4 +375,154 @@ async fn two_hundred_typing_frames_in_a_second_reach_the_room_as_one_event_and_e
     typer.recv_type("typing_ack").await;
     let next = watcher.next(std::time::Duration::from_millis(300)).await;
     assert!(next.is_none(), "{next:?}");
+}
+
+/// A token for `user` signed with `secret`, as someone who knows it would make.
+fn forge(user: uuid::Uuid, secret: &str) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": user, "iss": "natter", "iat": now, "exp": now + 3600}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn without_jwt_secret_the_cluster_signs_with_a_generated_key_and_no_shipped_secret_forges_a_token()
+ {
+    let first = spawn_app_with(|settings| settings.auth.jwt_secret = None).await;
+    let mut second = settings(&first.database_url);
+    second.auth.jwt_secret = None;
+    let second = spawn_node(second).await;
+    let alice = first.register("alice").await;
+    // One key for the cluster: a token from one node works on the other.
+    second
+        .get("/v1/users/me", &alice.token)
+        .await
+        .assert_status(200);
+    let key = first
+        .db()
+        .await
+        .query_one("SELECT secret FROM signing_keys", &[])
+        .await
+        .unwrap()
+        .get::<_, Vec<u8>>(0);
+    assert_eq!(key.len(), 32);
+    for secret in natter::config::SHIPPED_SECRETS {
+        let reply = first.get("/v1/users/me", &forge(alice.id, secret)).await;
+        assert_eq!(
+            (reply.status.as_u16(), reply.error_code()),
+            (401, "unauthorized"),
+            "{secret}"
+        );
+    }
+}
+
+/// Logs in as `username` with `password` on `node`: (status, error code or "",
+/// Retry-After).
+async fn login(node: &TestApp, username: &str, password: &str) -> (u16, String, Option<u64>) {
+    let body = json!({"username": username, "password": password});
+    let reply = node
+        .call(Method::POST, "/v1/auth/login", None, Some(body))
+        .await;
+    let retry_after = reply
+        .headers
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().parse().unwrap());
+    let code = match reply.status.as_u16() {
+        200 => String::new(),
+        _ => reply.error_code().to_string(),
+    };
+    (reply.status.as_u16(), code, retry_after)
+}
+
+#[tokio::test]
+async fn twenty_bad_logins_over_three_nodes_are_throttled_the_same_for_known_and_unknown_names() {
+    let first = spawn_app().await;
+    let second = spawn_node(settings(&first.database_url)).await;
+    let third = spawn_node(settings(&first.database_url)).await;
+    let nodes = [&first, &second, &third];
+    first.register("alice").await;
+    for name in ["alice", "nobody"] {
+        let mut answers = Vec::new();
+        for attempt in 0..20 {
+            answers.push(login(nodes[attempt % 3], name, "wrong password").await);
+        }
+        // Five failures are answered as failures, wherever they land...
+        for answer in &answers[..5] {
+            assert_eq!(
+                (answer.0, answer.1.as_str()),
+                (401, "invalid_credentials"),
+                "{name}"
+            );
+        }
+        // ...then the name must wait, on every node.
+        assert_eq!(
+            (answers[5].0, answers[5].1.as_str()),
+            (429, "too_many_attempts")
+        );
+        let refused = answers[5..].iter().filter(|a| a.0 == 429).count();
+        assert!(refused >= 10, "{name}: {answers:?}");
+        for (status, code, retry_after) in &answers[5..] {
+            match status {
+                429 => {
+                    assert_eq!(code, "too_many_attempts");
+                    assert!(matches!(retry_after, Some(1..=900)), "{retry_after:?}");
+                }
+                // Allowed once a wait ran out (a slow machine): still a failure.
+                _ => assert_eq!((*status, code.as_str()), (401, "invalid_credentials")),
+            }
+        }
+    }
+    // The right password is refused too while alice must wait; afterwards it signs her
+    // in and the count starts again.
+    let (status, code, retry_after) = login(&second, "alice", "correct horse").await;
+    assert_eq!((status, code.as_str()), (429, "too_many_attempts"));
+    tokio::time::sleep(Duration::from_secs(retry_after.unwrap())).await;
+    let mut signed_in = login(&third, "alice", "correct horse").await;
+    // The wait may have doubled once more meanwhile on a slow machine.
+    if let (429, _, Some(wait)) = signed_in {
+        tokio::time::sleep(Duration::from_secs(wait)).await;
+        signed_in = login(&third, "alice", "correct horse").await;
+    }
+    assert_eq!(signed_in.0, 200, "{signed_in:?}");
+    assert_eq!(login(&first, "alice", "wrong password").await.0, 401);
+}
+
+#[tokio::test]
+async fn a_reaction_must_be_unicode_emoji() {
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let room = app.create_room(&alice, "r", "public").await;
+    let message = app.send(&alice, room, "hi").await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = |emoji: &str| format!("/v1/rooms/{room}/messages/{message}/reactions/{emoji}");
+    for bad in [":tada:", "x", "%3Cb%3E", "%F0%9F%91%8Dx", "%E2%80%8D"] {
+        let reply = app
+            .call(Method::PUT, &path(bad), Some(&alice.token), None)
+            .await;
+        assert_eq!(
+            (reply.status.as_u16(), reply.error_code()),
+            (400, "invalid_input"),
+            "{bad}"
+        );
+    }
+    // A heart with or without its emoji presentation selector is one reaction.
+    app.call(Method::PUT, &path("❤"), Some(&alice.token), None)
+        .await
+        .assert_status(200);
+    let both = app
+        .call(Method::PUT, &path("❤\u{fe0f}"), Some(&alice.token), None)
+        .await;
+    both.assert_status(200);
+    assert_eq!(
+        both.body["reactions"],
+        json!([{"emoji": "❤\u{fe0f}", "count": 1, "me": true}])
+    );
 }

@@ -19,7 +19,10 @@ use tokio::{
 };
 use uuid::Uuid;
 
-pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret";
+/// This test process's token secret: random, so no value a test uses is a published one
+/// (start-up refuses those, SPEC §10).
+pub static JWT_SECRET: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple()));
 
 fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
@@ -65,7 +68,7 @@ pub fn settings(database_url: &str) -> Settings {
         listen_addr: "127.0.0.1:0".parse().unwrap(),
         node_id: format!("test-{}", &Uuid::new_v4().simple().to_string()[..8]),
         auth: AuthSettings {
-            jwt_secret: JWT_SECRET.into(),
+            jwt_secret: Some(JWT_SECRET.clone()),
             token_ttl: Duration::from_secs(3600),
             issuers: Vec::<IssuerConfig>::new(),
         },
@@ -527,7 +530,7 @@ impl NodeProcess {
             .env("DATABASE_URL", database_url)
             .env("NATS_URL", nats_url)
             .env("NATS_PREFIX", prefix)
-            .env("JWT_SECRET", JWT_SECRET)
+            .env("JWT_SECRET", &*JWT_SECRET)
             .env("LISTEN_ADDR", addr.to_string())
             .env("NODE_ID", format!("node-{}", addr.port()))
             .env("SEND_RATE_PER_SEC", "1000")

@@ -448,10 +448,20 @@ fn a_bad_flag_or_setting_stops_natter_with_a_line_that_names_it() {
         "serve",
         "--database-url=postgres://u@localhost/db",
         "--nats-url=nats://localhost:4222",
-        "--jwt-secret=0123456789abcdef0123",
         "--send-burst=lots",
     ]);
     assert_eq!(bad.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&bad.stderr);
     assert!(stderr.contains("--send-burst / SEND_BURST"), "{stderr}");
+    // A secret this repository once shipped as compose's default (SPEC §10).
+    let shipped = natter_without_environment(&[
+        "serve",
+        "--database-url=postgres://u@localhost/db",
+        "--nats-url=nats://localhost:4222",
+        "--jwt-secret=local-only-secret-change-me-in-production",
+    ]);
+    assert_eq!(shipped.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&shipped.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--jwt-secret / JWT_SECRET"), "{stderr}");
 }

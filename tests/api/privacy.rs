@@ -29,8 +29,8 @@ pub fn room_routes(room: Uuid, message: Uuid, user: Uuid) -> Vec<(Method, String
         (Method::GET, format!("{r}/messages/search?q=secret"), None),
         (Method::PATCH, m.clone(), Some(json!({"text": "edited"}))),
         (Method::DELETE, m.clone(), None),
-        (Method::PUT, format!("{m}/reactions/x"), None),
-        (Method::DELETE, format!("{m}/reactions/x"), None),
+        (Method::PUT, format!("{m}/reactions/👍"), None),
+        (Method::DELETE, format!("{m}/reactions/👍"), None),
     ]
 }
 

@@ -477,7 +477,7 @@ async fn rest_edits_deletes_and_reactions_reach_subscribers_as_events() {
 
     app.call(
         Method::PUT,
-        &format!("{path}/reactions/:tada:"),
+        &format!("{path}/reactions/🎉"),
         Some(&alice.token),
         None,
     )
@@ -486,7 +486,7 @@ async fn rest_edits_deletes_and_reactions_reach_subscribers_as_events() {
     let reaction = ws.recv().await;
     assert_eq!(
         reaction,
-        json!({"type": "reaction", "room_id": room, "message_id": id, "emoji": ":tada:",
+        json!({"type": "reaction", "room_id": room, "message_id": id, "emoji": "🎉",
                "user_id": alice.id, "added": true})
     );
     app.call(Method::DELETE, &path, Some(&alice.token), None)

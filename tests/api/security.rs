@@ -88,12 +88,12 @@ async fn every_rest_route_and_frame_refuses_outsiders_non_owners_and_other_sende
             "not_member",
         ),
         (
-            "PUT /v1/rooms/{room}/messages/{message}/reactions/x",
+            "PUT /v1/rooms/{room}/messages/{message}/reactions/👍",
             403,
             "not_member",
         ),
         (
-            "DELETE /v1/rooms/{room}/messages/{message}/reactions/x",
+            "DELETE /v1/rooms/{room}/messages/{message}/reactions/👍",
             403,
             "not_member",
         ),

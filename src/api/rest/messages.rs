@@ -213,7 +213,7 @@ impl MessagesApi {
         Data(state): Data<&AppState>,
         room_id: Path<Uuid>,
         message_id: Path<Uuid>,
-        /// One emoji or short code (`:tada:`): 1–32 characters, no whitespace.
+        /// 1–32 characters of Unicode emoji (`👍`, `👍🏽`, `🇫🇷`), nothing else.
         #[oai(validator(pattern = r"^[^\s\x00-\x1F\x7F-\x9F]{1,32}$"))]
         emoji: Path<String>,
     ) -> Result<Json<Message>, ApiError> {
@@ -236,7 +236,7 @@ impl MessagesApi {
         Data(state): Data<&AppState>,
         room_id: Path<Uuid>,
         message_id: Path<Uuid>,
-        /// One emoji or short code (`:tada:`): 1–32 characters, no whitespace.
+        /// 1–32 characters of Unicode emoji (`👍`, `👍🏽`, `🇫🇷`), nothing else.
         #[oai(validator(pattern = r"^[^\s\x00-\x1F\x7F-\x9F]{1,32}$"))]
         emoji: Path<String>,
     ) -> Result<Json<Message>, ApiError> {
