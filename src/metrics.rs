@@ -36,6 +36,8 @@ pub struct Metrics {
     sends_rate_limited: Counter,
     sockets_open: Gauge,
     sockets_accepted: Counter,
+    tickets_redeemed: Counter,
+    tokens_in_urls: Counter,
 }
 
 impl Metrics {
@@ -55,6 +57,17 @@ impl Metrics {
     pub fn socket_opened(&self) {
         self.sockets_accepted.inc();
         self.sockets_open.inc();
+    }
+
+    /// A WebSocket upgrade authenticated by a ticket.
+    pub fn count_ticket_redeemed(&self) {
+        self.tickets_redeemed.inc();
+    }
+
+    /// A WebSocket upgrade authenticated by `?token=`: a token in a URL, which proxies
+    /// log; operators watch this fall as clients move to tickets.
+    pub fn count_token_in_url(&self) {
+        self.tokens_in_urls.inc();
     }
 
     pub fn socket_closed(&self) {
@@ -82,6 +95,16 @@ pub fn registry(
             "natter_websocket_connections",
             "WebSocket connections accepted",
             &api.sockets_accepted,
+        ),
+        (
+            "natter_websocket_tickets_redeemed",
+            "WebSocket upgrades authenticated by a single-use ticket",
+            &api.tickets_redeemed,
+        ),
+        (
+            "natter_websocket_tokens_in_urls",
+            "WebSocket upgrades authenticated by ?token= (the token may be in access logs)",
+            &api.tokens_in_urls,
         ),
         (
             "natter_messages_stored",

@@ -212,6 +212,7 @@ impl From<ChatError> for ApiError {
             }
             ChatError::Relay(_) => ApiError::unavailable(message),
             ChatError::InvalidCredentials => ApiError::invalid_credentials(),
+            ChatError::InvalidTicket => ApiError::unauthorized(message),
             ChatError::HasherBusy => ApiError::unavailable(message),
             ChatError::TooManyAttempts { retry_after } => ApiError::TooManyRequests(
                 body("too_many_attempts", message),

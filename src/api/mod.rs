@@ -29,6 +29,7 @@ pub fn routes(state: AppState) -> impl Endpoint {
             rest::messages::MessagesApi,
             rest::me::MeApi,
             rest::presence::PresenceApi,
+            rest::tickets::TicketsApi,
         ),
         "Natter",
         env!("CARGO_PKG_VERSION"),

@@ -1,16 +1,30 @@
 //! Accounts: register, log in, look up users.
 
+use std::time::Duration;
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use uuid::Uuid;
 
-use super::{Chat, ChatError};
+use super::{Chat, ChatError, meter};
 use crate::{
-    auth::{IssuedToken, password, throttle},
+    auth::{AuthUser, IssuedToken, password, throttle},
     domain::{DisplayName, Password, Username},
     model::User,
 };
 
 /// Characters of a login's username that key its throttle record.
 const MAX_THROTTLE_KEY_CHARS: usize = 64;
+
+/// How long a WebSocket ticket can be redeemed.
+pub const TICKET_LIFETIME: Duration = Duration::from_secs(30);
+
+/// A WebSocket ticket, as the client gets it.
+pub struct WsTicket {
+    /// Opaque: pass as `?ticket=`.
+    pub ticket: String,
+    /// Milliseconds since the epoch.
+    pub expires_at: i64,
+}
 
 /// A user and a token for them.
 pub struct SignedIn {
@@ -70,6 +84,41 @@ impl Chat {
         self.store.clear_login_failures(&throttle_key).await?;
         let token = self.auth.issue(user.id);
         Ok(SignedIn { user, token })
+    }
+
+    /// A single-use ticket standing in for `user`'s token in a WebSocket URL (SPEC §10),
+    /// so the token never reaches a proxy's access log. Redeemable on any node within
+    /// [`TICKET_LIFETIME`].
+    pub async fn ws_ticket(&self, user: AuthUser) -> Result<WsTicket, ChatError> {
+        meter(&self.tickets, user.id)?;
+        let ticket = self
+            .store
+            .create_ticket(user.id, user.expires_at, TICKET_LIFETIME)
+            .await?;
+        Ok(WsTicket {
+            ticket: URL_SAFE_NO_PAD.encode(ticket.value),
+            expires_at: ticket.expires_at_ms,
+        })
+    }
+
+    /// Who a ticket authenticates, once: a second redemption, an unknown or an expired
+    /// ticket is [`ChatError::InvalidTicket`]. The socket keeps the expiry of the token
+    /// that bought the ticket.
+    pub async fn redeem_ws_ticket(&self, ticket: &str) -> Result<AuthUser, ChatError> {
+        let value = URL_SAFE_NO_PAD
+            .decode(ticket)
+            .ok()
+            .filter(|value| value.len() == 32)
+            .ok_or(ChatError::InvalidTicket)?;
+        let holder = self
+            .store
+            .redeem_ticket(&value)
+            .await?
+            .ok_or(ChatError::InvalidTicket)?;
+        Ok(AuthUser {
+            id: holder.user_id,
+            expires_at: holder.token_expires_at,
+        })
     }
 
     /// A user, with whether they are online anywhere in the cluster.

@@ -79,6 +79,9 @@ pub enum ChatError {
     /// Every password hasher is busy; retry shortly.
     #[error("too many logins in progress; retry shortly")]
     HasherBusy,
+    /// A WebSocket ticket that is unknown, used or expired.
+    #[error("unknown, used or expired ticket; get a new one from POST /v1/ws/tickets")]
+    InvalidTicket,
     /// Too many failed logins for this username lately (SPEC §10).
     #[error("too many failed logins for this username; retry later")]
     TooManyAttempts { retry_after: Duration },
@@ -97,6 +100,9 @@ pub struct Chat {
     edits: Budget,
     /// Rooms and direct rooms created per user (SPEC §10).
     creations: Budget,
+    /// WebSocket tickets issued per user (SPEC §10): one a second, a burst as large as
+    /// the sockets a user may open.
+    tickets: Budget,
     /// Subscribes and unsubscribes per socket (SPEC §10).
     subscribes: Budget<crate::relay::SocketId>,
     /// Open sockets per user on this node (SPEC §10).
@@ -138,6 +144,7 @@ impl Chat {
                 f64::from(limits.room_creations_per_minute) / 60.0,
                 limits.room_creations_per_minute,
             ),
+            tickets: Budget::new(1.0, limits.sockets_per_user as u32),
             subscribes: Budget::new(
                 f64::from(limits.subscribes_per_second),
                 limits.subscribes_per_second,

@@ -526,3 +526,79 @@ async fn a_reaction_must_be_unicode_emoji() {
         json!([{"emoji": "❤\u{fe0f}", "count": 1, "me": true}])
     );
 }
+
+/// The status a refused WebSocket handshake to `url` is answered with.
+async fn refused_handshake(url: &str) -> u16 {
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
+        other => panic!("{url} was not refused: {other:?}"),
+    }
+}
+
+/// A new WebSocket ticket from `node` for the holder of `token`.
+async fn ws_ticket(node: &TestApp, token: &str) -> String {
+    let reply = node
+        .call(Method::POST, "/v1/ws/tickets", Some(token), None)
+        .await;
+    reply.assert_status(201);
+    assert!(reply.body["expires_at"].as_i64().unwrap() > 0);
+    reply.body["ticket"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn a_websocket_ticket_opens_one_socket_on_any_node_once_and_never_after_it_expires() {
+    let first = spawn_app().await;
+    let second = spawn_node(settings(&first.database_url)).await;
+    let alice = first.register("alice").await;
+    let room = first.create_room(&alice, "r", "public").await;
+    // Bought on one node, redeemed on the other: the socket works as alice's.
+    let one = ws_ticket(&first, &alice.token).await;
+    let url = format!("ws://{}/v1/ws?ticket={one}", second.addr);
+    let mut socket = crate::helpers::WsClient::open(url.clone()).await;
+    socket.subscribe(room, None).await;
+    // Used once: refused on either node.
+    assert_eq!(refused_handshake(&url).await, 401);
+    let on_first = format!("ws://{}/v1/ws?ticket={one}", first.addr);
+    assert_eq!(refused_handshake(&on_first).await, 401);
+    // The single-room route takes tickets too.
+    let two = ws_ticket(&second, &alice.token).await;
+    let single = format!("ws://{}/v1/ws/rooms/{room}?ticket={two}", first.addr);
+    crate::helpers::WsClient::open(single).await;
+    // Unknown, malformed and expired tickets are refused.
+    let unknown = "A".repeat(43);
+    for bad in [unknown.as_str(), "not-a-ticket", ""] {
+        let url = format!("ws://{}/v1/ws?ticket={bad}", first.addr);
+        assert_eq!(refused_handshake(&url).await, 401, "{bad}");
+    }
+    let three = ws_ticket(&first, &alice.token).await;
+    first
+        .db()
+        .await
+        .execute(
+            "UPDATE ws_tickets SET expires_at_ms = expires_at_ms - 31000",
+            &[],
+        )
+        .await
+        .unwrap();
+    let url = format!("ws://{}/v1/ws?ticket={three}", first.addr);
+    assert_eq!(refused_handshake(&url).await, 401);
+    // A socket opened with a ticket still ends when the token that bought it expires.
+    let exp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 2;
+    let short = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub": alice.id, "iss": "natter", "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(crate::helpers::JWT_SECRET.as_bytes()),
+    )
+    .unwrap();
+    let four = ws_ticket(&second, &short).await;
+    let url = format!("ws://{}/v1/ws?ticket={four}", first.addr);
+    let mut expiring = crate::helpers::WsClient::open(url).await;
+    assert_eq!(expiring.closed().await, 4001);
+    // Without a token there is no ticket.
+    let anonymous = first.call(Method::POST, "/v1/ws/tickets", None, None).await;
+    assert_eq!(anonymous.status.as_u16(), 401);
+}

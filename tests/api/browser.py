@@ -357,6 +357,18 @@ def run(alice, bob, alice_lb, bob_lb, port_a, port_b, pid_a, artifacts):
     wait(alice, lambda d: d.find_element(By.ID, "typing").text == "Bob is typing…", "typing shown")
     shot(alice, artifacts, "desktop.png")
     assert_accessible(alice, "a conversation with the member list")
+
+    # Both pages opened their sockets on node B with single-use tickets, never with the
+    # token in the URL, where proxies would log it (SPEC §10).
+    with urllib.request.urlopen(f"http://127.0.0.1:{port_b}/metrics", timeout=10) as response:
+        metrics = dict(
+            line.rsplit(" ", 1) for line in response.read().decode().splitlines()
+            if line.startswith("natter_websocket_") and "_total" in line
+        )
+    redeemed = [float(v) for k, v in metrics.items() if k.startswith("natter_websocket_tickets_redeemed_total")]
+    in_urls = [float(v) for k, v in metrics.items() if k.startswith("natter_websocket_tokens_in_urls_total")]
+    assert redeemed and redeemed[0] >= 2, metrics
+    assert in_urls == [0.0], metrics
     print("browser flow passed")
 
 

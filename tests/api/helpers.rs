@@ -385,7 +385,11 @@ impl WsClient {
     /// Connects to `path` (e.g. `/v1/ws`) on `addr` with `token` as `?token=`.
     pub async fn connect(addr: SocketAddr, path: &str, token: &str) -> Self {
         let separator = if path.contains('?') { '&' } else { '?' };
-        let url = format!("ws://{addr}{path}{separator}token={token}");
+        Self::open(format!("ws://{addr}{path}{separator}token={token}")).await
+    }
+
+    /// Connects to `url`, which carries its own credentials.
+    pub async fn open(url: String) -> Self {
         let (socket, _) = tokio_tungstenite::connect_async(url)
             .await
             .expect("websocket connects");

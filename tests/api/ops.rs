@@ -121,6 +121,7 @@ async fn the_openapi_document_covers_every_operation_with_an_id_a_tag_its_status
     let expected = [
         ("/auth/register", "post", "201"),
         ("/auth/login", "post", "200"),
+        ("/ws/tickets", "post", "201"),
         ("/users/me", "get", "200"),
         ("/users/{user_id}", "get", "404"),
         ("/rooms", "post", "201"),
@@ -174,6 +175,8 @@ async fn the_openapi_document_covers_every_operation_with_an_id_a_tag_its_status
         assert!(op["tags"][0].is_string(), "{method} {path} is tagged");
         assert!(op["summary"].is_string(), "{method} {path} is described");
     }
+    // The sign-in throttle's answer (SPEC §10) is documented.
+    assert!(paths["/auth/login"]["post"]["responses"]["429"].is_object());
     // Every schema of a request or response body shows an example in Swagger UI and in
     // generated clients' docs.
     let schemas = spec.body["components"]["schemas"].as_object().unwrap();

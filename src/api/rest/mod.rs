@@ -8,6 +8,7 @@ pub mod members;
 pub mod messages;
 pub mod presence;
 pub mod rooms;
+pub mod tickets;
 pub mod users;
 
 use std::borrow::Cow;

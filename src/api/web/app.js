@@ -153,15 +153,28 @@ function userName(userId) {
 const socket = {
   ws: null,
   open: false,
+  connecting: false,
   attempt: 0,
   retryTimer: 0,
   pingTimer: 0,
   pongTimer: 0,
 
-  connect() {
+  async connect() {
+    if (!state.token || this.connecting) return;
+    // A single-use ticket, not the token, goes in the URL: URLs end up in access logs.
+    this.connecting = true;
+    let ticket;
+    try {
+      ({ ticket } = await api("POST", "/ws/tickets"));
+    } catch {
+      this.connecting = false;
+      if (state.token) this.retryLater(0);
+      return;
+    }
+    this.connecting = false;
     if (!state.token) return;
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    const ws = new WebSocket(`${scheme}//${location.host}/v1/ws?token=${encodeURIComponent(state.token)}`);
+    const ws = new WebSocket(`${scheme}//${location.host}/v1/ws?ticket=${encodeURIComponent(ticket)}`);
     this.ws = ws;
     ws.onopen = () => {
       this.open = true;
@@ -193,13 +206,17 @@ const socket = {
         return;
       }
       if (!state.token) return;
-      // 1012 is a node draining: another is ready at once. Otherwise back off, with jitter
-      // so that a node's clients do not all return in the same instant.
-      const delay = event.code === 1012 ? 100 : Math.min(10000, 500 * 2 ** this.attempt) * (0.5 + Math.random() / 2);
-      this.attempt += 1;
-      setConnection("Reconnecting…", false);
-      this.retryTimer = setTimeout(() => this.connect(), delay);
+      this.retryLater(event.code);
     };
+  },
+
+  retryLater(code) {
+    // 1012 is a node draining: another is ready at once. Otherwise back off, with jitter
+    // so that a node's clients do not all return in the same instant.
+    const delay = code === 1012 ? 100 : Math.min(10000, 500 * 2 ** this.attempt) * (0.5 + Math.random() / 2);
+    this.attempt += 1;
+    setConnection("Reconnecting…", false);
+    this.retryTimer = setTimeout(() => this.connect(), delay);
   },
 
   close() {

@@ -1,8 +1,9 @@
 //! The WebSocket API (SPEC §4): `GET /v1/ws` (many rooms per socket) and
 //! `GET /v1/ws/rooms/{room_id}` (one room, subscribed at once).
 //!
-//! The upgrade authenticates (`?token=` or `Authorization: Bearer`), refuses new sockets
-//! while the node drains, and hands the socket to a [`session::Session`].
+//! The upgrade authenticates (`?ticket=` from `POST /v1/ws/tickets`, `Authorization:
+//! Bearer`, or `?token=` for compatibility), refuses new sockets while the node drains,
+//! and hands the socket to a [`session::Session`].
 
 mod session;
 mod writer;
@@ -22,7 +23,9 @@ use crate::{app::AppState, auth::AuthUser};
 
 #[derive(Debug, Deserialize)]
 pub struct ConnectParams {
-    /// The bearer token, for clients that cannot set headers on a WebSocket.
+    /// A single-use ticket (`POST /v1/ws/tickets`): what browsers should use.
+    ticket: Option<String>,
+    /// The bearer token itself, kept for compatibility: it ends up in access logs.
     token: Option<String>,
     /// For the single-room form: resume after this `seq`.
     since_seq: Option<i64>,
@@ -75,15 +78,26 @@ async fn authenticate(
             "this node is shutting down; reconnect",
         ));
     }
+    if let Some(ticket) = &params.ticket {
+        let user = state.chat.redeem_ws_ticket(ticket).await?;
+        state.metrics.count_ticket_redeemed();
+        return Ok(user);
+    }
     let header = req
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     let token = params.token.as_deref().or(header).ok_or_else(|| {
-        ApiError::unauthorized("a token is required (?token= or a bearer header)")
+        ApiError::unauthorized(
+            "a ticket or token is required (?ticket=, a bearer header or ?token=)",
+        )
     })?;
-    Ok(state.auth.verify(token).await?)
+    let user = state.auth.verify(token).await?;
+    if params.token.is_some() {
+        state.metrics.count_token_in_url();
+    }
+    Ok(user)
 }
 
 /// Upgrades the connection to a session, unless the user already has as many sockets
