@@ -31,6 +31,37 @@ pub enum RoomKind {
     Direct,
 }
 
+/// Why a user's subscriptions to a room ended without their asking (SPEC §10): the
+/// `reason` of the `unsubscribed` frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLost {
+    /// The owner removed them.
+    Removed,
+    /// They left.
+    Left,
+    /// The owner deleted the room.
+    RoomDeleted,
+}
+
+impl AccessLost {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccessLost::Removed => "removed",
+            AccessLost::Left => "left",
+            AccessLost::RoomDeleted => "room_deleted",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Some(match raw {
+            "removed" => AccessLost::Removed,
+            "left" => AccessLost::Left,
+            "room_deleted" => AccessLost::RoomDeleted,
+            _ => return None,
+        })
+    }
+}
+
 impl RoomKind {
     pub fn as_str(self) -> &'static str {
         match self {

@@ -112,8 +112,12 @@ pub enum ServerFrame<'a> {
         room_id: Uuid,
         last_seq: i64,
     },
+    /// `reason` is absent when the socket asked; `removed`, `left` or `room_deleted`
+    /// when its user lost access (SPEC §10).
     Unsubscribed {
         room_id: Uuid,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'static str>,
     },
     SendAck {
         client_msg_id: Option<&'a str>,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use crate::{
-    model::Message,
+    model::{AccessLost, Message},
     protocol::{PresenceStatus, ServerFrame},
 };
 
@@ -198,8 +198,8 @@ impl RoomEvent {
     }
 
     /// Ends `user_id`'s live subscriptions to a room on every node; everyone's with
-    /// `None` (the room was deleted).
-    pub fn revoke(room_id: Uuid, user_id: Option<Uuid>) -> Self {
+    /// `None` (the room was deleted). The payload is the reason.
+    pub fn revoke(room_id: Uuid, user_id: Option<Uuid>, reason: AccessLost) -> Self {
         Self {
             room_id,
             kind: EventKind::Revoke,
@@ -208,7 +208,7 @@ impl RoomEvent {
             typing: None,
             created_at: None,
             traceparent: None,
-            payload: Arc::from(""),
+            payload: Arc::from(reason.as_str()),
         }
     }
 

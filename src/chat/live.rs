@@ -129,8 +129,9 @@ impl Chat {
         if !connection.rooms.contains(&room_id) && connection.rooms.len() >= limit {
             return Err(ChatError::TooManyRooms { limit });
         }
-        self.store
-            .check_access(connection.user_id(), room_id)
+        let access_version = self
+            .store
+            .subscription_access(connection.user_id(), room_id)
             .await?;
         if connection.rooms.remove(&room_id) {
             self.hub.leave(room_id, connection.socket_id);
@@ -138,6 +139,7 @@ impl Chat {
         let subscriber = Subscriber {
             socket_id: connection.socket_id,
             user_id: connection.user_id(),
+            access_version,
             queue: connection.queue.clone(),
             closer: connection.closer.clone(),
         };
@@ -183,6 +185,22 @@ impl Chat {
             .send(Outbound::Unsubscribed { room_id })
             .await;
         Ok(())
+    }
+
+    /// The relay ended the socket's subscriptions to these rooms: its user lost access
+    /// (and the socket was told why). Forgets them, so room presence drops the socket.
+    pub fn forget_revoked(&self, connection: &mut Connection, rooms: Vec<Uuid>) {
+        let mut forgot = false;
+        for room_id in rooms {
+            if connection.rooms.remove(&room_id) {
+                self.hub.leave(room_id, connection.socket_id);
+                forgot = true;
+            }
+        }
+        if forgot {
+            self.presence
+                .set_rooms(connection.id, connection.rooms.clone());
+        }
     }
 
     /// The user starts or stops typing in a room they belong to. The room hears a change

@@ -10,7 +10,7 @@ use super::{Chat, ChatError, meter};
 use crate::{
     bus::RoomEvent,
     domain::{InvalidInput, RoomName, parse_seq},
-    model::{Member, MyRoom, Room, RoomKind},
+    model::{AccessLost, Member, MyRoom, Room, RoomKind},
     store::rooms::{ActivityCursor, Page},
 };
 
@@ -87,7 +87,8 @@ impl Chat {
     /// The owner deletes a room and its history; every subscriber loses it.
     pub async fn delete_room(&self, owner: Uuid, room_id: Uuid) -> Result<(), ChatError> {
         self.store.delete_room(owner, room_id).await?;
-        self.bus.publish(&RoomEvent::revoke(room_id, None)).await;
+        let event = RoomEvent::revoke(room_id, None, AccessLost::RoomDeleted);
+        self.bus.publish(&event).await;
         Ok(())
     }
 
@@ -100,7 +101,8 @@ impl Chat {
     /// subscriptions to it.
     pub async fn leave_room(&self, user: Uuid, room_id: Uuid) -> Result<(), ChatError> {
         let kind = self.store.leave_room(user, room_id).await?;
-        self.revoke_member(room_id, kind, user).await;
+        self.revoke_member(room_id, kind, user, AccessLost::Left)
+            .await;
         Ok(())
     }
 
@@ -141,16 +143,18 @@ impl Chat {
         user: Uuid,
     ) -> Result<(), ChatError> {
         let kind = self.store.remove_member(owner, room_id, user).await?;
-        self.revoke_member(room_id, kind, user).await;
+        self.revoke_member(room_id, kind, user, AccessLost::Removed)
+            .await;
         Ok(())
     }
 
     /// Ends `user`'s subscriptions to a room they just stopped belonging to, unless it is
-    /// public (anyone may read those).
-    async fn revoke_member(&self, room_id: Uuid, kind: RoomKind, user: Uuid) {
+    /// public (anyone may read those). This event is the fast path; if a node misses it,
+    /// its relay finds the loss in Postgres within a catch-up interval (SPEC §10).
+    async fn revoke_member(&self, room_id: Uuid, kind: RoomKind, user: Uuid, why: AccessLost) {
         if kind != RoomKind::Public {
             self.bus
-                .publish(&RoomEvent::revoke(room_id, Some(user)))
+                .publish(&RoomEvent::revoke(room_id, Some(user), why))
                 .await;
         }
     }

@@ -43,7 +43,8 @@ use reorder::Reorder;
 use crate::{
     bus::{Bus, EventKind, RoomEvent},
     histogram::LatencyHistogram,
-    store::Store,
+    model::AccessLost,
+    store::{Store, messages::RoomPosition},
     telemetry::TraceSpan,
 };
 
@@ -88,8 +89,10 @@ pub enum Outbound {
     /// The room accepted the subscription (boxed: rare, and every queue slot is as
     /// large as the largest variant).
     Subscribed(Box<Joined>),
-    /// The subscription ended (asked for, or access revoked).
+    /// The subscription ended, as the socket asked.
     Unsubscribed { room_id: Uuid },
+    /// The subscription ended because the user lost access to the room (boxed: rare).
+    Revoked(Box<(Uuid, AccessLost)>),
     /// A reply to one of the socket's own frames, already serialised.
     Frame(String),
 }
@@ -107,7 +110,9 @@ pub struct Joined {
 }
 
 /// Asks a socket to close with a code, from anywhere: a room whose queue to it is full
-/// (4008), the drain (1012), token expiry (4001). The first request wins.
+/// (4008), the drain (1012), token expiry (4001). The first request wins. Rooms also
+/// tell the socket here which of its subscriptions they ended because its user lost
+/// access, so the socket forgets them (and room presence drops it) at once.
 ///
 /// A once-cell and a `Notify` rather than a watch channel: every socket has one, and a
 /// watch channel's eight internal notifiers cost more than the rest of this.
@@ -115,9 +120,28 @@ pub struct Joined {
 pub struct Closer {
     code: OnceLock<(u16, &'static str)>,
     requested: Notify,
+    revoked: Mutex<Vec<Uuid>>,
+    revocations: Notify,
 }
 
 impl Closer {
+    /// A room ended the socket's subscription to it: its user lost access.
+    pub fn revoked(&self, room_id: Uuid) {
+        self.revoked.lock().expect("not poisoned").push(room_id);
+        // A stored permit if the socket is not waiting now: never missed.
+        self.revocations.notify_one();
+    }
+
+    /// Resolves once a room has ended a subscription since the last call.
+    pub async fn revocation(&self) {
+        self.revocations.notified().await;
+    }
+
+    /// The rooms that ended the socket's subscriptions since the last call.
+    pub fn take_revoked(&self) -> Vec<Uuid> {
+        std::mem::take(&mut *self.revoked.lock().expect("not poisoned"))
+    }
+
     pub fn close(&self, code: u16, reason: &'static str) {
         if self.code.set((code, reason)).is_ok() {
             self.requested.notify_waiters();
@@ -149,6 +173,9 @@ impl Closer {
 pub struct Subscriber {
     pub socket_id: SocketId,
     pub user_id: Uuid,
+    /// The room's `access_version` when the user's access was last checked: a loss of
+    /// access after that is found by checking again (SPEC §10).
+    pub access_version: i64,
     pub queue: mpsc::Sender<Outbound>,
     pub closer: Arc<Closer>,
 }
@@ -166,8 +193,12 @@ enum RoomCommand {
     Local(Arc<RoomEvent>),
     /// An event this node published, which NATS does not echo back to it.
     Published(Arc<RoomEvent>),
-    /// Postgres says the room's `last_seq` is this; deliver anything missing.
-    CatchUp(i64),
+    /// What Postgres says of the room: `last_seq` one interval ago (deliver anything
+    /// missing) and `access_version` now (`None`: the room is gone).
+    Check {
+        last_seq: Option<i64>,
+        access_version: Option<i64>,
+    },
 }
 
 struct RoomEntry {
@@ -226,6 +257,7 @@ impl RoomHub {
                 room_id,
                 subscribers: Vec::new(),
                 position: Reorder::new(0, self.inner.reorder_wait),
+                access_version: 0,
                 typing: HashMap::new(),
                 store: self.inner.store.clone(),
                 bus: self.inner.bus.clone(),
@@ -298,8 +330,10 @@ impl HubInner {
 }
 
 /// Every [`CATCH_UP_INTERVAL`] tells each active room the `last_seq` that Postgres had
-/// one interval earlier, and right after NATS reconnects the one it has now. Ends when
-/// the hub is dropped.
+/// one interval earlier, and right after NATS reconnects the one it has now, with the
+/// room's `access_version` now (so a loss of access whose NATS event this node missed
+/// ends delivery within an interval, and before any message committed after it is
+/// repaired). Ends when the hub is dropped.
 ///
 /// The interval's delay is what keeps this a repair of losses: a message committed a
 /// moment ago is normally still on its way to the room task (the announcer, NATS), and
@@ -313,8 +347,8 @@ async fn catch_up_loop(hub: Weak<HubInner>) {
     };
     let mut tick = tokio::time::interval(CATCH_UP_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Each active room's `last_seq` in Postgres at the previous tick.
-    let mut a_tick_ago: HashMap<Uuid, i64> = HashMap::new();
+    // Each active room's position in Postgres at the previous tick.
+    let mut a_tick_ago: HashMap<Uuid, RoomPosition> = HashMap::new();
     loop {
         let reconnected = tokio::select! {
             _ = tick.tick() => false,
@@ -334,14 +368,16 @@ async fn catch_up_loop(hub: Weak<HubInner>) {
             a_tick_ago.clear();
             continue;
         }
-        match hub.store.rooms_last_seq(&room_ids).await {
-            Ok(positions) => {
-                let now: HashMap<Uuid, i64> = positions.into_iter().collect();
+        match hub.store.rooms_positions(&room_ids).await {
+            Ok(now) => {
                 let due = if reconnected { &now } else { &a_tick_ago };
                 let rooms = hub.rooms.lock().expect("not poisoned");
-                for (room_id, last_seq) in due {
+                for room_id in &room_ids {
                     if let Some(entry) = rooms.get(room_id) {
-                        let _ = entry.commands.try_send(RoomCommand::CatchUp(*last_seq));
+                        let _ = entry.commands.try_send(RoomCommand::Check {
+                            last_seq: due.get(room_id).map(|p| p.last_seq),
+                            access_version: now.get(room_id).map(|p| p.access_version),
+                        });
                     }
                 }
                 if !reconnected {
@@ -359,6 +395,8 @@ struct RoomTask {
     subscribers: Vec<Subscriber>,
     /// What this node's subscribers have been delivered, and what waits for a gap.
     position: Reorder,
+    /// The room's `access_version` this task has checked its subscribers against.
+    access_version: i64,
     /// Users typing in this room, and when their indicator lapses.
     typing: HashMap<Uuid, Instant>,
     store: Store,
@@ -371,10 +409,11 @@ impl RoomTask {
         let mut nats = self.subscribe().await;
         // Start from the room's committed position: everything after it arrives on the
         // subscription (or is repaired), everything before is history for replay.
-        let Some(last_seq) = self.committed_last_seq(&commands).await else {
+        let Some(committed) = self.committed_position(&commands).await else {
             return;
         };
-        self.position = Reorder::new(last_seq, self.position.wait());
+        self.position = Reorder::new(committed.last_seq, self.position.wait());
+        self.access_version = committed.access_version;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
@@ -414,15 +453,24 @@ impl RoomTask {
         }
     }
 
-    /// The room's `last_seq` in Postgres, retried while the database is unreachable;
-    /// `None` if every subscriber left meanwhile.
-    async fn committed_last_seq(&self, commands: &mpsc::Receiver<RoomCommand>) -> Option<i64> {
+    /// The room's position in Postgres, retried while the database is unreachable;
+    /// `None` if every subscriber left meanwhile. A room deleted meanwhile is at zero (and
+    /// its subscribers are told at the next check).
+    async fn committed_position(
+        &self,
+        commands: &mpsc::Receiver<RoomCommand>,
+    ) -> Option<RoomPosition> {
         loop {
             if commands.is_closed() {
                 return None;
             }
-            match self.store.rooms_last_seq(&[self.room_id]).await {
-                Ok(found) => return Some(found.first().map_or(0, |(_, seq)| *seq)),
+            match self.store.rooms_positions(&[self.room_id]).await {
+                Ok(found) => {
+                    return Some(found.get(&self.room_id).copied().unwrap_or(RoomPosition {
+                        last_seq: 0,
+                        access_version: 0,
+                    }));
+                }
                 Err(err) => {
                     tracing::warn!(room_id = %self.room_id, error = %err, "cannot read last_seq; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -433,7 +481,21 @@ impl RoomTask {
 
     async fn on_command(&mut self, command: RoomCommand) {
         match command {
-            RoomCommand::Join(subscriber, since_seq) => {
+            RoomCommand::Join(mut subscriber, since_seq) => {
+                // Checked before a loss of access this task already knows of: check again
+                // (if Postgres cannot say now, the next check does).
+                if subscriber.access_version < self.access_version {
+                    match self.lost_access(&[subscriber.user_id]).await.as_deref() {
+                        Some([]) => subscriber.access_version = self.access_version,
+                        Some([(_, reason), ..]) => {
+                            subscriber.closer.revoked(self.room_id);
+                            let revoked = Outbound::Revoked(Box::new((self.room_id, *reason)));
+                            offer(&subscriber, revoked, &self.stats);
+                            return;
+                        }
+                        None => {}
+                    }
+                }
                 let subscribed = Outbound::Subscribed(Box::new(Joined {
                     room_id: self.room_id,
                     since_seq,
@@ -446,7 +508,25 @@ impl RoomTask {
             RoomCommand::Leave(socket_id) => self.subscribers.retain(|s| s.socket_id != socket_id),
             RoomCommand::Local(event) => self.deliver(&event),
             RoomCommand::Published(event) => self.on_event(event).await,
-            RoomCommand::CatchUp(committed) => {
+            RoomCommand::Check {
+                last_seq,
+                access_version,
+            } => {
+                // Access first: nothing committed after a loss of access is repaired to
+                // the user who lost it.
+                match access_version {
+                    None => self.revoke(|_| Some(AccessLost::RoomDeleted)),
+                    Some(version)
+                        if version > self.access_version
+                            || self.subscribers.iter().any(|s| s.access_version < version) =>
+                    {
+                        self.check_access(version).await;
+                    }
+                    Some(_) => {}
+                }
+                let Some(committed) = last_seq else {
+                    return;
+                };
                 let from = self.position.last_seq();
                 if committed > from {
                     bump(&self.stats.gap_repairs, 1);
@@ -490,22 +570,68 @@ impl RoomTask {
                 self.deliver(&event);
             }
             EventKind::Revoke => {
-                let user = event.user_id;
-                self.subscribers.retain(|s| {
-                    if user.is_some_and(|user| user != s.user_id) {
-                        return true;
-                    }
-                    offer(
-                        s,
-                        Outbound::Unsubscribed {
-                            room_id: event.room_id,
-                        },
-                        &self.stats,
-                    );
-                    false
-                });
+                let reason = AccessLost::parse(&event.payload).unwrap_or(AccessLost::Removed);
+                match event.user_id {
+                    Some(user) => self.revoke(|s| (s.user_id == user).then_some(reason)),
+                    None => self.revoke(|_| Some(reason)),
+                }
             }
             _ => self.deliver(&event),
+        }
+    }
+
+    /// Ends the subscriptions for which `lost` gives a reason: the socket hears
+    /// `unsubscribed` with it and forgets the room; nothing more of the room reaches it.
+    fn revoke(&mut self, lost: impl Fn(&Subscriber) -> Option<AccessLost>) {
+        let room_id = self.room_id;
+        self.subscribers.retain(|subscriber| {
+            let Some(reason) = lost(subscriber) else {
+                return true;
+            };
+            subscriber.closer.revoked(room_id);
+            offer(
+                subscriber,
+                Outbound::Revoked(Box::new((room_id, reason))),
+                &self.stats,
+            );
+            false
+        });
+    }
+
+    /// The room's `access_version` moved to `version`: someone lost access. Checks the
+    /// subscribers last checked before it and ends the subscriptions of those who can no
+    /// longer see the room. If Postgres cannot say now, the next check asks again.
+    async fn check_access(&mut self, version: i64) {
+        let mut users: Vec<Uuid> = self
+            .subscribers
+            .iter()
+            .filter(|s| s.access_version < version)
+            .map(|s| s.user_id)
+            .collect();
+        users.sort_unstable();
+        users.dedup();
+        let Some(lost) = self.lost_access(&users).await else {
+            return;
+        };
+        let lost: HashMap<Uuid, AccessLost> = lost.into_iter().collect();
+        self.revoke(|s| lost.get(&s.user_id).copied());
+        for subscriber in &mut self.subscribers {
+            subscriber.access_version = subscriber.access_version.max(version);
+        }
+        self.access_version = version;
+    }
+
+    /// Which of `users` lost access to the room, and why; `None` if Postgres cannot say.
+    async fn lost_access(&self, users: &[Uuid]) -> Option<Vec<(Uuid, AccessLost)>> {
+        if users.is_empty() {
+            return Some(Vec::new());
+        }
+        match self.store.lost_access(self.room_id, users).await {
+            Ok(lost) => Some(lost),
+            Err(err) => {
+                tracing::warn!(room_id = %self.room_id, error = %err, "access check failed; will retry");
+                None
+            }
         }
     }
 

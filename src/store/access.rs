@@ -26,19 +26,31 @@ impl Access {
         room_id: Uuid,
         user_id: Uuid,
     ) -> Result<Self, StoreError> {
+        Ok(Self::versioned(db, room_id, user_id).await?.0)
+    }
+
+    /// [`Access::of`], with the room's `access_version` at the time of the check: a
+    /// subscription remembers it, so the relay can tell whether a loss of access may
+    /// have come after the check.
+    pub async fn versioned(
+        db: &impl GenericClient,
+        room_id: Uuid,
+        user_id: Uuid,
+    ) -> Result<(Self, i64), StoreError> {
         let row = db
             .query_opt_cached(
-                "SELECT r.kind, m.role FROM rooms r
+                "SELECT r.kind, m.role, r.access_version FROM rooms r
                    LEFT JOIN members m ON m.room_id = r.id AND m.user_id = $2
                   WHERE r.id = $1",
                 &[&room_id, &user_id],
             )
             .await?
             .ok_or(StoreError::RoomNotFound)?;
-        Self::given(
+        let access = Self::given(
             RoomKind::from_db(row.get("kind")),
             row.get::<_, Option<&str>>("role").map(Role::from_db),
-        )
+        )?;
+        Ok((access, row.get("access_version")))
     }
 
     /// The standing of a user with `role` (`None`: not a member) in an existing room of

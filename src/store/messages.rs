@@ -14,10 +14,19 @@
 //!   under the room lock (or, within one batch, from the first send of its key); the
 //!   unique index on `(room_id, sender_id, client_msg_id)` of keyed messages backs this up.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use deadpool_postgres::GenericClient;
 use uuid::Uuid;
+
+/// A room's counters, as the relay compares them with what it delivered and checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoomPosition {
+    /// The highest `seq` committed.
+    pub last_seq: i64,
+    /// Bumped by every loss of access to the room ([`Store::lost_access`]).
+    pub access_version: i64,
+}
 
 use super::{
     CachedQuery, Store, StoreError,
@@ -142,16 +151,28 @@ impl Store {
         Ok(messages)
     }
 
-    /// The `last_seq` of each of `room_ids` that still exists.
-    pub async fn rooms_last_seq(&self, room_ids: &[Uuid]) -> Result<Vec<(Uuid, i64)>, StoreError> {
+    /// Where each of `room_ids` that still exists stands now.
+    pub async fn rooms_positions(
+        &self,
+        room_ids: &[Uuid],
+    ) -> Result<HashMap<Uuid, RoomPosition>, StoreError> {
         let client = self.client().await?;
         let rows = client
             .query_cached(
-                "SELECT id, last_seq FROM rooms WHERE id = ANY($1)",
+                "SELECT id, last_seq, access_version FROM rooms WHERE id = ANY($1)",
                 &[&room_ids],
             )
             .await?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let position = RoomPosition {
+                    last_seq: r.get(1),
+                    access_version: r.get(2),
+                };
+                (r.get(0), position)
+            })
+            .collect())
     }
 
     /// The highest `seq` of a room's messages created at or before `created_at_ms`

@@ -13,6 +13,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (2, include_str!("migrations/0002_message_insert_path.sql")),
     (3, include_str!("migrations/0003_sends_without_a_key.sql")),
     (4, include_str!("migrations/0004_credentials.sql")),
+    (5, include_str!("migrations/0005_access_revocations.sql")),
 ];
 
 /// Arbitrary, fixed key for `pg_advisory_xact_lock`: "natter" in ASCII.

@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::{Store, StoreError, access::Access, rows};
 use crate::{
     domain::{InvalidInput, RoomName},
-    model::{Member, MyRoom, Role, Room, RoomKind},
+    model::{AccessLost, Member, MyRoom, Role, Room, RoomKind},
 };
 
 /// Columns of a [`Room`] as seen by the user bound to `$1` (a direct room is named after
@@ -23,6 +23,30 @@ const ROOM_COLUMNS: &str = "r.id,
           WHERE om.room_id = r.id AND om.user_id <> $1 LIMIT 1), r.name)
     ELSE r.name END AS name,
     r.kind, r.owner_id, r.created_at, r.last_seq, r.member_count";
+
+/// Deletes a membership. In a private or direct room that is a loss of access: one
+/// statement also bumps the room's `access_version` and records why, so every node's
+/// relay finds out even if the NATS event is lost (SPEC §10).
+async fn end_membership(
+    db: &impl GenericClient,
+    room_id: Uuid,
+    user_id: Uuid,
+    reason: AccessLost,
+) -> Result<(), StoreError> {
+    db.execute_cached(
+        "WITH gone AS (
+             DELETE FROM members WHERE room_id = $1 AND user_id = $2 RETURNING room_id),
+         bumped AS (
+             UPDATE rooms SET access_version = access_version + 1
+              WHERE id IN (SELECT room_id FROM gone) AND kind <> 'public' RETURNING id)
+         INSERT INTO access_revocations (room_id, user_id, reason)
+         SELECT id, $2, $3 FROM bumped
+         ON CONFLICT (room_id, user_id) DO UPDATE SET reason = EXCLUDED.reason",
+        &[&room_id, &user_id, &reason.as_str()],
+    )
+    .await?;
+    Ok(())
+}
 
 fn room_from_row(row: &Row) -> Room {
     Room {
@@ -156,6 +180,58 @@ impl Store {
         Ok(Access::of(&client, room_id, viewer).await?.role)
     }
 
+    /// Checks that `viewer` may see a room, for a subscription: the room's
+    /// `access_version` now (see [`Store::lost_access`]).
+    pub async fn subscription_access(
+        &self,
+        viewer: Uuid,
+        room_id: Uuid,
+    ) -> Result<i64, StoreError> {
+        let client = self.client().await?;
+        Ok(Access::versioned(&client, room_id, viewer).await?.1)
+    }
+
+    /// Which of `users` can no longer see a room, and why (SPEC §10): the relay's check
+    /// once the room's `access_version` moved. A deleted room is lost to everyone.
+    pub async fn lost_access(
+        &self,
+        room_id: Uuid,
+        users: &[Uuid],
+    ) -> Result<Vec<(Uuid, AccessLost)>, StoreError> {
+        let client = self.client().await?;
+        let room = client
+            .query_opt_cached("SELECT kind FROM rooms WHERE id = $1", &[&room_id])
+            .await?;
+        let Some(room) = room else {
+            return Ok(users
+                .iter()
+                .map(|u| (*u, AccessLost::RoomDeleted))
+                .collect());
+        };
+        if RoomKind::from_db(room.get(0)) == RoomKind::Public {
+            return Ok(Vec::new());
+        }
+        let rows = client
+            .query_cached(
+                "SELECT u.id, r.reason FROM unnest($2::uuid[]) AS u (id)
+                   LEFT JOIN access_revocations r ON r.room_id = $1 AND r.user_id = u.id
+                  WHERE NOT EXISTS (
+                      SELECT 1 FROM members m WHERE m.room_id = $1 AND m.user_id = u.id)",
+                &[&room_id, &users],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let reason = match row.get::<_, Option<&str>>(1) {
+                    Some("left") => AccessLost::Left,
+                    _ => AccessLost::Removed,
+                };
+                (row.get(0), reason)
+            })
+            .collect())
+    }
+
     #[tracing::instrument(skip(self))]
     pub async fn get_room(&self, viewer: Uuid, room_id: Uuid) -> Result<Room, StoreError> {
         let client = self.client().await?;
@@ -233,12 +309,7 @@ impl Store {
             Some(Role::Owner) => return Err(StoreError::OwnerCannotLeave),
             Some(Role::Member) => {}
         }
-        client
-            .execute_cached(
-                "DELETE FROM members WHERE room_id = $1 AND user_id = $2",
-                &[&room_id, &viewer],
-            )
-            .await?;
+        end_membership(&client, room_id, viewer, AccessLost::Left).await?;
         Ok(access.kind)
     }
 
@@ -329,12 +400,7 @@ impl Store {
         if user_id == viewer {
             return Err(StoreError::OwnerCannotLeave);
         }
-        client
-            .execute_cached(
-                "DELETE FROM members WHERE room_id = $1 AND user_id = $2",
-                &[&room_id, &user_id],
-            )
-            .await?;
+        end_membership(&client, room_id, user_id, AccessLost::Removed).await?;
         Ok(access.kind)
     }
 

@@ -14,8 +14,9 @@ use natter::{
 use reqwest::{Method, StatusCode, header::HeaderMap};
 use serde_json::{Value, json};
 use tokio::{
+    net::{TcpListener, TcpStream},
     process::{Child, Command},
-    sync::oneshot,
+    sync::{oneshot, watch},
 };
 use uuid::Uuid;
 
@@ -574,4 +575,31 @@ impl NodeProcess {
             .unwrap();
         assert!(status.success());
     }
+}
+
+/// A TCP proxy in front of Postgres or NATS that the test can cut and restore, so "the
+/// server is unreachable" is real network behaviour without stopping the shared server.
+/// Cutting ends every connection through it; new ones are refused until restored.
+pub async fn cuttable_proxy(upstream: SocketAddr) -> (SocketAddr, watch::Sender<bool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (cut_tx, cut_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            if *cut_rx.borrow() {
+                continue;
+            }
+            let mut cut = cut_rx.clone();
+            tokio::spawn(async move {
+                let Ok(mut server) = TcpStream::connect(upstream).await else {
+                    return;
+                };
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                    _ = cut.wait_for(|cut| *cut) => {}
+                }
+            });
+        }
+    });
+    (addr, cut_tx)
 }

@@ -5,12 +5,8 @@ use std::{net::SocketAddr, time::Duration};
 
 use futures_util::future::join_all;
 use reqwest::Method;
-use tokio::{
-    net::{TcpListener, TcpStream},
-    sync::watch,
-};
 
-use crate::helpers::{WsClient, create_database, settings, spawn_app, spawn_node};
+use crate::helpers::{WsClient, create_database, cuttable_proxy, settings, spawn_app, spawn_node};
 
 #[tokio::test]
 async fn health_readiness_and_metrics_answer_without_auth() {
@@ -212,32 +208,6 @@ async fn ten_nodes_starting_at_once_on_a_fresh_database_migrate_it_once() {
     let alice = nodes[3].register("alice").await;
     let room = nodes[7].create_room(&alice, "r", "public").await;
     nodes[9].send(&alice, room, "works").await;
-}
-
-/// A TCP proxy in front of Postgres that the test can cut and restore, so "Postgres is
-/// unreachable" is real network behaviour without stopping the shared server.
-async fn cuttable_proxy(upstream: SocketAddr) -> (SocketAddr, watch::Sender<bool>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (cut_tx, cut_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        while let Ok((mut client, _)) = listener.accept().await {
-            if *cut_rx.borrow() {
-                continue;
-            }
-            let mut cut = cut_rx.clone();
-            tokio::spawn(async move {
-                let Ok(mut server) = TcpStream::connect(upstream).await else {
-                    return;
-                };
-                tokio::select! {
-                    _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                    _ = cut.wait_for(|cut| *cut) => {}
-                }
-            });
-        }
-    });
-    (addr, cut_tx)
 }
 
 #[tokio::test]

@@ -143,6 +143,8 @@ impl Session {
         let closer = self.closer.clone();
         let requested = closer.requested();
         tokio::pin!(requested);
+        let revocation = closer.revocation();
+        tokio::pin!(revocation);
         let mut last_read = Instant::now();
         // `None` for a token good past the clock's range.
         let expires_at = last_read.checked_add(Duration::from_secs(
@@ -200,6 +202,11 @@ impl Session {
                         return Some((1001, "idle"));
                     }
                     limit.as_mut().reset(next_limit(quiet_until));
+                }
+                () = &mut revocation => {
+                    revocation.set(closer.revocation());
+                    let rooms = closer.take_revoked();
+                    self.state.chat.forget_revoked(&mut self.connection, rooms);
                 }
                 _ = &mut requested => return None,
                 () = &mut draining => return Some((1012, "service restart: reconnect and resume")),

@@ -20,8 +20,10 @@ use uuid::Uuid;
 use crate::{
     app::AppState,
     bus::{EventKind, RoomEvent},
+    chat::ChatError,
     protocol::ServerFrame,
     relay::{Closer, Joined, Outbound},
+    store::StoreError,
 };
 
 /// How often the server pings, so idle-but-alive clients answer within the session's
@@ -153,12 +155,23 @@ impl Writer {
                 self.cursors.start(room_id, since.max(last_seq));
                 result
             }
-            Outbound::Unsubscribed { room_id } => {
-                self.cursors.end(room_id);
-                let frame = ServerFrame::Unsubscribed { room_id }.to_json();
-                self.feed(WsMessage::Text(frame)).await
+            Outbound::Unsubscribed { room_id } => self.unsubscribed(room_id, None).await,
+            Outbound::Revoked(revoked) => {
+                let (room_id, reason) = *revoked;
+                self.unsubscribed(room_id, Some(reason.as_str())).await
             }
         }
+    }
+
+    /// Ends the room's stream for the socket: nothing of the room passes after this.
+    async fn unsubscribed(
+        &mut self,
+        room_id: Uuid,
+        reason: Option<&'static str>,
+    ) -> Result<(), Stop> {
+        self.cursors.end(room_id);
+        let frame = ServerFrame::Unsubscribed { room_id, reason }.to_json();
+        self.feed(WsMessage::Text(frame)).await
     }
 
     /// Sends the room's messages in `(since, upto]` from Postgres, a page at a time, each
@@ -174,6 +187,10 @@ impl Writer {
             let messages = match page {
                 Ok(messages) if !messages.is_empty() => messages,
                 Ok(_) => return Ok(()),
+                // The user lost access meanwhile: the room's `unsubscribed` is on its way.
+                Err(ChatError::Store(StoreError::RoomNotFound | StoreError::NotMember)) => {
+                    return Ok(());
+                }
                 Err(err) => {
                     // Without the history the client would have a hole: make it resume.
                     tracing::warn!(%room_id, error = %err, "replay failed");
@@ -343,7 +360,7 @@ mod tests {
             RoomEvent::read(ROOM, ME, 1),
             RoomEvent::typing(ROOM, OTHER, true),
             RoomEvent::read(ROOM, OTHER, 1),
-            RoomEvent::revoke(ROOM, Some(OTHER)),
+            RoomEvent::revoke(ROOM, Some(OTHER), crate::model::AccessLost::Removed),
         ];
         assert_eq!(
             admitted(&mut cursors, &events),
