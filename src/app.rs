@@ -5,7 +5,10 @@
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
-use poem::{Server, listener::Acceptor};
+use poem::{
+    Server,
+    listener::{Acceptor, Listener, TcpAcceptor, TcpListener},
+};
 use prometheus_client::{collector::Collector, encoding::DescriptorEncoder, registry::Registry};
 use tokio::sync::watch;
 
@@ -177,6 +180,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub struct Application {
     acceptor: ChatAcceptor,
     local_addr: SocketAddr,
+    /// `METRICS_ADDR`'s listener, and the address it bound.
+    metrics: Option<(TcpAcceptor, SocketAddr)>,
     state: AppState,
 }
 
@@ -189,8 +194,13 @@ impl Application {
             settings.database_ca_file.as_deref(),
         )?;
         migrate_when_reachable(&store).await?;
-        let bus =
-            Bus::connect(&settings.nats_url, &settings.node_id, &settings.nats_prefix).await?;
+        let bus = Bus::connect(
+            &settings.nats_url,
+            &settings.nats_auth,
+            &settings.node_id,
+            &settings.nats_prefix,
+        )
+        .await?;
         let signing_key = auth::local_signing_key(&settings.auth, &store).await?;
         let auth = Authenticator::new(&settings.auth, &signing_key, store.clone());
         let hub = RoomHub::new(store.clone(), bus.clone(), settings.reorder_wait);
@@ -216,6 +226,21 @@ impl Application {
             .first()
             .and_then(|a| a.as_socket_addr().copied())
             .unwrap_or(settings.listen_addr);
+        let metrics_listener = match settings.metrics_addr {
+            Some(addr) => {
+                let acceptor = TcpListener::bind(addr)
+                    .into_acceptor()
+                    .await
+                    .map_err(|source| StartError::Listen { addr, source })?;
+                let bound = acceptor
+                    .local_addr()
+                    .first()
+                    .and_then(|a| a.as_socket_addr().copied())
+                    .unwrap_or(addr);
+                Some((acceptor, bound))
+            }
+            None => None,
+        };
         let metrics = Arc::new(Metrics::default());
         let (shutdown, draining) = watch::channel(false);
         let live = LiveValues {
@@ -254,6 +279,7 @@ impl Application {
         Ok(Self {
             acceptor,
             local_addr,
+            metrics: metrics_listener,
             state,
         })
     }
@@ -261,6 +287,11 @@ impl Application {
     /// The address actually bound (the real port when configured with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where `/metrics` is served when `METRICS_ADDR` is set (the real port).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|(_, addr)| *addr)
     }
 
     /// Serves until `shutdown` resolves, then drains (SPEC §1.7): marks the node as
@@ -292,9 +323,19 @@ impl Application {
             state.presence.flush(PRESENCE_FLUSH_GRACE).await;
         };
         tracing::info!(addr = %self.local_addr, node_id = %self.state.settings.node_id, "serving");
-        Server::new_with_acceptor(self.acceptor)
+        // Scrapes need no drain: the metrics listener ends with the node.
+        let metrics = self.metrics.map(|(acceptor, addr)| {
+            tracing::info!(%addr, "serving /metrics");
+            let routes = api::metrics_routes(self.state.clone());
+            tokio::spawn(Server::new_with_acceptor(acceptor).run(routes))
+        });
+        let served = Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(api::routes(self.state), signal, Some(SHUTDOWN_GRACE))
-            .await
+            .await;
+        if let Some(metrics) = metrics {
+            metrics.abort();
+        }
+        served
     }
 }
 

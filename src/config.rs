@@ -3,7 +3,7 @@
 //! Every setting is parsed up front, so a bad or missing one stops start-up with a single
 //! line that names it instead of failing later under load.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
@@ -34,6 +34,9 @@ pub struct Settings {
     /// First token of every NATS subject and of the presence bucket's name, so several
     /// clusters (or test runs) can share one NATS.
     pub nats_prefix: String,
+    /// How the node proves itself to NATS and checks NATS's certificate, beyond what
+    /// `nats_url` carries (SPEC §10).
+    pub nats_auth: NatsAuth,
     /// How long a connection's presence outlives its node's last refresh.
     pub presence_ttl: Duration,
     /// Replicas of the presence bucket; defaults to the number of NATS servers given.
@@ -43,6 +46,9 @@ pub struct Settings {
     pub reorder_wait: Duration,
     /// Address the HTTP server binds; port 0 picks a free one (tests).
     pub listen_addr: SocketAddr,
+    /// Where `/metrics` is served instead of `listen_addr`, when set: a port that the
+    /// balancer and the Ingress do not route.
+    pub metrics_addr: Option<SocketAddr>,
     /// Names this node in logs and metrics; defaults to the host name.
     pub node_id: String,
     /// Natter's own token settings.
@@ -69,10 +75,12 @@ impl std::fmt::Debug for Settings {
             .field("database_ca_file", &self.database_ca_file)
             .field("nats_url", &"<redacted>")
             .field("nats_prefix", &self.nats_prefix)
+            .field("nats_auth", &self.nats_auth)
             .field("presence_ttl", &self.presence_ttl)
             .field("presence_replicas", &self.presence_replicas)
             .field("reorder_wait", &self.reorder_wait)
             .field("listen_addr", &self.listen_addr)
+            .field("metrics_addr", &self.metrics_addr)
             .field("node_id", &self.node_id)
             .field("auth", &self.auth)
             .field("limits", &self.limits)
@@ -90,6 +98,20 @@ impl std::fmt::Debug for Settings {
 pub enum LogFormat {
     Json,
     Text,
+}
+
+/// Files that authenticate the node to NATS and verify NATS's certificate. A user and
+/// password or a token can also ride in `NATS_URL` itself (`nats://user:pass@host`), and
+/// `tls://` asks for TLS.
+#[derive(Clone, Debug, Default)]
+pub struct NatsAuth {
+    /// A NATS `.creds` file (a user JWT and its nkey seed: decentralised auth).
+    pub creds_file: Option<PathBuf>,
+    /// A file holding the password of the user named in `NATS_URL` (`nats://natter@…`):
+    /// for passwords generated into a volume or mounted from a secret.
+    pub password_file: Option<PathBuf>,
+    /// A CA certificate (PEM) to verify the NATS servers with; implies TLS.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// How Natter issues its own tokens and which external issuers it trusts.
@@ -230,8 +252,15 @@ settings_args! {
     database_pool_size: "DATABASE_POOL_SIZE" = "16";
     /// An extra CA certificate (PEM) for Postgres over TLS.
     database_ca_file: "DATABASE_CA_FILE";
-    /// NATS servers, comma-separated for a cluster.
+    /// NATS servers, comma-separated for a cluster; may carry a user and password or a
+    /// token (`nats://user:pass@host:4222`), and `tls://` for TLS.
     nats_url: "NATS_URL";
+    /// A NATS `.creds` file (decentralised auth: user JWT and nkey seed).
+    nats_creds_file: "NATS_CREDS_FILE";
+    /// A file holding the password of the user NATS_URL names (`nats://natter@host`).
+    nats_password_file: "NATS_PASSWORD_FILE";
+    /// A CA certificate (PEM) that signed the NATS servers' certificates; implies TLS.
+    nats_ca_file: "NATS_CA_FILE";
     /// First token of every NATS subject and of the presence bucket's name.
     nats_prefix: "NATS_PREFIX" = "natter";
     /// Signs Natter's own tokens (HS256); at least 32 bytes [default: a random key the
@@ -244,6 +273,8 @@ settings_args! {
     jwt_issuers: "JWT_ISSUERS";
     /// Address the HTTP server binds.
     listen_addr: "LISTEN_ADDR" = "0.0.0.0:8080";
+    /// Serve /metrics on this address instead of LISTEN_ADDR [default: on LISTEN_ADDR].
+    metrics_addr: "METRICS_ADDR";
     /// Names this node in logs, metrics and presence [default: the host name].
     node_id: "NODE_ID";
     /// Longest message text, in characters.
@@ -347,9 +378,19 @@ impl Settings {
         };
         let token_ttl = Duration::from_secs(number(&lookup, "JWT_TTL_SECS", 86_400)?);
         let database_pool_size = number(&lookup, "DATABASE_POOL_SIZE", 16)?;
-        let database_ca_file = match lookup("DATABASE_CA_FILE").filter(|v| !v.is_empty()) {
-            Some(path) if std::path::Path::new(&path).is_file() => Some(path.into()),
-            Some(_) => return Err(bad("DATABASE_CA_FILE", "is not a readable file")),
+        let readable_file = |name: &'static str| match lookup(name).filter(|v| !v.is_empty()) {
+            Some(path) if std::path::Path::new(&path).is_file() => Ok(Some(PathBuf::from(path))),
+            Some(_) => Err(bad(name, "is not a readable file")),
+            None => Ok(None),
+        };
+        let database_ca_file = readable_file("DATABASE_CA_FILE")?;
+        let nats_auth = NatsAuth {
+            creds_file: readable_file("NATS_CREDS_FILE")?,
+            password_file: readable_file("NATS_PASSWORD_FILE")?,
+            ca_file: readable_file("NATS_CA_FILE")?,
+        };
+        let metrics_addr = match lookup("METRICS_ADDR").filter(|v| !v.is_empty()) {
+            Some(addr) => Some(addr.parse().map_err(|e| bad("METRICS_ADDR", e))?),
             None => None,
         };
         let defaults = Limits::default();
@@ -435,10 +476,12 @@ impl Settings {
             database_ca_file,
             nats_url,
             nats_prefix,
+            nats_auth,
             presence_ttl,
             presence_replicas,
             reorder_wait,
             listen_addr,
+            metrics_addr,
             node_id,
             auth: AuthSettings {
                 jwt_secret,

@@ -18,7 +18,18 @@ use poem_openapi::OpenApiService;
 
 use crate::app::AppState;
 
-/// Builds the whole HTTP surface of a node.
+/// `/metrics` alone, for `METRICS_ADDR`'s listener: a port neither the balancer nor the
+/// Ingress routes (SPEC §10).
+pub fn metrics_routes(state: AppState) -> impl Endpoint {
+    Route::new()
+        .at("/metrics", get(ops::metrics))
+        .catch_all_error(error::envelope_poem_error)
+        .data(state)
+        .into_endpoint()
+}
+
+/// Builds the whole HTTP surface of a node (without `/metrics` when it has a listener
+/// of its own).
 pub fn routes(state: AppState) -> impl Endpoint {
     let api = OpenApiService::new(
         (
@@ -43,7 +54,11 @@ pub fn routes(state: AppState) -> impl Endpoint {
     let docs = api.swagger_ui();
     let max_body_bytes = state.settings.limits.max_body_bytes;
     let cors_origins: std::sync::Arc<[String]> = state.settings.cors_origins.clone().into();
-    Route::new()
+    let mut route = Route::new();
+    if state.settings.metrics_addr.is_none() {
+        route = route.at("/metrics", get(ops::metrics));
+    }
+    route
         .at("/v1/ws", get(ws::connect))
         .at("/v1/ws/rooms/:room_id", get(ws::connect_room))
         .nest("/v1", api)
@@ -51,7 +66,6 @@ pub fn routes(state: AppState) -> impl Endpoint {
         .nest("/docs", docs)
         .at("/healthz", get(ops::healthz))
         .at("/readyz", get(ops::readyz))
-        .at("/metrics", get(ops::metrics))
         .at("/", get(web::index))
         .at("/app.js", get(web::script))
         .at("/app.css", get(web::style))

@@ -31,7 +31,7 @@ use uuid::Uuid;
 
 pub use event::{EventKind, RoomEvent};
 
-use crate::telemetry::TraceSpan;
+use crate::{config::NatsAuth, telemetry::TraceSpan};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -61,21 +61,92 @@ pub struct Bus {
     local: Arc<OnceLock<LocalDelivery>>,
 }
 
+/// Credentials given in `NATS_URL` (async-nats reads only those set on its options).
+#[derive(Debug, PartialEq, Eq)]
+enum UrlCredentials {
+    UserPassword(String, String),
+    /// A user alone: with `NATS_PASSWORD_FILE`, or else a token (`nats://token@host`).
+    User(String),
+}
+
+/// The credentials the URLs carry: the same on every server, or none.
+fn url_credentials(servers: &[ServerAddr]) -> Result<Option<UrlCredentials>, BusError> {
+    let of = |server: &ServerAddr| {
+        let user = server.username()?;
+        Some(match server.password() {
+            Some(password) => UrlCredentials::UserPassword(user.into(), password.into()),
+            None => UrlCredentials::User(user.into()),
+        })
+    };
+    let first = servers.first().and_then(of);
+    if servers.iter().any(|server| of(server) != first) {
+        return Err(BusError::InvalidUrl(
+            "give the same credentials on every server, or none".into(),
+        ));
+    }
+    Ok(first)
+}
+
+/// async-nats options that authenticate as `NATS_URL`'s credentials, a `.creds` file or
+/// a user and password file say, and verify the servers with a CA file if given.
+async fn connect_options(
+    servers: &[ServerAddr],
+    auth: &NatsAuth,
+) -> Result<ConnectOptions, BusError> {
+    let unreadable = |what: &str, err: std::io::Error| BusError::Connect(format!("{what}: {err}"));
+    let mut options = match &auth.creds_file {
+        Some(path) => ConnectOptions::with_credentials_file(path)
+            .await
+            .map_err(|e| unreadable("NATS_CREDS_FILE", e))?,
+        None => ConnectOptions::new(),
+    };
+    options = match (url_credentials(servers)?, &auth.password_file) {
+        (Some(UrlCredentials::User(user)), Some(path)) => {
+            let password = tokio::fs::read_to_string(path)
+                .await
+                .map_err(|e| unreadable("NATS_PASSWORD_FILE", e))?;
+            options.user_and_password(user, password.trim().to_string())
+        }
+        (_, Some(_)) => {
+            return Err(BusError::InvalidUrl(
+                "NATS_PASSWORD_FILE needs a user and no password in NATS_URL (nats://natter@host)"
+                    .into(),
+            ));
+        }
+        (Some(UrlCredentials::UserPassword(user, password)), None) => {
+            options.user_and_password(user, password)
+        }
+        (Some(UrlCredentials::User(token)), None) => options.token(token),
+        (None, None) => options,
+    };
+    if let Some(ca) = &auth.ca_file {
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    Ok(options)
+}
+
 /// Takes an event this node publishes to its own subscribers.
 pub type LocalDelivery = Box<dyn Fn(RoomEvent) + Send + Sync>;
 
 impl Bus {
-    /// Connects to the comma-separated servers of `urls`.
-    pub async fn connect(urls: &str, node_id: &str, prefix: &str) -> Result<Self, BusError> {
+    /// Connects to the comma-separated servers of `urls`, authenticated as they and
+    /// `auth` say (SPEC §10).
+    pub async fn connect(
+        urls: &str,
+        auth: &NatsAuth,
+        node_id: &str,
+        prefix: &str,
+    ) -> Result<Self, BusError> {
         let servers = urls
             .split(',')
             .map(|u| u.trim().parse::<ServerAddr>())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| BusError::InvalidUrl(e.to_string()))?;
+        let options = connect_options(&servers, auth).await?;
         let connections = watch::Sender::new(0);
         let failures = Arc::new(AtomicU64::new(0));
         let (on_event, on_failure) = (connections.clone(), failures.clone());
-        let client = ConnectOptions::new()
+        let client = options
             .name(format!("natter:{node_id}"))
             .no_echo()
             .connection_timeout(Duration::from_secs(3))
@@ -219,5 +290,34 @@ impl Bus {
             .map_err(|_| BusError::Subscribe("flush timed out".into()))?
             .map_err(|e| BusError::Subscribe(e.to_string()))?;
         Ok(subscriber)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn servers(urls: &[&str]) -> Vec<ServerAddr> {
+        urls.iter().map(|u| u.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn credentials_in_the_urls_are_read_and_must_agree() {
+        let both = servers(&["nats://natter:secret@a:4222", "nats://natter:secret@b:4222"]);
+        assert_eq!(
+            url_credentials(&both).unwrap(),
+            Some(UrlCredentials::UserPassword(
+                "natter".into(),
+                "secret".into()
+            ))
+        );
+        let token = servers(&["tls://s3cr3t-token@a:4222"]);
+        assert_eq!(
+            url_credentials(&token).unwrap(),
+            Some(UrlCredentials::User("s3cr3t-token".into()))
+        );
+        assert_eq!(url_credentials(&servers(&["nats://a:4222"])).unwrap(), None);
+        let mixed = servers(&["nats://natter:secret@a:4222", "nats://b:4222"]);
+        assert!(url_credentials(&mixed).is_err());
     }
 }

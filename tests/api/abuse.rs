@@ -780,3 +780,109 @@ async fn leaving_or_deleting_a_room_tells_each_socket_why_and_room_presence_drop
         Some(json!({"type": "unsubscribed", "room_id": room, "reason": "room_deleted"}))
     );
 }
+
+#[tokio::test]
+async fn a_nats_with_authorization_refuses_strangers_and_natter_signs_in_from_its_url_or_a_password_file()
+ {
+    // A NATS of our own that only knows the user natter, with a password nobody ships.
+    let dir = std::env::temp_dir().join(format!(
+        "natter-nats-auth-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let password = uuid::Uuid::new_v4().simple().to_string();
+    let config = dir.join("nats.conf");
+    std::fs::write(
+        &config,
+        format!("authorization {{ users = [ {{ user: natter, password: \"{password}\" }} ] }}\n"),
+    )
+    .unwrap();
+    let port = crate::helpers::free_port();
+    let _nats = tokio::process::Command::new(std::env::var("NATTER_TEST_NATS_SERVER").unwrap())
+        .arg("-c")
+        .arg(&config)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(&dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut up = false;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up, "nats-server listens");
+    // No credentials, or wrong ones: refused (no reading rooms, no injecting events).
+    for url in [
+        format!("nats://127.0.0.1:{port}"),
+        format!("nats://natter:guess@127.0.0.1:{port}"),
+    ] {
+        let options = async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(2));
+        assert!(options.connect(url.as_str()).await.is_err(), "{url}");
+    }
+    // One node with the password in NATS_URL, one with it in NATS_PASSWORD_FILE.
+    let first = spawn_app_with(|s| {
+        s.nats_url = format!("nats://natter:{password}@127.0.0.1:{port}");
+    })
+    .await;
+    let password_file = dir.join("password");
+    std::fs::write(&password_file, format!("{password}\n")).unwrap();
+    let mut second = settings(&first.database_url);
+    second.nats_url = format!("nats://natter@127.0.0.1:{port}");
+    second.nats_auth.password_file = Some(password_file);
+    let second = spawn_node(second).await;
+    for node in [&first, &second] {
+        let ready = node.call(Method::GET, "/readyz", None, None).await;
+        assert_eq!(ready.body["nats"], true);
+    }
+    // A message crosses between them through the authenticated NATS.
+    let alice = first.register("alice").await;
+    let room = first.create_room(&alice, "r", "public").await;
+    let mut socket = crate::helpers::WsClient::connect(second.addr, "/v1/ws", &alice.token).await;
+    socket.subscribe(room, None).await;
+    first
+        .send(&alice, room, "through the closed backbone")
+        .await;
+    assert_eq!(
+        socket.recv_type("message").await["message"]["text"],
+        "through the closed backbone"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn with_metrics_addr_the_api_port_has_no_metrics_and_the_metrics_port_nothing_else() {
+    let app = spawn_app_with(|s| s.metrics_addr = Some("127.0.0.1:0".parse().unwrap())).await;
+    let public = app.call(Method::GET, "/metrics", None, None).await;
+    assert_eq!(public.status.as_u16(), 404);
+    let metrics_addr = app.metrics_addr.expect("a metrics listener");
+    let scrape = app
+        .http()
+        .get(format!("http://{metrics_addr}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(scrape.status(), 200);
+    assert!(
+        scrape
+            .text()
+            .await
+            .unwrap()
+            .contains("natter_websockets_open")
+    );
+    let other = app
+        .http()
+        .get(format!("http://{metrics_addr}/v1/users/me"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 404);
+}

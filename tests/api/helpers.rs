@@ -63,10 +63,12 @@ pub fn settings(database_url: &str) -> Settings {
         database_ca_file: None,
         nats_url: env("NATTER_TEST_NATS_URL"),
         nats_prefix: database,
+        nats_auth: Default::default(),
         presence_ttl: Duration::from_secs(10),
         presence_replicas: 1,
         reorder_wait: natter::config::DEFAULT_REORDER_WAIT,
         listen_addr: "127.0.0.1:0".parse().unwrap(),
+        metrics_addr: None,
         node_id: format!("test-{}", &Uuid::new_v4().simple().to_string()[..8]),
         auth: AuthSettings {
             jwt_secret: Some(JWT_SECRET.clone()),
@@ -91,6 +93,8 @@ pub fn allow_bulk_sends(settings: &mut Settings) {
 /// A running node.
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// `/metrics`'s own listener, when the node has `metrics_addr`.
+    pub metrics_addr: Option<SocketAddr>,
     pub database_url: String,
     http: reqwest::Client,
     shutdown: Option<oneshot::Sender<()>>,
@@ -122,12 +126,14 @@ pub async fn spawn_node(settings: Settings) -> TestApp {
     let database_url = settings.database_url.clone();
     let app = Application::build(settings).await.expect("node starts");
     let addr = app.local_addr();
+    let metrics_addr = app.metrics_addr();
     let (tx, rx) = oneshot::channel::<()>();
     tokio::spawn(app.run_until_stopped(async {
         let _ = rx.await;
     }));
     TestApp {
         addr,
+        metrics_addr,
         database_url,
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
@@ -195,6 +201,7 @@ impl TestApp {
     pub fn at(addr: SocketAddr, database_url: &str) -> Self {
         TestApp {
             addr,
+            metrics_addr: None,
             database_url: database_url.to_string(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
