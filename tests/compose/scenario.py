@@ -177,6 +177,9 @@ async def main():
     script = await asyncio.to_thread(cluster.page, "/app.js")
     assert '<script src="/app.js"' in page and "since_seq" in script, "the web client"
     log("the web client is served through the load balancer")
+    # SPEC §10: the balancer does not route /metrics; each node serves it on its own port.
+    status, _ = await cluster.call("GET", "/metrics")
+    assert status == 404, f"/metrics through the balancer: {status}"
 
     users = []
     for i in range(max(CLIENTS, SENDERS)):
@@ -283,6 +286,17 @@ async def main():
     if failures:
         log(f"FAILED: {failures} lost, duplicated or reordered deliveries")
         sys.exit(1)
+    # The clients opened their sockets with ?token= (the compatibility path): the
+    # balancer's log has their requests, without the query string.
+    lb_log = subprocess.run(["docker", "logs", cluster.containers("lb")[0]],
+                            capture_output=True, text=True).stdout
+    assert "/v1/ws" in lb_log, "the balancer logs requests"
+    assert "token=" not in lb_log and users[0]["token"] not in lb_log, "a token in the balancer's log"
+    # NATS's monitoring port is not reachable from other containers.
+    monitor = subprocess.run(
+        ["docker", "exec", cluster.containers("nats-1")[0], "wget", "-qO-", "-T", "2", "http://nats-2:8222/varz"],
+        capture_output=True, text=True)
+    assert monitor.returncode != 0, "nats-2's monitoring port answered another container"
     log(f"passed: {total} messages to {len(clients)} clients, none lost, duplicated or reordered")
 
 
