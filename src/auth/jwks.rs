@@ -3,7 +3,8 @@
 //! Keys are refetched when a token names a `kid` the cache does not have (the issuer
 //! rotated its keys) or when the cache is an hour old, but never more than once per
 //! [`MIN_REFETCH_INTERVAL`]: a flood of tokens with made-up `kid`s cannot turn into a
-//! flood of requests to the issuer.
+//! flood of requests to the issuer. A fetch in flight never holds up a token whose key
+//! is cached: only tokens that need the new keys wait for it.
 
 use std::{
     collections::HashMap,
@@ -41,8 +42,10 @@ pub struct JwksCache {
     url: String,
     http: reqwest::Client,
     keys: RwLock<Arc<HashMap<String, VerifyingKey>>>,
-    /// When the last fetch was attempted; also serialises fetches.
-    last_fetch: Mutex<Option<Instant>>,
+    /// When the last fetch was attempted (held only to read or set it, never across one).
+    last_fetch: std::sync::Mutex<Option<Instant>>,
+    /// Held for the length of a fetch: one at a time.
+    fetching: Mutex<()>,
 }
 
 impl JwksCache {
@@ -51,7 +54,8 @@ impl JwksCache {
             url,
             http,
             keys: RwLock::new(Arc::new(HashMap::new())),
-            last_fetch: Mutex::new(None),
+            last_fetch: std::sync::Mutex::new(None),
+            fetching: Mutex::new(()),
         }
     }
 
@@ -59,10 +63,19 @@ impl JwksCache {
     /// set if needed. `Ok(None)` means the issuer has no such key.
     pub async fn key(&self, kid: Option<&str>) -> Result<Option<VerifyingKey>, JwksError> {
         let cached = self.cached(kid).await;
-        if cached.is_some() && !self.is_stale().await {
-            return Ok(cached);
-        }
-        match self.refresh().await {
+        let fetch = match &cached {
+            Some(_) if !self.is_stale() => return Ok(cached),
+            // Stale but usable: refresh unless someone already is, and meanwhile keep
+            // verifying with what we hold.
+            Some(_) => match self.fetching.try_lock() {
+                Ok(fetch) => fetch,
+                Err(_) => return Ok(cached),
+            },
+            None => self.fetching.lock().await,
+        };
+        let refreshed = self.refresh().await;
+        drop(fetch);
+        match refreshed {
             Ok(()) => Ok(self.cached(kid).await),
             // An issuer that is down does not invalidate keys we already hold.
             Err(err) if cached.is_some() => {
@@ -82,19 +95,23 @@ impl JwksCache {
         }
     }
 
-    async fn is_stale(&self) -> bool {
+    fn is_stale(&self) -> bool {
         self.last_fetch
             .lock()
-            .await
+            .expect("not poisoned")
             .is_none_or(|at| at.elapsed() > MAX_KEY_AGE)
     }
 
+    /// Fetches the key set, unless the last attempt was under [`MIN_REFETCH_INTERVAL`]
+    /// ago. The caller holds `fetching`.
     async fn refresh(&self) -> Result<(), JwksError> {
-        let mut last_fetch = self.last_fetch.lock().await;
-        if last_fetch.is_some_and(|at| at.elapsed() < MIN_REFETCH_INTERVAL) {
-            return Ok(());
+        {
+            let mut last_fetch = self.last_fetch.lock().expect("not poisoned");
+            if last_fetch.is_some_and(|at| at.elapsed() < MIN_REFETCH_INTERVAL) {
+                return Ok(());
+            }
+            *last_fetch = Some(Instant::now());
         }
-        *last_fetch = Some(Instant::now());
         let set: JwkSet = self
             .http
             .get(&self.url)

@@ -25,6 +25,7 @@ use uuid::Uuid;
 
 use crate::{
     config::{AuthSettings, IssuerConfig},
+    domain::DisplayName,
     store::{Store, StoreError, users::ExternalIdentity},
 };
 use jwks::JwksCache;
@@ -287,14 +288,13 @@ impl Authenticator {
             .or_else(|| claims.email.as_deref().and_then(|e| e.split('@').next()))
             .unwrap_or("user");
         let username = external_username(base, id);
-        let display_name: String = claims
-            .name
-            .as_deref()
-            .or(claims.preferred_username.as_deref())
-            .unwrap_or(&username)
-            .chars()
-            .take(64)
-            .collect();
+        // The provider's name, if it is a valid display name (SPEC §5's rules apply to
+        // it as to any other); else the username.
+        let display_name = [claims.name.as_deref(), claims.preferred_username.as_deref()]
+            .into_iter()
+            .flatten()
+            .find_map(|name| DisplayName::parse(name).ok())
+            .map_or_else(|| username.clone(), DisplayName::into_inner);
         let identity = ExternalIdentity {
             id,
             issuer,
@@ -302,17 +302,24 @@ impl Authenticator {
             username: &username,
             display_name: &display_name,
         };
-        self.inner
-            .store
-            .provision_external(&identity)
-            .await
-            .map_err(|e| match e {
-                StoreError::Unavailable(msg) => AuthError::Unavailable(msg),
-                other => {
-                    tracing::error!(error = ?other, "provisioning an external user failed");
-                    AuthError::Unavailable("could not provision the user".into())
-                }
-            })?;
+        let mut provisioned = self.inner.store.provision_external(&identity).await;
+        if let Err(StoreError::UsernameTaken) = provisioned {
+            // Someone registered the name first (it is predictable). The long form is
+            // longer than registration allows, so no one can take it before them.
+            let unclaimable = external_username_unclaimable(base, id);
+            let identity = ExternalIdentity {
+                username: &unclaimable,
+                ..identity
+            };
+            provisioned = self.inner.store.provision_external(&identity).await;
+        }
+        provisioned.map_err(|e| match e {
+            StoreError::Unavailable(msg) => AuthError::Unavailable(msg),
+            other => {
+                tracing::error!(error = ?other, "provisioning an external user failed");
+                AuthError::Unavailable("could not provision the user".into())
+            }
+        })?;
         let mut provisioned = self.inner.provisioned.lock().expect("not poisoned");
         if provisioned.len() >= PROVISIONED_CACHE_MAX {
             provisioned.clear();
@@ -345,6 +352,14 @@ fn external_username(base: &str, id: Uuid) -> String {
         cleaned
     };
     format!("{cleaned}-{}", &id.simple().to_string()[..7])
+}
+
+/// The username of an external user whose short form was taken: their name and their
+/// whole id, longer than the 32 characters registration allows.
+fn external_username_unclaimable(base: &str, id: Uuid) -> String {
+    let short = external_username(base, id);
+    let name = short.rsplit_once('-').map_or("user", |(name, _)| name);
+    format!("{name}-{}", id.simple())
 }
 
 /// The `iss` claim of a token, read before verification only to pick the verifier.

@@ -180,7 +180,7 @@ impl Chat {
     ) -> Result<i64, ChatError> {
         let seq = match upto {
             ReadUpTo::Seq(seq) => parse_seq("seq", seq)?,
-            ReadUpTo::CreatedAt(at) => self.store.seq_at_time(room_id, at).await?,
+            ReadUpTo::CreatedAt(at) => self.store.seq_at_time(reader, room_id, at).await?,
         };
         if self.store.mark_read(reader, room_id, seq).await? {
             self.bus

@@ -176,16 +176,27 @@ impl Store {
     }
 
     /// The highest `seq` of a room's messages created at or before `created_at_ms`
-    /// (0 if none), for `read_upto` by time.
-    pub async fn seq_at_time(&self, room_id: Uuid, created_at_ms: i64) -> Result<i64, StoreError> {
+    /// (0 if none), for a member's `read_upto` by time. Access is checked first, so a
+    /// stranger costs one lookup; the query walks the room's `seq` index down from the
+    /// newest message (times grow with `seq`), so a recent time costs a few rows.
+    pub async fn seq_at_time(
+        &self,
+        reader: Uuid,
+        room_id: Uuid,
+        created_at_ms: i64,
+    ) -> Result<i64, StoreError> {
         let client = self.client().await?;
+        Access::of(&client, room_id, reader)
+            .await?
+            .require_member()?;
         let row = client
-            .query_one_cached(
-                "SELECT COALESCE(max(seq), 0) FROM messages WHERE room_id = $1 AND created_at <= $2",
+            .query_opt_cached(
+                "SELECT seq FROM messages WHERE room_id = $1 AND created_at <= $2
+                 ORDER BY seq DESC LIMIT 1",
                 &[&room_id, &created_at_ms],
             )
             .await?;
-        Ok(row.get(0))
+        Ok(row.map_or(0, |row| row.get(0)))
     }
 
     /// The sender edits their message's text.

@@ -24,6 +24,9 @@ const ROOM_COLUMNS: &str = "r.id,
     ELSE r.name END AS name,
     r.kind, r.owner_id, r.created_at, r.last_seq, r.member_count";
 
+/// Messages deleted per statement when a room is deleted.
+const DELETE_BATCH: i64 = 5_000;
+
 /// Deletes a membership. In a private or direct room that is a loss of access: one
 /// statement also bumps the room's `access_version` and records why, so every node's
 /// relay finds out even if the NATS event is lost (SPEC §10).
@@ -266,10 +269,26 @@ impl Store {
         Access::of(&client, room_id, viewer)
             .await?
             .require_owner()?;
+        // The history first, a batch per statement: deleting a long one in one statement
+        // could outlast the statement timeout on every try. The room stays until the
+        // end, so a failure part-way leaves a room its owner can delete again.
+        loop {
+            let deleted = client
+                .execute_cached(
+                    "DELETE FROM messages WHERE id IN (
+                         SELECT id FROM messages WHERE room_id = $1 LIMIT $2)",
+                    &[&room_id, &DELETE_BATCH],
+                )
+                .await?;
+            if deleted < DELETE_BATCH as u64 {
+                break;
+            }
+        }
         let tx = client.transaction().await?;
         // The room first: its row lock waits for a send in flight, which then commits
         // before the messages are deleted, and any later send finds no room. Two
-        // statements, so the second's snapshot sees that send's messages.
+        // statements, so the second's snapshot sees that send's messages (the few sent
+        // since the batches above).
         tx.execute_cached("DELETE FROM rooms WHERE id = $1", &[&room_id])
             .await?;
         tx.execute_cached("DELETE FROM messages WHERE room_id = $1", &[&room_id])

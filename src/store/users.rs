@@ -107,17 +107,18 @@ impl Store {
     }
 
     /// Makes sure the user behind an external token exists. Idempotent and race-free:
-    /// concurrent first requests of one user insert one row.
+    /// concurrent first requests of one user insert one row. `username_taken` if another
+    /// account holds the username (never silently: the user would not exist).
     #[tracing::instrument(skip_all, fields(user_id = %identity.id))]
     pub async fn provision_external(
         &self,
         identity: &ExternalIdentity<'_>,
     ) -> Result<(), StoreError> {
         let client = self.client().await?;
-        client
+        let inserted = client
             .execute_cached(
                 "INSERT INTO users (id, username, display_name, issuer, subject)
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
                 &[
                     &identity.id,
                     &identity.username,
@@ -126,7 +127,13 @@ impl Store {
                     &identity.subject,
                 ],
             )
-            .await?;
-        Ok(())
+            .await;
+        match inserted {
+            Ok(_) => Ok(()),
+            Err(e) if unique_violation(&e) == Some("users_username_key") => {
+                Err(StoreError::UsernameTaken)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 }

@@ -192,17 +192,22 @@ struct JwksServer {
     url: String,
     document: Arc<Mutex<Value>>,
     fetches: Arc<AtomicUsize>,
+    /// How long each answer takes: a slow identity provider.
+    delay: Arc<Mutex<Duration>>,
 }
 
 #[derive(Clone)]
 struct JwksState {
     document: Arc<Mutex<Value>>,
     fetches: Arc<AtomicUsize>,
+    delay: Arc<Mutex<Duration>>,
 }
 
 #[handler]
-fn serve_jwks(Data(state): Data<&JwksState>) -> poem::web::Json<Value> {
+async fn serve_jwks(Data(state): Data<&JwksState>) -> poem::web::Json<Value> {
     state.fetches.fetch_add(1, Ordering::SeqCst);
+    let delay = *state.delay.lock().unwrap();
+    tokio::time::sleep(delay).await;
     poem::web::Json(state.document.lock().unwrap().clone())
 }
 
@@ -210,6 +215,7 @@ async fn jwks_server(document: Value) -> JwksServer {
     let state = JwksState {
         document: Arc::new(Mutex::new(document)),
         fetches: Arc::new(AtomicUsize::new(0)),
+        delay: Arc::new(Mutex::new(Duration::ZERO)),
     };
     let acceptor = TcpListener::bind("127.0.0.1:0")
         .into_acceptor()
@@ -224,6 +230,7 @@ async fn jwks_server(document: Value) -> JwksServer {
         url: format!("http://{addr}/.well-known/jwks.json"),
         document: state.document,
         fetches: state.fetches,
+        delay: state.delay,
     }
 }
 
@@ -448,4 +455,77 @@ async fn an_hs256_issuer_and_a_jwks_issuer_never_accept_each_others_tokens() {
     for (name, token) in attacks {
         assert_eq!(status_with(&app, &token).await, 401, "{name}");
     }
+}
+
+#[tokio::test]
+async fn an_external_user_whose_username_was_registered_first_still_gets_an_account_with_a_clean_name()
+ {
+    let issuer = "https://project.supabase.co/auth/v1";
+    let app = spawn_app_with(|s| {
+        s.auth.issuers.push(IssuerConfig {
+            issuer: issuer.into(),
+            audience: "authenticated".into(),
+            jwks_url: None,
+            hs256_secret: Some(SUPABASE_SECRET.into()),
+        })
+    })
+    .await;
+    // The name provisioning derives is predictable from the subject: someone takes it.
+    let id = natter::auth::external_user_id(issuer, "victim-1");
+    let predicted = format!("victim-{}", &id.simple().to_string()[..7]);
+    app.register(&predicted).await;
+    let key = EncodingKey::from_secret(SUPABASE_SECRET.as_bytes());
+    let token = sign(
+        Algorithm::HS256,
+        None,
+        &key,
+        &json!({"sub": "victim-1", "iss": issuer, "aud": "authenticated", "exp": now() + 600,
+                "preferred_username": "victim", "name": "Vic\u{0007}tim\u{202e}"}),
+    );
+    let me = app.get("/v1/users/me", &token).await;
+    me.assert_status(200);
+    assert_eq!(me.body["id"], id.to_string());
+    let username = me.body["username"].as_str().unwrap();
+    assert_eq!(username, format!("victim-{}", id.simple()));
+    // A provider's name that breaks the display-name rules is not used.
+    assert_eq!(me.body["display_name"], "victim");
+    // And the account works: a room of one's own.
+    let room = app
+        .post(
+            "/v1/rooms",
+            &token,
+            json!({"name": "mine", "kind": "public"}),
+        )
+        .await;
+    room.assert_status(201);
+}
+
+#[tokio::test]
+async fn a_slow_key_fetch_holds_up_only_the_tokens_that_need_the_new_keys() {
+    let jwks = jwks_server(serde_json::from_str(JWKS).unwrap()).await;
+    let app = app_trusting(&jwks).await;
+    let rsa = EncodingKey::from_rsa_pem(RSA_KEY).unwrap();
+    let known = sign(Algorithm::RS256, Some("rsa-1"), &rsa, &idp_claims("user-1"));
+    app.get("/v1/users/me", &known).await.assert_status(200);
+    // The provider turns slow; a token with a key id nobody has makes the node refetch
+    // (once the refetch interval has passed).
+    *jwks.delay.lock().unwrap() = Duration::from_secs(4);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let unknown = sign(
+        Algorithm::RS256,
+        Some("rotated"),
+        &rsa,
+        &idp_claims("user-2"),
+    );
+    let slow = {
+        let (http, url) = (app.http().clone(), app.url("/v1/users/me"));
+        tokio::spawn(async move { http.get(url).bearer_auth(unknown).send().await })
+    };
+    while jwks.fetches.load(Ordering::SeqCst) < 2 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // While that fetch is in flight, a token whose key is cached is checked at once.
+    app.get("/v1/users/me", &known).await.assert_status(200);
+    assert!(!slow.is_finished(), "the cached key waited for the fetch");
+    assert_eq!(slow.await.unwrap().unwrap().status(), 401);
 }

@@ -188,6 +188,12 @@ impl Store {
         let checks = Checks::of(sends());
         let checked = checks.run(&tx, &room_ids).await?;
         let mut facts = Facts::read(&checked);
+        // A retry answers with the original as its sender sees it, reactions included:
+        // read before COMMIT, so a failure here stores nothing and the batch is answered
+        // as failed truthfully (after COMMIT it would answer stored sends as failed).
+        for message in facts.known.values_mut() {
+            attach_reactions(&*tx, message.sender_id, std::slice::from_mut(message)).await?;
+        }
         let (outcomes, rows) = plan(sends(), &mut facts);
         let (moved_rooms, moved_to): (Vec<Uuid>, Vec<i64>) = batch
             .iter()
@@ -217,17 +223,13 @@ impl Store {
         };
         // Sent together: if the insert fails, Postgres answers the COMMIT by rolling back.
         let (inserted, ()) = futures_util::try_join!(inserted, tx.batch_execute("COMMIT"))?;
-        let client = tx.committed();
+        // Back to the pool.
+        drop(tx.committed());
         let inserted: HashMap<(Uuid, i64), Message> = inserted
             .iter()
             .map(message_from_row)
             .map(|message| ((message.room_id, message.seq), message))
             .collect();
-
-        // A retry answers with the original as its sender sees it, reactions included.
-        for message in facts.known.values_mut() {
-            attach_reactions(&client, message.sender_id, std::slice::from_mut(message)).await?;
-        }
         Ok(answers(outcomes, &rows, inserted, &facts.known))
     }
 }
