@@ -388,10 +388,17 @@ function onErrorFrame(frame) {
   if (frame.ref !== "typing" && frame.ref !== "read_upto") toast(frame.message || frame.code);
 }
 
-function onUnsubscribed({ room_id }) {
-  // The server ended it: we left, were removed, or the room was deleted.
+/** Why the server ended a subscription (SPEC §10), as the person reads it. */
+const UNSUBSCRIBED_BECAUSE = {
+  removed: "You were removed from this room.",
+  left: "You left this room.",
+  room_deleted: "This room was deleted.",
+};
+
+function onUnsubscribed({ room_id, reason }) {
+  // Without a reason we asked for it; with one, we lost the room.
   refreshRooms();
-  if (room_id === state.current) toast("You are no longer in this room.");
+  if (room_id === state.current && reason) toast(UNSUBSCRIBED_BECAUSE[reason] ?? "You are no longer in this room.");
 }
 
 // ---------------------------------------------------------------------------------------
