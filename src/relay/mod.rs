@@ -116,30 +116,52 @@ pub struct Joined {
 ///
 /// A once-cell and a `Notify` rather than a watch channel: every socket has one, and a
 /// watch channel's eight internal notifiers cost more than the rest of this.
+///
+/// Both signals share one `Notify`, and the session waits for both with one future:
+/// an idle socket's memory is mostly what it waits with.
 #[derive(Debug, Default)]
 pub struct Closer {
     code: OnceLock<(u16, &'static str)>,
     requested: Notify,
     revoked: Mutex<Vec<Uuid>>,
-    revocations: Notify,
+}
+
+/// What [`Closer::signal`] resolves with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// Close with this code and reason.
+    Close(u16, &'static str),
+    /// Rooms ended subscriptions: [`Closer::take_revoked`] says which.
+    Revoked,
 }
 
 impl Closer {
     /// A room ended the socket's subscription to it: its user lost access.
     pub fn revoked(&self, room_id: Uuid) {
         self.revoked.lock().expect("not poisoned").push(room_id);
-        // A stored permit if the socket is not waiting now: never missed.
-        self.revocations.notify_one();
-    }
-
-    /// Resolves once a room has ended a subscription since the last call.
-    pub async fn revocation(&self) {
-        self.revocations.notified().await;
+        self.requested.notify_waiters();
     }
 
     /// The rooms that ended the socket's subscriptions since the last call.
     pub fn take_revoked(&self) -> Vec<Uuid> {
         std::mem::take(&mut *self.revoked.lock().expect("not poisoned"))
+    }
+
+    /// Resolves once a close is requested or a room has ended a subscription.
+    pub async fn signal(&self) -> Signal {
+        loop {
+            // Registered before the checks, so a signal between them is not missed.
+            let notified = self.requested.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some((code, reason)) = self.code.get() {
+                return Signal::Close(*code, reason);
+            }
+            if !self.revoked.lock().expect("not poisoned").is_empty() {
+                return Signal::Revoked;
+            }
+            notified.await;
+        }
     }
 
     pub fn close(&self, code: u16, reason: &'static str) {
@@ -745,5 +767,36 @@ async fn next_message(
     match subscription {
         Some(subscription) => subscription.next().await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_socket_hears_of_a_revocation_made_while_it_was_not_waiting() {
+        let closer = Closer::default();
+        let room = Uuid::from_u128(7);
+        closer.revoked(room);
+        assert_eq!(closer.signal().await, Signal::Revoked);
+        assert_eq!(closer.take_revoked(), vec![room]);
+        // Nothing pending now: the next signal waits, and a close wins over nothing.
+        let waiting = tokio::time::timeout(Duration::from_millis(20), closer.signal()).await;
+        assert!(waiting.is_err());
+        closer.close(4008, "too slow");
+        assert_eq!(closer.signal().await, Signal::Close(4008, "too slow"));
+    }
+
+    #[tokio::test]
+    async fn a_waiting_socket_is_woken_by_a_revocation() {
+        let closer = Arc::new(Closer::default());
+        let waiter = tokio::spawn({
+            let closer = closer.clone();
+            async move { closer.signal().await }
+        });
+        tokio::task::yield_now().await;
+        closer.revoked(Uuid::from_u128(1));
+        assert_eq!(waiter.await.unwrap(), Signal::Revoked);
     }
 }

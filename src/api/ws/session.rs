@@ -38,7 +38,7 @@ use crate::{
     },
     domain::{InvalidInput, parse_seq},
     protocol::{ClientFrame, FrameError, ServerFrame},
-    relay::{Closer, Outbound},
+    relay::{Closer, Outbound, Signal},
     telemetry::TraceSpan,
 };
 
@@ -141,10 +141,8 @@ impl Session {
         };
         tokio::pin!(draining);
         let closer = self.closer.clone();
-        let requested = closer.requested();
-        tokio::pin!(requested);
-        let revocation = closer.revocation();
-        tokio::pin!(revocation);
+        let signal = closer.signal();
+        tokio::pin!(signal);
         let mut last_read = Instant::now();
         // `None` for a token good past the clock's range.
         let expires_at = last_read.checked_add(Duration::from_secs(
@@ -203,12 +201,14 @@ impl Session {
                     }
                     limit.as_mut().reset(next_limit(quiet_until));
                 }
-                () = &mut revocation => {
-                    revocation.set(closer.revocation());
-                    let rooms = closer.take_revoked();
-                    self.state.chat.forget_revoked(&mut self.connection, rooms);
-                }
-                _ = &mut requested => return None,
+                received = &mut signal => match received {
+                    Signal::Close(..) => return None,
+                    Signal::Revoked => {
+                        signal.set(closer.signal());
+                        let rooms = closer.take_revoked();
+                        self.state.chat.forget_revoked(&mut self.connection, rooms);
+                    }
+                },
                 () = &mut draining => return Some((1012, "service restart: reconnect and resume")),
             }
         }
