@@ -155,23 +155,24 @@ impl Writer {
                 self.cursors.start(room_id, since.max(last_seq));
                 result
             }
-            Outbound::Unsubscribed { room_id } => self.unsubscribed(room_id, None).await,
+            Outbound::Unsubscribed { room_id } => {
+                let frame = self.unsubscribed(room_id, None);
+                self.feed(WsMessage::Text(frame)).await
+            }
             Outbound::Revoked(revoked) => {
                 let (room_id, reason) = *revoked;
-                self.unsubscribed(room_id, Some(reason.as_str())).await
+                let frame = self.unsubscribed(room_id, Some(reason.as_str()));
+                self.feed(WsMessage::Text(frame)).await
             }
         }
     }
 
-    /// Ends the room's stream for the socket: nothing of the room passes after this.
-    async fn unsubscribed(
-        &mut self,
-        room_id: Uuid,
-        reason: Option<&'static str>,
-    ) -> Result<(), Stop> {
+    /// Ends the room's stream for the socket (nothing of the room passes after this) and
+    /// makes the frame that says so. Not async: a nested future would grow every
+    /// socket's writer task.
+    fn unsubscribed(&mut self, room_id: Uuid, reason: Option<&'static str>) -> String {
         self.cursors.end(room_id);
-        let frame = ServerFrame::Unsubscribed { room_id, reason }.to_json();
-        self.feed(WsMessage::Text(frame)).await
+        ServerFrame::Unsubscribed { room_id, reason }.to_json()
     }
 
     /// Sends the room's messages in `(since, upto]` from Postgres, a page at a time, each
