@@ -781,26 +781,17 @@ async fn leaving_or_deleting_a_room_tells_each_socket_why_and_room_presence_drop
     );
 }
 
-#[tokio::test]
-async fn a_nats_with_authorization_refuses_strangers_and_natter_signs_in_from_its_url_or_a_password_file()
- {
-    // A NATS of our own that only knows the user natter, with a password nobody ships.
-    let dir = std::env::temp_dir().join(format!(
-        "natter-nats-auth-{}",
-        uuid::Uuid::new_v4().simple()
-    ));
+/// A nats-server of the test's own with `config` (and JetStream), on a free port: the
+/// process, its port and its directory.
+async fn own_nats(config: &str) -> (tokio::process::Child, u16, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("natter-nats-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
-    let password = uuid::Uuid::new_v4().simple().to_string();
-    let config = dir.join("nats.conf");
-    std::fs::write(
-        &config,
-        format!("authorization {{ users = [ {{ user: natter, password: \"{password}\" }} ] }}\n"),
-    )
-    .unwrap();
+    let file = dir.join("nats.conf");
+    std::fs::write(&file, config).unwrap();
     let port = crate::helpers::free_port();
-    let _nats = tokio::process::Command::new(std::env::var("NATTER_TEST_NATS_SERVER").unwrap())
+    let nats = tokio::process::Command::new(std::env::var("NATTER_TEST_NATS_SERVER").unwrap())
         .arg("-c")
-        .arg(&config)
+        .arg(&file)
         .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
         .arg(&dir)
         .stdout(std::process::Stdio::null())
@@ -808,18 +799,27 @@ async fn a_nats_with_authorization_refuses_strangers_and_natter_signs_in_from_it
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let mut up = false;
     for _ in 0..100 {
         if tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .is_ok()
         {
-            up = true;
-            break;
+            return (nats, port, dir);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(up, "nats-server listens");
+    panic!("nats-server never listened");
+}
+
+#[tokio::test]
+async fn a_nats_with_authorization_refuses_strangers_and_natter_signs_in_from_its_url_or_a_password_file()
+ {
+    // A NATS of our own that only knows the user natter, with a password nobody ships.
+    let password = uuid::Uuid::new_v4().simple().to_string();
+    let (_nats, port, dir) = own_nats(&format!(
+        "authorization {{ users = [ {{ user: natter, password: \"{password}\" }} ] }}\n"
+    ))
+    .await;
     // No credentials, or wrong ones: refused (no reading rooms, no injecting events).
     for url in [
         format!("nats://127.0.0.1:{port}"),
@@ -922,4 +922,46 @@ async fn a_room_whose_history_takes_longer_to_delete_than_the_statement_timeout_
     assert_eq!(left, 0);
     let gone = app.get(&format!("/v1/rooms/{room}"), &alice.token).await;
     assert_eq!(gone.status.as_u16(), 404);
+}
+
+#[tokio::test]
+async fn natter_reaches_nats_over_tls_verified_with_nats_ca_file() {
+    // The harness's CA and its certificate for 127.0.0.1 (made for Postgres over TLS).
+    let ca = std::path::PathBuf::from(std::env::var("NATTER_TEST_PG_CA").unwrap());
+    let certs = ca.parent().unwrap();
+    let password = uuid::Uuid::new_v4().simple().to_string();
+    let (_nats, port, dir) = own_nats(&format!(
+        "tls {{ cert_file: \"{}\", key_file: \"{}\" }}\n\
+         authorization {{ users = [ {{ user: natter, password: \"{password}\" }} ] }}\n",
+        certs.join("server.crt").display(),
+        certs.join("server.key").display(),
+    ))
+    .await;
+    let url = format!("tls://natter:{password}@127.0.0.1:{port}");
+    // Without the CA the server's certificate is not trusted: no connection.
+    let untrusted = async_nats::ConnectOptions::new()
+        .user_and_password("natter".into(), password.clone())
+        .connection_timeout(Duration::from_secs(2))
+        .connect(format!("tls://127.0.0.1:{port}"))
+        .await;
+    assert!(untrusted.is_err());
+    let first = spawn_app_with(|s| {
+        s.nats_url = url.clone();
+        s.nats_auth.ca_file = Some(ca.clone());
+    })
+    .await;
+    let mut second = settings(&first.database_url);
+    second.nats_url = url.clone();
+    second.nats_auth.ca_file = Some(ca.clone());
+    let second = spawn_node(second).await;
+    let alice = first.register("alice").await;
+    let room = first.create_room(&alice, "r", "public").await;
+    let mut socket = crate::helpers::WsClient::connect(second.addr, "/v1/ws", &alice.token).await;
+    socket.subscribe(room, None).await;
+    first.send(&alice, room, "over tls").await;
+    assert_eq!(
+        socket.recv_type("message").await["message"]["text"],
+        "over tls"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
