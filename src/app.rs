@@ -221,22 +221,14 @@ impl Application {
             addr: settings.listen_addr,
             source,
         })?;
-        let local_addr = acceptor
-            .local_addr()
-            .first()
-            .and_then(|a| a.as_socket_addr().copied())
-            .unwrap_or(settings.listen_addr);
+        let local_addr = bound_addr(&acceptor, settings.listen_addr);
         let metrics_listener = match settings.metrics_addr {
             Some(addr) => {
                 let acceptor = TcpListener::bind(addr)
                     .into_acceptor()
                     .await
                     .map_err(|source| StartError::Listen { addr, source })?;
-                let bound = acceptor
-                    .local_addr()
-                    .first()
-                    .and_then(|a| a.as_socket_addr().copied())
-                    .unwrap_or(addr);
+                let bound = bound_addr(&acceptor, addr);
                 Some((acceptor, bound))
             }
             None => None,
@@ -337,6 +329,15 @@ impl Application {
         }
         served
     }
+}
+
+/// The address `acceptor` really bound (the port chosen for port 0), else `configured`.
+fn bound_addr(acceptor: &impl Acceptor, configured: SocketAddr) -> SocketAddr {
+    acceptor
+        .local_addr()
+        .first()
+        .and_then(|a| a.as_socket_addr().copied())
+        .unwrap_or(configured)
 }
 
 /// Applies migrations, retrying while the database is still starting.

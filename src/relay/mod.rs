@@ -510,9 +510,7 @@ impl RoomTask {
                     match self.lost_access(&[subscriber.user_id]).await.as_deref() {
                         Some([]) => subscriber.access_version = self.access_version,
                         Some([(_, reason), ..]) => {
-                            subscriber.closer.revoked(self.room_id);
-                            let revoked = Outbound::Revoked(Box::new((self.room_id, *reason)));
-                            offer(&subscriber, revoked, &self.stats);
+                            end_revoked(&subscriber, self.room_id, *reason, &self.stats);
                             return;
                         }
                         None => {}
@@ -610,12 +608,7 @@ impl RoomTask {
             let Some(reason) = lost(subscriber) else {
                 return true;
             };
-            subscriber.closer.revoked(room_id);
-            offer(
-                subscriber,
-                Outbound::Revoked(Box::new((room_id, reason))),
-                &self.stats,
-            );
+            end_revoked(subscriber, room_id, reason, &self.stats);
             false
         });
     }
@@ -735,6 +728,17 @@ impl RoomTask {
                 .observe_ms(now_ms.saturating_sub(created_at).max(0) as u64);
         }
     }
+}
+
+/// Tells a subscriber that lost access that its subscription to `room_id` ended: the
+/// socket forgets the room and hears `unsubscribed` with the reason.
+fn end_revoked(subscriber: &Subscriber, room_id: Uuid, reason: AccessLost, stats: &RelayStats) {
+    subscriber.closer.revoked(room_id);
+    offer(
+        subscriber,
+        Outbound::Revoked(Box::new((room_id, reason))),
+        stats,
+    );
 }
 
 /// Queues `item` for a subscriber; `false` (and a 4008 close) if its queue is full or
