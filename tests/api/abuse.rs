@@ -305,14 +305,9 @@ async fn a_user_has_at_most_fifty_sockets_on_a_node() {
         sockets.push(crate::helpers::WsClient::connect(app.addr, "/v1/ws", &alice.token).await);
     }
     let url = format!("ws://{}/v1/ws?token={}", app.addr, alice.token);
-    match tokio_tungstenite::connect_async(&url).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-            assert_eq!(response.status(), 429);
-            let body = String::from_utf8_lossy(response.body().as_deref().unwrap_or_default());
-            assert!(body.contains("too_many_sockets"), "{body}");
-        }
-        other => panic!("the 51st socket was not refused: {other:?}"),
-    }
+    let (status, body) = refused_handshake_with_body(&url).await;
+    assert_eq!(status, 429);
+    assert!(body.contains("too_many_sockets"), "{body}");
     // Closing one makes room for another; other users were never limited.
     drop(sockets.pop());
     let mut reopened = None;
@@ -529,8 +524,16 @@ async fn a_reaction_must_be_unicode_emoji() {
 
 /// The status a refused WebSocket handshake to `url` is answered with.
 async fn refused_handshake(url: &str) -> u16 {
+    refused_handshake_with_body(url).await.0
+}
+
+/// The status and body a refused WebSocket handshake to `url` is answered with.
+async fn refused_handshake_with_body(url: &str) -> (u16, String) {
     match tokio_tungstenite::connect_async(url).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            let body = String::from_utf8_lossy(response.body().as_deref().unwrap_or_default());
+            (response.status().as_u16(), body.into_owned())
+        }
         other => panic!("{url} was not refused: {other:?}"),
     }
 }
@@ -714,10 +717,24 @@ async fn a_member_removed_while_their_node_is_cut_off_from_nats_stops_receiving_
     cut.send(false).unwrap();
 }
 
-/// How many users `/v1/rooms/{room}/presence` lists on `node`.
-async fn room_presence(node: &TestApp, room: uuid::Uuid, token: &str) -> usize {
-    let reply = node.get(&format!("/v1/rooms/{room}/presence"), token).await;
-    reply.body["users"].as_array().unwrap().len()
+/// How many users `/v1/rooms/{room}/presence` lists on `node` once it lists `expected`,
+/// or after 5 s of asking: what it listed last.
+async fn room_presence_settles(
+    node: &TestApp,
+    room: uuid::Uuid,
+    token: &str,
+    expected: usize,
+) -> usize {
+    let mut seen = 0;
+    for _ in 0..50 {
+        let reply = node.get(&format!("/v1/rooms/{room}/presence"), token).await;
+        seen = reply.body["users"].as_array().unwrap().len();
+        if seen == expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    seen
 }
 
 #[tokio::test]
@@ -732,15 +749,10 @@ async fn leaving_or_deleting_a_room_tells_each_socket_why_and_room_presence_drop
     alice_ws.subscribe(room, None).await;
     let mut bob_ws = crate::helpers::WsClient::connect(second.addr, "/v1/ws", &bob.token).await;
     bob_ws.subscribe(room, None).await;
-    let mut seen = 0;
-    for _ in 0..50 {
-        seen = room_presence(&first, room, &alice.token).await;
-        if seen == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(seen, 2);
+    assert_eq!(
+        room_presence_settles(&first, room, &alice.token, 2).await,
+        2
+    );
 
     first
         .call(
@@ -756,14 +768,11 @@ async fn leaving_or_deleting_a_room_tells_each_socket_why_and_room_presence_drop
         left,
         Some(json!({"type": "unsubscribed", "room_id": room, "reason": "left"}))
     );
-    for _ in 0..50 {
-        seen = room_presence(&first, room, &alice.token).await;
-        if seen == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(seen, 1, "room presence dropped bob with his subscription");
+    assert_eq!(
+        room_presence_settles(&first, room, &alice.token, 1).await,
+        1,
+        "room presence dropped bob with his subscription"
+    );
 
     first
         .call(
@@ -783,32 +792,15 @@ async fn leaving_or_deleting_a_room_tells_each_socket_why_and_room_presence_drop
 
 /// A nats-server of the test's own with `config` (and JetStream), on a free port: the
 /// process, its port and its directory.
-async fn own_nats(config: &str) -> (tokio::process::Child, u16, std::path::PathBuf) {
+async fn nats_with(config: &str) -> (tokio::process::Child, u16, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!("natter-nats-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("nats.conf");
     std::fs::write(&file, config).unwrap();
     let port = crate::helpers::free_port();
-    let nats = tokio::process::Command::new(std::env::var("NATTER_TEST_NATS_SERVER").unwrap())
-        .arg("-c")
-        .arg(&file)
-        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-        .arg(&dir)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return (nats, port, dir);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("nats-server never listened");
+    let nats = crate::helpers::own_nats(port, &dir, Some(&file));
+    crate::helpers::wait_for_port(port).await;
+    (nats, port, dir)
 }
 
 #[tokio::test]
@@ -816,7 +808,7 @@ async fn a_nats_with_authorization_refuses_strangers_and_natter_signs_in_from_it
  {
     // A NATS of our own that only knows the user natter, with a password nobody ships.
     let password = uuid::Uuid::new_v4().simple().to_string();
-    let (_nats, port, dir) = own_nats(&format!(
+    let (_nats, port, dir) = nats_with(&format!(
         "authorization {{ users = [ {{ user: natter, password: \"{password}\" }} ] }}\n"
     ))
     .await;
@@ -930,7 +922,7 @@ async fn natter_reaches_nats_over_tls_verified_with_nats_ca_file() {
     let ca = std::path::PathBuf::from(std::env::var("NATTER_TEST_PG_CA").unwrap());
     let certs = ca.parent().unwrap();
     let password = uuid::Uuid::new_v4().simple().to_string();
-    let (_nats, port, dir) = own_nats(&format!(
+    let (_nats, port, dir) = nats_with(&format!(
         "tls {{ cert_file: \"{}\", key_file: \"{}\" }}\n\
          authorization {{ users = [ {{ user: natter, password: \"{password}\" }} ] }}\n",
         certs.join("server.crt").display(),

@@ -1,18 +1,14 @@
 //! Cluster behaviour with nodes as separate `natter` processes, so one can be killed.
 
-use std::{
-    process::Stdio,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use serde_json::json;
-use tokio::process::{Child, Command};
 use uuid::Uuid;
 
 use crate::helpers::{
     NodeProcess, TestApp, TestUser, WsClient, allow_bulk_sends, create_database, free_port,
-    settings, spawn_node,
+    own_nats, settings, spawn_node, wait_for_port,
 };
 
 /// Three node processes on one fresh database, sharing a NATS prefix, plus an in-process
@@ -137,38 +133,11 @@ async fn a_client_resumes_on_another_node_with_exactly_the_messages_it_missed() 
     assert!(resumed.next(Duration::from_millis(500)).await.is_none());
 }
 
-/// Starts a nats-server of our own (this test restarts it) and returns it and its URL.
-fn own_nats(port: u16, dir: &std::path::Path) -> Child {
-    let server =
-        std::env::var("NATTER_TEST_NATS_SERVER").expect("run the tests through `bash tests/run`");
-    Command::new(server)
-        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("nats-server starts")
-}
-
-async fn wait_for_port(port: u16) {
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("port {port} never opened");
-}
-
 #[tokio::test]
 async fn subscribers_have_every_message_once_after_nats_restarts_mid_stream() {
     let port = free_port();
     let dir = std::env::temp_dir().join(format!("natter-nats-{}", Uuid::new_v4().simple()));
-    let mut nats = own_nats(port, &dir);
+    let mut nats = own_nats(port, &dir, None);
     wait_for_port(port).await;
     let url = format!("nats://127.0.0.1:{port}");
     let cluster = cluster(Some(&url)).await;
@@ -190,7 +159,7 @@ async fn subscribers_have_every_message_once_after_nats_restarts_mid_stream() {
             nats.kill().await.unwrap();
         }
         if i == 80 {
-            nats = own_nats(port, &dir);
+            nats = own_nats(port, &dir, None);
             wait_for_port(port).await;
         }
         // Sends go to the three nodes in turn; Postgres is up throughout.

@@ -610,3 +610,33 @@ pub async fn cuttable_proxy(upstream: SocketAddr) -> (SocketAddr, watch::Sender<
     });
     (addr, cut_tx)
 }
+
+/// Starts a nats-server of a test's own (JetStream in `dir`) on `port`, with `config` if
+/// given: for tests that restart NATS or need one set up differently from the harness's.
+pub fn own_nats(port: u16, dir: &std::path::Path, config: Option<&std::path::Path>) -> Child {
+    let server =
+        std::env::var("NATTER_TEST_NATS_SERVER").expect("run the tests through `bash tests/run`");
+    let mut command = Command::new(server);
+    if let Some(config) = config {
+        command.arg("-c").arg(config);
+    }
+    command
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("nats-server starts")
+}
+
+/// Waits (bounded) until something listens on `port` of this host.
+pub async fn wait_for_port(port: u16) {
+    for _ in 0..100 {
+        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("port {port} never opened");
+}
