@@ -8,6 +8,7 @@
 
 pub mod error;
 mod ops;
+pub mod postman;
 pub mod rest;
 mod security;
 mod web;
@@ -28,10 +29,10 @@ pub fn metrics_routes(state: AppState) -> impl Endpoint {
         .into_endpoint()
 }
 
-/// Builds the whole HTTP surface of a node (without `/metrics` when it has a listener
-/// of its own).
-pub fn routes(state: AppState) -> impl Endpoint {
-    let api = OpenApiService::new(
+/// The REST API under `/v1` as one OpenAPI service: the routes, their document and
+/// everything generated from it (Swagger UI, `/postman.json`).
+pub fn openapi() -> OpenApiService<impl poem_openapi::OpenApi, ()> {
+    OpenApiService::new(
         (
             rest::auth::AuthApi,
             rest::users::UsersApi,
@@ -49,8 +50,15 @@ pub fn routes(state: AppState) -> impl Endpoint {
         "A clustered real-time chat server. Every route needs `Authorization: Bearer <token>` \
          except registration and login. Errors are `{\"error\": {\"code\", \"message\"}}`.",
     )
-    .server("/v1");
+    .server("/v1")
+}
+
+/// Builds the whole HTTP surface of a node (without `/metrics` when it has a listener
+/// of its own).
+pub fn routes(state: AppState) -> impl Endpoint {
+    let api = openapi();
     let spec = api.spec_endpoint();
+    let postman = postman_endpoint(&api.spec());
     let docs = api.swagger_ui();
     let max_body_bytes = state.settings.limits.max_body_bytes;
     let cors_origins: std::sync::Arc<[String]> = state.settings.cors_origins.clone().into();
@@ -63,6 +71,7 @@ pub fn routes(state: AppState) -> impl Endpoint {
         .at("/v1/ws/rooms/:room_id", get(ws::connect_room))
         .nest("/v1", api)
         .at("/openapi.json", spec)
+        .at("/postman.json", postman)
         .nest("/docs", docs)
         .at("/healthz", get(ops::healthz))
         .at("/readyz", get(ops::readyz))
@@ -75,4 +84,16 @@ pub fn routes(state: AppState) -> impl Endpoint {
         .around(ops::observe_request)
         .data(state)
         .into_endpoint()
+}
+
+/// `GET /postman.json`: the collection generated once, at start-up, from the document.
+fn postman_endpoint(spec: &str) -> impl Endpoint + use<> {
+    let spec: serde_json::Value =
+        serde_json::from_str(spec).expect("poem-openapi renders valid JSON");
+    let body = bytes::Bytes::from(postman::collection(&spec).to_string());
+    get(poem::endpoint::make_sync(move |_| {
+        poem::Response::builder()
+            .content_type("application/json; charset=utf-8")
+            .body(body.clone())
+    }))
 }

@@ -68,3 +68,80 @@ async fn a_python_client_generated_from_the_openapi_document_runs_a_full_chat_fl
         String::from_utf8_lossy(&flow.stderr)
     );
 }
+
+/// `/postman.json` is a valid Postman Collection v2.1 (checked by Python's `jsonschema`
+/// against the published schema, vendored in `tests/fixtures/`) with one request for
+/// each operation of `/openapi.json`.
+#[tokio::test]
+async fn the_postman_collection_validates_against_the_v2_1_schema_and_has_every_operation() {
+    let schemathesis = PathBuf::from(
+        std::env::var("NATTER_TEST_SCHEMATHESIS")
+            .expect("NATTER_TEST_SCHEMATHESIS is not set: run the tests through `bash tests/run`"),
+    );
+    // schemathesis's virtualenv has `jsonschema`.
+    let python = schemathesis.parent().unwrap().join("python");
+    let app = spawn_app().await;
+    let fetch = |path: &'static str| {
+        let request = app.http().get(app.url(path)).send();
+        async move {
+            let response = request.await.unwrap();
+            assert_eq!(response.status(), 200, "{path}");
+            response.text().await.unwrap()
+        }
+    };
+    let (collection, spec) = (fetch("/postman.json").await, fetch("/openapi.json").await);
+    let work = std::env::temp_dir().join(format!("natter-postman-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join("postman.json"), &collection).unwrap();
+    std::fs::write(work.join("openapi.json"), &spec).unwrap();
+    let check = run_within(
+        Command::new(python)
+            .args(["-c", POSTMAN_CHECK])
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/postman-collection-v2.1.0.schema.json"
+            ))
+            .current_dir(&work),
+        Duration::from_secs(60),
+        "the collection check",
+    )
+    .await;
+    let _ = std::fs::remove_dir_all(&work);
+    let out = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.status.success(),
+        "the collection is not valid:\n{out}{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(out.contains("missing: []"), "{out}");
+}
+
+/// Validates `postman.json` against the schema given as the first argument and checks
+/// that each `/openapi.json` operation (server prefix + path, path parameters as
+/// `:name`) is one request of the collection.
+const POSTMAN_CHECK: &str = r#"
+import json, sys
+from jsonschema import Draft7Validator
+schema = json.load(open(sys.argv[1]))
+collection = json.load(open("postman.json"))
+spec = json.load(open("openapi.json"))
+errors = sorted(Draft7Validator(schema).iter_errors(collection), key=lambda e: list(e.path))
+for error in errors:
+    print("schema:", list(error.path), error.message[:300])
+assert collection["info"]["schema"].endswith("/v2.1.0/collection.json")
+requests = []
+for folder in collection["item"]:
+    for item in folder["item"]:
+        url = item["request"]["url"]
+        assert url["host"] == ["{{baseUrl}}"], url
+        requests.append(item["request"]["method"] + " /" + "/".join(url["path"]))
+prefix = spec["servers"][0]["url"].rstrip("/")
+operations = [
+    method.upper() + " " + prefix + path.replace("{", ":").replace("}", "")
+    for path, methods in spec["paths"].items() for method in methods
+]
+missing = sorted(set(operations) - set(requests))
+print("missing:", missing)
+print("operations:", len(operations))
+assert not errors and not missing and len(requests) == len(operations)
+"#;
