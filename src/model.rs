@@ -14,6 +14,9 @@ pub struct User {
     pub id: Uuid,
     pub username: String,
     pub display_name: String,
+    /// Whether the user is a bot (SPEC §11): an account its owner created, which signs
+    /// in with an API key.
+    pub bot: bool,
     /// Whether the user has a live connection anywhere in the cluster.
     pub online: bool,
 }

@@ -42,6 +42,7 @@ pub fn openapi() -> OpenApiService<impl poem_openapi::OpenApi, ()> {
             rest::me::MeApi,
             rest::presence::PresenceApi,
             rest::tickets::TicketsApi,
+            rest::bots::BotsApi,
         ),
         "Natter",
         env!("CARGO_PKG_VERSION"),

@@ -8,6 +8,7 @@
 //! checks `nbf`, `iss` and `aud` where they apply, so `alg: none`, key-type confusion,
 //! expired or not-yet-valid tokens and foreign issuers or audiences are all rejected.
 
+pub mod bots;
 pub mod jwks;
 pub mod password;
 pub mod throttle;
@@ -28,6 +29,7 @@ use crate::{
     domain::DisplayName,
     store::{Store, StoreError, users::ExternalIdentity},
 };
+use bots::{KeyHash, VerifiedKeys};
 use jwks::JwksCache;
 
 pub use crate::config::LOCAL_ISSUER;
@@ -40,9 +42,16 @@ const LEEWAY_SECS: u64 = 30;
 pub struct AuthUser {
     pub id: Uuid,
     /// When the token expires (seconds since the epoch): a WebSocket authenticated by
-    /// it is closed with 4001 then.
+    /// it is closed with 4001 then. [`NEVER`] for a bot key.
     pub expires_at: u64,
+    /// The hash of the bot key the caller used, if they are a bot: a socket opened with
+    /// it re-checks it, and is closed with 4001 once it is replaced or deleted.
+    pub bot_key: Option<KeyHash>,
 }
+
+/// The `expires_at` of a credential that does not expire (a bot key): far past any
+/// clock, yet a valid `i64` where it is stored.
+pub const NEVER: u64 = i64::MAX as u64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -120,6 +129,8 @@ struct Inner {
     /// Cleared when it grows past [`PROVISIONED_CACHE_MAX`]: bounded memory, and a
     /// cleared entry costs one idempotent insert.
     provisioned: Mutex<HashSet<Uuid>>,
+    /// Bot keys verified lately (`bots`).
+    bot_keys: VerifiedKeys,
 }
 
 const PROVISIONED_CACHE_MAX: usize = 100_000;
@@ -182,6 +193,7 @@ impl Authenticator {
                 issuers,
                 store,
                 provisioned: Mutex::new(HashSet::new()),
+                bot_keys: VerifiedKeys::default(),
             }),
         }
     }
@@ -211,6 +223,19 @@ impl Authenticator {
     /// Verifies a bearer token and returns the user it names, provisioning users of
     /// external issuers on first sight.
     pub async fn verify(&self, token: &str) -> Result<AuthUser, AuthError> {
+        if token.starts_with(bots::BOT_KEY_PREFIX) {
+            let key = bots::key_hash(token)
+                .ok_or_else(|| AuthError::Invalid("malformed bot key".into()))?;
+            let id = self
+                .bot_of_key(&key)
+                .await?
+                .ok_or_else(|| AuthError::Invalid("unknown, replaced or deleted bot key".into()))?;
+            return Ok(AuthUser {
+                id,
+                expires_at: NEVER,
+                bot_key: Some(key),
+            });
+        }
         // Parsing the header rejects unknown algorithms, `none` included.
         let header = jsonwebtoken::decode_header(token)?;
         match unverified_issuer(token)?.as_deref() {
@@ -223,6 +248,7 @@ impl Authenticator {
                 Ok(AuthUser {
                     id: data.claims.sub,
                     expires_at: data.claims.exp,
+                    bot_key: None,
                 })
             }
             Some(iss) => {
@@ -263,6 +289,22 @@ impl Authenticator {
         }
     }
 
+    /// The bot whose current key has hash `key`: from memory if Postgres confirmed it
+    /// within `bots::BOT_KEY_RECHECK`, else from Postgres.
+    pub async fn bot_of_key(&self, key: &KeyHash) -> Result<Option<Uuid>, AuthError> {
+        if let Some(bot) = self.inner.bot_keys.fresh(key) {
+            return Ok(Some(bot));
+        }
+        let bot = self
+            .inner
+            .store
+            .bot_by_key(key)
+            .await
+            .map_err(|e| AuthError::Unavailable(e.to_string()))?;
+        self.inner.bot_keys.confirmed(*key, bot);
+        Ok(bot)
+    }
+
     async fn provision(
         &self,
         issuer: &str,
@@ -272,6 +314,7 @@ impl Authenticator {
         let user = AuthUser {
             id,
             expires_at: claims.exp,
+            bot_key: None,
         };
         if self
             .inner

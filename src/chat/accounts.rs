@@ -10,6 +10,7 @@ use crate::{
     auth::{AuthUser, IssuedToken, password, throttle},
     domain::{DisplayName, Password, Username},
     model::User,
+    store::credentials::TicketHolder,
 };
 
 /// Characters of a login's username that key its throttle record.
@@ -93,7 +94,14 @@ impl Chat {
         meter(&self.tickets, user.id)?;
         let ticket = self
             .store
-            .create_ticket(user.id, user.expires_at, TICKET_LIFETIME)
+            .create_ticket(
+                &TicketHolder {
+                    user_id: user.id,
+                    token_expires_at: user.expires_at,
+                    bot_key: user.bot_key,
+                },
+                TICKET_LIFETIME,
+            )
             .await?;
         Ok(WsTicket {
             ticket: URL_SAFE_NO_PAD.encode(ticket.value),
@@ -103,7 +111,7 @@ impl Chat {
 
     /// Who a ticket authenticates, once: a second redemption, an unknown or an expired
     /// ticket is [`ChatError::InvalidTicket`]. The socket keeps the expiry of the token
-    /// that bought the ticket.
+    /// that bought the ticket (or, for a bot, the key's re-checks).
     pub async fn redeem_ws_ticket(&self, ticket: &str) -> Result<AuthUser, ChatError> {
         let value = URL_SAFE_NO_PAD
             .decode(ticket)
@@ -118,6 +126,7 @@ impl Chat {
         Ok(AuthUser {
             id: holder.user_id,
             expires_at: holder.token_expires_at,
+            bot_key: holder.bot_key,
         })
     }
 

@@ -12,12 +12,14 @@
 //! answered, which is what SPEC §1.2 and §1.3 need.
 //!
 //! - [`accounts`]: register, log in, look up users.
+//! - [`bots`]: a user's bots and their API keys.
 //! - [`messages`]: send, page, search, edit, delete, react.
 //! - [`rooms`]: create, list, read, rename, delete, join, leave, members, direct rooms,
 //!   read watermarks, the caller's chat list.
 //! - [`live`]: a socket's connection: subscribe, unsubscribe, typing, presence.
 
 pub mod accounts;
+pub mod bots;
 pub mod live;
 pub mod messages;
 pub mod rooms;

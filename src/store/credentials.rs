@@ -42,6 +42,8 @@ pub struct TicketHolder {
     pub user_id: Uuid,
     /// Seconds since the epoch: when the token that bought the ticket expires.
     pub token_expires_at: u64,
+    /// The hash of the bot key that bought the ticket, if a bot did.
+    pub bot_key: Option<super::bots::KeyHash>,
 }
 
 impl Store {
@@ -127,11 +129,10 @@ impl Store {
         Ok(())
     }
 
-    /// Stores a new single-use ticket for `user_id`, valid for `lifetime`.
+    /// Stores a new single-use ticket for `holder`, valid for `lifetime`.
     pub async fn create_ticket(
         &self,
-        user_id: Uuid,
-        token_expires_at: u64,
+        holder: &TicketHolder,
         lifetime: Duration,
     ) -> Result<Ticket, StoreError> {
         let mut value = [0u8; 32];
@@ -144,15 +145,17 @@ impl Store {
                          DELETE FROM ws_tickets WHERE ticket IN (
                              SELECT ticket FROM ws_tickets WHERE expires_at_ms < {NOW_MS}
                              ORDER BY expires_at_ms LIMIT $5))
-                     INSERT INTO ws_tickets (ticket, user_id, token_expires_at, expires_at_ms)
-                     VALUES ($1, $2, $3, {NOW_MS} + $4) RETURNING expires_at_ms"
+                     INSERT INTO ws_tickets
+                         (ticket, user_id, token_expires_at, expires_at_ms, bot_key)
+                     VALUES ($1, $2, $3, {NOW_MS} + $4, $6) RETURNING expires_at_ms"
                 ),
                 &[
                     &value.as_slice(),
-                    &user_id,
-                    &(token_expires_at as i64),
+                    &holder.user_id,
+                    &(holder.token_expires_at.min(i64::MAX as u64) as i64),
                     &(lifetime.as_millis() as i64),
                     &CLEANUP_BATCH,
+                    &holder.bot_key.as_ref().map(|key| key.as_slice()),
                 ],
             )
             .await?;
@@ -169,7 +172,8 @@ impl Store {
             .query_opt_cached(
                 &format!(
                     "DELETE FROM ws_tickets WHERE ticket = $1
-                     RETURNING user_id, token_expires_at, expires_at_ms >= {NOW_MS} AS valid"
+                     RETURNING user_id, token_expires_at, bot_key,
+                               expires_at_ms >= {NOW_MS} AS valid"
                 ),
                 &[&value],
             )
@@ -179,6 +183,9 @@ impl Store {
             .map(|row| TicketHolder {
                 user_id: row.get("user_id"),
                 token_expires_at: row.get::<_, i64>("token_expires_at") as u64,
+                bot_key: row
+                    .get::<_, Option<&[u8]>>("bot_key")
+                    .and_then(|key| key.try_into().ok()),
             }))
     }
 }

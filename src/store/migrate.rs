@@ -14,6 +14,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (3, include_str!("migrations/0003_sends_without_a_key.sql")),
     (4, include_str!("migrations/0004_credentials.sql")),
     (5, include_str!("migrations/0005_access_revocations.sql")),
+    (6, include_str!("migrations/0006_bots.sql")),
 ];
 
 /// Arbitrary, fixed key for `pg_advisory_xact_lock`: "natter" in ASCII.

@@ -8,6 +8,7 @@
 //! database returns.
 
 mod access;
+pub mod bots;
 pub mod commit;
 pub mod credentials;
 pub mod messages;

@@ -7,13 +7,14 @@ use uuid::Uuid;
 use super::{Store, StoreError, unique_violation};
 use crate::{domain::Username, model::User};
 
-const USER_COLUMNS: &str = "id, username, display_name";
+pub(super) const USER_COLUMNS: &str = "id, username, display_name, bot_owner IS NOT NULL AS bot";
 
-fn user_from_row(row: &Row) -> User {
+pub(super) fn user_from_row(row: &Row) -> User {
     User {
         id: row.get("id"),
         username: row.get("username"),
         display_name: row.get("display_name"),
+        bot: row.get("bot"),
         online: false,
     }
 }

@@ -7,6 +7,7 @@ mod browser;
 mod cluster;
 mod generated_client;
 mod helpers;
+mod integrations;
 mod jwt;
 mod layout;
 mod messages;

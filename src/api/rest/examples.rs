@@ -11,6 +11,7 @@ use crate::model::{Member, Message, MyRoom, Reaction, Role, Room, RoomKind, User
 pub const ALICE: Uuid = Uuid::from_u128(0x0193_6f1c_2a40_7d3e_9b1a_4c8e_5f20_a001);
 pub const BOB: Uuid = Uuid::from_u128(0x0193_6f1c_2a41_7a52_8c3d_1e9f_6b70_b002);
 pub const GENERAL: Uuid = Uuid::from_u128(0x0193_6f1d_0c11_7f2a_a4b5_2d6e_7c80_c003);
+pub const BOT: Uuid = Uuid::from_u128(0x0193_6f1c_2a42_7c11_9d2e_5a3b_7c81_b005);
 pub const MESSAGE: Uuid = Uuid::from_u128(0x0193_6f1e_5d02_7b6c_9e7f_3a1b_8d90_d004);
 /// 2026-11-26 10:00:00 UTC, in milliseconds since the epoch.
 pub const NOW_MS: i64 = 1_795_773_600_000;
@@ -21,6 +22,7 @@ impl Example for User {
             id: ALICE,
             username: "alice".into(),
             display_name: "Alice".into(),
+            bot: false,
             online: true,
         }
     }

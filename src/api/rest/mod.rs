@@ -2,6 +2,7 @@
 //! into `domain` types, call the store, and let `?` map failures through `ApiError`.
 
 pub mod auth;
+pub mod bots;
 mod examples;
 pub mod me;
 pub mod members;
@@ -39,6 +40,8 @@ enum ApiTags {
     Messages,
     /// The caller's own view: their chat list.
     Me,
+    /// Bots and their API keys.
+    Bots,
 }
 
 /// A success with nothing to return.

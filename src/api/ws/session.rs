@@ -30,7 +30,7 @@ use super::writer::{self, WRITE_TIMEOUT};
 use crate::{
     api::error::ApiError,
     app::AppState,
-    auth::AuthUser,
+    auth::{AuthUser, bots::BOT_KEY_RECHECK},
     chat::{
         live::{Connection, SocketPermit},
         messages::SendMessage,
@@ -148,10 +148,18 @@ impl Session {
         let expires_at = last_read.checked_add(Duration::from_secs(
             self.user.expires_at.saturating_sub(unix_now()),
         ));
-        let next_limit =
-            |quiet_until: Instant| expires_at.map_or(quiet_until, |at| at.min(quiet_until));
-        // One timer for both limits (an idle socket's memory is mostly its timers).
-        let limit = tokio::time::sleep_until(next_limit(last_read + IDLE_TIMEOUT));
+        // A bot's key is re-checked this often, so a replaced or deleted one closes the
+        // socket (SPEC §11).
+        let bot_key = self.user.bot_key;
+        let mut key_check = bot_key.map(|_| last_read + BOT_KEY_RECHECK);
+        let next_limit = |quiet_until: Instant, key_check: Option<Instant>| {
+            [expires_at, key_check]
+                .into_iter()
+                .flatten()
+                .fold(quiet_until, Instant::min)
+        };
+        // One timer for every limit (an idle socket's memory is mostly its timers).
+        let limit = tokio::time::sleep_until(next_limit(last_read + IDLE_TIMEOUT, key_check));
         tokio::pin!(limit);
         loop {
             tokio::select! {
@@ -191,6 +199,16 @@ impl Session {
                     if expires_at.is_some_and(|at| now >= at) {
                         return Some((4001, "token expired"));
                     }
+                    if let (Some(key), Some(at)) = (&bot_key, key_check)
+                        && now >= at
+                    {
+                        // Postgres unreachable is not a revocation: the socket stays
+                        // and the key is asked about again next time.
+                        if let Ok(None) = self.state.auth.bot_of_key(key).await {
+                            return Some((4001, "bot key replaced or deleted"));
+                        }
+                        key_check = Some(now + BOT_KEY_RECHECK);
+                    }
                     if self.reading_paused() {
                         // Not the client's silence.
                         last_read = now;
@@ -199,7 +217,7 @@ impl Session {
                     if now >= quiet_until {
                         return Some((1001, "idle"));
                     }
-                    limit.as_mut().reset(next_limit(quiet_until));
+                    limit.as_mut().reset(next_limit(quiet_until, key_check));
                 }
                 received = &mut signal => match received {
                     Signal::Close(..) => return None,
