@@ -23,6 +23,7 @@ use crate::{
     presence::{Presence, PresenceError},
     relay::RoomHub,
     store::{Store, StoreError},
+    webhooks::send_hook::SendHook,
 };
 
 /// Everything a request handler may need: one shared [`Node`]. Cloning it is one
@@ -241,13 +242,20 @@ impl Application {
             hub: hub.clone(),
             draining,
         };
-        let metrics_registry = metrics::registry(
+        let send_hook = settings
+            .send_hook
+            .clone()
+            .map(|hook| Arc::new(SendHook::new(hook)));
+        let mut metrics_registry = metrics::registry(
             &settings.node_id,
             &metrics,
             hub.stats(),
             store.commit_timings(),
             live,
         );
+        if let Some(hook) = &send_hook {
+            metrics::register_send_hook(&mut metrics_registry, hook);
+        }
         let chat = Chat::new(chat::Parts {
             store: store.clone(),
             bus: bus.clone(),
@@ -256,6 +264,7 @@ impl Application {
             auth: auth.clone(),
             metrics: metrics.clone(),
             limits: settings.limits.clone(),
+            send_hook,
         });
         let state = AppState(Arc::new(Node {
             settings,

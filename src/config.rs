@@ -65,6 +65,8 @@ pub struct Settings {
     pub otlp_endpoint: Option<String>,
     /// `service.name` of the spans (`OTEL_SERVICE_NAME`).
     pub service_name: String,
+    /// The before-send moderation hook (SPEC §11), if `SEND_HOOK_URL` is set.
+    pub send_hook: Option<crate::webhooks::send_hook::SendHookSettings>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -85,6 +87,7 @@ impl std::fmt::Debug for Settings {
             .field("auth", &self.auth)
             .field("limits", &self.limits)
             .field("cors_origins", &self.cors_origins)
+            .field("send_hook", &self.send_hook)
             .field("log_format", &self.log_format)
             .field("otlp_endpoint", &self.otlp_endpoint)
             .field("service_name", &self.service_name)
@@ -319,6 +322,16 @@ settings_args! {
     otel_exporter_otlp_endpoint: "OTEL_EXPORTER_OTLP_ENDPOINT";
     /// `service.name` of the spans.
     otel_service_name: "OTEL_SERVICE_NAME" = "natter";
+    /// The before-send moderation hook: an http(s) URL asked about every message
+    /// before it is stored (none by default).
+    send_hook_url: "SEND_HOOK_URL";
+    /// Signs the hook's requests (Standard Webhooks, `whsec_` + base64).
+    send_hook_secret: "SEND_HOOK_SECRET";
+    /// Milliseconds a send waits for the hook's verdict.
+    send_hook_timeout_ms: "SEND_HOOK_TIMEOUT_MS" = "1000";
+    /// `true`: store the message when the hook fails or times out (default: refuse it
+    /// with 503).
+    send_hook_fail_open: "SEND_HOOK_FAIL_OPEN" = "false";
 }
 
 /// A setting that is missing or cannot be used; the message names it.
@@ -468,6 +481,34 @@ impl Settings {
             None => None,
         };
         let service_name = parsed("OTEL_SERVICE_NAME", "natter")?;
+        let send_hook = match lookup("SEND_HOOK_URL").filter(|v| !v.is_empty()) {
+            Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+                let secret = match lookup("SEND_HOOK_SECRET").filter(|v| !v.is_empty()) {
+                    Some(secret) => Some(
+                        crate::webhooks::signing::Secret::parse(&secret)
+                            .map_err(|e| bad("SEND_HOOK_SECRET", e))?,
+                    ),
+                    None => None,
+                };
+                let timeout = Duration::from_millis(number(&lookup, "SEND_HOOK_TIMEOUT_MS", 1000)?);
+                if timeout.is_zero() {
+                    return Err(bad("SEND_HOOK_TIMEOUT_MS", "must be at least 1"));
+                }
+                let fail_open = match parsed("SEND_HOOK_FAIL_OPEN", "false")?.trim() {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(bad("SEND_HOOK_FAIL_OPEN", "must be true or false")),
+                };
+                Some(crate::webhooks::send_hook::SendHookSettings {
+                    url,
+                    secret,
+                    timeout,
+                    fail_open,
+                })
+            }
+            Some(_) => return Err(bad("SEND_HOOK_URL", "must be an http(s) URL")),
+            None => None,
+        };
         let servers = nats_url.split(',').count().min(5);
         let presence_replicas = number(&lookup, "PRESENCE_REPLICAS", servers)?;
         Ok(Self {
@@ -493,6 +534,7 @@ impl Settings {
             log_format,
             otlp_endpoint,
             service_name,
+            send_hook,
         })
     }
 }
@@ -704,6 +746,36 @@ mod tests {
             pairs.push(("CORS_ALLOWED_ORIGINS", bad));
             let err = Settings::from_lookup(env(&pairs)).unwrap_err();
             assert_eq!(err.name, "CORS_ALLOWED_ORIGINS", "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_send_hook_is_off_by_default_and_its_settings_are_checked() {
+        assert!(
+            Settings::from_lookup(env(&BASE))
+                .unwrap()
+                .send_hook
+                .is_none()
+        );
+        let mut pairs = BASE.to_vec();
+        pairs.push(("SEND_HOOK_URL", "https://moderation.internal/check"));
+        let hook = Settings::from_lookup(env(&pairs))
+            .unwrap()
+            .send_hook
+            .unwrap();
+        assert_eq!(hook.timeout, Duration::from_millis(1000));
+        assert!(!hook.fail_open && hook.secret.is_none());
+        for (name, bad) in [
+            ("SEND_HOOK_URL", "moderation.internal"),
+            ("SEND_HOOK_SECRET", "hunter2"),
+            ("SEND_HOOK_TIMEOUT_MS", "0"),
+            ("SEND_HOOK_FAIL_OPEN", "yes"),
+        ] {
+            let mut pairs = pairs.clone();
+            pairs.retain(|(key, _)| *key != name);
+            pairs.push((name, bad));
+            let err = Settings::from_lookup(env(&pairs)).unwrap_err();
+            assert_eq!(err.name, name, "{bad}");
         }
     }
 

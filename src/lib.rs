@@ -31,6 +31,8 @@
 //! - [`rate_limit`]: the per-user send budget the use cases spend.
 //! - [`metrics`]: prometheus-client's registry, rendered as OpenMetrics text;
 //!   [`histogram`] the latency histogram every layer records into.
+//! - [`webhooks`]: requests to integrations, signed the Standard Webhooks way: the
+//!   before-send moderation hook.
 //! - [`api`]: HTTP routes, translating between wire formats and [`chat`]: `api::rest`
 //!   has one module per resource, `api::ws` the WebSocket sessions, `api::error` maps
 //!   every layer's error once onto the SPEC §5 envelope.
@@ -52,3 +54,4 @@ pub mod rate_limit;
 pub mod relay;
 pub mod store;
 pub mod telemetry;
+pub mod webhooks;

@@ -22,7 +22,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{relay::RelayStats, store::commit::CommitTimings};
+use crate::{relay::RelayStats, store::commit::CommitTimings, webhooks::send_hook::SendHook};
 
 /// The `Content-Type` of [`render`]'s text.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -224,6 +224,20 @@ pub fn encode_gauge(
 ) -> Result<(), std::fmt::Error> {
     let gauge = ConstGauge::new(value);
     gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)
+}
+
+/// The before-send hook's series (SPEC §11), when one is configured.
+pub fn register_send_hook(registry: &mut Registry, hook: &SendHook) {
+    registry.register(
+        "natter_send_hook_latency_seconds",
+        "How long the before-send hook took to answer (or to fail)",
+        hook.latency.metric(),
+    );
+    registry.register(
+        "natter_send_hook_verdicts",
+        "Before-send hook calls by outcome: allow, reject, modify, timeout, error",
+        hook.outcomes.clone(),
+    );
 }
 
 #[cfg(test)]

@@ -213,7 +213,10 @@ impl From<ChatError> for ApiError {
             ChatError::Relay(_) => ApiError::unavailable(message),
             ChatError::InvalidCredentials => ApiError::invalid_credentials(),
             ChatError::InvalidTicket => ApiError::unauthorized(message),
-            ChatError::HasherBusy => ApiError::unavailable(message),
+            ChatError::HasherBusy | ChatError::HookUnavailable => ApiError::unavailable(message),
+            ChatError::RejectedByHook { reason } => {
+                ApiError::Forbidden(body("rejected_by_hook", reason))
+            }
             ChatError::TooManyAttempts { retry_after } => ApiError::TooManyRequests(
                 body("too_many_attempts", message),
                 retry_after.as_secs_f64().ceil().max(1.0) as u64,

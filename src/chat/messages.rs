@@ -11,6 +11,7 @@ use crate::{
         commit::{SendReceipt, Sent, sent_of},
         messages::{NewMessage, PageBounds},
     },
+    webhooks::send_hook::{Proposed, SendHook, Verdict},
 };
 
 /// Longest search query, in characters.
@@ -24,15 +25,24 @@ pub struct SendMessage<'a> {
     pub reply_to: Option<Uuid>,
 }
 
-/// A send queued for its room's group commit; [`Queued::stored`] waits for the commit.
+/// A send queued for its room's group commit (or, after a moderated retry, already
+/// known); [`Queued::stored`] waits for the commit.
 #[must_use = "a queued send is answered only by awaiting `stored`"]
-pub struct Queued(SendReceipt);
+pub struct Queued(Pending);
+
+enum Pending {
+    Commit(SendReceipt),
+    Known(Sent),
+}
 
 impl Queued {
     /// The stored message (or the original, for a retried `client_msg_id`), once it is
     /// committed (SPEC §1.2).
     pub async fn stored(self) -> Result<Sent, ChatError> {
-        Ok(sent_of(self.0).await?)
+        match self.0 {
+            Pending::Commit(receipt) => Ok(sent_of(receipt).await?),
+            Pending::Known(sent) => Ok(sent),
+        }
     }
 }
 
@@ -43,26 +53,77 @@ pub struct MessagePage {
 }
 
 impl Chat {
-    /// Validates and meters a send and queues it for its room's next group commit, at
-    /// once: the sends a caller queues are numbered in the order it queued them, however
-    /// many are in flight. Membership, `reply_to` and the idempotency key are checked
-    /// under the room's lock when the batch runs; the message is emitted by the commit
-    /// hook (`Chat::on_commit`).
-    pub fn send(&self, sender: Uuid, request: SendMessage<'_>) -> Result<Queued, ChatError> {
-        let text = MessageText::parse(request.text, self.limits.max_text_chars)?;
+    /// Validates and meters a send, has the before-send hook moderate it when one is
+    /// configured, and queues it for its room's next group commit. Without a hook this
+    /// completes at its first poll, so the sends a caller queues are numbered in the
+    /// order it queued them, however many are in flight; a caller with a hook awaits
+    /// each send before queueing the next. Membership, `reply_to` and the idempotency
+    /// key are checked under the room's lock when the batch runs; the message is emitted
+    /// by the commit hook (`Chat::on_commit`).
+    pub async fn send(&self, sender: Uuid, request: SendMessage<'_>) -> Result<Queued, ChatError> {
+        let mut text = MessageText::parse(request.text, self.limits.max_text_chars)?;
         let client_msg_id = request.client_msg_id.map(ClientMsgId::parse).transpose()?;
         self.meter_send(sender)?;
+        if let Some(hook) = &self.send_hook {
+            // A retry of a stored send is answered without asking the hook again; a
+            // send the commit would refuse is refused before the hook hears of it.
+            let key = client_msg_id.as_ref();
+            if let Some(message) = self.store.sent_before(sender, request.room_id, key).await? {
+                let sent = Sent {
+                    message,
+                    created: false,
+                };
+                return Ok(Queued(Pending::Known(sent)));
+            }
+            text = self.moderate(hook, sender, &request, text, key).await?;
+        }
         let new = NewMessage {
             text: &text,
             client_msg_id: client_msg_id.as_ref(),
             reply_to: request.reply_to,
             traceparent: crate::telemetry::current_traceparent(),
         };
-        Ok(Queued(self.store.queue_message(
-            sender,
-            request.room_id,
-            new,
-        )?))
+        let receipt = self.store.queue_message(sender, request.room_id, new)?;
+        Ok(Queued(Pending::Commit(receipt)))
+    }
+
+    /// The hook's verdict on a send applied: the text to store, or why not. A verdict
+    /// that cannot be used (an invalid replacement text) counts as the hook failing.
+    async fn moderate(
+        &self,
+        hook: &SendHook,
+        sender: Uuid,
+        request: &SendMessage<'_>,
+        text: MessageText,
+        key: Option<&ClientMsgId>,
+    ) -> Result<MessageText, ChatError> {
+        let proposed = Proposed {
+            room_id: request.room_id,
+            sender_id: sender,
+            text: text.as_str(),
+            client_msg_id: key.map(ClientMsgId::as_str),
+            reply_to: request.reply_to,
+        };
+        let failure = match hook.check(&proposed).await {
+            Ok(Verdict::Allow) => return Ok(text),
+            Ok(Verdict::Reject { reason }) => return Err(ChatError::RejectedByHook { reason }),
+            Ok(Verdict::Modify { text: new }) => {
+                match MessageText::parse(&new, self.limits.max_text_chars) {
+                    Ok(new) => return Ok(new),
+                    Err(invalid) => {
+                        format!("the send hook's text is not a valid message: {invalid}")
+                    }
+                }
+            }
+            Err(failed) => failed.to_string(),
+        };
+        if hook.fails_open() {
+            tracing::warn!(%failure, "send hook failed; storing the message unmoderated (SEND_HOOK_FAIL_OPEN)");
+            Ok(text)
+        } else {
+            tracing::warn!(%failure, "send hook failed; refusing the send");
+            Err(ChatError::HookUnavailable)
+        }
     }
 
     /// A page of a room's history: by default the latest `limit`.

@@ -51,6 +51,7 @@ use crate::{
         commit::{Committed, OnCommit},
     },
     telemetry::TraceSpan,
+    webhooks::send_hook::SendHook,
 };
 
 /// Everything a use case may fail with. Each variant says what happened; the API maps
@@ -87,6 +88,13 @@ pub enum ChatError {
     /// Too many failed logins for this username lately (SPEC §10).
     #[error("too many failed logins for this username; retry later")]
     TooManyAttempts { retry_after: Duration },
+    /// The before-send hook refused the message; `reason` is the hook's (SPEC §11).
+    #[error("{reason}")]
+    RejectedByHook { reason: String },
+    /// The before-send hook did not give a usable verdict in time, and sends fail
+    /// closed; retry shortly.
+    #[error("the moderation hook is unavailable; retry shortly")]
+    HookUnavailable,
 }
 
 /// The use cases and the parts of the node they work with.
@@ -113,6 +121,8 @@ pub struct Chat {
     limits: Limits,
     /// Numbers this node's sockets, for the relay's subscriber lists.
     socket_ids: AtomicU64,
+    /// Asked before each message is stored, when configured (SPEC §11).
+    send_hook: Option<Arc<SendHook>>,
 }
 
 /// What [`Chat::new`] works with.
@@ -124,6 +134,7 @@ pub struct Parts {
     pub auth: Authenticator,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
+    pub send_hook: Option<Arc<SendHook>>,
 }
 
 impl Chat {
@@ -137,6 +148,7 @@ impl Chat {
             auth,
             metrics,
             limits,
+            send_hook,
         } = parts;
         store.on_commit(Self::on_commit(bus.clone(), metrics.clone()));
         Self {
@@ -160,6 +172,7 @@ impl Chat {
             metrics,
             limits,
             socket_ids: AtomicU64::new(1),
+            send_hook,
         }
     }
 

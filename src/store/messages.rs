@@ -199,6 +199,37 @@ impl Store {
         Ok(row.map_or(0, |row| row.get(0)))
     }
 
+    /// Checks that `sender` may write to `room_id`, and returns the message they already
+    /// stored there under `key`, if any: what the group commit would decide, asked
+    /// before a send is moderated.
+    pub async fn sent_before(
+        &self,
+        sender: Uuid,
+        room_id: Uuid,
+        key: Option<&ClientMsgId>,
+    ) -> Result<Option<Message>, StoreError> {
+        let client = self.client().await?;
+        Access::of(&client, room_id, sender)
+            .await?
+            .require_member()?;
+        let Some(key) = key else {
+            return Ok(None);
+        };
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages
+              WHERE room_id = $1 AND sender_id = $2 AND client_msg_id = $3"
+        );
+        let Some(row) = client
+            .query_opt_cached(&sql, &[&room_id, &sender, &key.as_str()])
+            .await?
+        else {
+            return Ok(None);
+        };
+        let mut found = vec![message_from_row(&row)];
+        attach_reactions(&client, sender, &mut found).await?;
+        Ok(found.pop())
+    }
+
     /// The sender edits their message's text.
     #[tracing::instrument(skip(self, text))]
     pub async fn edit_message(

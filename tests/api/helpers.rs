@@ -80,6 +80,7 @@ pub fn settings(database_url: &str) -> Settings {
         log_format: LogFormat::Text,
         otlp_endpoint: None,
         service_name: "natter".into(),
+        send_hook: None,
     }
 }
 

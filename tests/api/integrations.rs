@@ -1,13 +1,25 @@
 //! SPEC §11: bots (API keys on REST and WebSocket, revoked everywhere within 5 s) and the
 //! before-send moderation hook.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
+use natter::webhooks::{send_hook::SendHookSettings, signing::Secret};
+use poem::{
+    EndpointExt, IntoResponse, Route, Server, handler,
+    listener::{Acceptor, Listener, TcpListener},
+    post,
+    web::Data,
+};
 use reqwest::Method;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, WsClient, settings, spawn_app, spawn_node};
+use crate::helpers::{
+    Reply, TestApp, TestUser, WsClient, settings, spawn_app, spawn_app_with, spawn_node,
+};
 
 /// How long SPEC §11 gives every node to refuse a replaced or deleted bot key.
 const REVOCATION_LIMIT: Duration = Duration::from_secs(5);
@@ -200,5 +212,274 @@ async fn a_bot_key_signs_in_on_rest_and_websocket_and_once_replaced_or_deleted_i
         &format!("ntb_{}", "A".repeat(43)),
     ] {
         assert_eq!(first.get("/v1/users/me", bad).await.status, 401, "{bad}");
+    }
+}
+
+/// A request as a test service received it: its headers and its raw body.
+type Received = (Vec<(String, String)>, String);
+
+/// A stand-in moderation service. Its verdict follows the text: "spam" is rejected,
+/// "darn" is rewritten, "slow" is answered after 3 s, "boom" gets a 500; anything else
+/// is allowed. It records every request as it arrived (headers and raw body).
+struct ModerationService {
+    url: String,
+    requests: Arc<Mutex<Vec<Received>>>,
+}
+
+#[handler]
+async fn moderate(
+    request: &poem::Request,
+    body: String,
+    Data(requests): Data<&Arc<Mutex<Vec<Received>>>>,
+) -> poem::Response {
+    let headers = request
+        .headers()
+        .iter()
+        .map(|(name, value)| (name.to_string(), value.to_str().unwrap_or("").to_string()))
+        .collect();
+    requests.lock().unwrap().push((headers, body.clone()));
+    let text = serde_json::from_str::<Value>(&body).unwrap()["text"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let verdict = if text.contains("spam") {
+        json!({"action": "reject", "reason": "no spam here"})
+    } else if text.contains("darn") {
+        json!({"action": "modify", "text": text.replace("darn", "d**n")})
+    } else if text.contains("slow") {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        json!({"action": "allow"})
+    } else if text.contains("boom") {
+        return poem::Response::builder()
+            .status(poem::http::StatusCode::INTERNAL_SERVER_ERROR)
+            .finish();
+    } else {
+        json!({"action": "allow"})
+    };
+    poem::web::Json(verdict).into_response()
+}
+
+async fn moderation_service() -> ModerationService {
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let acceptor = TcpListener::bind("127.0.0.1:0")
+        .into_acceptor()
+        .await
+        .unwrap();
+    let addr = *acceptor.local_addr()[0].as_socket_addr().unwrap();
+    let routes = Route::new()
+        .at("/moderate", post(moderate))
+        .data(requests.clone());
+    tokio::spawn(Server::new_with_acceptor(acceptor).run(routes));
+    ModerationService {
+        url: format!("http://{addr}/moderate"),
+        requests,
+    }
+}
+
+impl ModerationService {
+    fn calls(&self) -> usize {
+        self.requests.lock().unwrap().len()
+    }
+
+    fn settings(&self, fail_open: bool) -> SendHookSettings {
+        SendHookSettings {
+            url: self.url.clone(),
+            secret: Some(Secret::parse(HOOK_SECRET).unwrap()),
+            timeout: Duration::from_millis(500),
+            fail_open,
+        }
+    }
+}
+
+const HOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// Verifies each recorded request with the `standardwebhooks` package (the reference
+/// implementation, not Natter's code), and prints the bodies it verified.
+async fn verified_by_standard_webhooks(requests: &[Received]) -> Vec<Value> {
+    let python = std::env::var("NATTER_TEST_PYTHON")
+        .expect("NATTER_TEST_PYTHON is not set: run the tests through `bash tests/run`");
+    let input: Vec<Value> = requests
+        .iter()
+        .map(|(headers, body)| json!({"headers": headers.iter().cloned().collect::<std::collections::HashMap<_, _>>(), "body": body}))
+        .collect();
+    let script = r#"
+import json, sys
+from standardwebhooks.webhooks import Webhook
+hook = Webhook(sys.argv[1])
+for request in json.load(sys.stdin):
+    print(json.dumps(hook.verify(request["body"], request["headers"])))
+"#;
+    let mut child = tokio::process::Command::new(python)
+        .args(["-c", script, HOOK_SECRET])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use tokio::io::AsyncWriteExt;
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(serde_json::to_string(&input).unwrap().as_bytes())
+        .await
+        .unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "verification failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+async fn post_text(
+    node: &TestApp,
+    user: &TestUser,
+    room: Uuid,
+    text: &str,
+    key: Option<&str>,
+) -> Reply {
+    let mut body = json!({"text": text});
+    if let Some(key) = key {
+        body["client_msg_id"] = json!(key);
+    }
+    let path = format!("/v1/rooms/{room}/messages");
+    node.call(Method::POST, &path, Some(&user.token), Some(body))
+        .await
+}
+
+#[tokio::test]
+async fn the_before_send_hook_allows_rejects_and_rewrites_fails_closed_or_open_and_is_not_asked_again_for_a_retry()
+ {
+    let hook = moderation_service().await;
+    let closed = spawn_app_with(|s| s.send_hook = Some(hook.settings(false))).await;
+    let mut open_settings = settings(&closed.database_url);
+    open_settings.send_hook = Some(hook.settings(true));
+    let open = spawn_node(open_settings).await;
+    let alice = closed.register("alice").await;
+    let mallory = closed.register("mallory").await;
+    let room = closed.create_room(&alice, "moderated", "private").await;
+
+    // Allowed, then retried: one call to the hook, the same message twice.
+    let first = post_text(&closed, &alice, room, "hello", Some("k1")).await;
+    first.assert_status(201);
+    assert_eq!(hook.calls(), 1);
+    let retry = post_text(&open, &alice, room, "hello", Some("k1")).await;
+    retry.assert_status(200);
+    assert_eq!(retry.body["id"], first.body["id"]);
+    assert_eq!(hook.calls(), 1, "a retry is not moderated twice");
+
+    // Rejected with the hook's reason; rewritten.
+    let rejected = post_text(&closed, &alice, room, "buy spam", None).await;
+    rejected.assert_status(403);
+    assert_eq!(rejected.error_code(), "rejected_by_hook");
+    assert_eq!(rejected.body["error"]["message"], "no spam here");
+    let rewritten = post_text(&closed, &alice, room, "oh darn", Some("k2")).await;
+    rewritten.assert_status(201);
+    assert_eq!(rewritten.body["text"], "oh d**n");
+
+    // No usable verdict: refused with 503 and Retry-After where sends fail closed,
+    // stored unmoderated where they fail open.
+    for text in ["slow", "boom"] {
+        let started = Instant::now();
+        let refused = post_text(&closed, &alice, room, text, None).await;
+        refused.assert_unavailable();
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{text}: waited {:?}",
+            started.elapsed()
+        );
+        post_text(&open, &alice, room, &format!("{text} but open"), None)
+            .await
+            .assert_status(201);
+    }
+
+    // Over a socket: the same verdicts, as an error frame and a rewritten ack and event.
+    let mut socket = WsClient::connect(closed.addr, "/v1/ws", &alice.token).await;
+    socket.subscribe(room, None).await;
+    socket
+        .send(json!({"type": "send", "room_id": room, "text": "spam again", "client_msg_id": "w1"}))
+        .await;
+    let error = socket.recv_type("error").await;
+    assert_eq!(
+        (error["code"].clone(), error["ref"].clone()),
+        (json!("rejected_by_hook"), json!("w1"))
+    );
+    socket
+        .send(
+            json!({"type": "send", "room_id": room, "text": "darn socket", "client_msg_id": "w2"}),
+        )
+        .await;
+    // The ack and the event, in whichever order they come.
+    let mut texts = Vec::new();
+    while texts.len() < 2 {
+        let frame = socket.recv().await;
+        if frame["type"] == "send_ack" || frame["type"] == "message" {
+            texts.push((frame["type"].clone(), frame["message"]["text"].clone()));
+        }
+    }
+    texts.sort_by_key(|(kind, _)| kind.to_string());
+    assert_eq!(
+        texts,
+        [
+            (json!("message"), json!("d**n socket")),
+            (json!("send_ack"), json!("d**n socket"))
+        ]
+    );
+
+    // A send the commit would refuse never reaches the hook.
+    let calls = hook.calls();
+    let outsider = closed
+        .call(
+            Method::POST,
+            &format!("/v1/rooms/{room}/messages"),
+            Some(&mallory.token),
+            Some(json!({"text": "hi"})),
+        )
+        .await;
+    assert_eq!(outsider.status, 404);
+    assert_eq!(hook.calls(), calls);
+
+    // What was stored: exactly the allowed and rewritten texts.
+    let history = closed
+        .get(&format!("/v1/rooms/{room}/messages"), &alice.token)
+        .await;
+    let texts: Vec<&str> = history.body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            "hello",
+            "oh d**n",
+            "slow but open",
+            "boom but open",
+            "d**n socket"
+        ]
+    );
+
+    // Every request verifies with the reference implementation, and its signed body is
+    // the send as proposed.
+    let requests = hook.requests.lock().unwrap().clone();
+    let bodies = verified_by_standard_webhooks(&requests).await;
+    assert_eq!(bodies.len(), requests.len());
+    assert_eq!(
+        bodies[0],
+        json!({"room_id": room, "sender_id": alice.id, "text": "hello", "client_msg_id": "k1", "reply_to": null})
+    );
+    let metrics = closed.metrics().await;
+    for outcome in ["allow", "reject", "modify", "timeout", "error"] {
+        let counted = metrics.lines().any(|line| {
+            line.starts_with("natter_send_hook_verdicts_total")
+                && line.contains(&format!("outcome=\"{outcome}\""))
+        });
+        assert!(counted, "{outcome}:\n{metrics}");
     }
 }

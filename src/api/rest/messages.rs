@@ -88,7 +88,7 @@ impl MessagesApi {
             client_msg_id: body.client_msg_id.as_deref(),
             reply_to: body.reply_to,
         };
-        let sent = state.chat.send(auth.0.id, request)?.stored().await?;
+        let sent = state.chat.send(auth.0.id, request).await?.stored().await?;
         Ok(if sent.created {
             SendMessageResponse::Created(Json(sent.message))
         } else {

@@ -289,7 +289,7 @@ impl Session {
                 client_msg_id,
             } => {
                 let reference = client_msg_id.clone();
-                match self.send(room_id, &text, client_msg_id) {
+                match self.send(room_id, &text, client_msg_id).await {
                     Ok(ack) => {
                         self.sending.push_back(ack);
                         Ok(())
@@ -344,7 +344,7 @@ impl Session {
     /// Queues a send for its room's group commit (so a socket's sends are stored in the
     /// order it sent them) and returns the wait for its ack, which goes on while the
     /// socket reads its next frames.
-    fn send(
+    async fn send(
         &mut self,
         room_id: Option<Uuid>,
         text: &str,
@@ -356,7 +356,7 @@ impl Session {
             client_msg_id: client_msg_id.as_deref(),
             reply_to: None,
         };
-        let queued = self.state.chat.send(self.user.id, request)?;
+        let queued = self.state.chat.send(self.user.id, request).await?;
         Ok(Box::pin(async move {
             let key = client_msg_id.as_deref();
             match queued.stored().await {
