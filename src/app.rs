@@ -23,7 +23,10 @@ use crate::{
     presence::{Presence, PresenceError},
     relay::RoomHub,
     store::{Store, StoreError},
-    webhooks::send_hook::SendHook,
+    webhooks::{
+        deliver::{self, Deliverer, DeliveryMetrics},
+        send_hook::SendHook,
+    },
 };
 
 /// Everything a request handler may need: one shared [`Node`]. Cloning it is one
@@ -246,6 +249,21 @@ impl Application {
             .send_hook
             .clone()
             .map(|hook| Arc::new(SendHook::new(hook)));
+        for hook in &settings.webhooks {
+            let id = deliver::cluster_webhook_id(&hook.url, &hook.secret);
+            let events = hook.events.as_deref();
+            store
+                .ensure_cluster_webhook(id, &hook.url, events, hook.secret.as_bytes())
+                .await?;
+        }
+        let delivery_metrics = DeliveryMetrics::default();
+        let deliverer = Deliverer::new(
+            store.clone(),
+            settings.node_id.clone(),
+            settings.webhook_allow_private,
+            delivery_metrics.clone(),
+        );
+        tokio::spawn(deliverer.run(shutdown.subscribe()));
         let mut metrics_registry = metrics::registry(
             &settings.node_id,
             &metrics,
@@ -256,6 +274,7 @@ impl Application {
         if let Some(hook) = &send_hook {
             metrics::register_send_hook(&mut metrics_registry, hook);
         }
+        metrics::register_webhooks(&mut metrics_registry, &delivery_metrics);
         let chat = Chat::new(chat::Parts {
             store: store.clone(),
             bus: bus.clone(),
@@ -265,6 +284,7 @@ impl Application {
             metrics: metrics.clone(),
             limits: settings.limits.clone(),
             send_hook,
+            webhook_allow_private: settings.webhook_allow_private,
         });
         let state = AppState(Arc::new(Node {
             settings,

@@ -65,6 +65,10 @@ pub struct Settings {
     pub otlp_endpoint: Option<String>,
     /// `service.name` of the spans (`OTEL_SERVICE_NAME`).
     pub service_name: String,
+    /// Webhooks that receive every room's events (SPEC §11, `WEBHOOKS`).
+    pub webhooks: Vec<crate::webhooks::ClusterWebhook>,
+    /// Whether webhooks may target loopback, private and link-local addresses.
+    pub webhook_allow_private: bool,
     /// The before-send moderation hook (SPEC §11), if `SEND_HOOK_URL` is set.
     pub send_hook: Option<crate::webhooks::send_hook::SendHookSettings>,
 }
@@ -88,6 +92,8 @@ impl std::fmt::Debug for Settings {
             .field("limits", &self.limits)
             .field("cors_origins", &self.cors_origins)
             .field("send_hook", &self.send_hook)
+            .field("webhooks", &self.webhooks.len())
+            .field("webhook_allow_private", &self.webhook_allow_private)
             .field("log_format", &self.log_format)
             .field("otlp_endpoint", &self.otlp_endpoint)
             .field("service_name", &self.service_name)
@@ -322,6 +328,11 @@ settings_args! {
     otel_exporter_otlp_endpoint: "OTEL_EXPORTER_OTLP_ENDPOINT";
     /// `service.name` of the spans.
     otel_service_name: "OTEL_SERVICE_NAME" = "natter";
+    /// Webhooks that receive every room's events: a JSON list of
+    /// `{"url", "secret": "whsec_…", "events"?: [...]}`.
+    webhooks: "WEBHOOKS";
+    /// `true`: webhooks may target loopback, private and link-local addresses.
+    webhook_allow_private: "WEBHOOK_ALLOW_PRIVATE" = "false";
     /// The before-send moderation hook: an http(s) URL asked about every message
     /// before it is stored (none by default).
     send_hook_url: "SEND_HOOK_URL";
@@ -481,6 +492,16 @@ impl Settings {
             None => None,
         };
         let service_name = parsed("OTEL_SERVICE_NAME", "natter")?;
+        let webhook_allow_private = match parsed("WEBHOOK_ALLOW_PRIVATE", "false")?.trim() {
+            "true" => true,
+            "false" => false,
+            _ => return Err(bad("WEBHOOK_ALLOW_PRIVATE", "must be true or false")),
+        };
+        let webhooks = match lookup("WEBHOOKS").filter(|v| !v.trim().is_empty()) {
+            Some(json) => crate::webhooks::parse_cluster_webhooks(&json, webhook_allow_private)
+                .map_err(|e| bad("WEBHOOKS", e))?,
+            None => Vec::new(),
+        };
         let send_hook = match lookup("SEND_HOOK_URL").filter(|v| !v.is_empty()) {
             Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
                 let secret = match lookup("SEND_HOOK_SECRET").filter(|v| !v.is_empty()) {
@@ -534,6 +555,8 @@ impl Settings {
             log_format,
             otlp_endpoint,
             service_name,
+            webhooks,
+            webhook_allow_private,
             send_hook,
         })
     }

@@ -22,7 +22,11 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{relay::RelayStats, store::commit::CommitTimings, webhooks::send_hook::SendHook};
+use crate::{
+    relay::RelayStats,
+    store::commit::CommitTimings,
+    webhooks::{deliver::DeliveryMetrics, send_hook::SendHook},
+};
 
 /// The `Content-Type` of [`render`]'s text.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -224,6 +228,25 @@ pub fn encode_gauge(
 ) -> Result<(), std::fmt::Error> {
     let gauge = ConstGauge::new(value);
     gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)
+}
+
+/// The webhook deliverer's series (SPEC §11).
+pub fn register_webhooks(registry: &mut Registry, deliveries: &DeliveryMetrics) {
+    registry.register(
+        "natter_webhook_attempts",
+        "Webhook delivery attempts by outcome: delivered (2xx) or failed",
+        deliveries.attempts.clone(),
+    );
+    registry.register(
+        "natter_webhook_oldest_undelivered_milliseconds",
+        "Per webhook: age of the event this node attempted last (0 once caught up)",
+        deliveries.oldest_undelivered_ms.clone(),
+    );
+    registry.register(
+        "natter_webhook_attempt_latency_seconds",
+        "How long webhook receivers took to answer",
+        deliveries.latency.metric(),
+    );
 }
 
 /// The before-send hook's series (SPEC §11), when one is configured.

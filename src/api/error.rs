@@ -173,6 +173,10 @@ impl From<StoreError> for ApiError {
             }
             StoreError::RoomNotFound => ApiError::NotFound(body("room_not_found", "no such room")),
             StoreError::UserNotFound => ApiError::NotFound(body("user_not_found", "no such user")),
+            StoreError::TooManyWebhooks => ApiError::Conflict(body("too_many_webhooks", message)),
+            StoreError::WebhookNotFound => {
+                ApiError::NotFound(body("webhook_not_found", "no such webhook in this room"))
+            }
             StoreError::MessageNotFound => {
                 ApiError::NotFound(body("message_not_found", "no such message in this room"))
             }
@@ -214,6 +218,9 @@ impl From<ChatError> for ApiError {
             ChatError::InvalidCredentials => ApiError::invalid_credentials(),
             ChatError::InvalidTicket => ApiError::unauthorized(message),
             ChatError::HasherBusy | ChatError::HookUnavailable => ApiError::unavailable(message),
+            ChatError::WebhookUrlNotAllowed(_) => {
+                ApiError::BadRequest(body("webhook_url_not_allowed", message))
+            }
             ChatError::RejectedByHook { reason } => {
                 ApiError::Forbidden(body("rejected_by_hook", reason))
             }

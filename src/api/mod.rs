@@ -43,6 +43,7 @@ pub fn openapi() -> OpenApiService<impl poem_openapi::OpenApi, ()> {
             rest::presence::PresenceApi,
             rest::tickets::TicketsApi,
             rest::bots::BotsApi,
+            rest::webhooks::WebhooksApi,
         ),
         "Natter",
         env!("CARGO_PKG_VERSION"),

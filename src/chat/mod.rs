@@ -16,6 +16,7 @@
 //! - [`messages`]: send, page, search, edit, delete, react.
 //! - [`rooms`]: create, list, read, rename, delete, join, leave, members, direct rooms,
 //!   read watermarks, the caller's chat list.
+//! - [`webhooks`]: a room's webhooks (delivery is `crate::webhooks`').
 //! - [`live`]: a socket's connection: subscribe, unsubscribe, typing, presence.
 
 pub mod accounts;
@@ -23,6 +24,7 @@ pub mod bots;
 pub mod live;
 pub mod messages;
 pub mod rooms;
+pub mod webhooks;
 
 use std::{
     collections::HashMap,
@@ -95,6 +97,9 @@ pub enum ChatError {
     /// closed; retry shortly.
     #[error("the moderation hook is unavailable; retry shortly")]
     HookUnavailable,
+    /// A webhook URL that is not a public http(s) destination (SPEC §11).
+    #[error("{0}")]
+    WebhookUrlNotAllowed(String),
 }
 
 /// The use cases and the parts of the node they work with.
@@ -123,6 +128,8 @@ pub struct Chat {
     socket_ids: AtomicU64,
     /// Asked before each message is stored, when configured (SPEC §11).
     send_hook: Option<Arc<SendHook>>,
+    /// Whether webhooks may target private addresses (`WEBHOOK_ALLOW_PRIVATE`).
+    webhook_allow_private: bool,
 }
 
 /// What [`Chat::new`] works with.
@@ -135,6 +142,7 @@ pub struct Parts {
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
     pub send_hook: Option<Arc<SendHook>>,
+    pub webhook_allow_private: bool,
 }
 
 impl Chat {
@@ -149,6 +157,7 @@ impl Chat {
             metrics,
             limits,
             send_hook,
+            webhook_allow_private,
         } = parts;
         store.on_commit(Self::on_commit(bus.clone(), metrics.clone()));
         Self {
@@ -173,6 +182,7 @@ impl Chat {
             limits,
             socket_ids: AtomicU64::new(1),
             send_hook,
+            webhook_allow_private,
         }
     }
 

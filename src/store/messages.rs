@@ -32,6 +32,7 @@ use super::{
     CachedQuery, Store, StoreError,
     access::Access,
     commit::{PendingSend, SendReceipt},
+    events::{self, RoomChange},
     rows::{MESSAGE_COLUMNS, attach_reactions, message_from_row, page_of},
 };
 use crate::{
@@ -239,20 +240,22 @@ impl Store {
         message_id: Uuid,
         text: &MessageText,
     ) -> Result<Message, StoreError> {
-        let client = self.client().await?;
+        let mut client = self.client().await?;
         Access::of(&client, room_id, viewer)
             .await?
             .require_member()?;
+        let tx = client.transaction().await?;
+        events::lock_room(&tx, room_id).await?;
         let sql = format!(
             "UPDATE messages SET text = $4, edited_at = now_ms()
               WHERE id = $1 AND room_id = $2 AND sender_id = $3 AND NOT deleted
               RETURNING {MESSAGE_COLUMNS}"
         );
-        let row = client
+        let row = tx
             .query_opt_cached(&sql, &[&message_id, &room_id, &viewer, &text.as_str()])
             .await?;
         let Some(row) = row else {
-            let (sender_id, deleted) = message_owner(&client, room_id, message_id).await?;
+            let (sender_id, deleted) = message_owner(&tx, room_id, message_id).await?;
             return Err(if sender_id != viewer {
                 StoreError::NotSender
             } else {
@@ -261,7 +264,9 @@ impl Store {
             });
         };
         let mut messages = vec![message_from_row(&row)];
-        attach_reactions(&client, viewer, &mut messages).await?;
+        attach_reactions(&tx, viewer, &mut messages).await?;
+        events::record(&tx, room_id, RoomChange::MessageEdited(&messages[0])).await?;
+        tx.commit().await?;
         Ok(messages.remove(0))
     }
 
@@ -277,11 +282,12 @@ impl Store {
         let mut client = self.client().await?;
         let access = Access::of(&client, room_id, viewer).await?;
         access.require_member()?;
-        let (sender_id, _) = message_owner(&client, room_id, message_id).await?;
+        let (sender_id, already_deleted) = message_owner(&client, room_id, message_id).await?;
         if sender_id != viewer {
             access.require_moderator()?;
         }
         let tx = client.transaction().await?;
+        events::lock_room(&tx, room_id).await?;
         tx.execute_cached(
             "DELETE FROM reactions WHERE message_id = $1",
             &[&message_id],
@@ -292,8 +298,12 @@ impl Store {
              RETURNING {MESSAGE_COLUMNS}"
         );
         let row = tx.query_one_cached(&sql, &[&message_id]).await?;
+        let tombstone = message_from_row(&row);
+        if !already_deleted {
+            events::record(&tx, room_id, RoomChange::MessageDeleted(&tombstone)).await?;
+        }
         tx.commit().await?;
-        Ok(message_from_row(&row))
+        Ok(tombstone)
     }
 
     /// Adds (`add`) or removes the caller's `emoji` reaction; idempotent both ways. Also
@@ -312,6 +322,7 @@ impl Store {
             .await?
             .require_member()?;
         let tx = client.transaction().await?;
+        events::lock_room(&tx, room_id).await?;
         // The message's row lock orders concurrent reactions to it, so the cap on its
         // distinct emoji holds however many arrive at once.
         let sql = format!(
@@ -352,6 +363,16 @@ impl Store {
         } > 0;
         let mut messages = vec![message];
         attach_reactions(&tx, viewer, &mut messages).await?;
+        if changed {
+            let reaction = RoomChange::Reaction {
+                added: add,
+                room_id,
+                message_id,
+                emoji: emoji.as_str(),
+                user_id: viewer,
+            };
+            events::record(&tx, room_id, reaction).await?;
+        }
         tx.commit().await?;
         Ok((messages.remove(0), changed))
     }

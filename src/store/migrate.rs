@@ -15,6 +15,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (4, include_str!("migrations/0004_credentials.sql")),
     (5, include_str!("migrations/0005_access_revocations.sql")),
     (6, include_str!("migrations/0006_bots.sql")),
+    (7, include_str!("migrations/0007_webhooks.sql")),
 ];
 
 /// Arbitrary, fixed key for `pg_advisory_xact_lock`: "natter" in ASCII.

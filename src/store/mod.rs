@@ -11,11 +11,13 @@ mod access;
 pub mod bots;
 pub mod commit;
 pub mod credentials;
+pub mod events;
 pub mod messages;
 mod migrate;
 pub mod rooms;
 mod rows;
 pub mod users;
+pub mod webhooks;
 
 use std::{
     path::Path,
@@ -51,6 +53,10 @@ pub enum StoreError {
     UserNotFound,
     #[error("message not found")]
     MessageNotFound,
+    #[error("webhook not found")]
+    WebhookNotFound,
+    #[error("a room has at most 10 webhooks; delete one first")]
+    TooManyWebhooks,
     /// A public room the caller must join before writing to it.
     #[error("not a member of this room")]
     NotMember,

@@ -9,7 +9,12 @@ use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use super::{Store, StoreError, access::Access, rows};
+use super::{
+    Store, StoreError,
+    access::Access,
+    events::{self, RoomChange},
+    rows,
+};
 use crate::{
     domain::{InvalidInput, RoomName},
     model::{AccessLost, Member, MyRoom, Role, Room, RoomKind},
@@ -35,17 +40,43 @@ async fn end_membership(
     room_id: Uuid,
     user_id: Uuid,
     reason: AccessLost,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
+    let ended = db
+        .query_one_cached(
+            "WITH gone AS (
+                 DELETE FROM members WHERE room_id = $1 AND user_id = $2 RETURNING room_id),
+             bumped AS (
+                 UPDATE rooms SET access_version = access_version + 1
+                  WHERE id IN (SELECT room_id FROM gone) AND kind <> 'public' RETURNING id),
+             revoked AS (
+                 INSERT INTO access_revocations (room_id, user_id, reason)
+                 SELECT id, $2, $3 FROM bumped
+                 ON CONFLICT (room_id, user_id) DO UPDATE SET reason = EXCLUDED.reason)
+             SELECT count(*) FROM gone",
+            &[&room_id, &user_id, &reason.as_str()],
+        )
+        .await?;
+    if ended.get::<_, i64>(0) == 0 {
+        return Ok(false);
+    }
+    let left = RoomChange::Member {
+        joined: false,
+        room_id,
+        user_id,
+    };
+    events::record(db, room_id, left).await?;
+    Ok(true)
+}
+
+/// Records a new room's `room.created` and starts every cluster-wide webhook at its
+/// beginning, so they deliver it.
+async fn record_created(db: &impl GenericClient, room: &Room) -> Result<(), StoreError> {
+    events::record(db, room.id, RoomChange::RoomCreated(room)).await?;
     db.execute_cached(
-        "WITH gone AS (
-             DELETE FROM members WHERE room_id = $1 AND user_id = $2 RETURNING room_id),
-         bumped AS (
-             UPDATE rooms SET access_version = access_version + 1
-              WHERE id IN (SELECT room_id FROM gone) AND kind <> 'public' RETURNING id)
-         INSERT INTO access_revocations (room_id, user_id, reason)
-         SELECT id, $2, $3 FROM bumped
-         ON CONFLICT (room_id, user_id) DO UPDATE SET reason = EXCLUDED.reason",
-        &[&room_id, &user_id, &reason.as_str()],
+        "INSERT INTO webhook_cursors (webhook_id, room_id, seq, n)
+         SELECT id, $1, 0, 0 FROM webhooks WHERE room_id IS NULL
+         ON CONFLICT DO NOTHING",
+        &[&room.id],
     )
     .await?;
     Ok(())
@@ -138,6 +169,7 @@ impl Store {
             }
         }
         let room = fetch_room(&tx, owner, room_id).await?;
+        record_created(&tx, &room).await?;
         tx.commit().await?;
         Ok(room)
     }
@@ -288,7 +320,10 @@ impl Store {
         // The room first: its row lock waits for a send in flight, which then commits
         // before the messages are deleted, and any later send finds no room. Two
         // statements, so the second's snapshot sees that send's messages (the few sent
-        // since the batches above).
+        // since the batches above). `room.deleted` is recorded under that lock.
+        events::lock_room(&tx, room_id).await?;
+        let room = fetch_room(&tx, viewer, room_id).await?;
+        events::record(&tx, room_id, RoomChange::RoomDeleted(&room)).await?;
         tx.execute_cached("DELETE FROM rooms WHERE id = $1", &[&room_id])
             .await?;
         tx.execute_cached("DELETE FROM messages WHERE room_id = $1", &[&room_id])
@@ -300,16 +335,27 @@ impl Store {
     /// Joins a public room; a no-op for a room the caller already belongs to.
     #[tracing::instrument(skip(self))]
     pub async fn join_room(&self, viewer: Uuid, room_id: Uuid) -> Result<(), StoreError> {
-        let client = self.client().await?;
+        let mut client = self.client().await?;
         let access = Access::of(&client, room_id, viewer).await?;
         if access.role.is_none() {
-            client
+            let tx = client.transaction().await?;
+            events::lock_room(&tx, room_id).await?;
+            let joined = tx
                 .execute_cached(
                     "INSERT INTO members (room_id, user_id, role) VALUES ($1, $2, 'member')
                      ON CONFLICT DO NOTHING",
                     &[&room_id, &viewer],
                 )
                 .await?;
+            if joined > 0 {
+                let change = RoomChange::Member {
+                    joined: true,
+                    room_id,
+                    user_id: viewer,
+                };
+                events::record(&tx, room_id, change).await?;
+            }
+            tx.commit().await?;
         }
         Ok(())
     }
@@ -318,7 +364,7 @@ impl Store {
     /// kind.
     #[tracing::instrument(skip(self))]
     pub async fn leave_room(&self, viewer: Uuid, room_id: Uuid) -> Result<RoomKind, StoreError> {
-        let client = self.client().await?;
+        let mut client = self.client().await?;
         let access = Access::of(&client, room_id, viewer).await?;
         match access.role {
             None => return Ok(access.kind),
@@ -328,7 +374,10 @@ impl Store {
             Some(Role::Owner) => return Err(StoreError::OwnerCannotLeave),
             Some(Role::Member) => {}
         }
-        end_membership(&client, room_id, viewer, AccessLost::Left).await?;
+        let tx = client.transaction().await?;
+        events::lock_room(&tx, room_id).await?;
+        end_membership(&tx, room_id, viewer, AccessLost::Left).await?;
+        tx.commit().await?;
         Ok(access.kind)
     }
 
@@ -381,11 +430,13 @@ impl Store {
         room_id: Uuid,
         user_id: Uuid,
     ) -> Result<(), StoreError> {
-        let client = self.client().await?;
+        let mut client = self.client().await?;
         Access::of(&client, room_id, viewer)
             .await?
             .require_owner()?;
-        let inserted = client
+        let tx = client.transaction().await?;
+        events::lock_room(&tx, room_id).await?;
+        let inserted = tx
             .execute_cached(
                 "INSERT INTO members (room_id, user_id, role)
                  SELECT $1, u.id, 'member' FROM users u WHERE u.id = $2
@@ -395,13 +446,21 @@ impl Store {
             .await?;
         if inserted == 0 {
             // Either already a member (fine) or no such user.
-            let exists = client
+            let exists = tx
                 .query_opt_cached("SELECT 1 FROM users WHERE id = $1", &[&user_id])
                 .await?;
             if exists.is_none() {
                 return Err(StoreError::UserNotFound);
             }
+        } else {
+            let change = RoomChange::Member {
+                joined: true,
+                room_id,
+                user_id,
+            };
+            events::record(&tx, room_id, change).await?;
         }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -413,13 +472,16 @@ impl Store {
         room_id: Uuid,
         user_id: Uuid,
     ) -> Result<RoomKind, StoreError> {
-        let client = self.client().await?;
+        let mut client = self.client().await?;
         let access = Access::of(&client, room_id, viewer).await?;
         access.require_owner()?;
         if user_id == viewer {
             return Err(StoreError::OwnerCannotLeave);
         }
-        end_membership(&client, room_id, user_id, AccessLost::Removed).await?;
+        let tx = client.transaction().await?;
+        events::lock_room(&tx, room_id).await?;
+        end_membership(&tx, room_id, user_id, AccessLost::Removed).await?;
+        tx.commit().await?;
         Ok(access.kind)
     }
 
@@ -476,6 +538,9 @@ impl Store {
                 .get(0),
         };
         let room = fetch_room(&tx, viewer, room_id).await?;
+        if was_created {
+            record_created(&tx, &room).await?;
+        }
         tx.commit().await?;
         Ok((room, was_created))
     }

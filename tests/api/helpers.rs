@@ -81,6 +81,8 @@ pub fn settings(database_url: &str) -> Settings {
         otlp_endpoint: None,
         service_name: "natter".into(),
         send_hook: None,
+        webhooks: Vec::new(),
+        webhook_allow_private: false,
     }
 }
 

@@ -19,3 +19,4 @@ mod rooms;
 mod security;
 mod traces;
 mod validation;
+mod webhooks;

@@ -11,6 +11,7 @@ pub mod presence;
 pub mod rooms;
 pub mod tickets;
 pub mod users;
+pub mod webhooks;
 
 use std::borrow::Cow;
 
@@ -42,6 +43,8 @@ enum ApiTags {
     Me,
     /// Bots and their API keys.
     Bots,
+    /// A room's outgoing webhooks.
+    Webhooks,
 }
 
 /// A success with nothing to return.
