@@ -263,6 +263,7 @@ impl Application {
             settings.webhook_allow_private,
             delivery_metrics.clone(),
         );
+        let webhook_waker = deliverer.waker();
         tokio::spawn(deliverer.run(shutdown.subscribe()));
         let mut metrics_registry = metrics::registry(
             &settings.node_id,
@@ -285,6 +286,7 @@ impl Application {
             limits: settings.limits.clone(),
             send_hook,
             webhook_allow_private: settings.webhook_allow_private,
+            webhook_waker,
         });
         let state = AppState(Arc::new(Node {
             settings,

@@ -773,6 +773,43 @@ mod tests {
     }
 
     #[test]
+    fn webhooks_is_a_json_list_of_public_urls_with_whsec_secrets_and_known_events() {
+        assert!(
+            Settings::from_lookup(env(&BASE))
+                .unwrap()
+                .webhooks
+                .is_empty()
+        );
+        let good = r#"[{"url": "https://hooks.example.com/a", "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "events": ["room.created"]}]"#;
+        let mut pairs = BASE.to_vec();
+        pairs.push(("WEBHOOKS", good));
+        let hooks = Settings::from_lookup(env(&pairs)).unwrap().webhooks;
+        assert_eq!(
+            hooks[0].events.as_deref(),
+            Some(&["room.created".to_string()][..])
+        );
+        for bad in [
+            "not json",
+            r#"[{"url": "https://a.example.com", "secret": "hunter2"}]"#,
+            r#"[{"url": "http://127.0.0.1:9/h", "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}]"#,
+            r#"[{"url": "https://a.example.com", "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "events": ["message.sent"]}]"#,
+            r#"[{"url": "https://a.example.com", "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "extra": 1}]"#,
+        ] {
+            let mut pairs = BASE.to_vec();
+            pairs.push(("WEBHOOKS", bad));
+            let err = Settings::from_lookup(env(&pairs)).unwrap_err();
+            assert_eq!(err.name, "WEBHOOKS", "{bad}");
+        }
+        let mut pairs = BASE.to_vec();
+        pairs.push(("WEBHOOKS", r#"[{"url": "http://127.0.0.1:9/h", "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}]"#));
+        pairs.push(("WEBHOOK_ALLOW_PRIVATE", "true"));
+        assert_eq!(
+            Settings::from_lookup(env(&pairs)).unwrap().webhooks.len(),
+            1
+        );
+    }
+
+    #[test]
     fn the_send_hook_is_off_by_default_and_its_settings_are_checked() {
         assert!(
             Settings::from_lookup(env(&BASE))

@@ -143,6 +143,8 @@ pub struct Parts {
     pub limits: Limits,
     pub send_hook: Option<Arc<SendHook>>,
     pub webhook_allow_private: bool,
+    /// Woken when messages commit, so webhooks deliver them without waiting for a poll.
+    pub webhook_waker: Arc<tokio::sync::Notify>,
 }
 
 impl Chat {
@@ -158,8 +160,9 @@ impl Chat {
             limits,
             send_hook,
             webhook_allow_private,
+            webhook_waker,
         } = parts;
-        store.on_commit(Self::on_commit(bus.clone(), metrics.clone()));
+        store.on_commit(Self::on_commit(bus.clone(), metrics.clone(), webhook_waker));
         Self {
             sends: Budget::new(limits.sends_per_second, limits.send_burst),
             edits: Budget::new(limits.edits_per_second, limits.edit_burst),
@@ -188,8 +191,9 @@ impl Chat {
 
     /// Emits each batch of committed messages once, in `seq` order, each in the trace of
     /// the request that sent it (the publishing half of SPEC §1.3).
-    fn on_commit(bus: Bus, metrics: Arc<Metrics>) -> OnCommit {
+    fn on_commit(bus: Bus, metrics: Arc<Metrics>, webhooks: Arc<tokio::sync::Notify>) -> OnCommit {
         Arc::new(move |committed: Vec<Committed>| {
+            webhooks.notify_one();
             let (bus, metrics) = (bus.clone(), metrics.clone());
             Box::pin(async move {
                 for Committed {

@@ -278,15 +278,18 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let inserted = tx
-            .execute_cached(
+        // `xmax = 0`: the row is new (not an update of an existing one).
+        let inserted: bool = tx
+            .query_one_cached(
                 "INSERT INTO webhooks (id, room_id, url, events, secret, config_key)
-                 VALUES ($1, NULL, $2, $3, $4, $1::text)
-                 ON CONFLICT (id) DO UPDATE SET events = EXCLUDED.events",
-                &[&id, &url, &events, &secret],
+                 VALUES ($1, NULL, $2, $3, $4, $5)
+                 ON CONFLICT (id) DO UPDATE SET events = EXCLUDED.events
+                 RETURNING xmax = 0",
+                &[&id, &url, &events, &secret, &id.to_string()],
             )
-            .await?;
-        if inserted > 0 {
+            .await?
+            .get(0);
+        if inserted {
             tx.execute_cached(
                 &format!(
                     "INSERT INTO webhook_cursors (webhook_id, room_id, seq, n)

@@ -22,7 +22,7 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge},
 };
 use rand_core::RngCore;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 use uuid::Uuid;
 
 use super::{destination, signing::Secret};
@@ -40,8 +40,12 @@ pub const LEASE: Duration = Duration::from_secs(15);
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a busy deliverer saves its cursor and renews its lease.
 const SAVE_EVERY: Duration = Duration::from_millis(500);
-/// How often a node looks for due work when it has none.
-const POLL_EVERY: Duration = Duration::from_millis(250);
+/// How often a node looks for due work: at least every [`MAX_POLL_WAIT`] (the first
+/// retries and other nodes' events are found so), more often while it finds some, and
+/// at once when [`Deliverer::waker`] is woken (this node committed messages), but never
+/// more than once per [`MIN_POLL_WAIT`].
+const MAX_POLL_WAIT: Duration = Duration::from_secs(1);
+const MIN_POLL_WAIT: Duration = Duration::from_millis(50);
 /// How long a failing webhook is retried before it is disabled.
 pub const GIVE_UP_AFTER: Duration = Duration::from_secs(24 * 3600);
 /// The longest wait between retries.
@@ -94,6 +98,7 @@ pub struct Deliverer {
     /// Deliveries in flight on this node: a slow receiver holds at most this many.
     slots: Arc<Semaphore>,
     metrics: DeliveryMetrics,
+    wake: Arc<Notify>,
 }
 
 /// Pairs delivered at once by one node.
@@ -124,17 +129,27 @@ impl Deliverer {
             allow_private,
             slots: Arc::new(Semaphore::new(CONCURRENT_DELIVERIES)),
             metrics,
+            wake: Arc::default(),
         })
+    }
+
+    /// Wakes the deliverer to look for work now (at most once per [`MIN_POLL_WAIT`]).
+    pub fn waker(&self) -> Arc<Notify> {
+        self.wake.clone()
     }
 
     /// Polls for due work until `shutdown` turns true.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut last_trim = Instant::now();
+        let mut wait = MIN_POLL_WAIT;
         loop {
             tokio::select! {
-                () = tokio::time::sleep(POLL_EVERY) => {}
+                () = tokio::time::sleep(wait) => {}
+                () = self.wake.notified() => {}
                 _ = shutdown.wait_for(|stop| *stop) => return,
             }
+            // Wakes during a burst of commits collapse into one look.
+            tokio::time::sleep(MIN_POLL_WAIT).await;
             let free = self.slots.available_permits();
             if free > 0 {
                 match self
@@ -143,6 +158,10 @@ impl Deliverer {
                     .await
                 {
                     Ok(claims) => {
+                        wait = match claims.is_empty() {
+                            true => (wait * 2).min(MAX_POLL_WAIT),
+                            false => MIN_POLL_WAIT,
+                        };
                         for claim in claims {
                             let Ok(slot) = self.slots.clone().try_acquire_owned() else {
                                 break;

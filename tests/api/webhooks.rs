@@ -747,3 +747,58 @@ async fn with_the_receiver_down_20_s_and_the_delivering_node_killed_every_event_
         received.len() - total
     );
 }
+
+#[tokio::test]
+async fn a_cluster_wide_webhook_from_webhooks_receives_every_rooms_events_from_when_it_was_configured()
+ {
+    let receiver = Receiver::start().await;
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let first = spawn_app_with(|_| {}).await;
+    let alice = first.register("alice").await;
+    let old = first.create_room(&alice, "old", "public").await;
+    first.send(&alice, old, "before the webhook").await;
+
+    // A node configured with WEBHOOKS registers it for the whole cluster.
+    let config = json!([{"url": receiver.url(), "secret": secret}]).to_string();
+    let mut with_webhook = settings(&first.database_url);
+    with_webhook.webhook_allow_private = true;
+    with_webhook.webhooks = natter::webhooks::parse_cluster_webhooks(&config, true).unwrap();
+    let second = spawn_node(with_webhook).await;
+    let new = second.create_room(&alice, "new", "private").await;
+    first.send(&alice, old, "in the old room").await;
+    first.send(&alice, new, "in the new room").await;
+
+    let got = receiver
+        .wait_for(Duration::from_secs(15), |r| r.len() >= 3)
+        .await;
+    let mut seen: Vec<(String, Value)> = got
+        .iter()
+        .map(|r| {
+            (
+                r.event()["type"].as_str().unwrap().to_string(),
+                room_of(&r.event()),
+            )
+        })
+        .collect();
+    seen.sort_by_key(|(kind, room)| (kind.clone(), room.to_string()));
+    let mut expected = vec![
+        ("message.created".to_string(), json!(old)),
+        ("message.created".to_string(), json!(new)),
+        ("room.created".to_string(), json!(new)),
+    ];
+    expected.sort_by_key(|(kind, room)| (kind.clone(), room.to_string()));
+    assert_eq!(seen, expected);
+    let in_new: Vec<Value> = got
+        .iter()
+        .filter(|r| room_of(&r.event()) == json!(new))
+        .map(|r| r.event()["type"].clone())
+        .collect();
+    assert_eq!(in_new, [json!("room.created"), json!("message.created")]);
+    assert_eq!(verify_with_standard_webhooks(secret, &got).await, got.len());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        receiver.received().len(),
+        3,
+        "nothing from before it was configured"
+    );
+}
