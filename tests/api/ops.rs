@@ -5,8 +5,11 @@ use std::{net::SocketAddr, time::Duration};
 
 use futures_util::future::join_all;
 use reqwest::Method;
+use serde_json::json;
 
-use crate::helpers::{WsClient, create_database, cuttable_proxy, settings, spawn_app, spawn_node};
+use crate::helpers::{
+    WsClient, create_database, cuttable_proxy, settings, spawn_app, spawn_app_with, spawn_node,
+};
 
 #[tokio::test]
 async fn health_readiness_and_metrics_answer_without_auth() {
@@ -79,7 +82,37 @@ async fn metrics_follow_sockets_subscriptions_and_fan_out_across_nodes() {
 
 #[tokio::test]
 async fn every_series_the_grafana_dashboard_charts_is_exported() {
-    let app = spawn_app().await;
+    // A node with every integration in use, so their series exist: a send hook (which
+    // answers nothing useful, so sends fail open) and a room webhook, both received by
+    // the test's receiver.
+    let receiver = crate::webhooks::Receiver::start().await;
+    let url = receiver.url();
+    let app = spawn_app_with(|s| {
+        s.webhook_allow_private = true;
+        s.send_hook = Some(natter::webhooks::send_hook::SendHookSettings {
+            url: url.clone(),
+            secret: None,
+            timeout: Duration::from_secs(1),
+            fail_open: true,
+        });
+    })
+    .await;
+    let alice = app.register("alice").await;
+    let room = app.create_room(&alice, "charted", "public").await;
+    app.call(
+        Method::POST,
+        &format!("/v1/rooms/{room}/webhooks"),
+        Some(&alice.token),
+        Some(json!({"url": url})),
+    )
+    .await
+    .assert_status(201);
+    app.send(&alice, room, "for the charts").await;
+    receiver
+        .wait_for(Duration::from_secs(10), |r| {
+            r.iter().any(|r| r.headers.contains_key("webhook-id"))
+        })
+        .await;
     let exported = app.metrics().await;
     let dashboard = include_str!("../../deploy/grafana-dashboard.json");
     let charted: std::collections::BTreeSet<&str> = dashboard
