@@ -802,3 +802,107 @@ async fn a_cluster_wide_webhook_from_webhooks_receives_every_rooms_events_from_w
         "nothing from before it was configured"
     );
 }
+
+/// The README's walk-through, as written: a bot posts, a room webhook delivers to
+/// `examples/webhook_receiver.py`, which verifies, drops the repeats a replay sends, and
+/// prints each event once.
+#[tokio::test]
+async fn the_example_receiver_verifies_prints_each_event_once_and_refuses_forgeries() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let app = spawn_app_with(|s| s.webhook_allow_private = true).await;
+    let alice = app.register("alice").await;
+    let room = app.create_room(&alice, "standup", "public").await;
+    let bot = app
+        .call(
+            Method::POST,
+            "/v1/bots",
+            Some(&alice.token),
+            Some(json!({"username": "standup-bot"})),
+        )
+        .await;
+    bot.assert_status(201);
+    let bot_key = bot.body["token"].as_str().unwrap().to_string();
+    app.call(
+        Method::POST,
+        &format!("/v1/rooms/{room}/join"),
+        Some(&bot_key),
+        None,
+    )
+    .await
+    .assert_status(204);
+    let port = crate::helpers::free_port();
+    let url = format!("http://127.0.0.1:{port}/");
+    let (webhook, secret) = create_webhook(&app, &alice.token, room, &url).await;
+
+    let mut receiver = tokio::process::Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/webhook_receiver.py"
+        ))
+        .args(["--secret", &secret, "--port", &port.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 runs the example");
+    let mut lines = BufReader::new(receiver.stdout.take().unwrap()).lines();
+    crate::helpers::wait_for_port(port).await;
+
+    // A request without Natter's signature is refused.
+    let forged = reqwest::Client::new()
+        .post(&url)
+        .header("webhook-id", "msg_forged")
+        .header("webhook-timestamp", (unix_secs()).to_string())
+        .header("webhook-signature", "v1,bm90IGEgc2lnbmF0dXJl")
+        .body(r#"{"type":"message.created"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 401);
+
+    let posted = app
+        .post_message(&bot_key, room, "Standup in 5 minutes")
+        .await;
+    posted.assert_status(201);
+    let printed = printed_event(&mut lines).await;
+    assert_eq!(printed["type"], "message.created");
+    assert_eq!(printed["data"]["message"]["text"], "Standup in 5 minutes");
+    assert_eq!(
+        printed["data"]["message"]["sender_id"],
+        bot.body["user"]["id"]
+    );
+
+    // A replay sends it again: the example drops the repeat and prints only what is new.
+    app.call(
+        Method::POST,
+        &format!("/v1/rooms/{room}/webhooks/{webhook}/replay"),
+        Some(&alice.token),
+        Some(json!({"from_seq": posted.body["seq"]})),
+    )
+    .await
+    .assert_status(202);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    app.post_message(&bot_key, room, "Standup now")
+        .await
+        .assert_status(201);
+    let printed = printed_event(&mut lines).await;
+    assert_eq!(printed["data"]["message"]["text"], "Standup now");
+}
+
+/// The next event the example printed.
+async fn printed_event(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) -> Value {
+    let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .expect("the example prints within 10 s")
+        .unwrap()
+        .expect("the example is running");
+    serde_json::from_str(&line).unwrap()
+}
+
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
