@@ -66,7 +66,7 @@ def make_handler(secret: str, seen: "OrderedDict[str, None]"):
                 if len(seen) > REMEMBERED_IDS:
                     seen.popitem(last=False)
                 event = json.loads(body)
-                print(json.dumps({"webhook-id": msg_id, **event}), flush=True)
+                print(json.dumps({"webhook-id": msg_id, **event}, ensure_ascii=False), flush=True)
             self.send_response(204)
             self.end_headers()
 
