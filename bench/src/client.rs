@@ -120,6 +120,14 @@ impl Api {
         Ok(reply["id"].as_str().unwrap_or_default().to_string())
     }
 
+    /// Adds a webhook to `url` on `room` (its owner's `token`).
+    pub async fn create_webhook(&self, token: &str, room: &str, url: &str) -> Result<(), String> {
+        let body = json!({"url": url, "events": ["message.created"]});
+        self.post(0, &format!("/v1/rooms/{room}/webhooks"), Some(token), body)
+            .await
+            .map(|_| ())
+    }
+
     pub async fn join(&self, i: usize, token: &str, room: &str) -> Result<(), String> {
         self.post(i, &format!("/v1/rooms/{room}/join"), Some(token), json!({}))
             .await

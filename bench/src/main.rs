@@ -17,6 +17,7 @@ mod client;
 mod report;
 mod scenario;
 mod soak;
+mod webhook;
 
 use std::{process::ExitCode, time::Duration};
 
@@ -59,6 +60,11 @@ enum Scenario {
         /// Sending connections.
         #[arg(long, default_value_t = 50)]
         senders: usize,
+        /// Add a webhook on the room, delivered to a receiver in this process that
+        /// answers at once; report its delivery rate (nodes need
+        /// WEBHOOK_ALLOW_PRIVATE=true).
+        #[arg(long)]
+        webhook: bool,
     },
     /// Many small rooms (two connections each) at rising total rates.
     Rooms {
@@ -162,6 +168,8 @@ pub struct Options {
     pub rates: Vec<f64>,
     pub count: usize,
     pub senders: usize,
+    /// `hot-room --webhook`.
+    pub webhook: bool,
 }
 
 impl Options {
@@ -183,6 +191,7 @@ impl Options {
             rates,
             count,
             senders: 50,
+            webhook: false,
         })
     }
 }
@@ -203,9 +212,14 @@ async fn main() -> ExitCode {
             common,
             traffic,
             senders,
+            webhook,
         } => match Options::new(common, traffic.duration, traffic.rates, 0) {
             Ok(options) => {
-                let options = Options { senders, ..options };
+                let options = Options {
+                    senders,
+                    webhook,
+                    ..options
+                };
                 scenario::run("hot-room", &options).await
             }
             Err(err) => Err(err),

@@ -15,6 +15,7 @@ use crate::{
     Options,
     client::{self, Api, Role},
     report::{self, ProcSample, Report},
+    webhook,
 };
 
 /// One connection to open: which node, which room, what it does.
@@ -113,6 +114,17 @@ async fn run_once(scenario: &str, options: &Options, rate: f64) -> Result<Report
     };
 
     let (tokens, rooms) = set_up(options, &plans, room_count).await?;
+    let webhook = match options.webhook && !options.baseline {
+        true => {
+            let (url, received) = webhook::start().await?;
+            Api::new(&options.urls)
+                .create_webhook(&tokens[0], &rooms[0], &url)
+                .await?;
+            eprintln!("[bench] webhook on the room, delivered to {url}");
+            Some(received)
+        }
+        false => None,
+    };
     let before_connect = ProcSample::read(&options.pids);
     let epoch = Instant::now();
     let connect_started = Instant::now();
@@ -194,6 +206,9 @@ async fn run_once(scenario: &str, options: &Options, rate: f64) -> Result<Report
     let traffic_started = Instant::now();
     progress(duration, &options.pids).await;
     let traffic_seconds = traffic_started.elapsed().as_secs_f64();
+    let hooked_when_sending_stopped = webhook
+        .as_ref()
+        .map(|received| received.requests.load(Ordering::Relaxed));
     // Let in-flight messages land before counting: until deliveries stop for 2 s (a
     // saturated run drains its backlog), at most a minute.
     if rate > 0.0 {
@@ -217,6 +232,9 @@ async fn run_once(scenario: &str, options: &Options, rate: f64) -> Result<Report
         tallies.push(task.await.map_err(|e| e.to_string())?);
     }
     let after_traffic = ProcSample::read(&options.pids);
+    if let (Some(received), Some(at_stop)) = (&webhook, hooked_when_sending_stopped) {
+        report_webhook(received, at_stop, &tallies, rate, traffic_seconds).await?;
+    }
     Ok(report::summarise(report::Inputs {
         scenario,
         rate,
@@ -294,6 +312,45 @@ async fn set_up(
     joined.into_iter().collect::<Result<Vec<_>, _>>()?;
     eprintln!("[bench] set up {user_count} users and {room_count} rooms");
     Ok((tokens, rooms))
+}
+
+/// Waits (at most two minutes) for the webhook to deliver every acknowledged send, then
+/// prints its figures as one JSON line: how many it delivered while the senders sent
+/// and at what rate it delivered overall. Fewer deliveries than sends is an error.
+async fn report_webhook(
+    received: &webhook::Received,
+    at_stop: u64,
+    tallies: &[client::Tally],
+    rate: f64,
+    traffic_seconds: f64,
+) -> Result<(), String> {
+    let acked: u64 = tallies.iter().map(|t| t.acked).sum();
+    let waiting = Instant::now();
+    while received.requests.load(Ordering::Relaxed) < acked
+        && waiting.elapsed() < Duration::from_secs(120)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let delivered = received.requests.load(Ordering::Relaxed);
+    let span = *received.span.lock().expect("not poisoned");
+    let seconds = span.map_or(0.0, |(first, last)| (last - first).as_secs_f64());
+    let line = serde_json::json!({
+        "scenario": "hot-room-webhook",
+        "rate": rate,
+        "acked_sends": acked,
+        "webhook_delivered": delivered,
+        "delivered_while_sending": at_stop,
+        "sends_per_second": acked as f64 / traffic_seconds,
+        "webhook_events_per_second": if seconds > 0.0 { delivered as f64 / seconds } else { 0.0 },
+        "webhook_finished_after_sending_s": waiting.elapsed().as_secs_f64(),
+    });
+    println!("{line}");
+    match delivered >= acked {
+        true => Ok(()),
+        false => Err(format!(
+            "the webhook delivered {delivered} of {acked} messages"
+        )),
+    }
 }
 
 pub(crate) fn uuid_fragment() -> String {
