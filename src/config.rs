@@ -65,6 +65,8 @@ pub struct Settings {
     pub otlp_endpoint: Option<String>,
     /// `service.name` of the spans (`OTEL_SERVICE_NAME`).
     pub service_name: String,
+    /// Whether the seeds' drop-in routes are served (SPEC §12, `COMPAT_ROUTES`).
+    pub compat_routes: bool,
     /// Webhooks that receive every room's events (SPEC §11, `WEBHOOKS`).
     pub webhooks: Vec<crate::webhooks::ClusterWebhook>,
     /// Whether webhooks may target loopback, private and link-local addresses.
@@ -92,6 +94,7 @@ impl std::fmt::Debug for Settings {
             .field("limits", &self.limits)
             .field("cors_origins", &self.cors_origins)
             .field("send_hook", &self.send_hook)
+            .field("compat_routes", &self.compat_routes)
             .field("webhooks", &self.webhooks.len())
             .field("webhook_allow_private", &self.webhook_allow_private)
             .field("log_format", &self.log_format)
@@ -328,6 +331,9 @@ settings_args! {
     otel_exporter_otlp_endpoint: "OTEL_EXPORTER_OTLP_ENDPOINT";
     /// `service.name` of the spans.
     otel_service_name: "OTEL_SERVICE_NAME" = "natter";
+    /// `false`: no drop-in routes for the original backends' clients (`/rooms/`,
+    /// `/api/...`, `/ws/...`).
+    compat_routes: "COMPAT_ROUTES" = "true";
     /// Webhooks that receive every room's events: a JSON list of
     /// `{"url", "secret": "whsec_…", "events"?: [...]}`.
     webhooks: "WEBHOOKS";
@@ -492,6 +498,11 @@ impl Settings {
             None => None,
         };
         let service_name = parsed("OTEL_SERVICE_NAME", "natter")?;
+        let compat_routes = match parsed("COMPAT_ROUTES", "true")?.trim() {
+            "true" => true,
+            "false" => false,
+            _ => return Err(bad("COMPAT_ROUTES", "must be true or false")),
+        };
         let webhook_allow_private = match parsed("WEBHOOK_ALLOW_PRIVATE", "false")?.trim() {
             "true" => true,
             "false" => false,
@@ -555,6 +566,7 @@ impl Settings {
             log_format,
             otlp_endpoint,
             service_name,
+            compat_routes,
             webhooks,
             webhook_allow_private,
             send_hook,

@@ -127,6 +127,11 @@ impl ApiError {
         )
     }
 
+    /// `404 not_found`: a route that is not served.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        ApiError::NotFound(body("not_found", message))
+    }
+
     pub fn unavailable(message: impl Into<String>) -> Self {
         ApiError::Unavailable(body("unavailable", message), UNAVAILABLE_RETRY_AFTER_SECS)
     }

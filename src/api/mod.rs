@@ -29,8 +29,8 @@ pub fn metrics_routes(state: AppState) -> impl Endpoint {
         .into_endpoint()
 }
 
-/// The REST API under `/v1` as one OpenAPI service: the routes, their document and
-/// everything generated from it (Swagger UI, `/postman.json`).
+/// The REST API as one OpenAPI service: `/v1` and the drop-in routes (SPEC §12), their
+/// document and everything generated from it (Swagger UI, `/postman.json`).
 pub fn openapi() -> OpenApiService<impl poem_openapi::OpenApi, ()> {
     OpenApiService::new(
         (
@@ -44,15 +44,16 @@ pub fn openapi() -> OpenApiService<impl poem_openapi::OpenApi, ()> {
             rest::tickets::TicketsApi,
             rest::bots::BotsApi,
             rest::webhooks::WebhooksApi,
+            rest::compat::CompatApi,
         ),
         "Natter",
         env!("CARGO_PKG_VERSION"),
     )
     .description(
         "A clustered real-time chat server. Every route needs `Authorization: Bearer <token>` \
-         except registration and login. Errors are `{\"error\": {\"code\", \"message\"}}`.",
+         except registration and login. Errors are `{\"error\": {\"code\", \"message\"}}`. \
+         The routes tagged `compat` speak the original backends' paths and shapes.",
     )
-    .server("/v1")
 }
 
 /// Builds the whole HTTP surface of a node (without `/metrics` when it has a listener
@@ -62,16 +63,28 @@ pub fn routes(state: AppState) -> impl Endpoint {
     let spec = api.spec_endpoint();
     let postman = postman_endpoint(&api.spec());
     let docs = api.swagger_ui();
+    // One service answers `/v1` and the drop-in routes at the root; the router hands it
+    // only those paths, so the rest of the root stays the node's own.
+    let api = std::sync::Arc::new(api.into_endpoint());
     let max_body_bytes = state.settings.limits.max_body_bytes;
     let cors_origins: std::sync::Arc<[String]> = state.settings.cors_origins.clone().into();
     let mut route = Route::new();
     if state.settings.metrics_addr.is_none() {
         route = route.at("/metrics", get(ops::metrics));
     }
+    if state.settings.compat_routes {
+        route = route
+            .at("/rooms", api.clone())
+            .at("/rooms/", without_trailing_slash(api.clone()))
+            .at("/:room_id/messages", api.clone())
+            .nest_no_strip("/api", api.clone())
+            .at("/ws/rooms/:room_id", get(ws::connect_seed_room))
+            .at("/ws/:receiver_id", get(ws::connect_seed_direct));
+    }
     route
         .at("/v1/ws", get(ws::connect))
         .at("/v1/ws/rooms/:room_id", get(ws::connect_room))
-        .nest("/v1", api)
+        .nest_no_strip("/v1", api)
         .at("/openapi.json", spec)
         .at("/postman.json", postman)
         .nest("/docs", docs)
@@ -98,4 +111,20 @@ fn postman_endpoint(spec: &str) -> impl Endpoint + use<> {
             .content_type("application/json; charset=utf-8")
             .body(body.clone())
     }))
+}
+
+/// Seed 000's clients call `/rooms/`; the document (like FastAPI's redirect) has `/rooms`.
+fn without_trailing_slash<E: Endpoint>(endpoint: E) -> impl Endpoint {
+    endpoint.before(|mut req: poem::Request| async move {
+        let uri = req.uri();
+        let path = uri.path().trim_end_matches('/');
+        let trimmed = match uri.query() {
+            Some(query) => format!("{path}?{query}"),
+            None => path.to_owned(),
+        };
+        *req.uri_mut() = trimmed
+            .parse()
+            .map_err(|_| poem::Error::from_status(poem::http::StatusCode::BAD_REQUEST))?;
+        Ok(req)
+    })
 }

@@ -241,7 +241,7 @@ mod tests {
         for (path, methods) in spec["paths"].as_object().unwrap() {
             for method in methods.as_object().unwrap().keys() {
                 let path = path.replace('{', ":").replace('}', "");
-                operations.push(format!("{} /v1{path}", method.to_uppercase()));
+                operations.push(format!("{} {path}", method.to_uppercase()));
             }
         }
         requests.sort();

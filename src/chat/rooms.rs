@@ -11,7 +11,7 @@ use crate::{
     bus::RoomEvent,
     domain::{InvalidInput, RoomName, parse_seq},
     model::{AccessLost, Member, MyRoom, Room, RoomKind},
-    store::rooms::{ActivityCursor, Page},
+    store::rooms::{ActivityCursor, DirectChat, Page},
 };
 
 /// Most members a room can be created with.
@@ -188,6 +188,30 @@ impl Chat {
                 .await;
         }
         Ok(seq)
+    }
+
+    /// The direct room of `user` and `other`, if they have one; `user_not_found` if
+    /// `other` does not exist.
+    pub async fn find_direct_room(
+        &self,
+        user: Uuid,
+        other: Uuid,
+    ) -> Result<Option<Uuid>, ChatError> {
+        Ok(self.store.find_direct_room(user, other).await?)
+    }
+
+    /// The direct room of `user` and `other`, created (and metered as a creation) only
+    /// if they have none yet.
+    pub async fn direct_room(&self, user: Uuid, other: Uuid) -> Result<Uuid, ChatError> {
+        match self.find_direct_room(user, other).await? {
+            Some(room) => Ok(room),
+            None => Ok(self.open_direct_room(user, other).await?.0.id),
+        }
+    }
+
+    /// The caller's direct rooms by last activity (SPEC §12's chat list).
+    pub async fn direct_chats(&self, user: Uuid, limit: i64) -> Result<Vec<DirectChat>, ChatError> {
+        Ok(self.store.direct_chats(user, limit).await?)
     }
 
     /// The caller's rooms by last activity, with unread counts and last messages.

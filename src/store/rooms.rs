@@ -94,6 +94,15 @@ fn room_from_row(row: &Row) -> Room {
     }
 }
 
+/// One of a user's direct rooms, as the chat list of `GET /api/chats` shows it.
+pub struct DirectChat {
+    pub room_id: Uuid,
+    pub other_user_id: Uuid,
+    /// Milliseconds since the epoch; `None` before the first message.
+    pub last_message_at: Option<i64>,
+    pub unread_count: i64,
+}
+
 /// A page of a list and the cursor of the next page, if there is one.
 pub struct Page<T> {
     pub items: Vec<T>,
@@ -543,6 +552,66 @@ impl Store {
         }
         tx.commit().await?;
         Ok((room, was_created))
+    }
+
+    /// The direct room of `viewer` and `other`, if they have one (nothing is created).
+    /// `user_not_found` if `other` does not exist.
+    pub async fn find_direct_room(
+        &self,
+        viewer: Uuid,
+        other: Uuid,
+    ) -> Result<Option<Uuid>, StoreError> {
+        let (low, high) = if viewer < other {
+            (viewer, other)
+        } else {
+            (other, viewer)
+        };
+        let client = self.client().await?;
+        let row = client
+            .query_one_cached(
+                "SELECT EXISTS (SELECT 1 FROM users WHERE id = $1) AS known,
+                        (SELECT id FROM rooms WHERE direct_key = $2) AS room",
+                &[&other, &format!("{low}:{high}")],
+            )
+            .await?;
+        if !row.get::<_, bool>("known") {
+            return Err(StoreError::UserNotFound);
+        }
+        Ok(row.get("room"))
+    }
+
+    /// The caller's direct rooms, most recently active first (at most `limit`): the other
+    /// user, when the last message came (none yet: `None`) and how many are unread.
+    pub async fn direct_chats(
+        &self,
+        viewer: Uuid,
+        limit: i64,
+    ) -> Result<Vec<DirectChat>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query_cached(
+                "SELECT r.id, o.user_id AS other,
+                        CASE WHEN r.last_seq > 0 THEN r.last_activity_at END AS last_message_at,
+                        (SELECT count(*) FROM messages x
+                          WHERE x.room_id = r.id AND x.seq > m.last_read_seq
+                            AND x.sender_id <> $1 AND NOT x.deleted) AS unread_count
+                   FROM members m
+                   JOIN rooms r ON r.id = m.room_id AND r.kind = 'direct'
+                   JOIN members o ON o.room_id = r.id AND o.user_id <> $1
+                  WHERE m.user_id = $1
+                  ORDER BY r.last_activity_at DESC, r.id DESC LIMIT $2",
+                &[&viewer, &limit],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| DirectChat {
+                room_id: row.get("id"),
+                other_user_id: row.get("other"),
+                last_message_at: row.get("last_message_at"),
+                unread_count: row.get("unread_count"),
+            })
+            .collect())
     }
 
     /// The caller's rooms, most recently active first, with unread counts and the last

@@ -523,7 +523,7 @@ async fn a_reaction_must_be_unicode_emoji() {
 }
 
 /// The status a refused WebSocket handshake to `url` is answered with.
-async fn refused_handshake(url: &str) -> u16 {
+pub(crate) async fn refused_handshake(url: &str) -> u16 {
     refused_handshake_with_body(url).await.0
 }
 

@@ -19,7 +19,7 @@ from natter_client.models import (
     SendMessageRequest,
 )
 
-base = sys.argv[1] + "/v1"
+base = sys.argv[1]
 
 
 def sign_up(username):

@@ -135,7 +135,7 @@ for folder in collection["item"]:
         url = item["request"]["url"]
         assert url["host"] == ["{{baseUrl}}"], url
         requests.append(item["request"]["method"] + " /" + "/".join(url["path"]))
-prefix = spec["servers"][0]["url"].rstrip("/")
+prefix = (spec.get("servers") or [{"url": ""}])[0]["url"].rstrip("/")
 operations = [
     method.upper() + " " + prefix + path.replace("{", ":").replace("}", "")
     for path, methods in spec["paths"].items() for method in methods

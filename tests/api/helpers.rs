@@ -81,6 +81,7 @@ pub fn settings(database_url: &str) -> Settings {
         otlp_endpoint: None,
         service_name: "natter".into(),
         send_hook: None,
+        compat_routes: true,
         webhooks: Vec::new(),
         webhook_allow_private: false,
     }

@@ -5,6 +5,7 @@ mod abuse;
 mod auth;
 mod browser;
 mod cluster;
+mod compat;
 mod generated_client;
 mod helpers;
 mod integrations;

@@ -49,7 +49,7 @@ enum RegisterResponse {
     Created(Json<Session>),
 }
 
-#[OpenApi(prefix_path = "/auth", tag = "ApiTags::Auth")]
+#[OpenApi(prefix_path = "/v1/auth", tag = "ApiTags::Auth")]
 impl AuthApi {
     /// Create an account and get a token.
     #[oai(path = "/register", method = "post", operation_id = "register")]

@@ -59,7 +59,7 @@ enum CreatedBot {
     Created(Json<BotKey>),
 }
 
-#[OpenApi(prefix_path = "/bots", tag = "ApiTags::Bots")]
+#[OpenApi(prefix_path = "/v1/bots", tag = "ApiTags::Bots")]
 impl BotsApi {
     /// Create a bot and get its API key.
     #[oai(path = "/", method = "post", operation_id = "create_bot")]

@@ -24,7 +24,7 @@ struct MyRoomList {
     next_cursor: Option<String>,
 }
 
-#[OpenApi(prefix_path = "/me", tag = "ApiTags::Me")]
+#[OpenApi(prefix_path = "/v1/me", tag = "ApiTags::Me")]
 impl MeApi {
     /// The caller's rooms, most recently active first, each with its unread count, read
     /// watermark and last message.

@@ -28,7 +28,7 @@ struct MemberList {
     next_cursor: Option<String>,
 }
 
-#[OpenApi(tag = "ApiTags::Members")]
+#[OpenApi(prefix_path = "/v1", tag = "ApiTags::Members")]
 impl MembersApi {
     /// A room's members with their role, in user-id order.
     #[oai(

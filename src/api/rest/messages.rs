@@ -67,7 +67,7 @@ enum SendMessageResponse {
     Existing(Json<Message>),
 }
 
-#[OpenApi(tag = "ApiTags::Messages")]
+#[OpenApi(prefix_path = "/v1", tag = "ApiTags::Messages")]
 impl MessagesApi {
     /// Send a message. Answered only after it is committed.
     #[oai(

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod bots;
+pub mod compat;
 mod examples;
 pub mod me;
 pub mod members;
@@ -45,6 +46,10 @@ enum ApiTags {
     Bots,
     /// A room's outgoing webhooks.
     Webhooks,
+    /// Drop-in routes for the original backends' clients (SPEC §12): their paths and
+    /// shapes over the same use cases.
+    #[oai(rename = "compat")]
+    Compat,
 }
 
 /// A success with nothing to return.

@@ -21,7 +21,7 @@ struct UserList {
     users: Vec<User>,
 }
 
-#[OpenApi(tag = "ApiTags::Users")]
+#[OpenApi(prefix_path = "/v1", tag = "ApiTags::Users")]
 impl PresenceApi {
     /// Users with a live connection anywhere in the cluster.
     #[oai(path = "/presence", method = "get", operation_id = "list_online_users")]

@@ -91,7 +91,7 @@ enum DirectRoomResponse {
     Existing(Json<Room>),
 }
 
-#[OpenApi(tag = "ApiTags::Rooms")]
+#[OpenApi(prefix_path = "/v1", tag = "ApiTags::Rooms")]
 impl RoomsApi {
     /// Create a public or private room.
     #[oai(path = "/rooms", method = "post", operation_id = "create_room")]

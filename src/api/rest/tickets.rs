@@ -31,7 +31,7 @@ enum TicketResponse {
     Created(Json<Ticket>),
 }
 
-#[OpenApi(prefix_path = "/ws", tag = "ApiTags::Auth")]
+#[OpenApi(prefix_path = "/v1/ws", tag = "ApiTags::Auth")]
 impl TicketsApi {
     /// Get a single-use ticket to open a WebSocket with instead of the token.
     #[oai(path = "/tickets", method = "post", operation_id = "create_ws_ticket")]

@@ -13,7 +13,7 @@ use crate::{
 
 pub struct UsersApi;
 
-#[OpenApi(prefix_path = "/users", tag = "ApiTags::Users")]
+#[OpenApi(prefix_path = "/v1/users", tag = "ApiTags::Users")]
 impl UsersApi {
     /// The caller.
     #[oai(path = "/me", method = "get", operation_id = "get_me")]

@@ -128,7 +128,7 @@ enum ReplayResponse {
     Accepted,
 }
 
-#[OpenApi(prefix_path = "/rooms", tag = "ApiTags::Webhooks")]
+#[OpenApi(prefix_path = "/v1/rooms", tag = "ApiTags::Webhooks")]
 impl WebhooksApi {
     /// Add a webhook to a room (owner only).
     #[oai(

@@ -1,12 +1,16 @@
 //! The WebSocket API (SPEC §4): `GET /v1/ws` (many rooms per socket) and
-//! `GET /v1/ws/rooms/{room_id}` (one room, subscribed at once).
+//! `GET /v1/ws/rooms/{room_id}` (one room, subscribed at once); and the seeds' sockets
+//! (SPEC §12), the single-room session in their frame shapes ([`Dialect`]).
 //!
 //! The upgrade authenticates (`?ticket=` from `POST /v1/ws/tickets`, `Authorization:
 //! Bearer`, or `?token=` for compatibility), refuses new sockets while the node drains,
 //! and hands the socket to a [`session::Session`].
 
+mod dialect;
 mod session;
 mod writer;
+
+pub use dialect::Dialect;
 
 use poem::{
     IntoResponse, Request, Response, handler,
@@ -40,7 +44,7 @@ pub async fn connect(
     Query(params): Query<ConnectParams>,
 ) -> Response {
     match authenticate(req, state, &params).await {
-        Ok(user) => upgrade(ws, state, user, None),
+        Ok(user) => upgrade(ws, state, user, None, Dialect::Natter),
         Err(err) => err.into_response(),
     }
 }
@@ -65,7 +69,64 @@ pub async fn connect_room(
     if params.since_seq.is_some_and(|s| s < 0) {
         return ApiError::invalid("since_seq", "must be zero or more").into_response();
     }
-    upgrade(ws, state, user, Some((room_id, params.since_seq)))
+    upgrade(
+        ws,
+        state,
+        user,
+        Some((room_id, params.since_seq)),
+        Dialect::Natter,
+    )
+}
+
+/// `GET /ws/rooms/{room_id}?token=` (SPEC §12, seed 000): the single-room socket in the
+/// seed's frame shapes; `404` at the handshake for a room the caller cannot see.
+#[handler]
+pub async fn connect_seed_room(
+    req: &Request,
+    ws: WebSocket,
+    Data(state): Data<&AppState>,
+    Path(room_id): Path<Uuid>,
+    Query(params): Query<ConnectParams>,
+) -> Response {
+    if !state.settings.compat_routes {
+        return ApiError::not_found("no such route (COMPAT_ROUTES=false)").into_response();
+    }
+    let user = match authenticate(req, state, &params).await {
+        Ok(user) => user,
+        Err(err) => return err.into_response(),
+    };
+    if let Err(err) = state.chat.check_access(user.id, room_id).await {
+        return ApiError::from(err).into_response();
+    }
+    upgrade(ws, state, user, Some((room_id, None)), Dialect::SeedRoom)
+}
+
+/// `GET /ws/{receiver_id}?token=` (SPEC §12, seed 004): a socket on the caller's direct
+/// room with `receiver_id`, made on first contact; `404` for an unknown user.
+#[handler]
+pub async fn connect_seed_direct(
+    req: &Request,
+    ws: WebSocket,
+    Data(state): Data<&AppState>,
+    Path(receiver_id): Path<Uuid>,
+    Query(params): Query<ConnectParams>,
+) -> Response {
+    if !state.settings.compat_routes {
+        return ApiError::not_found("no such route (COMPAT_ROUTES=false)").into_response();
+    }
+    let user = match authenticate(req, state, &params).await {
+        Ok(user) => user,
+        Err(err) => return err.into_response(),
+    };
+    let room_id = match state.chat.direct_room(user.id, receiver_id).await {
+        Ok(room_id) => room_id,
+        Err(err) => return ApiError::from(err).into_response(),
+    };
+    let dialect = Dialect::SeedDirect {
+        me: user.id,
+        other: receiver_id,
+    };
+    upgrade(ws, state, user, Some((room_id, None)), dialect)
 }
 
 async fn authenticate(
@@ -107,6 +168,7 @@ fn upgrade(
     state: &AppState,
     user: AuthUser,
     room: Option<(Uuid, Option<i64>)>,
+    dialect: Dialect,
 ) -> Response {
     let permit = match state.chat.admit_socket(user.id) {
         Ok(permit) => permit,
@@ -126,6 +188,6 @@ fn upgrade(
     config.max_write_buffer_size = 1024 * 1024;
     let state = state.clone();
     ws.config(config)
-        .on_upgrade(move |socket| session::Session::run(socket, state, user, permit, room))
+        .on_upgrade(move |socket| session::Session::run(socket, state, user, permit, room, dialect))
         .into_response()
 }

@@ -26,7 +26,10 @@ use poem::web::websocket::{Message as WsMessage, WebSocketStream};
 use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
 use uuid::Uuid;
 
-use super::writer::{self, WRITE_TIMEOUT};
+use super::{
+    dialect::Dialect,
+    writer::{self, WRITE_TIMEOUT},
+};
 use crate::{
     api::error::ApiError,
     app::AppState,
@@ -65,6 +68,8 @@ pub struct Session {
     default_room: Option<Uuid>,
     /// Sends waiting for their commit, answered in the order they were sent.
     sending: FuturesOrdered<PendingAck>,
+    /// The frame shapes the client speaks (SPEC §12's drop-in sockets).
+    dialect: Dialect,
 }
 
 impl Session {
@@ -78,6 +83,7 @@ impl Session {
         user: AuthUser,
         permit: SocketPermit,
         room: Option<(Uuid, Option<i64>)>,
+        dialect: Dialect,
     ) -> impl Future<Output = ()> + Send {
         let (sink, stream) = socket.split();
         let (queue, outbound) = mpsc::channel(state.settings.limits.outbound_queue);
@@ -88,6 +94,7 @@ impl Session {
             closer.clone(),
             state.clone(),
             user.id,
+            dialect,
         ));
         state.metrics.socket_opened();
         let connection = state.chat.connect(permit, queue.clone(), closer.clone());
@@ -99,6 +106,7 @@ impl Session {
             closer,
             default_room: room.map(|(id, _)| id),
             sending: FuturesOrdered::new(),
+            dialect,
         };
         session.serve(stream, writer, room)
     }
@@ -255,7 +263,8 @@ impl Session {
     }
 
     async fn handle(&mut self, text: &str) {
-        let frame = match ClientFrame::parse(text) {
+        let text = self.dialect.inbound(text);
+        let frame = match ClientFrame::parse(&text) {
             Ok(frame) => frame,
             Err(err) => {
                 let (code, message) = match err {

@@ -17,6 +17,7 @@ use poem::web::websocket::{CloseCode, Message as WsMessage, WebSocketStream};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use super::dialect::Dialect;
 use crate::{
     app::AppState,
     bus::{EventKind, RoomEvent},
@@ -50,6 +51,7 @@ pub(super) async fn write_loop(
     closer: Arc<Closer>,
     state: AppState,
     user_id: Uuid,
+    dialect: Dialect,
 ) {
     let mut writer = Writer {
         sink,
@@ -57,6 +59,7 @@ pub(super) async fn write_loop(
         state,
         user_id,
         cursors: Cursors::for_user(user_id),
+        dialect,
     };
     let mut ping = tokio::time::interval(PING_INTERVAL);
     ping.tick().await;
@@ -116,6 +119,8 @@ struct Writer {
     user_id: Uuid,
     /// What the socket has been sent of each subscribed room.
     cursors: Cursors,
+    /// The frame shapes the client speaks: frames are reworded (or left out) last.
+    dialect: Dialect,
 }
 
 /// Why the writer stopped writing events.
@@ -210,6 +215,14 @@ impl Writer {
     }
 
     async fn feed(&mut self, message: WsMessage) -> Result<(), Stop> {
+        let message = match (self.dialect, message) {
+            (Dialect::Natter, message) => message,
+            (dialect, WsMessage::Text(text)) => match dialect.outbound(text) {
+                Some(text) => WsMessage::Text(text),
+                None => return Ok(()),
+            },
+            (_, message) => message,
+        };
         guarded(&self.closer, self.sink.feed(message)).await
     }
 
