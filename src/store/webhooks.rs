@@ -304,6 +304,15 @@ impl Store {
         Ok(())
     }
 
+    /// Whether the cluster has any webhook at all.
+    pub async fn any_webhooks(&self) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one_cached("SELECT EXISTS (SELECT 1 FROM webhooks)", &[])
+            .await?;
+        Ok(row.get(0))
+    }
+
     /// Leases up to `limit` (webhook, room) pairs that have events to deliver and are
     /// due, to `node` for `lease`: at any moment one node delivers a pair.
     pub async fn claim_webhook_work(

@@ -211,8 +211,10 @@ impl Session {
                         && now >= at
                     {
                         // Postgres unreachable is not a revocation: the socket stays
-                        // and the key is asked about again next time.
-                        if let Ok(None) = self.state.auth.bot_of_key(key).await {
+                        // and the key is asked about again next time. Boxed: inline,
+                        // its future would grow every socket's task, bots' or not.
+                        let check = Box::pin(self.state.auth.bot_of_key(key));
+                        if let Ok(None) = check.await {
                             return Some((4001, "bot key replaced or deleted"));
                         }
                         key_check = Some(now + BOT_KEY_RECHECK);
