@@ -294,46 +294,17 @@ impl ModerationService {
 const HOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 /// Verifies each recorded request with the `standardwebhooks` package (the reference
-/// implementation, not Natter's code), and prints the bodies it verified.
+/// implementation, not Natter's code); returns the bodies it verified.
 async fn verified_by_standard_webhooks(requests: &[Received]) -> Vec<Value> {
-    let python = std::env::var("NATTER_TEST_PYTHON")
-        .expect("NATTER_TEST_PYTHON is not set: run the tests through `bash tests/run`");
-    let input: Vec<Value> = requests
+    let requests: Vec<crate::webhooks::Received> = requests
         .iter()
-        .map(|(headers, body)| json!({"headers": headers.iter().cloned().collect::<std::collections::HashMap<_, _>>(), "body": body}))
+        .map(|(headers, body)| crate::webhooks::Received {
+            headers: headers.iter().cloned().collect(),
+            body: body.clone(),
+            at: Instant::now(),
+        })
         .collect();
-    let script = r#"
-import json, sys
-from standardwebhooks.webhooks import Webhook
-hook = Webhook(sys.argv[1])
-for request in json.load(sys.stdin):
-    print(json.dumps(hook.verify(request["body"], request["headers"])))
-"#;
-    let mut child = tokio::process::Command::new(python)
-        .args(["-c", script, HOOK_SECRET])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use tokio::io::AsyncWriteExt;
-    let mut stdin = child.stdin.take().unwrap();
-    stdin
-        .write_all(serde_json::to_string(&input).unwrap().as_bytes())
-        .await
-        .unwrap();
-    drop(stdin);
-    let out = child.wait_with_output().await.unwrap();
-    assert!(
-        out.status.success(),
-        "verification failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect()
+    crate::webhooks::verify_with_standard_webhooks(HOOK_SECRET, &requests).await
 }
 
 async fn post_text(

@@ -178,8 +178,8 @@ impl Receiver {
 }
 
 /// Verifies each request's signature with the `standardwebhooks` package (the
-/// reference implementation) under `secret`; returns how many verified.
-pub async fn verify_with_standard_webhooks(secret: &str, requests: &[Received]) -> usize {
+/// reference implementation) under `secret`; returns the verified bodies, in order.
+pub async fn verify_with_standard_webhooks(secret: &str, requests: &[Received]) -> Vec<Value> {
     let python = std::env::var("NATTER_TEST_PYTHON")
         .expect("NATTER_TEST_PYTHON is not set: run the tests through `bash tests/run`");
     let input: Vec<Value> = requests
@@ -190,11 +190,8 @@ pub async fn verify_with_standard_webhooks(secret: &str, requests: &[Received]) 
 import json, sys
 from standardwebhooks.webhooks import Webhook
 hook = Webhook(sys.argv[1])
-count = 0
 for request in json.load(sys.stdin):
-    hook.verify(request["body"], request["headers"])
-    count += 1
-print(count)
+    print(json.dumps(hook.verify(request["body"], request["headers"])))
 "#;
     let mut child = tokio::process::Command::new(python)
         .args(["-c", script, secret])
@@ -218,9 +215,9 @@ print(count)
     );
     String::from_utf8(out.stdout)
         .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
 }
 
 async fn create_webhook(node: &TestApp, token: &str, room: Uuid, url: &str) -> (Uuid, String) {
@@ -356,7 +353,7 @@ async fn a_room_webhook_receives_every_kind_of_event_in_order_signed_and_can_rot
     ids.dedup();
     assert_eq!(ids.len(), got.len(), "one webhook-id per event");
     assert_eq!(
-        verify_with_standard_webhooks(&secret, &got).await,
+        verify_with_standard_webhooks(&secret, &got).await.len(),
         got.len()
     );
 
@@ -379,10 +376,17 @@ async fn a_room_webhook_receives_every_kind_of_event_in_order_signed_and_can_rot
     let last = got.last().unwrap().clone();
     assert_eq!(last.headers["webhook-signature"].split(' ').count(), 2);
     assert_eq!(
-        verify_with_standard_webhooks(&secret, std::slice::from_ref(&last)).await,
+        verify_with_standard_webhooks(&secret, std::slice::from_ref(&last))
+            .await
+            .len(),
         1
     );
-    assert_eq!(verify_with_standard_webhooks(&new_secret, &[last]).await, 1);
+    assert_eq!(
+        verify_with_standard_webhooks(&new_secret, &[last])
+            .await
+            .len(),
+        1
+    );
 
     // Replay from the first message the webhook saw: the same events again, same ids.
     let replay = first
@@ -730,7 +734,7 @@ async fn with_the_receiver_down_20_s_and_the_delivering_node_killed_every_event_
             .collect();
         assert_eq!(order, expected[i], "room {i}: in order, without a gap");
         assert_eq!(
-            verify_with_standard_webhooks(secret, &mine).await,
+            verify_with_standard_webhooks(secret, &mine).await.len(),
             mine.len()
         );
         let kinds = |kind: &str| {
@@ -794,7 +798,10 @@ async fn a_cluster_wide_webhook_from_webhooks_receives_every_rooms_events_from_w
         .map(|r| r.event()["type"].clone())
         .collect();
     assert_eq!(in_new, [json!("room.created"), json!("message.created")]);
-    assert_eq!(verify_with_standard_webhooks(secret, &got).await, got.len());
+    assert_eq!(
+        verify_with_standard_webhooks(secret, &got).await.len(),
+        got.len()
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         receiver.received().len(),

@@ -88,17 +88,15 @@ pub async fn connect_seed_room(
     Path(room_id): Path<Uuid>,
     Query(params): Query<ConnectParams>,
 ) -> Response {
-    if !state.settings.compat_routes {
-        return ApiError::not_found("no such route (COMPAT_ROUTES=false)").into_response();
-    }
-    let user = match authenticate(req, state, &params).await {
-        Ok(user) => user,
-        Err(err) => return err.into_response(),
+    let admitted = async {
+        let user = authenticate(req, state, &params).await?;
+        state.chat.check_access(user.id, room_id).await?;
+        Ok::<_, ApiError>(user)
     };
-    if let Err(err) = state.chat.check_access(user.id, room_id).await {
-        return ApiError::from(err).into_response();
+    match admitted.await {
+        Ok(user) => upgrade(ws, state, user, Some((room_id, None)), Dialect::SeedRoom),
+        Err(err) => err.into_response(),
     }
-    upgrade(ws, state, user, Some((room_id, None)), Dialect::SeedRoom)
 }
 
 /// `GET /ws/{receiver_id}?token=` (SPEC §12, seed 004): a socket on the caller's direct
@@ -111,22 +109,21 @@ pub async fn connect_seed_direct(
     Path(receiver_id): Path<Uuid>,
     Query(params): Query<ConnectParams>,
 ) -> Response {
-    if !state.settings.compat_routes {
-        return ApiError::not_found("no such route (COMPAT_ROUTES=false)").into_response();
+    let admitted = async {
+        let user = authenticate(req, state, &params).await?;
+        let room_id = state.chat.direct_room(user.id, receiver_id).await?;
+        Ok::<_, ApiError>((user, room_id))
+    };
+    match admitted.await {
+        Ok((user, room_id)) => {
+            let dialect = Dialect::SeedDirect {
+                me: user.id,
+                other: receiver_id,
+            };
+            upgrade(ws, state, user, Some((room_id, None)), dialect)
+        }
+        Err(err) => err.into_response(),
     }
-    let user = match authenticate(req, state, &params).await {
-        Ok(user) => user,
-        Err(err) => return err.into_response(),
-    };
-    let room_id = match state.chat.direct_room(user.id, receiver_id).await {
-        Ok(room_id) => room_id,
-        Err(err) => return ApiError::from(err).into_response(),
-    };
-    let dialect = Dialect::SeedDirect {
-        me: user.id,
-        other: receiver_id,
-    };
-    upgrade(ws, state, user, Some((room_id, None)), dialect)
 }
 
 async fn authenticate(
