@@ -404,14 +404,7 @@ async fn the_before_send_hook_allows_rejects_and_rewrites_fails_closed_or_open_a
 
     // A send the commit would refuse never reaches the hook.
     let calls = hook.calls();
-    let outsider = closed
-        .call(
-            Method::POST,
-            &format!("/v1/rooms/{room}/messages"),
-            Some(&mallory.token),
-            Some(json!({"text": "hi"})),
-        )
-        .await;
+    let outsider = post_text(&closed, &mallory, room, "hi", None).await;
     assert_eq!(outsider.status, 404);
     assert_eq!(hook.calls(), calls);
 

@@ -59,23 +59,40 @@ pub async fn connect_room(
     Path(room_id): Path<Uuid>,
     Query(params): Query<ConnectParams>,
 ) -> Response {
-    let user = match authenticate(req, state, &params).await {
+    single_room(
+        req,
+        ws,
+        state,
+        room_id,
+        &params,
+        params.since_seq,
+        Dialect::Natter,
+    )
+    .await
+}
+
+/// A socket bound to one room the caller can see (`404` at the handshake otherwise),
+/// subscribed at once from `since_seq`, speaking `dialect`.
+async fn single_room(
+    req: &Request,
+    ws: WebSocket,
+    state: &AppState,
+    room_id: Uuid,
+    params: &ConnectParams,
+    since_seq: Option<i64>,
+    dialect: Dialect,
+) -> Response {
+    let user = match authenticate(req, state, params).await {
         Ok(user) => user,
         Err(err) => return err.into_response(),
     };
     if let Err(err) = state.chat.check_access(user.id, room_id).await {
         return ApiError::from(err).into_response();
     }
-    if params.since_seq.is_some_and(|s| s < 0) {
+    if since_seq.is_some_and(|s| s < 0) {
         return ApiError::invalid("since_seq", "must be zero or more").into_response();
     }
-    upgrade(
-        ws,
-        state,
-        user,
-        Some((room_id, params.since_seq)),
-        Dialect::Natter,
-    )
+    upgrade(ws, state, user, Some((room_id, since_seq)), dialect)
 }
 
 /// `GET /ws/rooms/{room_id}?token=` (SPEC §12, seed 000): the single-room socket in the
@@ -88,15 +105,8 @@ pub async fn connect_seed_room(
     Path(room_id): Path<Uuid>,
     Query(params): Query<ConnectParams>,
 ) -> Response {
-    let admitted = async {
-        let user = authenticate(req, state, &params).await?;
-        state.chat.check_access(user.id, room_id).await?;
-        Ok::<_, ApiError>(user)
-    };
-    match admitted.await {
-        Ok(user) => upgrade(ws, state, user, Some((room_id, None)), Dialect::SeedRoom),
-        Err(err) => err.into_response(),
-    }
+    // The seed's clients never resume: `since_seq` is not theirs.
+    single_room(req, ws, state, room_id, &params, None, Dialect::SeedRoom).await
 }
 
 /// `GET /ws/{receiver_id}?token=` (SPEC §12, seed 004): a socket on the caller's direct
