@@ -12,9 +12,15 @@
 //! presence with who is really subscribed, to time how long presence stayed wrong after
 //! the fault. `--slow-readers N` also opens N sockets at the fault that subscribe and
 //! never read, while a burst of large messages goes to their room.
+//!
+//! Sends are checked from the sender's side too, as a careful client would make them: a
+//! send answered `unavailable`, or unanswered when its socket closed (its commit's
+//! outcome unknown), is sent again with the same `client_msg_id`; at the end every
+//! acknowledged send must sit at its acknowledged `seq` in what the room's clients
+//! received, and no key may have been stored twice (`acked_lost`, `stored_twice`).
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -58,6 +64,15 @@ struct ClientReport {
     acked: u64,
     send_errors: BTreeMap<String, u64>,
     seqs: SeqLog,
+    /// The `client_msg_id` of each `seq` received.
+    keys: HashMap<i64, String>,
+    /// (`client_msg_id`, `seq`) of each acknowledged send.
+    acks: Vec<(String, i64)>,
+    /// Sends (by number) that have had no answer yet.
+    unanswered: BTreeSet<u64>,
+    /// Sends to make again, with the same key, before any new one.
+    to_retry: VecDeque<u64>,
+    retried: u64,
     delivered: u64,
     reconnects: Vec<Duration>,
     gave_up: bool,
@@ -72,18 +87,42 @@ impl ClientReport {
         };
         match frame["type"].as_str() {
             Some("message") => {
-                self.seqs
-                    .saw(frame["message"]["seq"].as_i64().unwrap_or_default());
+                let seq = frame["message"]["seq"].as_i64().unwrap_or_default();
+                self.seqs.saw(seq);
+                if let Some(key) = frame["message"]["client_msg_id"].as_str() {
+                    self.keys.insert(seq, key.to_string());
+                }
                 self.delivered += 1;
             }
-            Some("send_ack") => self.acked += 1,
+            Some("send_ack") => {
+                self.acked += 1;
+                let key = frame["message"]["client_msg_id"]
+                    .as_str()
+                    .unwrap_or_default();
+                if let Some(number) = send_number(key) {
+                    self.unanswered.remove(&number);
+                }
+                let seq = frame["message"]["seq"].as_i64().unwrap_or_default();
+                self.acks.push((key.to_string(), seq));
+            }
             Some("error") => {
                 let code = frame["code"].as_str().unwrap_or("unknown").to_string();
+                if let Some(number) = frame["ref"].as_str().and_then(send_number) {
+                    self.unanswered.remove(&number);
+                    if code == "unavailable" {
+                        self.to_retry.push_back(number);
+                    }
+                }
                 *self.send_errors.entry(code).or_default() += 1;
             }
             _ => {}
         }
     }
+}
+
+/// The number of a send from its `client_msg_id` (`{client}-{number}`).
+fn send_number(key: &str) -> Option<u64> {
+    key.rsplit_once('-')?.1.parse().ok()
 }
 
 /// A connection's part in the run.
@@ -142,9 +181,19 @@ impl Client {
             }
             let closed = tokio::select! {
                 _ = ticker.tick(), if rate > 0.0 && Instant::now() < stop_sending => {
+                    let number = match report.to_retry.pop_front() {
+                        Some(number) => {
+                            report.retried += 1;
+                            number
+                        }
+                        None => {
+                            report.sent += 1;
+                            report.sent - 1
+                        }
+                    };
+                    report.unanswered.insert(number);
                     let frame = json!({"type": "send", "room_id": self.room, "text": "soak",
-                                       "client_msg_id": format!("{}-{}", self.index, report.sent)});
-                    report.sent += 1;
+                                       "client_msg_id": format!("{}-{number}", self.index)});
                     ws.send(Message::text(frame.to_string())).await.is_err()
                 }
                 frame = ws.next() => match frame {
@@ -164,6 +213,9 @@ impl Client {
             };
             if closed {
                 self.present.store(false, Ordering::Relaxed);
+                // Their commits' outcome is unknown: the retries will tell.
+                let unanswered = std::mem::take(&mut report.unanswered);
+                report.to_retry.extend(unanswered);
                 if self.leaves {
                     report.left = true;
                     return report;
@@ -470,6 +522,8 @@ pub async fn run(options: &Options, settings: Settings) -> Result<bool, String> 
     let (mut sent, mut acked, mut gave_up, mut left) = (0u64, 0u64, 0u64, 0u64);
     let mut send_errors = BTreeMap::<String, u64>::new();
     let mut reconnects = Vec::new();
+    let (acked_lost, stored_twice) = check_acks(&reports, settings.rooms);
+    let retried: u64 = reports.iter().map(|(_, report)| report.retried).sum();
     for (room_index, report) in &reports {
         let last = match report.left {
             true => report.seqs.last_seq,
@@ -495,6 +549,9 @@ pub async fn run(options: &Options, settings: Settings) -> Result<bool, String> 
         "connections": settings.connections,
         "sent": sent,
         "acked": acked,
+        "retried": retried,
+        "acked_lost": acked_lost,
+        "stored_twice": stored_twice,
         "send_errors": send_errors,
         "delivered": delivered,
         "lost": lost,
@@ -518,5 +575,40 @@ pub async fn run(options: &Options, settings: Settings) -> Result<bool, String> 
             serde_json::to_string_pretty(&summary).unwrap_or_default()
         );
     }
-    Ok(lost == 0 && duplicated == 0 && reordered == 0 && gave_up == 0)
+    Ok(lost == 0
+        && duplicated == 0
+        && reordered == 0
+        && gave_up == 0
+        && acked_lost == 0
+        && stored_twice == 0)
+}
+
+/// Checks every acknowledged send against what its room's clients received: returns
+/// how many acknowledged sends are not at their acknowledged `seq` (or were received
+/// with another key there), and how many keys were stored at more than one `seq`.
+fn check_acks(reports: &[(usize, ClientReport)], rooms: usize) -> (u64, u64) {
+    let mut received: Vec<HashMap<i64, &str>> = vec![HashMap::new(); rooms];
+    let mut conflicting = 0;
+    for (room, report) in reports {
+        for (seq, key) in &report.keys {
+            match received[*room].insert(*seq, key) {
+                Some(before) if before != key => conflicting += 1,
+                _ => {}
+            }
+        }
+    }
+    let mut acked_lost = conflicting;
+    for (room, report) in reports {
+        for (key, seq) in &report.acks {
+            if received[*room].get(seq) != Some(&key.as_str()) {
+                acked_lost += 1;
+            }
+        }
+    }
+    let mut stored_twice = 0;
+    for room in &received {
+        let mut seen = HashSet::new();
+        stored_twice += room.values().filter(|key| !seen.insert(**key)).count() as u64;
+    }
+    (acked_lost, stored_twice)
 }

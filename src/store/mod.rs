@@ -6,6 +6,17 @@
 //! [`StoreError::Unavailable`], which the API answers with `503` and `Retry-After`;
 //! broken connections are dropped on checkout, so service recovers on its own when the
 //! database returns.
+//!
+//! **Failover.** `DATABASE_URL` may name several hosts with
+//! `target_session_attrs=read-write` (`postgres://a,b,c/natter?target_session_attrs=read-write`):
+//! each new connection tries them in turn and keeps the one that accepts writes. A
+//! connection to a primary that died is closed and dropped on checkout; one that finds
+//! its server read-only (demoted under it) marks every connection opened until then as
+//! stale ([`connections_became_stale`]), and the pool drops those on checkout too, so
+//! the next ones reach the new primary. While there is none, checkouts fail within
+//! [`CHECKOUT_TIMEOUT`] and callers answer `503`. A send whose `COMMIT` got no answer
+//! is `Unavailable`, never acknowledged; its retry finds it by `client_msg_id` if the
+//! commit survived (docs/RELIABILITY.md, "Postgres failover").
 
 mod access;
 pub mod bots;
@@ -22,13 +33,15 @@ pub mod webhooks;
 use std::{
     path::Path,
     sync::{
-        Arc,
+        Arc, LazyLock,
         atomic::{AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{
+    GenericClient, Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime,
+};
 use rustls::pki_types::{CertificateDer, pem::PemObject};
 use tokio_postgres::{NoTls, Row, config::SslMode, error::SqlState, types::ToSql};
 use tokio_postgres_rustls::MakeRustlsConnect;
@@ -103,8 +116,13 @@ impl From<tokio_postgres::Error> for StoreError {
                     // (a deadlock): the same request can succeed a moment later.
                     || *code == SqlState::LOCK_NOT_AVAILABLE
                     || *code == SqlState::T_R_DEADLOCK_DETECTED
+                    // The server was demoted to a standby under this connection.
+                    || *code == SqlState::READ_ONLY_SQL_TRANSACTION
             })
             || std::error::Error::source(&err).is_some_and(|s| s.is::<std::io::Error>());
+        if err.code() == Some(&SqlState::READ_ONLY_SQL_TRANSACTION) {
+            connections_became_stale();
+        }
         if unavailable {
             StoreError::Unavailable(err.to_string())
         } else {
@@ -187,6 +205,33 @@ pub struct Store {
 /// How long a caller waits for a pooled connection before the database counts as down.
 const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// How long a new connection waits for each host of `DATABASE_URL` in turn: a host that
+/// died (its address gone, not refusing) must not use up the whole checkout.
+const CONNECT_TIMEOUT_PER_HOST: Duration = Duration::from_secs(2);
+
+/// When a connection last found its server read-only, as milliseconds since
+/// [`PROCESS_START`] (0: never). Pooled connections opened before then may all lead to
+/// the demoted server, so checkouts drop them. Process-wide, not per pool: every pool
+/// of a node talks to the same cluster, and a needless reconnect costs little.
+static STALE_BEFORE_MS: AtomicU64 = AtomicU64::new(0);
+static PROCESS_START: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// Marks every connection opened until now as stale: they are dropped at checkout.
+fn connections_became_stale() {
+    let now = PROCESS_START.elapsed().as_millis() as u64;
+    STALE_BEFORE_MS.fetch_max(now.max(1), Ordering::Relaxed);
+}
+
+/// Whether a connection opened at `created` predates the last sign of a demotion.
+fn opened_before_demotion(created: Instant) -> bool {
+    let stale_before = STALE_BEFORE_MS.load(Ordering::Relaxed);
+    stale_before != 0
+        && (created
+            .saturating_duration_since(*PROCESS_START)
+            .as_millis() as u64)
+            < stale_before
+}
+
 /// TLS for Postgres: the server's certificate must chain to a public root (webpki) or to
 /// the extra CA in `ca_file`, and name the host.
 fn tls_connector(ca_file: Option<&Path>) -> Result<MakeRustlsConnect, StoreError> {
@@ -225,9 +270,19 @@ impl Store {
         let mut config: tokio_postgres::Config = database_url
             .parse()
             .map_err(|e: tokio_postgres::Error| StoreError::Unavailable(e.to_string()))?;
+        LazyLock::force(&PROCESS_START);
+        // A new connection may try every host (a failover's dead primary first).
+        let hosts = config.get_hosts().len().max(1) as u32;
+        let create_timeout = CONNECT_TIMEOUT_PER_HOST * hosts + Duration::from_secs(1);
         config
-            .connect_timeout(CHECKOUT_TIMEOUT)
+            .connect_timeout(CONNECT_TIMEOUT_PER_HOST)
+            // A primary that vanished (its machine, not just its process) answers
+            // nothing: keepalives find an idle connection dead in ~45 s, and
+            // unacknowledged writes give up after 20 s, rather than TCP's 15 minutes.
             .keepalives_idle(Duration::from_secs(30))
+            .keepalives_interval(Duration::from_secs(5))
+            .keepalives_retries(3)
+            .tcp_user_timeout(Duration::from_secs(20))
             // A statement that runs this long is a bug or an overload; bound it.
             .options("-c statement_timeout=15000 -c idle_in_transaction_session_timeout=15000")
             .application_name("natter");
@@ -242,8 +297,14 @@ impl Store {
         let pool = Pool::builder(manager)
             .max_size(pool_size)
             .wait_timeout(Some(CHECKOUT_TIMEOUT))
-            .create_timeout(Some(CHECKOUT_TIMEOUT))
+            .create_timeout(Some(create_timeout))
             .recycle_timeout(Some(CHECKOUT_TIMEOUT))
+            .pre_recycle(Hook::sync_fn(|_, metrics| {
+                match opened_before_demotion(metrics.created) {
+                    true => Err(HookError::message("opened before a failover")),
+                    false => Ok(()),
+                }
+            }))
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
@@ -294,5 +355,20 @@ impl Store {
     /// Pool occupancy, for `/metrics`.
     pub fn pool_status(&self) -> deadpool_postgres::Status {
         self.pool.status()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_demotion_makes_connections_opened_before_it_stale_and_later_ones_not() {
+        let before = Instant::now();
+        std::thread::sleep(Duration::from_millis(5));
+        connections_became_stale();
+        assert!(opened_before_demotion(before));
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(!opened_before_demotion(Instant::now()));
     }
 }

@@ -310,6 +310,67 @@ async fn rest_answers_503_with_retry_after_while_postgres_is_unreachable_and_rec
         .assert_status(200);
 }
 
+/// A failover as a node sees it: `DATABASE_URL` lists a dead host first and the real
+/// server second, with `target_session_attrs=read-write`; the server is then "demoted"
+/// (it turns read-only and drops every connection, as Patroni's demotion does) and
+/// "promoted" back. The node answers 503 + Retry-After meanwhile (it refuses the
+/// read-only server), stores nothing, and resumes on its own; a send refused during the
+/// outage, retried with its key, is stored once with the next `seq`.
+#[tokio::test]
+async fn a_node_on_a_multi_host_url_waits_out_a_demoted_primary_with_503s_and_resumes() {
+    let database_url = create_database().await;
+    let (host, port, name) = url_parts(&database_url);
+    let dead = crate::helpers::free_port();
+    let app = spawn_node(settings(&format!(
+        "postgres://postgres@{host}:{dead},{host}:{port}/{name}?target_session_attrs=read-write"
+    )))
+    .await;
+    let alice = app.register("alice").await;
+    let room = app.create_room(&alice, "r", "public").await;
+    assert_eq!(app.send(&alice, room, "before").await["seq"], 1);
+
+    let admin = app.db().await;
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {name} SET default_transaction_read_only = on;
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+              WHERE datname = '{name}' AND pid <> pg_backend_pid();"
+        ))
+        .await
+        .unwrap();
+    let path = format!("/v1/rooms/{room}/messages");
+    let keyed = json!({"text": "during", "client_msg_id": "k-1"});
+    app.post(&path, &alice.token, keyed.clone())
+        .await
+        .assert_unavailable();
+    app.call(Method::GET, "/readyz", None, None)
+        .await
+        .assert_status(503);
+
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {name} RESET default_transaction_read_only"
+        ))
+        .await
+        .unwrap();
+    let mut stored = None;
+    for _ in 0..50 {
+        let reply = app.post(&path, &alice.token, keyed.clone()).await;
+        if reply.status == 201 {
+            stored = Some(reply);
+            break;
+        }
+        reply.assert_unavailable();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let stored = stored.expect("the node resumes without a restart");
+    assert_eq!(stored.body["seq"], 2, "the refused sends stored nothing");
+    let again = app.post(&path, &alice.token, keyed).await;
+    again.assert_status(200);
+    assert_eq!(again.body["id"], stored.body["id"]);
+    assert_eq!(app.send(&alice, room, "after").await["seq"], 3);
+}
+
 /// (host, port, database) of a `postgres://user@host:port/db` URL.
 fn url_parts(url: &str) -> (String, u16, String) {
     let rest = url.split_once('@').unwrap().1;
