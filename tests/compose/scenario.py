@@ -8,6 +8,11 @@ balancer and resume with since_seq. At the end
 every client must hold seq 1..N exactly once, in order; the run prints what each fault
 cost and exits non-zero on any loss, duplicate or reordering.
 
+With --ha (the stack with docker-compose.ha.yml) the one fault is the Postgres primary's
+container killed: Patroni promotes the synchronous standby, the sender retries each send
+with its client_msg_id until it is acknowledged, and the room must end at exactly the
+number of acknowledged sends (nothing acknowledged lost, nothing stored twice).
+
 Run by tests/compose/run, which starts the cluster.
 """
 
@@ -66,6 +71,18 @@ class Cluster:
 
     def docker(self, *args):
         return subprocess.run(["docker", *args], check=True, capture_output=True, text=True).stdout
+
+    def patroni_primary(self):
+        """The Patroni member whose REST API says it is the primary, or None."""
+        for service in ("postgres", "postgres-2"):
+            for container in self.containers(service):
+                probe = subprocess.run(
+                    ["docker", "exec", container, "python3", "-c",
+                     "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8008/primary', timeout=2)"],
+                    capture_output=True)
+                if probe.returncode == 0:
+                    return service, container
+        return None
 
     def containers(self, service):
         out = subprocess.run(
@@ -164,46 +181,9 @@ def outage_summary(clients, since):
     }
 
 
-async def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--project", required=True)
-    parser.add_argument("--compose", required=True, help="the compose command, shell-quoted")
-    args = parser.parse_args()
-    cluster = Cluster(args.port, args.project, shlex.split(args.compose))
-
-    # The web client is the first thing a `docker compose up` user opens.
-    page = await asyncio.to_thread(cluster.page, "/")
-    script = await asyncio.to_thread(cluster.page, "/app.js")
-    assert '<script src="/app.js"' in page and "since_seq" in script, "the web client"
-    log("the web client is served through the load balancer")
-    # SPEC §10: the balancer does not route /metrics; each node serves it on its own port.
-    status, _ = await cluster.call("GET", "/metrics")
-    assert status == 404, f"/metrics through the balancer: {status}"
-
-    users = []
-    for i in range(max(CLIENTS, SENDERS)):
-        status, body = await cluster.call(
-            "POST", "/v1/auth/register", body={"username": f"e2e{i}", "password": "password-e2e"})
-        assert status == 201, status
-        users.append({"name": f"e2e{i}", "token": body["token"]})
-    status, room = await cluster.call(
-        "POST", "/v1/rooms", users[0]["token"], {"name": "e2e", "kind": "public"})
-    assert status == 201, status
-    room = room["id"]
-    for user in users[1:]:
-        status, _ = await cluster.call("POST", f"/v1/rooms/{room}/join", user["token"], {})
-        assert status == 204, status
-
-    stop_clients, stop_sender = asyncio.Event(), asyncio.Event()
-    clients = [Client(cluster, u["name"], u["token"], room) for u in users[:CLIENTS]]
-    client_tasks = [asyncio.create_task(c.run(stop_clients)) for c in clients]
-    await asyncio.wait_for(asyncio.gather(*(c.subscribed.wait() for c in clients)), 30)
-    sent, rest_errors = [], Counter()
-    sending = asyncio.create_task(sender(cluster, users[:SENDERS], room, stop_sender, sent, rest_errors))
-    report, since = {}, {c.name: 0 for c in clients}
-    await asyncio.sleep(3)
-
+async def node_faults(cluster, clients, since, report, project):
+    """A killed Natter container, a NATS node off the network, a rolling restart of
+    every node and a scale-out, each waited out by the clients."""
     natter = cluster.containers("natter")
     log(f"natter containers: {len(natter)}; killing one")
     started = time.monotonic()
@@ -216,7 +196,7 @@ async def main():
     await cluster.wait_healthy(natter[0])
 
     nats = cluster.containers("nats-2")[0]
-    network = f"{args.project}_default"
+    network = f"{project}_default"
     log("disconnecting nats-2 from the network")
     cluster.docker("network", "disconnect", network, nats)
     before = [len(c.seqs) for c in clients]
@@ -257,6 +237,87 @@ async def main():
         log(f"FAILED: the balancer reached {len(nodes)} nodes after scaling to 4")
         sys.exit(1)
 
+
+async def postgres_failover(cluster, clients, since, sent, report):
+    """Kills the Patroni primary's container under traffic; times until sends are
+    acknowledged again, then starts it again (it rejoins as a standby)."""
+    primary = await asyncio.to_thread(cluster.patroni_primary)
+    assert primary, "no Patroni member is primary"
+    service, container = primary
+    log(f"killing the Postgres primary ({service})")
+    started = time.monotonic()
+    cluster.docker("kill", container)
+    while True:
+        new = await asyncio.to_thread(cluster.patroni_primary)
+        if new and new[0] != service:
+            break
+        if time.monotonic() - started > 90:
+            raise RuntimeError("no standby was promoted within 90 s")
+        await asyncio.sleep(0.5)
+    promoted = time.monotonic() - started
+    before = len(sent)
+    while len(sent) == before:
+        if time.monotonic() - started > 120:
+            raise RuntimeError("no send was acknowledged after the promotion")
+        await asyncio.sleep(0.1)
+    report["docker kill postgres primary"] = {
+        "killed": service,
+        "promoted": new[0],
+        "promoted_after_s": round(promoted, 2),
+        "writes_resumed_after_s": round(time.monotonic() - started, 2),
+        **outage_summary(clients, since),
+    }
+    cluster.docker("start", container)
+    await cluster.wait_healthy(container)
+    await asyncio.sleep(3)
+
+
+async def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--project", required=True)
+    parser.add_argument("--compose", required=True, help="the compose command, shell-quoted")
+    parser.add_argument("--ha", action="store_true", help="kill the Postgres primary instead")
+    args = parser.parse_args()
+    cluster = Cluster(args.port, args.project, shlex.split(args.compose))
+
+    # The web client is the first thing a `docker compose up` user opens.
+    page = await asyncio.to_thread(cluster.page, "/")
+    script = await asyncio.to_thread(cluster.page, "/app.js")
+    assert '<script src="/app.js"' in page and "since_seq" in script, "the web client"
+    log("the web client is served through the load balancer")
+    # SPEC §10: the balancer does not route /metrics; each node serves it on its own port.
+    status, _ = await cluster.call("GET", "/metrics")
+    assert status == 404, f"/metrics through the balancer: {status}"
+
+    users = []
+    for i in range(max(CLIENTS, SENDERS)):
+        status, body = await cluster.call(
+            "POST", "/v1/auth/register", body={"username": f"e2e{i}", "password": "password-e2e"})
+        assert status == 201, status
+        users.append({"name": f"e2e{i}", "token": body["token"]})
+    status, room = await cluster.call(
+        "POST", "/v1/rooms", users[0]["token"], {"name": "e2e", "kind": "public"})
+    assert status == 201, status
+    room = room["id"]
+    for user in users[1:]:
+        status, _ = await cluster.call("POST", f"/v1/rooms/{room}/join", user["token"], {})
+        assert status == 204, status
+
+    stop_clients, stop_sender = asyncio.Event(), asyncio.Event()
+    clients = [Client(cluster, u["name"], u["token"], room) for u in users[:CLIENTS]]
+    client_tasks = [asyncio.create_task(c.run(stop_clients)) for c in clients]
+    await asyncio.wait_for(asyncio.gather(*(c.subscribed.wait() for c in clients)), 30)
+    sent, rest_errors = [], Counter()
+    sending = asyncio.create_task(sender(cluster, users[:SENDERS], room, stop_sender, sent, rest_errors))
+    report, since = {}, {c.name: 0 for c in clients}
+    await asyncio.sleep(3)
+
+    if args.ha:
+        await postgres_failover(cluster, clients, since, sent, report)
+    else:
+        await node_faults(cluster, clients, since, report, args.project)
+
     await asyncio.sleep(2)
     stop_sender.set()
     await sending
@@ -268,6 +329,11 @@ async def main():
     for task in client_tasks:
         task.cancel()
     await asyncio.gather(*client_tasks, return_exceptions=True)
+    status, body = await cluster.call("GET", f"/v1/rooms/{room}", users[0]["token"])
+    stored = body["last_seq"] if status == 200 else None
+    if stored != total:
+        log(f"FAILED: {total} sends acknowledged, the room holds {stored} messages")
+        sys.exit(1)
 
     expected = list(range(1, total + 1))
     failures = 0
