@@ -105,6 +105,19 @@ impl Collector for LiveValues {
                 self.bus.failures(),
             ),
         ];
+        let (from_standby, from_primary) = self.store.standby_reads();
+        let counters = counters.into_iter().chain([
+            (
+                "natter_db_reads_from_standby",
+                "Reads the standby (DATABASE_READ_URL) served, caught up",
+                from_standby,
+            ),
+            (
+                "natter_db_reads_from_primary",
+                "Reads meant for the standby that the primary served (behind or down)",
+                from_primary,
+            ),
+        ]);
         for (name, help, value) in counters {
             metrics::encode_counter(&mut encoder, name, help, value)?;
         }
@@ -192,11 +205,18 @@ pub struct Application {
 impl Application {
     /// Connects to Postgres (migrating it) and NATS, and binds the listener.
     pub async fn build(settings: Settings) -> Result<Self, StartError> {
-        let store = Store::connect(
+        let mut store = Store::connect(
             &settings.database_url,
             settings.database_pool_size,
             settings.database_ca_file.as_deref(),
         )?;
+        if let Some(read_url) = &settings.database_read_url {
+            store = store.with_standby(
+                read_url,
+                settings.database_pool_size,
+                settings.database_ca_file.as_deref(),
+            )?;
+        }
         migrate_when_reachable(&store).await?;
         let bus = Bus::connect(
             &settings.nats_url,

@@ -29,6 +29,9 @@ pub struct Settings {
     pub database_pool_size: usize,
     /// An extra CA certificate (PEM) for Postgres over TLS (`sslmode=require`).
     pub database_ca_file: Option<std::path::PathBuf>,
+    /// A standby that history pages, search and the chat list may read from once it
+    /// has caught up (`store::Store::reader`).
+    pub database_read_url: Option<String>,
     /// One or more NATS servers (a cluster is given comma-separated).
     pub nats_url: String,
     /// First token of every NATS subject and of the presence bucket's name, so several
@@ -81,6 +84,10 @@ impl std::fmt::Debug for Settings {
             .field("database_url", &"<redacted>")
             .field("database_pool_size", &self.database_pool_size)
             .field("database_ca_file", &self.database_ca_file)
+            .field(
+                "database_read_url",
+                &self.database_read_url.as_ref().map(|_| "<redacted>"),
+            )
             .field("nats_url", &"<redacted>")
             .field("nats_prefix", &self.nats_prefix)
             .field("nats_auth", &self.nats_auth)
@@ -264,6 +271,9 @@ settings_args! {
     database_pool_size: "DATABASE_POOL_SIZE" = "16";
     /// An extra CA certificate (PEM) for Postgres over TLS.
     database_ca_file: "DATABASE_CA_FILE";
+    /// A Postgres standby for history pages, search and the chat list; used only once
+    /// it has replayed what the primary had when the read began.
+    database_read_url: "DATABASE_READ_URL";
     /// NATS servers, comma-separated for a cluster; may carry a user and password or a
     /// token (`nats://user:pass@host:4222`), and `tls://` for TLS.
     nats_url: "NATS_URL";
@@ -414,6 +424,11 @@ impl Settings {
             None => Ok(None),
         };
         let database_ca_file = readable_file("DATABASE_CA_FILE")?;
+        let database_read_url = lookup("DATABASE_READ_URL").filter(|url| !url.is_empty());
+        if let Some(url) = &database_read_url {
+            url.parse::<tokio_postgres::Config>()
+                .map_err(|e| bad("DATABASE_READ_URL", e))?;
+        }
         let nats_auth = NatsAuth {
             creds_file: readable_file("NATS_CREDS_FILE")?,
             password_file: readable_file("NATS_PASSWORD_FILE")?,
@@ -547,6 +562,7 @@ impl Settings {
             database_url,
             database_pool_size,
             database_ca_file,
+            database_read_url,
             nats_url,
             nats_prefix,
             nats_auth,

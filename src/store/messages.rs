@@ -96,7 +96,7 @@ impl Store {
         bounds: PageBounds,
         limit: i64,
     ) -> Result<(Vec<Message>, bool), StoreError> {
-        let client = self.client().await?;
+        let client = self.reader().await?;
         Access::of(&client, room_id, viewer).await?;
         let forwards = bounds.after_seq.is_some();
         let order = if forwards { "ASC" } else { "DESC" };
@@ -387,7 +387,7 @@ impl Store {
         query: &str,
         limit: i64,
     ) -> Result<(Vec<Message>, bool), StoreError> {
-        let client = self.client().await?;
+        let client = self.reader().await?;
         Access::of(&client, room_id, viewer).await?;
         let sql = format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages

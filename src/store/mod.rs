@@ -27,6 +27,7 @@ pub mod messages;
 mod migrate;
 pub mod rooms;
 mod rows;
+mod standby;
 pub mod users;
 pub mod webhooks;
 
@@ -43,10 +44,16 @@ use deadpool_postgres::{
     GenericClient, Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime,
 };
 use rustls::pki_types::{CertificateDer, pem::PemObject};
-use tokio_postgres::{NoTls, Row, config::SslMode, error::SqlState, types::ToSql};
+use tokio_postgres::{
+    NoTls, Row,
+    config::SslMode,
+    error::SqlState,
+    types::{PgLsn, ToSql},
+};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::domain::InvalidInput;
+use standby::Standby;
 
 /// Errors of the storage layer: infrastructure failures and the domain outcomes that only
 /// the database can decide (a room that does not exist, a name already taken, …).
@@ -196,6 +203,8 @@ pub(crate) fn unique_violation(err: &tokio_postgres::Error) -> Option<&str> {
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
+    /// A standby for reads (`DATABASE_READ_URL`), if one is configured.
+    standby: Option<Arc<Standby>>,
     /// Per-room group commit of sends (see [`commit`]).
     batches: Arc<commit::Batches>,
     /// Failed checkouts and group commits, for `/metrics`.
@@ -257,6 +266,57 @@ fn tls_connector(ca_file: Option<&Path>) -> Result<MakeRustlsConnect, StoreError
     Ok(MakeRustlsConnect::new(config))
 }
 
+/// A bounded pool of connections to `database_url`, built lazily (it succeeds while
+/// Postgres is down). `sslmode=require` in the URL turns on TLS with certificate and host
+/// name checks (stricter than libpq's `require`); `ca_file` adds a private CA.
+fn build_pool(
+    database_url: &str,
+    pool_size: usize,
+    ca_file: Option<&Path>,
+) -> Result<Pool, StoreError> {
+    let mut config: tokio_postgres::Config = database_url
+        .parse()
+        .map_err(|e: tokio_postgres::Error| StoreError::Unavailable(e.to_string()))?;
+    LazyLock::force(&PROCESS_START);
+    // A new connection may try every host (a failover's dead primary first).
+    let hosts = config.get_hosts().len().max(1) as u32;
+    let create_timeout = CONNECT_TIMEOUT_PER_HOST * hosts + Duration::from_secs(1);
+    config
+        .connect_timeout(CONNECT_TIMEOUT_PER_HOST)
+        // A primary that vanished (its machine, not just its process) answers
+        // nothing: keepalives find an idle connection dead in ~45 s, and
+        // unacknowledged writes give up after 20 s, rather than TCP's 15 minutes.
+        .keepalives_idle(Duration::from_secs(30))
+        .keepalives_interval(Duration::from_secs(5))
+        .keepalives_retries(3)
+        .tcp_user_timeout(Duration::from_secs(20))
+        // A statement that runs this long is a bug or an overload; bound it.
+        .options("-c statement_timeout=15000 -c idle_in_transaction_session_timeout=15000")
+        .application_name("natter");
+    let manager_config = ManagerConfig {
+        recycling_method: RecyclingMethod::Fast,
+    };
+    let manager = if config.get_ssl_mode() == SslMode::Require {
+        Manager::from_config(config, tls_connector(ca_file)?, manager_config)
+    } else {
+        Manager::from_config(config, NoTls, manager_config)
+    };
+    Pool::builder(manager)
+        .max_size(pool_size)
+        .wait_timeout(Some(CHECKOUT_TIMEOUT))
+        .create_timeout(Some(create_timeout))
+        .recycle_timeout(Some(CHECKOUT_TIMEOUT))
+        .pre_recycle(Hook::sync_fn(|_, metrics| {
+            match opened_before_demotion(metrics.created) {
+                true => Err(HookError::message("opened before a failover")),
+                false => Ok(()),
+            }
+        }))
+        .runtime(Runtime::Tokio1)
+        .build()
+        .map_err(|e| StoreError::Unavailable(e.to_string()))
+}
+
 impl Store {
     /// Builds the pool; connects lazily, so this succeeds even while Postgres is down.
     /// `sslmode=require` in the URL turns on TLS with certificate and host name checks
@@ -267,52 +327,25 @@ impl Store {
         pool_size: usize,
         ca_file: Option<&Path>,
     ) -> Result<Self, StoreError> {
-        let mut config: tokio_postgres::Config = database_url
-            .parse()
-            .map_err(|e: tokio_postgres::Error| StoreError::Unavailable(e.to_string()))?;
-        LazyLock::force(&PROCESS_START);
-        // A new connection may try every host (a failover's dead primary first).
-        let hosts = config.get_hosts().len().max(1) as u32;
-        let create_timeout = CONNECT_TIMEOUT_PER_HOST * hosts + Duration::from_secs(1);
-        config
-            .connect_timeout(CONNECT_TIMEOUT_PER_HOST)
-            // A primary that vanished (its machine, not just its process) answers
-            // nothing: keepalives find an idle connection dead in ~45 s, and
-            // unacknowledged writes give up after 20 s, rather than TCP's 15 minutes.
-            .keepalives_idle(Duration::from_secs(30))
-            .keepalives_interval(Duration::from_secs(5))
-            .keepalives_retries(3)
-            .tcp_user_timeout(Duration::from_secs(20))
-            // A statement that runs this long is a bug or an overload; bound it.
-            .options("-c statement_timeout=15000 -c idle_in_transaction_session_timeout=15000")
-            .application_name("natter");
-        let manager_config = ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        };
-        let manager = if config.get_ssl_mode() == SslMode::Require {
-            Manager::from_config(config, tls_connector(ca_file)?, manager_config)
-        } else {
-            Manager::from_config(config, NoTls, manager_config)
-        };
-        let pool = Pool::builder(manager)
-            .max_size(pool_size)
-            .wait_timeout(Some(CHECKOUT_TIMEOUT))
-            .create_timeout(Some(create_timeout))
-            .recycle_timeout(Some(CHECKOUT_TIMEOUT))
-            .pre_recycle(Hook::sync_fn(|_, metrics| {
-                match opened_before_demotion(metrics.created) {
-                    true => Err(HookError::message("opened before a failover")),
-                    false => Ok(()),
-                }
-            }))
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         Ok(Self {
-            pool,
+            pool: build_pool(database_url, pool_size, ca_file)?,
+            standby: None,
             batches: Default::default(),
             failures: Default::default(),
         })
+    }
+
+    /// Serves the reads that may come from a standby (history pages, search, the chat
+    /// list) from the one at `read_url` whenever it has caught up ([`Store::reader`]).
+    pub fn with_standby(
+        mut self,
+        read_url: &str,
+        pool_size: usize,
+        ca_file: Option<&Path>,
+    ) -> Result<Self, StoreError> {
+        let pool = build_pool(read_url, pool_size, ca_file)?;
+        self.standby = Some(Arc::new(Standby::new(pool)));
+        Ok(self)
     }
 
     /// A pooled connection, or `Unavailable` within [`CHECKOUT_TIMEOUT`].
@@ -325,6 +358,34 @@ impl Store {
 
     fn count_failure(&self) {
         self.failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection for a read that a standby may serve: one to the standby if it has
+    /// replayed everything the primary had written when this call began, else one to the
+    /// primary. So a read never misses what was acknowledged before it, through any
+    /// node (SPEC §1): the ack came after the commit, and the commit is at or before
+    /// the primary's position read here. Costs one trivial query on the primary.
+    pub(crate) async fn reader(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        let Some(standby) = &self.standby else {
+            return self.client().await;
+        };
+        let position: PgLsn = self
+            .client()
+            .await?
+            .query_one_cached("SELECT pg_current_wal_lsn()", &[])
+            .await?
+            .get(0);
+        match standby.caught_up_to(position).await {
+            Some(caught_up) => Ok(caught_up),
+            None => self.client().await,
+        }
+    }
+
+    /// Reads served by the standby and, of those that could have been, by the primary.
+    pub fn standby_reads(&self) -> (u64, u64) {
+        self.standby
+            .as_ref()
+            .map_or((0, 0), |standby| standby.reads())
     }
 
     /// Postgres failures this node has seen, for `/metrics`.

@@ -623,7 +623,7 @@ impl Store {
         after: Option<ActivityCursor>,
         limit: i64,
     ) -> Result<Page<MyRoom>, StoreError> {
-        let client = self.client().await?;
+        let client = self.reader().await?;
         let sql = format!(
             "SELECT {ROOM_COLUMNS}, r.last_activity_at, m.last_read_seq,
                     (SELECT count(*) FROM messages x

@@ -61,6 +61,7 @@ pub fn settings(database_url: &str) -> Settings {
         database_url: database_url.to_string(),
         database_pool_size: 8,
         database_ca_file: None,
+        database_read_url: None,
         nats_url: env("NATTER_TEST_NATS_URL"),
         nats_prefix: database,
         nats_auth: Default::default(),

@@ -18,6 +18,7 @@ mod privacy;
 mod realtime;
 mod rooms;
 mod security;
+mod standby;
 mod traces;
 mod validation;
 mod webhooks;
