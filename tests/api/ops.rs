@@ -60,13 +60,23 @@ async fn metrics_follow_sockets_subscriptions_and_fan_out_across_nodes() {
     let queue_waits = first.metric("natter_send_queue_wait_seconds_count{").await;
     let transactions = first.metric("natter_send_transaction_seconds_count{").await;
     assert_eq!((queue_waits, transactions), (1.0, 1.0));
-    assert!(second.metric("natter_events_received_total{").await >= 1.0);
+    // The NATS copy may arrive after the delivery: on a loaded machine the relay's
+    // catch-up tick can land between the commit and NATS, deliver the message from
+    // Postgres (one gap repair) and drop the NATS copy as a duplicate when it comes.
+    let received = async {
+        while second.metric("natter_events_received_total{").await < 1.0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), received)
+        .await
+        .expect("the message arrives over NATS");
     assert!(second.metric("natter_events_delivered_total{").await >= 1.0);
     let fanned_out = second.metric("natter_fanout_latency_seconds_count{").await;
     assert_eq!(fanned_out, 1.0, "one message reached this node's sockets");
     assert_eq!(second.metric("natter_nats_connected{").await, 1.0);
     assert_eq!(second.metric("natter_draining{").await, 0.0);
-    assert_eq!(second.metric("natter_gap_repairs_total{").await, 0.0);
+    assert!(second.metric("natter_gap_repairs_total{").await <= 1.0);
 
     drop(ws);
     let closed = async {
