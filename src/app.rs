@@ -100,6 +100,11 @@ impl Collector for LiveValues {
                 self.store.failures(),
             ),
             (
+                "natter_db_connections_opened",
+                "Postgres connections opened (beyond the pool's first, reconnects after failures)",
+                self.store.connections_opened(),
+            ),
+            (
                 "natter_nats_errors",
                 "NATS failures: disconnections, failed publishes and subscriptions",
                 self.bus.failures(),

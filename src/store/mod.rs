@@ -209,6 +209,9 @@ pub struct Store {
     batches: Arc<commit::Batches>,
     /// Failed checkouts and group commits, for `/metrics`.
     failures: Arc<AtomicU64>,
+    /// Connections opened, to the primary and the standby: after the first few, each
+    /// one replaces a connection that broke (a failover's reconnects), for `/metrics`.
+    connections_opened: Arc<AtomicU64>,
 }
 
 /// How long a caller waits for a pooled connection before the database counts as down.
@@ -273,6 +276,7 @@ fn build_pool(
     database_url: &str,
     pool_size: usize,
     ca_file: Option<&Path>,
+    opened: Arc<AtomicU64>,
 ) -> Result<Pool, StoreError> {
     let mut config: tokio_postgres::Config = database_url
         .parse()
@@ -306,6 +310,10 @@ fn build_pool(
         .wait_timeout(Some(CHECKOUT_TIMEOUT))
         .create_timeout(Some(create_timeout))
         .recycle_timeout(Some(CHECKOUT_TIMEOUT))
+        .post_create(Hook::sync_fn(move |_, _| {
+            opened.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }))
         .pre_recycle(Hook::sync_fn(|_, metrics| {
             match opened_before_demotion(metrics.created) {
                 true => Err(HookError::message("opened before a failover")),
@@ -327,11 +335,13 @@ impl Store {
         pool_size: usize,
         ca_file: Option<&Path>,
     ) -> Result<Self, StoreError> {
+        let connections_opened = Arc::new(AtomicU64::new(0));
         Ok(Self {
-            pool: build_pool(database_url, pool_size, ca_file)?,
+            pool: build_pool(database_url, pool_size, ca_file, connections_opened.clone())?,
             standby: None,
             batches: Default::default(),
             failures: Default::default(),
+            connections_opened,
         })
     }
 
@@ -343,7 +353,12 @@ impl Store {
         pool_size: usize,
         ca_file: Option<&Path>,
     ) -> Result<Self, StoreError> {
-        let pool = build_pool(read_url, pool_size, ca_file)?;
+        let pool = build_pool(
+            read_url,
+            pool_size,
+            ca_file,
+            self.connections_opened.clone(),
+        )?;
         self.standby = Some(Arc::new(Standby::new(pool)));
         Ok(self)
     }
@@ -386,6 +401,11 @@ impl Store {
         self.standby
             .as_ref()
             .map_or((0, 0), |standby| standby.reads())
+    }
+
+    /// Postgres connections this node has opened, for `/metrics`.
+    pub fn connections_opened(&self) -> u64 {
+        self.connections_opened.load(Ordering::Relaxed)
     }
 
     /// Postgres failures this node has seen, for `/metrics`.
