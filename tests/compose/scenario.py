@@ -72,14 +72,14 @@ class Cluster:
     def docker(self, *args):
         return subprocess.run(["docker", *args], check=True, capture_output=True, text=True).stdout
 
-    def patroni_primary(self):
-        """The Patroni member whose REST API says it is the primary, or None."""
+    def patroni_member(self, role):
+        """(service, container) of the Patroni member whose REST API answers 200 on
+        /ROLE (`primary`, or `sync` for the synchronous standby), or None."""
+        check = f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:8008/{role}', timeout=2)"
         for service in ("postgres", "postgres-2"):
             for container in self.containers(service):
-                probe = subprocess.run(
-                    ["docker", "exec", container, "python3", "-c",
-                     "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8008/primary', timeout=2)"],
-                    capture_output=True)
+                probe = subprocess.run(["docker", "exec", container, "python3", "-c", check],
+                                       capture_output=True)
                 if probe.returncode == 0:
                     return service, container
         return None
@@ -241,14 +241,20 @@ async def node_faults(cluster, clients, since, report, project):
 async def postgres_failover(cluster, clients, since, sent, report):
     """Kills the Patroni primary's container under traffic; times until sends are
     acknowledged again, then starts it again (it rejoins as a standby)."""
-    primary = await asyncio.to_thread(cluster.patroni_primary)
+    # Patroni promotes only the synchronous standby: wait until there is one.
+    deadline = time.monotonic() + 90
+    while not await asyncio.to_thread(cluster.patroni_member, "sync"):
+        if time.monotonic() > deadline:
+            raise RuntimeError("no synchronous standby within 90 s")
+        await asyncio.sleep(0.5)
+    primary = await asyncio.to_thread(cluster.patroni_member, "primary")
     assert primary, "no Patroni member is primary"
     service, container = primary
     log(f"killing the Postgres primary ({service})")
     started = time.monotonic()
     cluster.docker("kill", container)
     while True:
-        new = await asyncio.to_thread(cluster.patroni_primary)
+        new = await asyncio.to_thread(cluster.patroni_member, "primary")
         if new and new[0] != service:
             break
         if time.monotonic() - started > 90:
