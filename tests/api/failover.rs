@@ -72,23 +72,20 @@ async fn after_a_promotion_connections_to_the_demoted_primary_are_dropped_and_wr
     assert_eq!(again.body["id"], stored.body["id"]);
     assert_eq!(app.send(&alice, room, "after").await["seq"], 7);
 
-    let on_new: i64 = new
-        .client(&database)
-        .await
-        .query_one("SELECT max(seq) FROM messages", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let on_old: i64 = old
-        .client(&database)
-        .await
-        .query_one("SELECT max(seq) FROM messages", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let (on_old, on_new) = (
+        last_seq(&old, &database).await,
+        last_seq(&new, &database).await,
+    );
     assert_eq!(
         (on_old, on_new),
         (5, 7),
         "writes after the promotion went to the new primary"
     );
+}
+
+/// The highest `seq` stored on `server`.
+async fn last_seq(server: &OwnPostgres, database: &str) -> i64 {
+    let client = server.client(database).await;
+    let row = client.query_one("SELECT max(seq) FROM messages", &[]).await;
+    row.unwrap().get(0)
 }
