@@ -326,9 +326,8 @@ fn build_pool(
 }
 
 impl Store {
-    /// Builds the pool; connects lazily, so this succeeds even while Postgres is down.
-    /// `sslmode=require` in the URL turns on TLS with certificate and host name checks
-    /// (stricter than libpq's `require`); `ca_file` adds a private CA (a managed
+    /// Builds the pool ([`build_pool`]: lazy, so this succeeds even while Postgres is
+    /// down; TLS with `sslmode=require`, `ca_file` for a private CA, a managed
     /// database's, say).
     pub fn connect(
         database_url: &str,

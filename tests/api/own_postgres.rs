@@ -17,20 +17,26 @@ pub struct OwnPostgres {
 }
 
 /// A Postgres program from the harness's installation, run as the `postgres` user when
-/// the tests run as root (Postgres refuses root).
-fn pg_command(program: &str) -> Command {
+/// the tests run as root (Postgres refuses root); its output is discarded, its errors
+/// kept for the assertion messages.
+fn pg_program(program: &str) -> std::process::Command {
     let bin = PathBuf::from(std::env::var("NATTER_TEST_PG_BIN").expect("run through tests/run"));
     let path = bin.join(program);
     let mut command = match running_as_root() {
         true => {
-            let mut runuser = Command::new("runuser");
+            let mut runuser = std::process::Command::new("runuser");
             runuser.args(["-u", "postgres", "--"]).arg(path);
             runuser
         }
-        false => Command::new(path),
+        false => std::process::Command::new(path),
     };
     command.stdout(Stdio::null()).stderr(Stdio::piped());
     command
+}
+
+/// [`pg_program`], to await.
+fn pg_command(program: &str) -> Command {
+    Command::from(pg_program(program))
 }
 
 /// `/proc/self` belongs to the process's effective user.
@@ -183,22 +189,10 @@ impl OwnPostgres {
 
 impl Drop for OwnPostgres {
     fn drop(&mut self) {
-        let bin = PathBuf::from(std::env::var("NATTER_TEST_PG_BIN").unwrap_or_default());
-        let mut stop = match running_as_root() {
-            true => {
-                let mut runuser = std::process::Command::new("runuser");
-                runuser
-                    .args(["-u", "postgres", "--"])
-                    .arg(bin.join("pg_ctl"));
-                runuser
-            }
-            false => std::process::Command::new(bin.join("pg_ctl")),
-        };
-        let _ = stop
+        let _ = pg_program("pg_ctl")
             .arg("-D")
             .arg(self.data.join("data"))
             .args(["-m", "immediate", "-w", "stop"])
-            .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
         let _ = std::fs::remove_dir_all(&self.data);

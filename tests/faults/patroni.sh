@@ -118,20 +118,21 @@ patroni_wait_for() {
 # Waits until some member is the synchronous standby.
 patroni_wait_sync() {
     for _ in $(seq $(($1 * 10))); do
-        for i in $(seq 0 $((PATRONI_MEMBERS - 1))); do
-            curl -sf -o /dev/null "http://127.0.0.1:${PATRONI_API_PORTS[$i]}/sync" && return 0
-        done
+        patroni_member sync >/dev/null && return 0
         sleep 0.1
     done
     log "patroni: no synchronous standby after $1s"; return 1
 }
 
-patroni_leader() {
+# Prints the index of the first member whose REST API answers 200 on /ROLE.
+patroni_member() {
     for i in $(seq 0 $((PATRONI_MEMBERS - 1))); do
-        curl -sf -o /dev/null "http://127.0.0.1:${PATRONI_API_PORTS[$i]}/primary" && { echo "$i"; return 0; }
+        curl -sf -o /dev/null "http://127.0.0.1:${PATRONI_API_PORTS[$i]}/$1" && { echo "$i"; return 0; }
     done
     return 1
 }
+
+patroni_leader() { patroni_member primary; }
 
 patroni_kill() {
     local i=$1 postmaster
