@@ -135,8 +135,13 @@ impl Collector for LiveValues {
             ),
             (
                 "natter_rooms_relayed",
-                "Rooms this node subscribes to on NATS",
+                "Rooms with a live subscription on this node",
                 self.hub.active_rooms() as i64,
+            ),
+            (
+                "natter_relay_nats_subscriptions",
+                "NATS subscriptions of the relay: one per room shard it serves a room in",
+                self.hub.nats_subscriptions() as i64,
             ),
             (
                 "natter_db_pool_size",

@@ -3,8 +3,8 @@
 //! throughput, end-to-end latency, connection rate and server cost (SPEC §8).
 //!
 //! `natter-bench --help` lists the scenarios, `natter-bench SCENARIO --help` their flags:
-//! `baseline-server`, `fanout`, `hot-room`, `rooms`, `idle`, `connect` and `soak`, each
-//! with `--url URL[,URL…]` and the common flags below.
+//! `baseline-server`, `fanout`, `hot-room`, `rooms`, `idle`, `connect`, `many-rooms` and
+//! `soak`, each with `--url URL[,URL…]` and the common flags below.
 //!
 //! `--baseline` drives `baseline-server` instead: the same client code against a bare
 //! WebSocket broadcaster with no auth, storage or NATS, for the ceiling BENCHMARKS.md
@@ -14,6 +14,7 @@
 
 mod baseline;
 mod client;
+mod many_rooms;
 mod report;
 mod scenario;
 mod soak;
@@ -94,6 +95,39 @@ enum Scenario {
         /// Connections to open.
         #[arg(long, default_value_t = 5000)]
         connections: usize,
+    },
+    /// Sockets each subscribed to many rooms, most of them silent: the server's cost per
+    /// connection and per subscription, at rest, and through a reconnect storm.
+    ManyRooms {
+        #[command(flatten)]
+        common: Common,
+        /// Sockets, spread over the nodes.
+        #[arg(long, default_value_t = 20_000)]
+        connections: usize,
+        /// Rooms each socket subscribes to (one of them hot).
+        #[arg(long, default_value_t = 100)]
+        rooms_per_connection: usize,
+        /// Silent rooms to draw from, seeded with SQL.
+        #[arg(long, default_value_t = 200_000)]
+        pool: usize,
+        /// Rooms that get messages.
+        #[arg(long, default_value_t = 10)]
+        hot_rooms: usize,
+        /// Sends per second over all hot rooms.
+        #[arg(long, default_value_t = 20.0)]
+        rate: f64,
+        /// Seconds measured at rest.
+        #[arg(long, default_value_t = 20.0)]
+        rest: f64,
+        /// The nodes' Postgres, for seeding rooms and counting transactions.
+        #[arg(long)]
+        database_url: String,
+        /// NATS monitoring URL (`http://host:port`), for the nodes' NATS connections.
+        #[arg(long)]
+        nats_monitor: Option<String>,
+        /// SIGKILL the last node (`--pids` in `--url` order) and time the storm.
+        #[arg(long)]
+        kill: bool,
     },
     /// Steady traffic that survives faults: every client reconnects and resumes with
     /// `since_seq`, and the run checks what every client saw.
@@ -247,6 +281,35 @@ async fn main() -> ExitCode {
             Ok(options) => scenario::run("connect", &options).await,
             Err(err) => Err(err),
         },
+        Scenario::ManyRooms {
+            common,
+            connections,
+            rooms_per_connection,
+            pool,
+            hot_rooms,
+            rate,
+            rest,
+            database_url,
+            nats_monitor,
+            kill,
+        } => {
+            let settings = Duration::try_from_secs_f64(rest)
+                .map_err(|_| "--rest: must be a number of seconds".to_string())
+                .map(|rest| many_rooms::Settings {
+                    rooms_per_connection,
+                    pool: pool.max(2),
+                    hot_rooms,
+                    rate,
+                    rest,
+                    database_url,
+                    nats_monitor,
+                    kill,
+                });
+            match (Options::new(common, 0.0, Vec::new(), connections), settings) {
+                (Ok(options), Ok(settings)) => many_rooms::run(&options, settings).await,
+                (Err(err), _) | (_, Err(err)) => Err(err),
+            }
+        }
         Scenario::Soak {
             common,
             connections,
@@ -301,6 +364,7 @@ mod tests {
             "rooms",
             "idle",
             "connect",
+            "many-rooms",
             "soak",
         ] {
             assert!(help.contains(scenario), "{scenario} missing from:\n{help}");

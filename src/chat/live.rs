@@ -129,10 +129,14 @@ impl Chat {
         if !connection.rooms.contains(&room_id) && connection.rooms.len() >= limit {
             return Err(ChatError::TooManyRooms { limit });
         }
-        let access_version = self
-            .store
-            .subscription_access(connection.user_id(), room_id)
-            .await?;
+        let access_version = match self.hub.public_access(room_id) {
+            Some(version) => version,
+            None => {
+                self.store
+                    .subscription_access(connection.user_id(), room_id)
+                    .await?
+            }
+        };
         if connection.rooms.remove(&room_id) {
             self.hub.leave(room_id, connection.socket_id);
         }

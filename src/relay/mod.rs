@@ -1,61 +1,64 @@
 //! The relay: per-room fan-out of events to this node's sockets, with interest routing
 //! and gap repair.
 //!
-//! A room that has local subscribers gets one task on this node ([`RoomTask`]). The task
-//! subscribes to the room's NATS subject, so a node receives only the rooms its clients
-//! care about, takes the events this node publishes itself straight from [`Bus`] (NATS
-//! does not echo them), and forwards each event to every local subscriber's bounded
-//! queue with `try_send`: a socket that cannot keep up is closed with 4008, never waited
-//! for.
+//! A room that has local subscribers is an entry in the [`RoomHub`] ([`room::Room`]):
+//! plain data under its shard's lock, with no task, timer or NATS subscription of its
+//! own, so a silent room costs bytes, not wake-ups. The hub subscribes to a room's
+//! NATS shard (1/256 of the rooms, [`SHARDS`]) while it serves a room in it, takes the
+//! events this node publishes itself straight from [`Bus`] (NATS does not echo them),
+//! and forwards each event to every local subscriber's bounded queue with `try_send`: a
+//! socket that cannot keep up is closed with 4008, never waited for.
 //!
-//! **Exactly once, in order, on every node (SPEC §1.3)** is enforced here. The task knows
-//! the highest `seq` it has delivered. A message with a lower or equal `seq` is a
+//! **Exactly once, in order, on every node (SPEC §1.3)** is enforced here. Each room
+//! knows the highest `seq` it has delivered. A message with a lower or equal `seq` is a
 //! duplicate and is dropped; one with a higher `seq` than the next is held: the missing
 //! ones are usually on their way (this node's own messages skip NATS, so they overtake
 //! other nodes' earlier ones), and if they have not come within the reorder wait, NATS
 //! lost them and the range is read from Postgres and delivered first. Because `seq` is
 //! assigned under the room row's lock, every `seq` below a published one is already
-//! committed, so the range is always complete. A lost *last* message has no
-//! successor to reveal it, so [`RoomHub`] also compares every active room with its
-//! `last_seq` in Postgres, as it was one [`CATCH_UP_INTERVAL`] earlier, and right after
-//! NATS reconnects.
+//! committed, so the range is always complete. A lost *last* message has no successor
+//! to reveal it, so the hub also compares the rooms that changed lately (Postgres's
+//! `room_activity`) with their `last_seq` as it was one [`CATCH_UP_INTERVAL`] earlier,
+//! and every room it serves right after NATS reconnects ([`upkeep`]).
 //!
 //! **Resume without a window (SPEC §1.4)** starts here too: a join is answered with the
-//! task's position, in the socket's queue, ahead of every later event; the socket's
+//! room's position, in the socket's queue, ahead of every later event; the socket's
 //! writer replays from Postgres up to that position before reading on (`api::ws`).
 
 mod reorder;
+mod room;
+mod upkeep;
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap},
     sync::{Arc, Mutex, OnceLock, Weak},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use futures_util::StreamExt;
-use opentelemetry::trace::SpanKind;
 use prometheus_client::metrics::counter::Counter;
-use tokio::sync::{Notify, mpsc};
+use tokio::{
+    sync::{Notify, mpsc},
+    time::Instant,
+};
 use uuid::Uuid;
 
-use reorder::Reorder;
+use room::{Ctx, Room, Wants};
 
 use crate::{
-    bus::{Bus, EventKind, RoomEvent},
+    bus::{Bus, RoomEvent, SHARDS, room_of_subject, shard_of},
     histogram::LatencyHistogram,
     model::AccessLost,
-    store::{Store, messages::RoomPosition},
-    telemetry::TraceSpan,
+    store::Store,
 };
 
-/// How often active rooms are compared with Postgres to find lost trailing messages.
+/// How often rooms that changed lately are compared with Postgres to find lost
+/// trailing messages.
 pub const CATCH_UP_INTERVAL: Duration = Duration::from_secs(2);
 /// A typing indicator not refreshed for this long ends (SPEC §1.6).
 pub const TYPING_TTL: Duration = Duration::from_secs(6);
-/// Commands queued for one room task before joins are refused as busy.
-const ROOM_COMMAND_QUEUE: usize = 4096;
-/// Messages read from Postgres per repair query.
-const REPAIR_PAGE: i64 = 500;
+/// Joins that may wait for one room's position before more are refused as busy.
+const MAX_WAITING_JOINS: usize = 4096;
 
 /// What the relay counts for `/metrics`.
 #[derive(Default)]
@@ -208,26 +211,6 @@ pub enum RelayError {
     Busy,
 }
 
-enum RoomCommand {
-    Join(Subscriber, Option<i64>),
-    Leave(SocketId),
-    /// An event made on this node for its own sockets only (presence).
-    Local(Arc<RoomEvent>),
-    /// An event this node published, which NATS does not echo back to it.
-    Published(Arc<RoomEvent>),
-    /// What Postgres says of the room: `last_seq` one interval ago (deliver anything
-    /// missing) and `access_version` now (`None`: the room is gone).
-    Check {
-        last_seq: Option<i64>,
-        access_version: Option<i64>,
-    },
-}
-
-struct RoomEntry {
-    commands: mpsc::Sender<RoomCommand>,
-    subscribers: usize,
-}
-
 /// The rooms this node has local subscribers for.
 #[derive(Clone)]
 pub struct RoomHub {
@@ -235,103 +218,135 @@ pub struct RoomHub {
 }
 
 struct HubInner {
-    rooms: Mutex<HashMap<Uuid, RoomEntry>>,
+    /// The rooms, by [`shard_of`] their id: one lock per NATS shard, so events of
+    /// different shards are delivered in parallel.
+    shards: Box<[Mutex<Shard>]>,
     store: Store,
     bus: Bus,
     stats: Arc<RelayStats>,
-    /// For every room task: how long a message ahead of its predecessors waits for them.
+    /// For every room: how long a message ahead of its predecessors waits for them.
     reorder_wait: Duration,
+    /// Rooms the upkeep owes work (see [`upkeep`]).
+    upkeep: Mutex<Vec<Uuid>>,
+    wake_upkeep: Arc<Notify>,
+    /// When rooms want a look (held messages, typing indicators, retries): one timer
+    /// for the hub, not one per room.
+    timers: Mutex<BTreeSet<(Instant, Uuid)>>,
+    wake_timers: Arc<Notify>,
+}
+
+#[derive(Default)]
+struct Shard {
+    rooms: HashMap<Uuid, Room>,
+    /// The task reading the shard's NATS subscription, while the shard has rooms here.
+    reader: Option<tokio::task::AbortHandle>,
 }
 
 impl RoomHub {
     pub fn new(store: Store, bus: Bus, reorder_wait: Duration) -> Self {
         let hub = Self {
             inner: Arc::new(HubInner {
-                rooms: Mutex::new(HashMap::new()),
+                shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
                 store,
                 bus,
                 stats: Arc::default(),
                 reorder_wait,
+                upkeep: Mutex::default(),
+                wake_upkeep: Arc::default(),
+                timers: Mutex::default(),
+                wake_timers: Arc::default(),
             }),
         };
-        tokio::spawn(catch_up_loop(Arc::downgrade(&hub.inner)));
+        tokio::spawn(upkeep::work(Arc::downgrade(&hub.inner)));
+        tokio::spawn(upkeep::timers(Arc::downgrade(&hub.inner)));
+        tokio::spawn(upkeep::catch_up(Arc::downgrade(&hub.inner)));
         let published = Arc::downgrade(&hub.inner);
         hub.inner.bus.deliver_locally_to(Box::new(move |event| {
             if let Some(hub) = published.upgrade() {
-                hub.route(RoomCommand::Published, event);
+                hub.on_event(Arc::new(event));
             }
         }));
         hub
     }
 
-    /// Adds a subscriber to a room, starting the room's task if it is the first here.
-    /// The subscriber's queue next receives [`Outbound::Subscribed`] and then every event.
+    /// Adds a subscriber to a room. The subscriber's queue next receives
+    /// [`Outbound::Subscribed`] (at once, or once the room's position is read) and then
+    /// every event.
     pub fn join(
         &self,
         room_id: Uuid,
         subscriber: Subscriber,
         since_seq: Option<i64>,
     ) -> Result<(), RelayError> {
-        let mut rooms = self.inner.rooms.lock().expect("not poisoned");
-        let entry = rooms.entry(room_id).or_insert_with(|| {
-            let (tx, rx) = mpsc::channel(ROOM_COMMAND_QUEUE);
-            let task = RoomTask {
-                room_id,
-                subscribers: Vec::new(),
-                position: Reorder::new(0, self.inner.reorder_wait),
-                access_version: 0,
-                typing: HashMap::new(),
-                store: self.inner.store.clone(),
-                bus: self.inner.bus.clone(),
-                stats: self.inner.stats.clone(),
-            };
-            tokio::spawn(task.run(rx));
-            RoomEntry {
-                commands: tx,
-                subscribers: 0,
-            }
-        });
-        entry
-            .commands
-            .try_send(RoomCommand::Join(subscriber, since_seq))
-            .map_err(|_| RelayError::Busy)?;
-        entry.subscribers += 1;
+        let inner = &*self.inner;
+        let mut shard = inner.shard(room_id);
+        let room = shard.rooms.entry(room_id).or_insert_with(Room::loading);
+        if room.due.waiting.len() >= MAX_WAITING_JOINS {
+            return Err(RelayError::Busy);
+        }
+        let mut wants = room.join(subscriber, since_seq, room_id, &inner.stats);
+        // A room new here: its position is read by the upkeep.
+        wants.upkeep |= room.last_seq().is_none();
+        inner.follow_up(room_id, room, wants);
         Ok(())
     }
 
-    /// Removes a socket's subscription; the room's task ends with its last subscriber.
+    /// Removes a socket's subscription; the room is forgotten with its last subscriber,
+    /// and the shard's NATS subscription with its last room.
     pub fn leave(&self, room_id: Uuid, socket_id: SocketId) {
-        let mut rooms = self.inner.rooms.lock().expect("not poisoned");
-        let Some(entry) = rooms.get_mut(&room_id) else {
+        let mut shard = self.inner.shard(room_id);
+        let Some(room) = shard.rooms.get_mut(&room_id) else {
             return;
         };
-        entry.subscribers = entry.subscribers.saturating_sub(1);
-        if entry.subscribers == 0 {
-            // Dropping the only sender ends the task once it has drained its queue.
-            rooms.remove(&room_id);
-        } else if entry
-            .commands
-            .try_send(RoomCommand::Leave(socket_id))
-            .is_err()
-        {
-            tracing::warn!(%room_id, "room queue full; the subscriber is dropped on its next delivery");
+        room.leave(socket_id);
+        if room.is_empty() {
+            shard.rooms.remove(&room_id);
+            if shard.rooms.is_empty()
+                && let Some(reader) = shard.reader.take()
+            {
+                reader.abort();
+            }
         }
     }
 
     /// Delivers an event made on this node (presence) to its local subscribers, if any.
     pub fn deliver_local(&self, event: RoomEvent) {
-        self.inner.route(RoomCommand::Local, event);
+        let mut shard = self.inner.shard(event.room_id);
+        if let Some(room) = shard.rooms.get_mut(&event.room_id) {
+            room.deliver_local(Arc::new(event), &self.inner.stats);
+        }
     }
 
-    /// Rooms with a task on this node.
+    /// The `access_version` of a public room this node already serves: anyone may
+    /// subscribe to it, so the subscription needs no trip to Postgres (a reconnect
+    /// storm resubscribes thousands of rooms a second). `None` if the room is private,
+    /// not served here, or still loading.
+    pub fn public_access(&self, room_id: Uuid) -> Option<i64> {
+        let shard = self.inner.shard(room_id);
+        let room = shard.rooms.get(&room_id)?;
+        (room.public && room.last_seq().is_some()).then_some(room.access_version)
+    }
+
+    /// Rooms with a local subscriber on this node.
     pub fn active_rooms(&self) -> usize {
-        self.inner.rooms.lock().expect("not poisoned").len()
+        self.inner.each_shard(|shard| shard.rooms.len())
     }
 
-    /// Live subscriptions of this node's sockets, over all rooms.
+    /// Live subscriptions of this node's sockets, over all rooms (waiting joins too).
     pub fn subscriptions(&self) -> usize {
-        let rooms = self.inner.rooms.lock().expect("not poisoned");
-        rooms.values().map(|entry| entry.subscribers).sum()
+        self.inner.each_shard(|shard| {
+            shard
+                .rooms
+                .values()
+                .map(|room| room.subscribers.len() + room.due.waiting.len())
+                .sum()
+        })
+    }
+
+    /// NATS subscriptions the relay holds: one per shard with a room here.
+    pub fn nats_subscriptions(&self) -> usize {
+        self.inner
+            .each_shard(|shard| usize::from(shard.reader.is_some()))
     }
 
     pub fn stats(&self) -> &RelayStats {
@@ -339,438 +354,81 @@ impl RoomHub {
     }
 }
 
-impl HubInner {
-    /// Hands an event to its room's task, if the room has subscribers here. A task whose
-    /// queue is full misses it, as a slow NATS subscription would: a missed message is
-    /// repaired from Postgres with the next one, or by the catch-up loop.
-    fn route(&self, command: fn(Arc<RoomEvent>) -> RoomCommand, event: RoomEvent) {
-        let rooms = self.rooms.lock().expect("not poisoned");
-        if let Some(entry) = rooms.get(&event.room_id) {
-            let _ = entry.commands.try_send(command(Arc::new(event)));
+impl Drop for HubInner {
+    /// Ends the upkeep's tasks (they find the hub gone) and the shards' readers.
+    fn drop(&mut self) {
+        self.wake_upkeep.notify_one();
+        self.wake_timers.notify_one();
+        for shard in self.shards.iter() {
+            if let Some(reader) = shard.lock().expect("not poisoned").reader.take() {
+                reader.abort();
+            }
         }
     }
 }
 
-/// Every [`CATCH_UP_INTERVAL`] tells each active room the `last_seq` that Postgres had
-/// one interval earlier, and right after NATS reconnects the one it has now, with the
-/// room's `access_version` now (so a loss of access whose NATS event this node missed
-/// ends delivery within an interval, and before any message committed after it is
-/// repaired). Ends when the hub is dropped.
-///
-/// The interval's delay is what keeps this a repair of losses: a message committed a
-/// moment ago is normally still on its way to the room task (the announcer, NATS), and
-/// comparing with the current `last_seq` made busy rooms read from Postgres what was
-/// about to arrive anyway (466 repairs in a one-node `rooms` run, none of them for a
-/// loss). A message still missing a whole interval after its commit was lost. After a
-/// reconnect, what was published meanwhile is lost for sure, so it is repaired at once.
-async fn catch_up_loop(hub: Weak<HubInner>) {
-    let Some(mut connections) = hub.upgrade().map(|h| h.bus.connections()) else {
-        return;
-    };
-    let mut tick = tokio::time::interval(CATCH_UP_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Each active room's position in Postgres at the previous tick.
-    let mut a_tick_ago: HashMap<Uuid, RoomPosition> = HashMap::new();
-    loop {
-        let reconnected = tokio::select! {
-            _ = tick.tick() => false,
-            _ = connections.changed() => true,
-        };
+impl HubInner {
+    fn shard(&self, room_id: Uuid) -> std::sync::MutexGuard<'_, Shard> {
+        self.shards[usize::from(shard_of(room_id))]
+            .lock()
+            .expect("not poisoned")
+    }
+
+    fn each_shard(&self, count: impl Fn(&Shard) -> usize) -> usize {
+        self.shards
+            .iter()
+            .map(|shard| count(&shard.lock().expect("not poisoned")))
+            .sum()
+    }
+
+    fn ctx(&self) -> Ctx<'_> {
+        Ctx {
+            stats: &self.stats,
+            node_id: self.bus.node_id(),
+        }
+    }
+
+    /// Hands an event to its room, if the room has subscribers here.
+    fn on_event(&self, event: Arc<RoomEvent>) {
+        let room_id = event.room_id;
+        let mut shard = self.shard(room_id);
+        if let Some(room) = shard.rooms.get_mut(&room_id) {
+            let wants = room.on_event(event, room_id, &self.ctx());
+            self.follow_up(room_id, room, wants);
+        }
+    }
+
+    /// Queues the room for the upkeep and sets its timer, as it wants. Called under the
+    /// room's shard lock.
+    fn follow_up(&self, room_id: Uuid, room: &mut Room, wants: Wants) {
+        if wants.upkeep && !room.due.queued {
+            room.due.queued = true;
+            self.upkeep.lock().expect("not poisoned").push(room_id);
+            self.wake_upkeep.notify_one();
+        }
+        if let Some(at) = wants.wake_at {
+            let mut timers = self.timers.lock().expect("not poisoned");
+            let earliest = timers.first().is_none_or(|(first, _)| at < *first);
+            timers.insert((at, room_id));
+            if earliest {
+                self.wake_timers.notify_one();
+            }
+        }
+    }
+}
+
+/// Reads one shard's NATS subscription into its rooms until the hub drops it.
+async fn read_shard(hub: Weak<HubInner>, mut subscription: async_nats::Subscriber) {
+    while let Some(message) = subscription.next().await {
         let Some(hub) = hub.upgrade() else {
             return;
         };
-        let room_ids: Vec<Uuid> = hub
-            .rooms
-            .lock()
-            .expect("not poisoned")
-            .keys()
-            .copied()
-            .collect();
-        if room_ids.is_empty() {
-            a_tick_ago.clear();
+        let Some(room_id) = room_of_subject(&message.subject) else {
             continue;
-        }
-        match hub.store.rooms_positions(&room_ids).await {
-            Ok(now) => {
-                let due = if reconnected { &now } else { &a_tick_ago };
-                let rooms = hub.rooms.lock().expect("not poisoned");
-                for room_id in &room_ids {
-                    if let Some(entry) = rooms.get(room_id) {
-                        let _ = entry.commands.try_send(RoomCommand::Check {
-                            last_seq: due.get(room_id).map(|p| p.last_seq),
-                            access_version: now.get(room_id).map(|p| p.access_version),
-                        });
-                    }
-                }
-                if !reconnected {
-                    a_tick_ago = now;
-                }
-            }
-            Err(err) => tracing::warn!(error = %err, "catch-up check failed"),
-        }
-    }
-}
-
-/// One room on this node: its NATS subscription, its local subscribers and its position.
-struct RoomTask {
-    room_id: Uuid,
-    subscribers: Vec<Subscriber>,
-    /// What this node's subscribers have been delivered, and what waits for a gap.
-    position: Reorder,
-    /// The room's `access_version` this task has checked its subscribers against.
-    access_version: i64,
-    /// Users typing in this room, and when their indicator lapses.
-    typing: HashMap<Uuid, Instant>,
-    store: Store,
-    bus: Bus,
-    stats: Arc<RelayStats>,
-}
-
-impl RoomTask {
-    async fn run(mut self, mut commands: mpsc::Receiver<RoomCommand>) {
-        let mut nats = self.subscribe().await;
-        // Start from the room's committed position: everything after it arrives on the
-        // subscription (or is repaired), everything before is history for replay.
-        let Some(committed) = self.committed_position(&commands).await else {
-            return;
         };
-        self.position = Reorder::new(committed.last_seq, self.position.wait());
-        self.access_version = committed.access_version;
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tokio::select! {
-                command = commands.recv() => match command {
-                    Some(command) => self.on_command(command).await,
-                    None => break,
-                },
-                message = next_message(&mut nats) => match message {
-                    Some(message) => {
-                        if let Some(event) = RoomEvent::decode(self.room_id, message) {
-                            self.on_event(Arc::new(event)).await;
-                        }
-                    }
-                    None => nats = None,
-                },
-                _ = sleep_until(self.position.repair_at()) => {
-                    self.repair_held().await;
-                }
-                _ = tick.tick() => {
-                    self.expire_typing();
-                    if nats.is_none() {
-                        nats = self.subscribe().await;
-                    }
-                }
-            }
+        if let Some(event) = RoomEvent::decode(room_id, message) {
+            hub.on_event(Arc::new(event));
         }
-        tracing::debug!(room_id = %self.room_id, "room task ended");
-    }
-
-    async fn subscribe(&self) -> Option<async_nats::Subscriber> {
-        match self.bus.subscribe_room(self.room_id).await {
-            Ok(subscriber) => Some(subscriber),
-            Err(err) => {
-                tracing::warn!(room_id = %self.room_id, error = %err, "room subscription failed; retrying");
-                None
-            }
-        }
-    }
-
-    /// The room's position in Postgres, retried while the database is unreachable;
-    /// `None` if every subscriber left meanwhile. A room deleted meanwhile is at zero (and
-    /// its subscribers are told at the next check).
-    async fn committed_position(
-        &self,
-        commands: &mpsc::Receiver<RoomCommand>,
-    ) -> Option<RoomPosition> {
-        loop {
-            if commands.is_closed() {
-                return None;
-            }
-            match self.store.rooms_positions(&[self.room_id]).await {
-                Ok(found) => {
-                    return Some(found.get(&self.room_id).copied().unwrap_or(RoomPosition {
-                        last_seq: 0,
-                        access_version: 0,
-                    }));
-                }
-                Err(err) => {
-                    tracing::warn!(room_id = %self.room_id, error = %err, "cannot read last_seq; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
-        }
-    }
-
-    async fn on_command(&mut self, command: RoomCommand) {
-        match command {
-            RoomCommand::Join(mut subscriber, since_seq) => {
-                // Checked before a loss of access this task already knows of: check again
-                // (if Postgres cannot say now, the next check does).
-                if subscriber.access_version < self.access_version {
-                    match self.lost_access(&[subscriber.user_id]).await.as_deref() {
-                        Some([]) => subscriber.access_version = self.access_version,
-                        Some([(_, reason), ..]) => {
-                            end_revoked(&subscriber, self.room_id, *reason, &self.stats);
-                            return;
-                        }
-                        None => {}
-                    }
-                }
-                let subscribed = Outbound::Subscribed(Box::new(Joined {
-                    room_id: self.room_id,
-                    since_seq,
-                    last_seq: self.position.last_seq(),
-                }));
-                if offer(&subscriber, subscribed, &self.stats) {
-                    self.subscribers.push(subscriber);
-                }
-            }
-            RoomCommand::Leave(socket_id) => self.subscribers.retain(|s| s.socket_id != socket_id),
-            RoomCommand::Local(event) => self.deliver(&event),
-            RoomCommand::Published(event) => self.on_event(event).await,
-            RoomCommand::Check {
-                last_seq,
-                access_version,
-            } => {
-                // Access first: nothing committed after a loss of access is repaired to
-                // the user who lost it.
-                match access_version {
-                    None => self.revoke(|_| Some(AccessLost::RoomDeleted)),
-                    Some(version)
-                        if version > self.access_version
-                            || self.subscribers.iter().any(|s| s.access_version < version) =>
-                    {
-                        self.check_access(version).await;
-                    }
-                    Some(_) => {}
-                }
-                let Some(committed) = last_seq else {
-                    return;
-                };
-                let from = self.position.last_seq();
-                if committed > from {
-                    bump(&self.stats.gap_repairs, 1);
-                    tracing::info!(room_id = %self.room_id, from, to = committed, "repairing trailing messages");
-                    self.repair(committed).await;
-                    self.deliver_held();
-                }
-            }
-        }
-    }
-
-    async fn on_event(&mut self, event: Arc<RoomEvent>) {
-        bump(&self.stats.received, 1);
-        // The last step of the sender's trace, on this node.
-        let mut span = event.traceparent.as_ref().map(|parent| {
-            TraceSpan::start(
-                "fan-out",
-                SpanKind::Consumer,
-                Some(parent),
-                self.bus.node_id(),
-            )
-        });
-        if let Some(span) = &mut span {
-            span.set_attribute("natter.subscribers", self.subscribers.len() as i64);
-        }
-        match event.kind {
-            EventKind::Message => {
-                let seq = event.seq.unwrap_or_default();
-                for ready in self.position.arrive(seq, event) {
-                    self.deliver(&ready);
-                }
-            }
-            EventKind::Typing => {
-                let user = event.user_id.unwrap_or_default();
-                if event.typing == Some(true) {
-                    self.typing.insert(user, Instant::now() + TYPING_TTL);
-                } else if self.typing.remove(&user).is_none() {
-                    // Already expired here; clients were told.
-                    return;
-                }
-                self.deliver(&event);
-            }
-            EventKind::Revoke => {
-                let reason = AccessLost::parse(&event.payload).unwrap_or(AccessLost::Removed);
-                match event.user_id {
-                    Some(user) => self.revoke(|s| (s.user_id == user).then_some(reason)),
-                    None => self.revoke(|_| Some(reason)),
-                }
-            }
-            _ => self.deliver(&event),
-        }
-    }
-
-    /// Ends the subscriptions for which `lost` gives a reason: the socket hears
-    /// `unsubscribed` with it and forgets the room; nothing more of the room reaches it.
-    fn revoke(&mut self, lost: impl Fn(&Subscriber) -> Option<AccessLost>) {
-        let room_id = self.room_id;
-        self.subscribers.retain(|subscriber| {
-            let Some(reason) = lost(subscriber) else {
-                return true;
-            };
-            end_revoked(subscriber, room_id, reason, &self.stats);
-            false
-        });
-    }
-
-    /// The room's `access_version` moved to `version`: someone lost access. Checks the
-    /// subscribers last checked before it and ends the subscriptions of those who can no
-    /// longer see the room. If Postgres cannot say now, the next check asks again.
-    async fn check_access(&mut self, version: i64) {
-        let mut users: Vec<Uuid> = self
-            .subscribers
-            .iter()
-            .filter(|s| s.access_version < version)
-            .map(|s| s.user_id)
-            .collect();
-        users.sort_unstable();
-        users.dedup();
-        let Some(lost) = self.lost_access(&users).await else {
-            return;
-        };
-        let lost: HashMap<Uuid, AccessLost> = lost.into_iter().collect();
-        self.revoke(|s| lost.get(&s.user_id).copied());
-        for subscriber in &mut self.subscribers {
-            subscriber.access_version = subscriber.access_version.max(version);
-        }
-        self.access_version = version;
-    }
-
-    /// Which of `users` lost access to the room, and why; `None` if Postgres cannot say.
-    async fn lost_access(&self, users: &[Uuid]) -> Option<Vec<(Uuid, AccessLost)>> {
-        if users.is_empty() {
-            return Some(Vec::new());
-        }
-        match self.store.lost_access(self.room_id, users).await {
-            Ok(lost) => Some(lost),
-            Err(err) => {
-                tracing::warn!(room_id = %self.room_id, error = %err, "access check failed; will retry");
-                None
-            }
-        }
-    }
-
-    /// Delivers the held messages that now follow the room's position.
-    fn deliver_held(&mut self) {
-        for ready in self.position.release() {
-            self.deliver(&ready);
-        }
-    }
-
-    /// The held messages' predecessors did not come in time: NATS lost them. Reads them
-    /// from Postgres, one gap after another, and delivers everything held in order.
-    async fn repair_held(&mut self) {
-        while let Some(upto) = self.position.missing() {
-            bump(&self.stats.gap_repairs, 1);
-            tracing::info!(room_id = %self.room_id, from = self.position.last_seq(), to = upto, "repairing a gap");
-            self.repair(upto).await;
-            if self.position.last_seq() < upto {
-                // Postgres is unreachable: hold on and try again after another wait.
-                self.position.retry_later();
-                return;
-            }
-            self.deliver_held();
-        }
-    }
-
-    /// Delivers the messages after `last_seq` up to `upto` from Postgres, in order.
-    async fn repair(&mut self, upto: i64) {
-        while self.position.last_seq() < upto {
-            let after = self.position.last_seq();
-            let page = self
-                .store
-                .messages_in_range(Uuid::nil(), self.room_id, after, upto, REPAIR_PAGE)
-                .await;
-            let messages = match page {
-                Ok(messages) if !messages.is_empty() => messages,
-                Ok(_) => return,
-                Err(err) => {
-                    tracing::warn!(room_id = %self.room_id, error = %err, "gap repair failed; will retry");
-                    return;
-                }
-            };
-            bump(&self.stats.repaired, messages.len() as u64);
-            for message in &messages {
-                self.position.advance(message.seq);
-                self.deliver(&Arc::new(RoomEvent::message(message)));
-            }
-        }
-    }
-
-    fn expire_typing(&mut self) {
-        let now = Instant::now();
-        let expired: Vec<Uuid> = self
-            .typing
-            .iter()
-            .filter(|(_, until)| **until <= now)
-            .map(|(user, _)| *user)
-            .collect();
-        for user in expired {
-            self.typing.remove(&user);
-            self.deliver(&Arc::new(RoomEvent::typing(self.room_id, user, false)));
-        }
-    }
-
-    /// Offers the event to every subscriber without waiting; one whose queue is full is
-    /// closed (4008) and dropped, so a slow reader never slows the room.
-    fn deliver(&mut self, event: &Arc<RoomEvent>) {
-        let stats = &*self.stats;
-        self.subscribers
-            .retain(|subscriber| offer(subscriber, Outbound::Event(event.clone()), stats));
-        bump(&stats.delivered, self.subscribers.len() as u64);
-        if let Some(created_at) = event.created_at {
-            let now_ms = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64);
-            // Clocks of different hosts may disagree a little; never below zero.
-            stats
-                .fanout_latency
-                .observe_ms(now_ms.saturating_sub(created_at).max(0) as u64);
-        }
-    }
-}
-
-/// Tells a subscriber that lost access that its subscription to `room_id` ended: the
-/// socket forgets the room and hears `unsubscribed` with the reason.
-fn end_revoked(subscriber: &Subscriber, room_id: Uuid, reason: AccessLost, stats: &RelayStats) {
-    subscriber.closer.revoked(room_id);
-    offer(
-        subscriber,
-        Outbound::Revoked(Box::new((room_id, reason))),
-        stats,
-    );
-}
-
-/// Queues `item` for a subscriber; `false` (and a 4008 close) if its queue is full or
-/// gone.
-fn offer(subscriber: &Subscriber, item: Outbound, stats: &RelayStats) -> bool {
-    match subscriber.queue.try_send(item) {
-        Ok(()) => true,
-        Err(mpsc::error::TrySendError::Full(_)) => {
-            bump(&stats.slow_closes, 1);
-            subscriber
-                .closer
-                .close(4008, "too slow: resume with since_seq");
-            false
-        }
-        Err(mpsc::error::TrySendError::Closed(_)) => false,
-    }
-}
-
-/// Resolves at `deadline` (never, without one).
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn next_message(
-    subscription: &mut Option<async_nats::Subscriber>,
-) -> Option<async_nats::Message> {
-    match subscription {
-        Some(subscription) => subscription.next().await,
-        None => std::future::pending().await,
     }
 }
 

@@ -37,11 +37,6 @@ impl Reorder {
         }
     }
 
-    /// How long a message ahead of its predecessors waits for them.
-    pub fn wait(&self) -> Duration {
-        self.wait
-    }
-
     pub fn last_seq(&self) -> i64 {
         self.last_seq
     }

@@ -26,6 +26,8 @@ pub struct RoomPosition {
     pub last_seq: i64,
     /// Bumped by every loss of access to the room ([`Store::lost_access`]).
     pub access_version: i64,
+    /// Anyone may see the room (a room's kind never changes).
+    pub public: bool,
 }
 
 use super::{
@@ -160,7 +162,8 @@ impl Store {
         let client = self.client().await?;
         let rows = client
             .query_cached(
-                "SELECT id, last_seq, access_version FROM rooms WHERE id = ANY($1)",
+                "SELECT id, last_seq, access_version, kind = 'public' FROM rooms
+                  WHERE id = ANY($1)",
                 &[&room_ids],
             )
             .await?;
@@ -170,10 +173,55 @@ impl Store {
                 let position = RoomPosition {
                     last_seq: r.get(1),
                     access_version: r.get(2),
+                    public: r.get(3),
                 };
                 (r.get(0), position)
             })
             .collect())
+    }
+
+    /// The rooms that changed (a send, a loss of access, a deletion) in the last
+    /// `lookback_secs` seconds of Postgres's clock, with their position now; `None` for a
+    /// room deleted since. One index range: the cost follows traffic, not rooms.
+    pub async fn recent_activity(
+        &self,
+        lookback_secs: i64,
+    ) -> Result<Vec<(Uuid, Option<RoomPosition>)>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query_cached(
+                "SELECT a.room_id, r.last_seq, r.access_version, r.kind = 'public'
+                   FROM (SELECT DISTINCT room_id FROM room_activity
+                          WHERE at >= now_ms() / 1000 - $1) a
+                   LEFT JOIN rooms r ON r.id = a.room_id",
+                &[&lookback_secs],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let position = r
+                    .get::<_, Option<i64>>(1)
+                    .zip(r.get::<_, Option<i64>>(2))
+                    .map(|(last_seq, access_version)| RoomPosition {
+                        last_seq,
+                        access_version,
+                        public: r.get::<_, Option<bool>>(3).unwrap_or(false),
+                    });
+                (r.get(0), position)
+            })
+            .collect())
+    }
+
+    /// Drops activity older than `keep_secs` seconds; any node may, as often as it likes.
+    pub async fn forget_activity(&self, keep_secs: i64) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        Ok(client
+            .execute_cached(
+                "DELETE FROM room_activity WHERE at < now_ms() / 1000 - $1",
+                &[&keep_secs],
+            )
+            .await?)
     }
 
     /// The highest `seq` of a room's messages created at or before `created_at_ms`

@@ -16,6 +16,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (5, include_str!("migrations/0005_access_revocations.sql")),
     (6, include_str!("migrations/0006_bots.sql")),
     (7, include_str!("migrations/0007_webhooks.sql")),
+    (8, include_str!("migrations/0008_room_activity.sql")),
 ];
 
 /// Arbitrary, fixed key for `pg_advisory_xact_lock`: "natter" in ASCII.

@@ -51,7 +51,10 @@ async fn end_membership(
              revoked AS (
                  INSERT INTO access_revocations (room_id, user_id, reason)
                  SELECT id, $2, $3 FROM bumped
-                 ON CONFLICT (room_id, user_id) DO UPDATE SET reason = EXCLUDED.reason)
+                 ON CONFLICT (room_id, user_id) DO UPDATE SET reason = EXCLUDED.reason),
+             active AS (
+                 INSERT INTO room_activity (at, room_id)
+                 SELECT now_ms() / 1000, id FROM bumped ON CONFLICT DO NOTHING)
              SELECT count(*) FROM gone",
             &[&room_id, &user_id, &reason.as_str()],
         )
@@ -335,6 +338,13 @@ impl Store {
         events::record(&tx, room_id, RoomChange::RoomDeleted(&room)).await?;
         tx.execute_cached("DELETE FROM rooms WHERE id = $1", &[&room_id])
             .await?;
+        // Nodes whose copy of the deletion's NATS event was lost find it here.
+        tx.execute_cached(
+            "INSERT INTO room_activity (at, room_id) VALUES (now_ms() / 1000, $1)
+             ON CONFLICT DO NOTHING",
+            &[&room_id],
+        )
+        .await?;
         tx.execute_cached("DELETE FROM messages WHERE room_id = $1", &[&room_id])
             .await?;
         tx.commit().await?;

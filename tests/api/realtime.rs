@@ -240,16 +240,7 @@ async fn a_publish_that_nats_never_delivers_is_repaired_from_postgres() {
     let db = app.db().await;
     let commit_unpublished = |text: &'static str| {
         let db = &db;
-        async move {
-            db.execute(
-                "WITH next AS (UPDATE rooms SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq)
-                 INSERT INTO messages (id, room_id, seq, sender_id, text)
-                 SELECT gen_random_uuid(), $1, last_seq, $2, $3 FROM next",
-                &[&room, &alice.id, &text],
-            )
-            .await
-            .unwrap();
-        }
+        async move { commit_unpublished(db, room, alice.id, text).await }
     };
     commit_unpublished("two").await;
     commit_unpublished("three").await;
@@ -277,6 +268,78 @@ async fn a_publish_that_nats_never_delivers_is_repaired_from_postgres() {
     let frame = ws.recv_type("message").await;
     assert_eq!(frame["message"]["seq"], 5);
     assert_eq!(frame["message"]["text"], "five");
+}
+
+/// Commits a message the way a send does (the next `seq`, the room's activity for
+/// other nodes' catch-up) but never publishes it: a node that died between its commit
+/// and NATS.
+async fn commit_unpublished(db: &tokio_postgres::Client, room: Uuid, sender: Uuid, text: &str) {
+    db.execute(
+        "WITH next AS (UPDATE rooms SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq),
+              active AS (INSERT INTO room_activity (at, room_id) VALUES (now_ms() / 1000, $1)
+                         ON CONFLICT DO NOTHING)
+         INSERT INTO messages (id, room_id, seq, sender_id, text)
+         SELECT gen_random_uuid(), $1, last_seq, $2, $3 FROM next",
+        &[&room, &sender, &text],
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_socket_in_hundreds_of_silent_rooms_costs_a_nats_subscription_per_shard_and_misses_nothing()
+ {
+    let app = spawn_app_with(|s| s.limits.subscribes_per_second = 10_000).await;
+    let alice = app.register("alice").await;
+    let db = app.db().await;
+    // Inserted as the many-rooms bench seeds them: creating 300 rooms through REST is
+    // rate limited.
+    let rooms: Vec<Uuid> = db
+        .query(
+            "INSERT INTO rooms (id, name, kind, owner_id)
+             SELECT gen_random_uuid(), 'quiet-' || g, 'public', $1
+               FROM generate_series(1, 300) g RETURNING id",
+            &[&alice.id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let mut ws = WsClient::connect(app.addr, "/v1/ws", &alice.token).await;
+    for room in &rooms {
+        ws.subscribe(*room, None).await;
+    }
+    assert_eq!(app.metric("natter_rooms_relayed{").await, 300.0);
+    // 300 random rooms fall into about 175 of the 256 shards: one NATS subscription
+    // each, not one per room.
+    let shards = app.metric("natter_relay_nats_subscriptions{").await;
+    assert!(
+        (100.0..=256.0).contains(&shards),
+        "{shards} shard subscriptions"
+    );
+
+    // A message one silent room got without NATS is found by the catch-up, which reads
+    // only the rooms that changed.
+    let quiet = rooms[137];
+    commit_unpublished(&db, quiet, alice.id, "psst").await;
+    let frame = ws.recv_type("message").await;
+    assert_eq!(frame["message"]["room_id"], quiet.to_string());
+    assert_eq!(frame["message"]["text"], "psst");
+    assert_eq!(app.metric("natter_messages_repaired_total{").await, 1.0);
+
+    // And a message sent through the API to another reaches the socket through NATS's
+    // shard subscription, without a repair.
+    db.execute(
+        "INSERT INTO members (room_id, user_id, role) VALUES ($1, $2, 'owner')",
+        &[&rooms[3], &alice.id],
+    )
+    .await
+    .unwrap();
+    app.send(&alice, rooms[3], "hello").await;
+    let frame = ws.recv_type("message").await;
+    assert_eq!(frame["message"]["room_id"], rooms[3].to_string());
+    assert_eq!(app.metric("natter_messages_repaired_total{").await, 1.0);
 }
 
 #[tokio::test]
@@ -318,7 +381,13 @@ async fn a_message_that_overtakes_an_earlier_one_waits_for_it_instead_of_reading
     headers.insert("Natter-Seq", "1");
     let frame = json!({"type": "message", "message": {"room_id": room, "seq": 1, "text": "one, from NATS"}});
     nats.publish_with_headers(
-        format!("{}.room.{}", shared.nats_prefix, room.simple()),
+        // The room's shard (its id's last byte), then the room.
+        format!(
+            "{}.room.{:02x}.{}",
+            shared.nats_prefix,
+            room.as_bytes()[15],
+            room.simple()
+        ),
         headers,
         frame.to_string().into(),
     )

@@ -234,13 +234,18 @@ impl Store {
     }
 }
 
-/// Stores a batch's new messages and moves each room's `last_seq` and activity time.
+/// Stores a batch's new messages, moves each room's `last_seq` and activity time, and
+/// records the rooms' activity for other nodes' catch-up (`room_activity`).
 static INSERT_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH moved AS (
              UPDATE rooms SET last_seq = x.s, last_activity_at = now_ms()
                FROM unnest($8::uuid[], $9::bigint[]) AS x(r, s)
-              WHERE rooms.id = x.r AND rooms.last_seq <> x.s)
+              WHERE rooms.id = x.r AND rooms.last_seq <> x.s),
+         active AS (
+             INSERT INTO room_activity (at, room_id)
+             SELECT now_ms() / 1000, r FROM unnest($8::uuid[]) AS r
+             ON CONFLICT DO NOTHING)
          INSERT INTO messages (id, room_id, seq, sender_id, text, client_msg_id, reply_to)
          SELECT i, m, s, u, t, k, r
            FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::uuid[], $5::text[], $6::text[], $7::uuid[])
