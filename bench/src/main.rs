@@ -119,6 +119,9 @@ enum Scenario {
         /// Seconds measured at rest.
         #[arg(long, default_value_t = 20.0)]
         rest: f64,
+        /// Seconds subscribing every socket may take.
+        #[arg(long, default_value_t = 600)]
+        subscribe_limit: u64,
         /// The nodes' Postgres, for seeding rooms and counting transactions.
         #[arg(long)]
         database_url: String,
@@ -289,6 +292,7 @@ async fn main() -> ExitCode {
             hot_rooms,
             rate,
             rest,
+            subscribe_limit,
             database_url,
             nats_monitor,
             kill,
@@ -301,6 +305,7 @@ async fn main() -> ExitCode {
                     hot_rooms,
                     rate,
                     rest,
+                    subscribe_limit: Duration::from_secs(subscribe_limit),
                     database_url,
                     nats_monitor,
                     kill,

@@ -1,11 +1,15 @@
 //! Presence (SPEC §1.6): who is online, and who is live in which room, cluster-wide.
 //!
-//! Every connection has one entry in a JetStream KV bucket, `c.<connection id>`, holding
-//! its user, node and subscribed rooms. The owning node writes it on connect and on every
-//! subscription change, refreshes it every third of the TTL, and deletes it on
-//! disconnect. The bucket's max age is the TTL (15 s by default), so the entries of a
-//! node that dies expire by themselves, with no cleanup; the bucket's limit markers make
-//! those expiries visible to watchers.
+//! Every connection has one entry in a JetStream KV bucket,
+//! `c.<incarnation>.<connection id>`, holding its user, node and subscribed rooms; the
+//! incarnation is this run of this node (its id and a random suffix). The owning node
+//! writes it on connect and on every subscription change, and deletes it on disconnect.
+//! Liveness is per node, not per entry: each node rewrites one heartbeat entry,
+//! `n.<incarnation>`, every third of the TTL (10 s by default), and a node whose
+//! heartbeat stops for a TTL is dead: every node drops its connections (their users
+//! leave) and removes them from the bucket. So a silent cluster writes one small entry
+//! per node per few seconds however many connections and rooms it holds, and a dead
+//! node's users still go offline within a TTL and a second (`kv::heartbeat`).
 //!
 //! Every node watches the whole bucket and keeps a [`View`] in memory, so presence reads
 //! cost no round trip. The view also turns changes into `presence` events: a user
@@ -14,25 +18,25 @@
 //! node sees the same changes.
 //!
 //! This module is the handle the use cases call; `view` is the bookkeeping, `kv` the
-//! bucket, its write-behind, refresher and watcher.
+//! bucket, its write-behind, heartbeat and watcher.
 
 mod kv;
 mod view;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{
         Arc, Mutex, RwLock,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::{bus::Bus, bus::RoomEvent, protocol::PresenceStatus, relay::RoomHub};
-use kv::{CLOSED_MAX, key, open_bucket};
+use kv::{CLOSED_MAX, ENTRY_MAX_AGE, open_bucket};
 pub use view::RoomSet;
 use view::{Lease, View};
 
@@ -54,10 +58,23 @@ pub struct Presence {
 struct Inner {
     kv: async_nats::jetstream::kv::Store,
     node_id: String,
+    /// This run of this node: its leases' owner in the bucket.
+    incarnation: String,
     ttl: Duration,
-    /// The leases this node owns, by connection key, with the KV revision last written.
-    /// The view already reflects them, so the watcher skips their echoes.
-    local: Mutex<HashMap<String, (Lease, u64)>>,
+    /// The leases this node owns, by connection key. The view already reflects them, so
+    /// the watcher skips their echoes.
+    local: Mutex<HashMap<String, Lease>>,
+    /// Other nodes' incarnations, and when their heartbeat (or, for one not heard yet, a
+    /// lease) last came.
+    nodes: Mutex<HashMap<String, Instant>>,
+    /// Incarnations taken for dead: their leases still arriving are ignored.
+    buried: Mutex<HashSet<String>>,
+    /// When the watch last brought back this node's own heartbeat (the watch is live).
+    own_heartbeat_seen: Mutex<Option<Instant>>,
+    /// The revision of this node's heartbeat entry (0: not written yet).
+    heartbeat: AtomicU64,
+    /// A lease write failed: the heartbeat rewrites them all.
+    unwritten: AtomicBool,
     /// Connections closed here whose deletion the watcher has not seen yet; their
     /// earlier writes, still arriving, must not bring them back.
     closed: Mutex<std::collections::HashSet<String>>,
@@ -87,9 +104,10 @@ impl Presence {
         let config = async_nats::jetstream::kv::Config {
             bucket: bucket.clone(),
             history: 1,
-            max_age: ttl,
+            // Liveness is the heartbeat's; the age limit only clears a cluster that
+            // died whole.
+            max_age: ENTRY_MAX_AGE,
             num_replicas: replicas,
-            limit_markers: Some(ttl.max(Duration::from_secs(1))),
             ..Default::default()
         };
         // A NATS cluster that is starting alongside the node (compose, Kubernetes) may
@@ -110,8 +128,14 @@ impl Presence {
             inner: Arc::new(Inner {
                 kv,
                 node_id: node_id.to_string(),
+                incarnation: incarnation(node_id),
                 ttl,
                 local: Mutex::new(HashMap::new()),
+                nodes: Mutex::default(),
+                buried: Mutex::default(),
+                own_heartbeat_seen: Mutex::default(),
+                heartbeat: AtomicU64::new(0),
+                unwritten: AtomicBool::new(false),
                 closed: Mutex::new(std::collections::HashSet::new()),
                 view: RwLock::new(View::default()),
                 hub,
@@ -126,7 +150,7 @@ impl Presence {
             jetstream,
             config,
         ));
-        tokio::spawn(kv::refresh(
+        tokio::spawn(kv::heartbeat(
             Arc::downgrade(&presence.inner),
             bus.connections(),
         ));
@@ -137,7 +161,7 @@ impl Presence {
     pub fn connect(&self, connection: Uuid, user_id: Uuid) {
         let lease = Lease {
             user_id,
-            node_id: self.inner.node_id.clone(),
+            node_id: self.inner.incarnation.clone(),
             rooms: RoomSet::default(),
         };
         self.store_lease(connection, lease);
@@ -147,7 +171,7 @@ impl Presence {
     pub fn set_rooms(&self, connection: Uuid, rooms: RoomSet) {
         let lease = {
             let mut local = self.inner.local.lock().expect("not poisoned");
-            let Some((lease, _)) = local.get_mut(&key(connection)) else {
+            let Some(lease) = local.get_mut(&self.inner.key(connection)) else {
                 return;
             };
             lease.rooms = rooms;
@@ -158,7 +182,7 @@ impl Presence {
 
     /// Removes a closed connection.
     pub fn disconnect(&self, connection: Uuid) {
-        let key = key(connection);
+        let key = self.inner.key(connection);
         self.inner.local.lock().expect("not poisoned").remove(&key);
         {
             let mut closed = self.inner.closed.lock().expect("not poisoned");
@@ -180,12 +204,12 @@ impl Presence {
     /// Applies a lease to this node's view at once, so its own reads are immediately
     /// consistent, and leaves the KV write to the writer.
     fn store_lease(&self, connection: Uuid, lease: Lease) {
-        let key = key(connection);
-        {
-            let mut local = self.inner.local.lock().expect("not poisoned");
-            let revision = local.get(&key).map_or(0, |(_, revision)| *revision);
-            local.insert(key.clone(), (lease.clone(), revision));
-        }
+        let key = self.inner.key(connection);
+        self.inner
+            .local
+            .lock()
+            .expect("not poisoned")
+            .insert(key.clone(), lease.clone());
         let changes = self
             .inner
             .view
@@ -247,7 +271,69 @@ impl Presence {
     }
 }
 
+/// `<node id>-<random>`, in the characters a KV key allows.
+fn incarnation(node_id: &str) -> String {
+    let node: String = node_id
+        .chars()
+        .take(64)
+        .map(
+            |c| match c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                true => c,
+                false => '_',
+            },
+        )
+        .collect();
+    format!("{node}-{:08x}", Uuid::new_v4().as_u128() as u32)
+}
+
 impl Inner {
+    fn key(&self, connection: Uuid) -> String {
+        kv::key(&self.incarnation, connection)
+    }
+
+    /// A node's heartbeat entry was written (`alive`) or removed.
+    fn heard_heartbeat(&self, incarnation: &str, alive: bool) {
+        if incarnation == self.incarnation {
+            if alive {
+                *self.own_heartbeat_seen.lock().expect("not poisoned") = Some(Instant::now());
+            }
+            return;
+        }
+        if alive {
+            self.buried
+                .lock()
+                .expect("not poisoned")
+                .remove(incarnation);
+            self.nodes
+                .lock()
+                .expect("not poisoned")
+                .insert(incarnation.to_string(), Instant::now());
+        }
+    }
+
+    /// Whether a lease of `incarnation` counts: not if the node was taken for dead. A
+    /// node not heard of yet (its heartbeat may come after its first leases) has a TTL
+    /// to show its heartbeat.
+    fn lease_of_live_node(&self, incarnation: &str) -> bool {
+        if incarnation == self.incarnation {
+            return true;
+        }
+        if self
+            .buried
+            .lock()
+            .expect("not poisoned")
+            .contains(incarnation)
+        {
+            return false;
+        }
+        self.nodes
+            .lock()
+            .expect("not poisoned")
+            .entry(incarnation.to_string())
+            .or_insert_with(Instant::now);
+        true
+    }
+
     fn mark_dirty(&self, key: String) {
         self.dirty.lock().expect("not poisoned").insert(key);
         self.wake.notify_one();

@@ -2,7 +2,7 @@
 //! follows from them (who is online, who is live in which room). Pure bookkeeping:
 //! [`View::apply`] turns a lease change into the `joined`/`left` changes it causes.
 
-use std::{collections::HashMap, time::Instant};
+use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -89,8 +89,8 @@ impl IntoIterator for RoomSet {
 /// The cluster's presence as this node last saw it.
 #[derive(Default)]
 pub(super) struct View {
-    /// Every live connection's lease, by KV key, and when it was last seen written.
-    pub leases: HashMap<String, (Lease, Instant)>,
+    /// Every live connection's lease, by KV key.
+    pub leases: HashMap<String, Lease>,
     /// Live connections per user.
     pub online: HashMap<Uuid, usize>,
     /// Live subscriptions per room and user.
@@ -103,12 +103,12 @@ impl View {
     pub fn apply(&mut self, key: &str, lease: Option<Lease>) -> Vec<(Uuid, Uuid, PresenceStatus)> {
         let mut changes = Vec::new();
         let old = match lease {
-            Some(lease) => self.leases.insert(key.to_string(), (lease, Instant::now())),
+            Some(lease) => self.leases.insert(key.to_string(), lease),
             None => self.leases.remove(key),
         };
-        let new = self.leases.get(key).map(|(lease, _)| lease);
+        let new = self.leases.get(key);
         let no_rooms = RoomSet::default();
-        if let Some((old, _)) = &old {
+        if let Some(old) = &old {
             let kept = new.map_or(&no_rooms, |n| &n.rooms);
             for room in old.rooms.difference(kept) {
                 let Some(users) = self.rooms.get_mut(room) else {
@@ -126,7 +126,7 @@ impl View {
             }
         }
         if let Some(new) = new {
-            let before = old.as_ref().map_or(&no_rooms, |(o, _)| &o.rooms);
+            let before = old.as_ref().map_or(&no_rooms, |o| &o.rooms);
             for room in new.rooms.difference(before) {
                 let users = self.rooms.entry(*room).or_default();
                 let count = users.entry(new.user_id).or_default();
@@ -140,6 +140,20 @@ impl View {
             }
         }
         changes
+    }
+}
+
+impl View {
+    /// Removes every lease whose key starts with `prefix` (a dead node's); returns the
+    /// presence changes it causes.
+    pub fn drop_prefix(&mut self, prefix: &str) -> Vec<(Uuid, Uuid, PresenceStatus)> {
+        let keys: Vec<String> = self
+            .leases
+            .keys()
+            .filter(|key| key.starts_with(prefix))
+            .cloned()
+            .collect();
+        keys.iter().flat_map(|key| self.apply(key, None)).collect()
     }
 }
 

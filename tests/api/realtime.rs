@@ -570,6 +570,70 @@ async fn rest_edits_deletes_and_reactions_reach_subscribers_as_events() {
     );
 }
 
+/// Messages a node has sent to NATS (publishes and KV writes), from the NATS
+/// monitoring endpoint that `tests/run` turns on.
+async fn messages_sent_to_nats(node_id: &str) -> u64 {
+    let monitor = std::env::var("NATTER_TEST_NATS_MONITOR_URL")
+        .expect("NATTER_TEST_NATS_MONITOR_URL (tests/run sets it)");
+    let connz: serde_json::Value = reqwest::get(format!("{monitor}/connz?limit=4096"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let name = format!("natter:{node_id}");
+    connz["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name.as_str())
+        .and_then(|c| c["in_msgs"].as_u64())
+        .expect("the node's NATS connection")
+}
+
+#[tokio::test]
+async fn at_rest_presence_writes_one_heartbeat_per_node_not_a_lease_per_connection() {
+    let mut node_id = String::new();
+    let app = spawn_app_with(|s| node_id = s.node_id.clone()).await;
+    let alice = app.register("alice").await;
+    let rooms: Vec<Uuid> = app
+        .db()
+        .await
+        .query(
+            "INSERT INTO rooms (id, name, kind, owner_id)
+             SELECT gen_random_uuid(), 'quiet-' || g, 'public', $1
+               FROM generate_series(1, 30) g RETURNING id",
+            &[&alice.id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let mut sockets = Vec::new();
+    for _ in 0..20 {
+        let mut ws = WsClient::connect(app.addr, "/v1/ws", &alice.token).await;
+        for room in &rooms {
+            ws.subscribe(*room, None).await;
+        }
+        sockets.push(ws);
+    }
+    // Let the write-behind put the 20 leases.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = messages_sent_to_nats(&node_id).await;
+    // 7 s with a TTL of 10: three heartbeats at most. Refreshing each lease
+    // every third of the TTL, as presence did, was 40 writes of 30 rooms each.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let written = messages_sent_to_nats(&node_id).await - before;
+    assert!(written <= 4, "{written} messages to NATS at rest");
+    // And the users are still present everywhere they subscribed.
+    let present = app
+        .get(&format!("/v1/rooms/{}/presence", rooms[0]), &alice.token)
+        .await;
+    assert_eq!(present.body["users"].as_array().unwrap().len(), 1);
+    drop(sockets);
+}
+
 #[tokio::test]
 async fn presence_shows_live_subscribers_cluster_wide_with_joined_and_left_events() {
     let (node1, node2, alice, bob, room) = two_nodes_and_a_room().await;
