@@ -20,7 +20,7 @@ use crate::{
     bus::RoomEvent,
     model::{Message, User},
     presence::RoomSet,
-    relay::{Closer, Outbound, SocketId, Subscriber},
+    relay::{Closer, Outbound, Socket, Subscriber},
     store::StoreError,
 };
 
@@ -52,11 +52,9 @@ pub struct Connection {
     permit: SocketPermit,
     /// This connection's presence key.
     id: Uuid,
-    socket_id: SocketId,
-    /// Where the relay puts this socket's events (the socket's writer drains it).
-    queue: mpsc::Sender<Outbound>,
-    /// How the relay closes the socket (4008 when its queue is full).
-    closer: Arc<Closer>,
+    /// The socket as rooms see it: its queue (the socket's writer drains it) and how
+    /// rooms close it (4008 when its queue is full).
+    socket: Arc<Socket>,
     /// Rooms this socket is subscribed to.
     rooms: RoomSet,
     /// Rooms where this socket last said its user is typing, with when the room last
@@ -98,9 +96,12 @@ impl Chat {
         let connection = Connection {
             permit,
             id: Uuid::now_v7(),
-            socket_id: self.next_socket_id(),
-            queue,
-            closer,
+            socket: Arc::new(Socket {
+                id: self.next_socket_id(),
+                user_id,
+                queue,
+                closer,
+            }),
             rooms: RoomSet::default(),
             typing_in: HashMap::new(),
         };
@@ -124,7 +125,7 @@ impl Chat {
         room_id: Uuid,
         since_seq: Option<i64>,
     ) -> Result<(), ChatError> {
-        meter(&self.subscribes, connection.socket_id)?;
+        meter(&self.subscribes, connection.socket.id)?;
         let limit = self.limits.max_rooms_per_socket;
         if !connection.rooms.contains(&room_id) && connection.rooms.len() >= limit {
             return Err(ChatError::TooManyRooms { limit });
@@ -138,14 +139,11 @@ impl Chat {
             }
         };
         if connection.rooms.remove(&room_id) {
-            self.hub.leave(room_id, connection.socket_id);
+            self.hub.leave(room_id, connection.socket.id);
         }
         let subscriber = Subscriber {
-            socket_id: connection.socket_id,
-            user_id: connection.user_id(),
+            socket: connection.socket.clone(),
             access_version,
-            queue: connection.queue.clone(),
-            closer: connection.closer.clone(),
         };
         self.hub.join(room_id, subscriber, since_seq)?;
         connection.rooms.insert(room_id);
@@ -178,13 +176,14 @@ impl Chat {
         connection: &mut Connection,
         room_id: Uuid,
     ) -> Result<(), ChatError> {
-        meter(&self.subscribes, connection.socket_id)?;
+        meter(&self.subscribes, connection.socket.id)?;
         if connection.rooms.remove(&room_id) {
-            self.hub.leave(room_id, connection.socket_id);
+            self.hub.leave(room_id, connection.socket.id);
             self.presence
                 .set_rooms(connection.id, connection.rooms.clone());
         }
         let _ = connection
+            .socket
             .queue
             .send(Outbound::Unsubscribed { room_id })
             .await;
@@ -197,7 +196,7 @@ impl Chat {
         let mut forgot = false;
         for room_id in rooms {
             if connection.rooms.remove(&room_id) {
-                self.hub.leave(room_id, connection.socket_id);
+                self.hub.leave(room_id, connection.socket.id);
                 forgot = true;
             }
         }
@@ -251,7 +250,7 @@ impl Chat {
     pub async fn disconnect(&self, connection: Connection) {
         let user_id = connection.user_id();
         for room_id in connection.rooms {
-            self.hub.leave(room_id, connection.socket_id);
+            self.hub.leave(room_id, connection.socket.id);
         }
         self.presence.disconnect(connection.id);
         for room_id in connection.typing_in.into_keys() {

@@ -261,13 +261,10 @@ impl Presence {
     /// Users with a live subscription to `room_id`, in id order.
     pub fn room_users(&self, room_id: Uuid) -> Vec<Uuid> {
         let view = self.inner.view.read().expect("not poisoned");
-        let mut users: Vec<Uuid> = view
-            .rooms
+        view.rooms
             .get(&room_id)
-            .map(|users| users.keys().copied().collect())
-            .unwrap_or_default();
-        users.sort_unstable();
-        users
+            .map(|users| users.users().collect())
+            .unwrap_or_default()
     }
 }
 

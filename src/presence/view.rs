@@ -94,7 +94,7 @@ pub(super) struct View {
     /// Live connections per user.
     pub online: HashMap<Uuid, usize>,
     /// Live subscriptions per room and user.
-    pub rooms: HashMap<Uuid, HashMap<Uuid, usize>>,
+    pub rooms: HashMap<Uuid, UserCounts>,
 }
 
 impl View {
@@ -114,7 +114,7 @@ impl View {
                 let Some(users) = self.rooms.get_mut(room) else {
                     continue;
                 };
-                if decrement(users, old.user_id) {
+                if users.decrement(old.user_id) {
                     changes.push((*room, old.user_id, PresenceStatus::Left));
                 }
                 if users.is_empty() {
@@ -128,10 +128,7 @@ impl View {
         if let Some(new) = new {
             let before = old.as_ref().map_or(&no_rooms, |o| &o.rooms);
             for room in new.rooms.difference(before) {
-                let users = self.rooms.entry(*room).or_default();
-                let count = users.entry(new.user_id).or_default();
-                *count += 1;
-                if *count == 1 {
+                if self.rooms.entry(*room).or_default().increment(new.user_id) {
                     changes.push((*room, new.user_id, PresenceStatus::Joined));
                 }
             }
@@ -154,6 +151,53 @@ impl View {
             .cloned()
             .collect();
         keys.iter().flat_map(|key| self.apply(key, None)).collect()
+    }
+}
+
+/// How many live subscriptions each user has to one room, sorted by user: a room has a
+/// handful of users live in it, and every node keeps one of these per room of the
+/// cluster, so a vector costs a third of a hash map.
+#[derive(Debug, Default)]
+pub struct UserCounts(Vec<(Uuid, u32)>);
+
+impl UserCounts {
+    /// One more subscription of `user`; `true` if it is their first.
+    fn increment(&mut self, user: Uuid) -> bool {
+        match self.0.binary_search_by_key(&user, |(u, _)| *u) {
+            Ok(at) => {
+                self.0[at].1 += 1;
+                false
+            }
+            Err(at) => {
+                self.0.insert(at, (user, 1));
+                true
+            }
+        }
+    }
+
+    /// One subscription of `user` fewer; `true` if it was their last.
+    fn decrement(&mut self, user: Uuid) -> bool {
+        let Ok(at) = self.0.binary_search_by_key(&user, |(u, _)| *u) else {
+            return false;
+        };
+        self.0[at].1 -= 1;
+        if self.0[at].1 > 0 {
+            return false;
+        }
+        self.0.remove(at);
+        if self.0.capacity() > 2 * self.0.len() + 4 {
+            self.0.shrink_to_fit();
+        }
+        true
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The users, in id order.
+    pub fn users(&self) -> impl Iterator<Item = Uuid> + '_ {
+        self.0.iter().map(|(user, _)| *user)
     }
 }
 

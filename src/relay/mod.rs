@@ -193,17 +193,28 @@ impl Closer {
     }
 }
 
-/// A room's handle on one subscribed socket.
-#[derive(Debug, Clone)]
-pub struct Subscriber {
-    pub socket_id: SocketId,
+/// One socket as rooms see it, shared by all of its subscriptions: a socket in 100
+/// rooms holds this once, and each room an 8-byte pointer to it.
+#[derive(Debug)]
+pub struct Socket {
+    pub id: SocketId,
     pub user_id: Uuid,
-    /// The room's `access_version` when the user's access was last checked: a loss of
-    /// access after that is found by checking again (SPEC §10).
-    pub access_version: i64,
+    /// Where the rooms put the socket's events (its writer drains it).
     pub queue: mpsc::Sender<Outbound>,
     pub closer: Arc<Closer>,
 }
+
+/// A room's handle on one subscribed socket.
+#[derive(Debug, Clone)]
+pub struct Subscriber {
+    pub socket: Arc<Socket>,
+    /// The room's `access_version` when the user's access was last checked: a loss of
+    /// access after that is found by checking again (SPEC §10).
+    pub access_version: i64,
+}
+
+// A room holds one per subscriber.
+const _: () = assert!(std::mem::size_of::<Subscriber>() == 16);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {

@@ -140,8 +140,8 @@ impl Room {
 
     /// Removes a socket's subscription (or its waiting join).
     pub fn leave(&mut self, socket_id: super::SocketId) {
-        self.subscribers.retain(|s| s.socket_id != socket_id);
-        self.due.waiting.retain(|(s, _)| s.socket_id != socket_id);
+        self.subscribers.retain(|s| s.socket.id != socket_id);
+        self.due.waiting.retain(|(s, _)| s.socket.id != socket_id);
     }
 
     /// The room's position in Postgres is known: subscribers waiting for it are
@@ -312,7 +312,7 @@ impl Room {
                 let reason = AccessLost::parse(&event.payload).unwrap_or(AccessLost::Removed);
                 match event.user_id {
                     Some(user) => self.revoke(room_id, ctx.stats, |s| {
-                        (s.user_id == user).then_some(reason)
+                        (s.socket.user_id == user).then_some(reason)
                     }),
                     None => self.revoke(room_id, ctx.stats, |_| Some(reason)),
                 }
@@ -442,7 +442,7 @@ impl Room {
             .iter()
             .chain(self.due.waiting.iter().map(|(s, _)| s))
             .filter(|s| s.access_version < version)
-            .map(|s| s.user_id)
+            .map(|s| s.socket.user_id)
             .collect();
         users.sort_unstable();
         users.dedup();
@@ -460,7 +460,11 @@ impl Room {
     ) -> Wants {
         self.revoke(room_id, stats, |s| {
             (s.access_version < version)
-                .then(|| lost.iter().find(|(u, _)| *u == s.user_id).map(|(_, r)| *r))
+                .then(|| {
+                    lost.iter()
+                        .find(|(u, _)| *u == s.socket.user_id)
+                        .map(|(_, r)| *r)
+                })
                 .flatten()
         });
         for subscriber in self
@@ -524,7 +528,7 @@ pub(super) fn end_revoked(
     reason: AccessLost,
     stats: &RelayStats,
 ) {
-    subscriber.closer.revoked(room_id);
+    subscriber.socket.closer.revoked(room_id);
     offer(
         subscriber,
         Outbound::Revoked(Box::new((room_id, reason))),
@@ -535,11 +539,12 @@ pub(super) fn end_revoked(
 /// Queues `item` for a subscriber; `false` (and a 4008 close) if its queue is full or
 /// gone.
 fn offer(subscriber: &Subscriber, item: Outbound, stats: &RelayStats) -> bool {
-    match subscriber.queue.try_send(item) {
+    match subscriber.socket.queue.try_send(item) {
         Ok(()) => true,
         Err(mpsc::error::TrySendError::Full(_)) => {
             bump(&stats.slow_closes, 1);
             subscriber
+                .socket
                 .closer
                 .close(4008, "too slow: resume with since_seq");
             false
