@@ -110,8 +110,13 @@ async fn write_current(inner: &Inner, key: &str) {
         return;
     };
     if put(&inner.kv, key, &lease).await.is_none() {
-        // Tried again with the next heartbeat's rewrite.
-        inner.unwritten.store(true, Ordering::Release);
+        // Written again at the next heartbeat tick: only this lease, so a loaded NATS
+        // is not answered with more writes.
+        inner
+            .unwritten
+            .lock()
+            .expect("not poisoned")
+            .insert(key.to_string());
     }
 }
 
@@ -152,7 +157,11 @@ pub(super) async fn heartbeat(
         let Some(inner) = inner.upgrade() else {
             return;
         };
-        let mut rewrite = reconnected || inner.unwritten.swap(false, Ordering::AcqRel);
+        let unwritten = std::mem::take(&mut *inner.unwritten.lock().expect("not poisoned"));
+        for key in unwritten {
+            inner.mark_dirty(key);
+        }
+        let mut rewrite = reconnected;
         if reconnected || beaten.is_none_or(|at| at.elapsed() >= ttl / 3) {
             beaten = Some(Instant::now());
             rewrite |= beat(&inner).await;
@@ -189,6 +198,15 @@ async fn beat(inner: &Inner) -> bool {
         _ => match inner.kv.update(&key, value.clone(), revision).await {
             Ok(written) => Ok(written),
             Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                // No other node writes this key; they only remove it. Still there: an
+                // earlier write of ours landed after its answer timed out. Gone: this
+                // node was taken for dead while cut off, and its leases went with it.
+                if let Ok(Some(entry)) = inner.kv.entry(&key).await
+                    && entry.operation == kv::Operation::Put
+                {
+                    inner.heartbeat.store(entry.revision, Ordering::Release);
+                    return false;
+                }
                 tracing::warn!(
                     "this node was taken for dead while cut off; rewriting its presence"
                 );

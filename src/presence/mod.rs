@@ -27,7 +27,7 @@ use std::{
     collections::{HashMap, HashSet},
     sync::{
         Arc, Mutex, RwLock,
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -73,8 +73,8 @@ struct Inner {
     own_heartbeat_seen: Mutex<Option<Instant>>,
     /// The revision of this node's heartbeat entry (0: not written yet).
     heartbeat: AtomicU64,
-    /// A lease write failed: the heartbeat rewrites them all.
-    unwritten: AtomicBool,
+    /// Leases whose write failed: the heartbeat's next tick writes them again.
+    unwritten: Mutex<HashSet<String>>,
     /// Connections closed here whose deletion the watcher has not seen yet; their
     /// earlier writes, still arriving, must not bring them back.
     closed: Mutex<std::collections::HashSet<String>>,
@@ -135,7 +135,7 @@ impl Presence {
                 buried: Mutex::default(),
                 own_heartbeat_seen: Mutex::default(),
                 heartbeat: AtomicU64::new(0),
-                unwritten: AtomicBool::new(false),
+                unwritten: Mutex::default(),
                 closed: Mutex::new(std::collections::HashSet::new()),
                 view: RwLock::new(View::default()),
                 hub,
