@@ -253,6 +253,22 @@ struct Shard {
     reader: Option<tokio::task::AbortHandle>,
 }
 
+impl Shard {
+    /// Forgets a room nobody here follows any more, and the shard's NATS subscription
+    /// with its last room.
+    fn forget_if_empty(&mut self, room_id: Uuid) {
+        if !self.rooms.get(&room_id).is_some_and(Room::is_empty) {
+            return;
+        }
+        self.rooms.remove(&room_id);
+        if self.rooms.is_empty()
+            && let Some(reader) = self.reader.take()
+        {
+            reader.abort();
+        }
+    }
+}
+
 impl RoomHub {
     pub fn new(store: Store, bus: Bus, reorder_wait: Duration) -> Self {
         let hub = Self {
@@ -310,14 +326,7 @@ impl RoomHub {
             return;
         };
         room.leave(socket_id);
-        if room.is_empty() {
-            shard.rooms.remove(&room_id);
-            if shard.rooms.is_empty()
-                && let Some(reader) = shard.reader.take()
-            {
-                reader.abort();
-            }
-        }
+        shard.forget_if_empty(room_id);
     }
 
     /// Delivers an event made on this node (presence) to its local subscribers, if any.

@@ -165,7 +165,7 @@ impl Room {
             };
         self.access_version = access_version;
         self.public = public;
-        let mut wants = self.admit_waiting(room_id, ctx.stats);
+        let mut wants = self.admit_waiting(room_id, ctx.stats, false);
         for event in early {
             wants.merge(self.on_event(event, room_id, ctx));
         }
@@ -173,14 +173,16 @@ impl Room {
     }
 
     /// Answers the waiting joins whose access is known to be current; the others wait
-    /// on for an access check.
-    pub fn admit_waiting(&mut self, room_id: Uuid, stats: &RelayStats) -> Wants {
+    /// on for an access check. With `unchecked`, answers them all: an access check
+    /// Postgres could not answer does not hold subscriptions back (it is retried, and
+    /// ends any that lost access).
+    pub fn admit_waiting(&mut self, room_id: Uuid, stats: &RelayStats, unchecked: bool) -> Wants {
         let Some(last_seq) = self.last_seq() else {
             return Wants::default();
         };
         let mut stale = false;
         for (subscriber, since_seq) in std::mem::take(&mut self.due.waiting) {
-            if subscriber.access_version < self.access_version {
+            if !unchecked && subscriber.access_version < self.access_version {
                 stale = true;
                 self.due.waiting.push((subscriber, since_seq));
             } else {
@@ -201,26 +203,6 @@ impl Room {
             upkeep: stale,
             wake_at: None,
         }
-    }
-
-    /// Answers every waiting join, checked or not: an access check Postgres could not
-    /// answer does not hold subscriptions back (it is retried, and ends any that lost
-    /// access).
-    pub fn admit_waiting_unchecked(&mut self, room_id: Uuid, stats: &RelayStats) -> Wants {
-        let Some(last_seq) = self.last_seq() else {
-            return Wants::default();
-        };
-        for (subscriber, since_seq) in std::mem::take(&mut self.due.waiting) {
-            admit(
-                &mut self.subscribers,
-                subscriber,
-                since_seq,
-                room_id,
-                last_seq,
-                stats,
-            );
-        }
-        Wants::default()
     }
 
     /// What Postgres says of the room: `last_seq` one catch-up interval ago (deliver
@@ -475,7 +457,7 @@ impl Room {
             subscriber.access_version = subscriber.access_version.max(version);
         }
         self.access_version = self.access_version.max(version);
-        self.admit_waiting(room_id, stats)
+        self.admit_waiting(room_id, stats, false)
     }
 }
 

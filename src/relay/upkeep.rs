@@ -118,9 +118,7 @@ async fn load(hub: &Arc<HubInner>, rooms: Vec<Uuid>) {
                         }
                     };
                     hub.follow_up(*room_id, room, wants);
-                    if room.is_empty() {
-                        shard.rooms.remove(room_id);
-                    }
+                    shard.forget_if_empty(*room_id);
                 }
             }
             Err(err) => {
@@ -190,7 +188,7 @@ async fn check_access(hub: &HubInner, room_id: Uuid) {
             // would have been before the loss of access was known here.
             tracing::warn!(%room_id, error = %err, "access check failed; will retry");
             room.due.access = Some(room.due.access.unwrap_or(0).max(version));
-            let mut wants = room.admit_waiting_unchecked(room_id, &hub.stats);
+            let mut wants = room.admit_waiting(room_id, &hub.stats, true);
             wants.wake_at = Some(Instant::now() + RETRY);
             wants
         }

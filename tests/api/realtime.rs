@@ -270,6 +270,22 @@ async fn a_publish_that_nats_never_delivers_is_repaired_from_postgres() {
     assert_eq!(frame["message"]["text"], "five");
 }
 
+/// `count` public rooms of `owner`, inserted as the many-rooms bench seeds them
+/// (creating hundreds through REST is rate limited).
+async fn public_rooms_in_sql(db: &tokio_postgres::Client, owner: Uuid, count: i64) -> Vec<Uuid> {
+    db.query(
+        "INSERT INTO rooms (id, name, kind, owner_id)
+         SELECT gen_random_uuid(), 'quiet-' || g, 'public', $1
+           FROM generate_series(1, $2::bigint) g RETURNING id",
+        &[&owner, &count],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|row| row.get(0))
+    .collect()
+}
+
 /// Commits a message the way a send does (the next `seq`, the room's activity for
 /// other nodes' catch-up) but never publishes it: a node that died between its commit
 /// and NATS.
@@ -292,20 +308,7 @@ async fn a_socket_in_hundreds_of_silent_rooms_costs_a_nats_subscription_per_shar
     let app = spawn_app_with(|s| s.limits.subscribes_per_second = 10_000).await;
     let alice = app.register("alice").await;
     let db = app.db().await;
-    // Inserted as the many-rooms bench seeds them: creating 300 rooms through REST is
-    // rate limited.
-    let rooms: Vec<Uuid> = db
-        .query(
-            "INSERT INTO rooms (id, name, kind, owner_id)
-             SELECT gen_random_uuid(), 'quiet-' || g, 'public', $1
-               FROM generate_series(1, 300) g RETURNING id",
-            &[&alice.id],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    let rooms = public_rooms_in_sql(&db, alice.id, 300).await;
     let mut ws = WsClient::connect(app.addr, "/v1/ws", &alice.token).await;
     for room in &rooms {
         ws.subscribe(*room, None).await;
@@ -596,20 +599,7 @@ async fn at_rest_presence_writes_one_heartbeat_per_node_not_a_lease_per_connecti
     let mut node_id = String::new();
     let app = spawn_app_with(|s| node_id = s.node_id.clone()).await;
     let alice = app.register("alice").await;
-    let rooms: Vec<Uuid> = app
-        .db()
-        .await
-        .query(
-            "INSERT INTO rooms (id, name, kind, owner_id)
-             SELECT gen_random_uuid(), 'quiet-' || g, 'public', $1
-               FROM generate_series(1, 30) g RETURNING id",
-            &[&alice.id],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    let rooms = public_rooms_in_sql(&app.db().await, alice.id, 30).await;
     let mut sockets = Vec::new();
     for _ in 0..20 {
         let mut ws = WsClient::connect(app.addr, "/v1/ws", &alice.token).await;
