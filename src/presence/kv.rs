@@ -51,7 +51,17 @@ fn incarnation_of(key: &str) -> Option<&str> {
 }
 
 /// Bounds the sets of recently closed connections and buried incarnations.
-pub(super) const CLOSED_MAX: usize = 100_000;
+const CLOSED_MAX: usize = 100_000;
+
+/// Adds `key` to one of those sets, emptying it first once it is full: forgetting an
+/// old entry costs at most a stale lease shown again until its node's fate is known.
+pub(super) fn remember(set: &std::sync::Mutex<std::collections::HashSet<String>>, key: String) {
+    let mut set = set.lock().expect("not poisoned");
+    if set.len() >= CLOSED_MAX {
+        set.clear();
+    }
+    set.insert(key);
+}
 
 /// Writes a lease; its new revision, or `None` (logged) if NATS did not take it.
 async fn put(kv: &kv::Store, key: &str, lease: &Lease) -> Option<u64> {
@@ -252,13 +262,7 @@ async fn bury_dead(inner: &Inner) {
     };
     for incarnation in dead {
         tracing::info!(%incarnation, "a node's heartbeat stopped; its connections are gone");
-        {
-            let mut buried = inner.buried.lock().expect("not poisoned");
-            if buried.len() >= CLOSED_MAX {
-                buried.clear();
-            }
-            buried.insert(incarnation.clone());
-        }
+        remember(&inner.buried, incarnation.clone());
         let changes = inner
             .view
             .write()

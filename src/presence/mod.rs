@@ -36,7 +36,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::{bus::Bus, bus::RoomEvent, protocol::PresenceStatus, relay::RoomHub};
-use kv::{CLOSED_MAX, ENTRY_MAX_AGE, open_bucket};
+use kv::{ENTRY_MAX_AGE, open_bucket};
 pub use view::RoomSet;
 use view::{Lease, View};
 
@@ -184,13 +184,7 @@ impl Presence {
     pub fn disconnect(&self, connection: Uuid) {
         let key = self.inner.key(connection);
         self.inner.local.lock().expect("not poisoned").remove(&key);
-        {
-            let mut closed = self.inner.closed.lock().expect("not poisoned");
-            if closed.len() >= CLOSED_MAX {
-                closed.clear();
-            }
-            closed.insert(key.clone());
-        }
+        kv::remember(&self.inner.closed, key.clone());
         let changes = self
             .inner
             .view

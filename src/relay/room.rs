@@ -59,6 +59,14 @@ pub(super) struct Due {
     pub waiting: Vec<(Subscriber, Option<i64>)>,
 }
 
+impl Due {
+    /// Subscribers checked before `version` are to be checked again (the highest asked
+    /// for wins).
+    pub fn check_access(&mut self, version: i64) {
+        self.access = Some(self.access.unwrap_or(0).max(version));
+    }
+}
+
 /// What the room wants next from the hub's timers or its upkeep.
 #[derive(Default)]
 #[must_use]
@@ -120,7 +128,7 @@ impl Room {
         };
         if subscriber.access_version < self.access_version {
             self.due.waiting.push((subscriber, since_seq));
-            self.due.access = Some(self.due.access.unwrap_or(0).max(self.access_version));
+            self.due.check_access(self.access_version);
             return Wants {
                 upkeep: true,
                 wake_at: None,
@@ -197,7 +205,7 @@ impl Room {
             }
         }
         if stale {
-            self.due.access = Some(self.due.access.unwrap_or(0).max(self.access_version));
+            self.due.check_access(self.access_version);
         }
         Wants {
             upkeep: stale,
@@ -224,7 +232,7 @@ impl Room {
                 if version > self.access_version
                     || self.subscribers.iter().any(|s| s.access_version < version) =>
             {
-                self.due.access = Some(self.due.access.unwrap_or(0).max(version));
+                self.due.check_access(version);
                 wants.upkeep = true;
             }
             Some(_) => {}

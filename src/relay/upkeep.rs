@@ -187,7 +187,7 @@ async fn check_access(hub: &HubInner, room_id: Uuid) {
             // Checked again in a moment; waiting joins are answered meanwhile, as they
             // would have been before the loss of access was known here.
             tracing::warn!(%room_id, error = %err, "access check failed; will retry");
-            room.due.access = Some(room.due.access.unwrap_or(0).max(version));
+            room.due.check_access(version);
             let mut wants = room.admit_waiting(room_id, &hub.stats, true);
             wants.wake_at = Some(Instant::now() + RETRY);
             wants
