@@ -111,7 +111,18 @@ impl Collector for LiveValues {
             ),
         ];
         let (from_standby, from_primary) = self.store.standby_reads();
+        let (access_checks, access_queries) = self.store.subscription_checks();
         let counters = counters.into_iter().chain([
+            (
+                "natter_subscription_access_checks",
+                "Subscriptions whose access was checked in Postgres (public rooms served here need none)",
+                access_checks,
+            ),
+            (
+                "natter_subscription_access_queries",
+                "Queries that answered those checks, many checks each in a burst",
+                access_queries,
+            ),
             (
                 "natter_db_reads_from_standby",
                 "Reads the standby (DATABASE_READ_URL) served, caught up",

@@ -28,6 +28,7 @@ mod migrate;
 pub mod rooms;
 mod rows;
 mod standby;
+mod subscription_checks;
 pub mod users;
 pub mod webhooks;
 
@@ -207,6 +208,8 @@ pub struct Store {
     standby: Option<Arc<Standby>>,
     /// Per-room group commit of sends (see [`commit`]).
     batches: Arc<commit::Batches>,
+    /// Subscriptions' access checks, batched (see [`subscription_checks`]).
+    subscription_checks: Arc<subscription_checks::SubscriptionChecks>,
     /// Failed checkouts and group commits, for `/metrics`.
     failures: Arc<AtomicU64>,
     /// Connections opened, to the primary and the standby: after the first few, each
@@ -339,6 +342,7 @@ impl Store {
             pool: build_pool(database_url, pool_size, ca_file, connections_opened.clone())?,
             standby: None,
             batches: Default::default(),
+            subscription_checks: Default::default(),
             failures: Default::default(),
             connections_opened,
         })

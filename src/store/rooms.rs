@@ -227,17 +227,6 @@ impl Store {
         Ok(Access::of(&client, room_id, viewer).await?.role)
     }
 
-    /// Checks that `viewer` may see a room, for a subscription: the room's
-    /// `access_version` now (see [`Store::lost_access`]).
-    pub async fn subscription_access(
-        &self,
-        viewer: Uuid,
-        room_id: Uuid,
-    ) -> Result<i64, StoreError> {
-        let client = self.client().await?;
-        Ok(Access::versioned(&client, room_id, viewer).await?.1)
-    }
-
     /// Which of `users` can no longer see a room, and why (SPEC §10): the relay's check
     /// once the room's `access_version` moved. A deleted room is lost to everyone.
     pub async fn lost_access(

@@ -346,6 +346,83 @@ async fn a_socket_in_hundreds_of_silent_rooms_costs_a_nats_subscription_per_shar
 }
 
 #[tokio::test]
+async fn a_burst_of_first_subscriptions_is_access_checked_in_batches_each_with_its_own_answer() {
+    let app = spawn_app_with(|s| s.limits.subscribes_per_second = 10_000).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let db = app.db().await;
+    // 300 private rooms: Alice belongs to two of every three; Bob owns them all.
+    let rooms: Vec<Uuid> = db
+        .query(
+            "INSERT INTO rooms (id, name, kind, owner_id)
+             SELECT gen_random_uuid(), 'hush-' || g, 'private', $1
+               FROM generate_series(1, 300) g RETURNING id",
+            &[&bob.id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let mine: Vec<Uuid> = rooms.iter().copied().step_by(3).collect();
+    let hers: Vec<Uuid> = rooms
+        .iter()
+        .copied()
+        .filter(|r| !mine.contains(r))
+        .collect();
+    db.execute(
+        "INSERT INTO members (room_id, user_id, role) SELECT unnest($1::uuid[]), $2, 'member'",
+        &[&hers, &alice.id],
+    )
+    .await
+    .unwrap();
+    let (checks_before, queries_before) = (
+        app.metric("natter_subscription_access_checks_total{").await,
+        app.metric("natter_subscription_access_queries_total{")
+            .await,
+    );
+
+    // 30 sockets subscribe at once, each to 10 rooms and to one that does not exist:
+    // every answer is the socket's own, whatever else shared its query.
+    let sockets = rooms.chunks(10).map(|chunk| {
+        let (app, alice, hers) = (&app, &alice, &hers);
+        async move {
+            let mut ws = WsClient::connect(app.addr, "/v1/ws", &alice.token).await;
+            for room in chunk.iter().copied().chain([Uuid::new_v4()]) {
+                ws.send(json!({"type": "subscribe", "room_id": room})).await;
+                let answer = loop {
+                    let frame = ws.recv().await;
+                    if frame["type"] == "subscribed" || frame["type"] == "error" {
+                        break frame;
+                    }
+                };
+                match hers.contains(&room) {
+                    true => assert_eq!(answer["room_id"], room.to_string(), "{answer}"),
+                    false => assert_eq!(answer["code"], "room_not_found", "{answer}"),
+                }
+            }
+            ws
+        }
+    });
+    let _sockets = join_all(sockets).await;
+    assert_eq!(app.metric("natter_rooms_relayed{").await, 200.0);
+
+    // 330 checks, in far fewer queries: the checks of sockets waiting at the same time
+    // share one.
+    let checks = app.metric("natter_subscription_access_checks_total{").await - checks_before;
+    let queries = app
+        .metric("natter_subscription_access_queries_total{")
+        .await
+        - queries_before;
+    assert_eq!(checks, 330.0);
+    // (About 25 here: a dozen checks per query.)
+    assert!(
+        queries * 2.0 <= checks,
+        "{queries} queries for {checks} checks"
+    );
+}
+
+#[tokio::test]
 async fn a_message_that_overtakes_an_earlier_one_waits_for_it_instead_of_reading_postgres() {
     // Long enough that the earlier message always comes within it here.
     let app = spawn_app_with(|settings| settings.reorder_wait = Duration::from_secs(5)).await;
