@@ -249,8 +249,8 @@ impl Chat {
     /// indicators (the rooms hear that it stopped typing).
     pub async fn disconnect(&self, connection: Connection) {
         let user_id = connection.user_id();
-        for room_id in connection.rooms {
-            self.hub.leave(room_id, connection.socket.id);
+        for room_id in connection.rooms.iter() {
+            self.hub.leave(*room_id, connection.socket.id);
         }
         self.presence.disconnect(connection.id);
         for room_id in connection.typing_in.into_keys() {

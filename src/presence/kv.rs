@@ -3,6 +3,7 @@
 //! changes into the `View`.
 
 use std::{
+    collections::HashSet,
     sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
@@ -55,7 +56,7 @@ const CLOSED_MAX: usize = 100_000;
 
 /// Adds `key` to one of those sets, emptying it first once it is full: forgetting an
 /// old entry costs at most a stale lease shown again until its node's fate is known.
-pub(super) fn remember(set: &std::sync::Mutex<std::collections::HashSet<String>>, key: String) {
+pub(super) fn remember(set: &std::sync::Mutex<HashSet<String>>, key: String) {
     let mut set = set.lock().expect("not poisoned");
     if set.len() >= CLOSED_MAX {
         set.clear();
@@ -77,36 +78,70 @@ async fn put(kv: &kv::Store, key: &str, lease: &Lease) -> Option<u64> {
 
 /// Leases changed at most this many at a time.
 const WRITE_CONCURRENCY: usize = 64;
+/// A lease written is not written again for this long: a socket that subscribes to a
+/// hundred rooms in a burst rewrites its lease (which lists them all) a few times, not a
+/// hundred times with every list in between sent to every node.
+const COALESCE: Duration = Duration::from_millis(100);
 
 /// Writes changed leases to the bucket, so a socket never waits for JetStream.
 ///
-/// Each round takes every key changed since the last round and writes its *current*
-/// state (the lease, or a delete once the connection is gone): a key changed during a
-/// round is written again in the next one, never concurrently with itself, so the
-/// bucket ends with the latest state in every case, and bursts of changes to one
-/// connection (connect, then subscribe) cost one write. Ends when presence is dropped.
+/// Each round takes the keys changed since they were last written and writes their
+/// *current* state (the lease, or a delete once the connection is gone): a key changed
+/// during a round is written again in a later one, never concurrently with itself, so
+/// the bucket ends with the latest state in every case. A key not written lately goes
+/// at once (a new connection is online everywhere within a round trip); one written
+/// within the last [`COALESCE`] waits for the window to end, so the rest of a burst of
+/// subscribes costs one more write. Ends when presence is dropped.
 pub(super) async fn write_behind(inner: std::sync::Weak<Inner>, wake: Arc<Notify>) {
+    // Keys written in the current window, and when it ends.
+    let mut recent: HashSet<String> = HashSet::new();
+    let mut window_ends = tokio::time::Instant::now();
     loop {
-        wake.notified().await;
+        if recent.is_empty() {
+            wake.notified().await;
+        } else {
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep_until(window_ends) => {}
+            }
+        }
+        if tokio::time::Instant::now() >= window_ends {
+            recent.clear();
+        }
         let Some(inner) = inner.upgrade() else {
             return;
         };
-        // Taken and counted under the lock, so `flush` never sees neither.
-        let keys = {
+        // Taken and counted under the lock, so `flush` never sees neither; keys that
+        // wait for the window stay dirty.
+        let keys: Vec<String> = {
             let mut dirty = inner.dirty.lock().expect("not poisoned");
-            let keys = std::mem::take(&mut *dirty);
+            let keys: Vec<String> = dirty
+                .iter()
+                .filter(|key| !recent.contains(*key))
+                .cloned()
+                .collect();
+            for key in &keys {
+                dirty.remove(key);
+            }
             inner.writing.store(keys.len(), Ordering::Release);
             keys
         };
-        futures_util::stream::iter(keys)
+        if keys.is_empty() {
+            continue;
+        }
+        if recent.is_empty() {
+            window_ends = tokio::time::Instant::now() + COALESCE;
+        }
+        futures_util::stream::iter(&keys)
             .for_each_concurrent(WRITE_CONCURRENCY, |key| {
                 let inner = &inner;
                 async move {
-                    write_current(inner, &key).await;
+                    write_current(inner, key).await;
                     inner.writing.fetch_sub(1, Ordering::Release);
                 }
             })
             .await;
+        recent.extend(keys);
     }
 }
 
