@@ -83,6 +83,46 @@ const WRITE_CONCURRENCY: usize = 64;
 /// hundred times with every list in between sent to every node.
 const COALESCE: Duration = Duration::from_millis(100);
 
+/// The leases changed since they were written, as the write-behind takes them.
+#[derive(Default)]
+pub(super) struct Dirty {
+    /// For the next round.
+    due: HashSet<String>,
+    /// Written in the current window, and changed since: written when it ends.
+    held: HashSet<String>,
+    /// Written in the current window.
+    recent: HashSet<String>,
+}
+
+impl Dirty {
+    /// Marks a lease changed; `true` if the writer should wake for it now.
+    pub fn mark(&mut self, key: String) -> bool {
+        if self.recent.contains(&key) {
+            self.held.insert(key);
+            return false;
+        }
+        self.due.insert(key)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.due.is_empty() && self.held.is_empty()
+    }
+
+    /// The window ended: what it held is due.
+    fn end_window(&mut self) {
+        self.recent.clear();
+        let held = std::mem::take(&mut self.held);
+        self.due.extend(held);
+    }
+
+    /// The keys for a round, remembered as written in the current window.
+    fn take_due(&mut self) -> HashSet<String> {
+        let keys = std::mem::take(&mut self.due);
+        self.recent.extend(keys.iter().cloned());
+        keys
+    }
+}
+
 /// Writes changed leases to the bucket, so a socket never waits for JetStream.
 ///
 /// Each round takes the keys changed since they were last written and writes their
@@ -93,55 +133,42 @@ const COALESCE: Duration = Duration::from_millis(100);
 /// within the last [`COALESCE`] waits for the window to end, so the rest of a burst of
 /// subscribes costs one more write. Ends when presence is dropped.
 pub(super) async fn write_behind(inner: std::sync::Weak<Inner>, wake: Arc<Notify>) {
-    // Keys written in the current window, and when it ends.
-    let mut recent: HashSet<String> = HashSet::new();
-    let mut window_ends = tokio::time::Instant::now();
+    let mut window_ends: Option<tokio::time::Instant> = None;
     loop {
-        if recent.is_empty() {
-            wake.notified().await;
-        } else {
-            tokio::select! {
+        match window_ends {
+            None => wake.notified().await,
+            Some(ends) => tokio::select! {
                 _ = wake.notified() => {}
-                _ = tokio::time::sleep_until(window_ends) => {}
-            }
-        }
-        if tokio::time::Instant::now() >= window_ends {
-            recent.clear();
+                _ = tokio::time::sleep_until(ends) => {}
+            },
         }
         let Some(inner) = inner.upgrade() else {
             return;
         };
-        // Taken and counted under the lock, so `flush` never sees neither; keys that
-        // wait for the window stay dirty.
-        let keys: Vec<String> = {
+        // Taken and counted under the lock, so `flush` never sees neither.
+        let keys = {
             let mut dirty = inner.dirty.lock().expect("not poisoned");
-            let keys: Vec<String> = dirty
-                .iter()
-                .filter(|key| !recent.contains(*key))
-                .cloned()
-                .collect();
-            for key in &keys {
-                dirty.remove(key);
+            if window_ends.is_some_and(|ends| tokio::time::Instant::now() >= ends) {
+                window_ends = None;
+                dirty.end_window();
             }
+            let keys = dirty.take_due();
             inner.writing.store(keys.len(), Ordering::Release);
             keys
         };
         if keys.is_empty() {
             continue;
         }
-        if recent.is_empty() {
-            window_ends = tokio::time::Instant::now() + COALESCE;
-        }
-        futures_util::stream::iter(&keys)
+        window_ends.get_or_insert_with(|| tokio::time::Instant::now() + COALESCE);
+        futures_util::stream::iter(keys)
             .for_each_concurrent(WRITE_CONCURRENCY, |key| {
                 let inner = &inner;
                 async move {
-                    write_current(inner, key).await;
+                    write_current(inner, &key).await;
                     inner.writing.fetch_sub(1, Ordering::Release);
                 }
             })
             .await;
-        recent.extend(keys);
     }
 }
 
@@ -397,5 +424,28 @@ pub(super) async fn watch(
             inner.announce(changes);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_changed_again_within_the_window_waits_for_it_and_others_do_not() {
+        let mut dirty = Dirty::default();
+        assert!(dirty.mark("c.a".into()), "a first change wakes the writer");
+        assert_eq!(dirty.take_due(), HashSet::from(["c.a".to_string()]));
+        // Written in this window: its next changes wait, as one.
+        assert!(!dirty.mark("c.a".into()));
+        assert!(!dirty.mark("c.a".into()));
+        assert!(!dirty.is_empty(), "flush waits for it");
+        // Another connection's first change still goes at once.
+        assert!(dirty.mark("c.b".into()));
+        assert_eq!(dirty.take_due(), HashSet::from(["c.b".to_string()]));
+        dirty.end_window();
+        assert_eq!(dirty.take_due(), HashSet::from(["c.a".to_string()]));
+        dirty.end_window();
+        assert!(dirty.is_empty());
     }
 }

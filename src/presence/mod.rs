@@ -82,7 +82,7 @@ struct Inner {
     hub: RoomHub,
     /// Connections whose lease changed since the writer last wrote it (see
     /// [`write_behind`]).
-    dirty: Mutex<std::collections::HashSet<String>>,
+    dirty: Mutex<kv::Dirty>,
     /// Wakes the writer when `dirty` gains a key.
     wake: Arc<Notify>,
     /// Keys the writer is writing now; with `dirty`, what [`Presence::flush`] waits for.
@@ -326,8 +326,9 @@ impl Inner {
     }
 
     fn mark_dirty(&self, key: String) {
-        self.dirty.lock().expect("not poisoned").insert(key);
-        self.wake.notify_one();
+        if self.dirty.lock().expect("not poisoned").mark(key) {
+            self.wake.notify_one();
+        }
     }
 
     fn announce(&self, changes: Vec<(Uuid, Uuid, PresenceStatus)>) {

@@ -173,6 +173,11 @@ impl UserCounts {
                 false
             }
             Err(at) => {
+                // Grown by an eighth rather than doubled: every node keeps one of these
+                // per room of the cluster, most of them full.
+                if self.0.len() == self.0.capacity() {
+                    self.0.reserve_exact(self.0.len() / 8 + 1);
+                }
                 self.0.insert(at, (user, 1));
                 true
             }

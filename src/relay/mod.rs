@@ -405,6 +405,7 @@ impl HubInner {
         Ctx {
             stats: &self.stats,
             node_id: self.bus.node_id(),
+            reorder_wait: self.reorder_wait,
         }
     }
 

@@ -3,11 +3,11 @@
 //! waits; what needs Postgres is marked in [`Due`] for [`super::upkeep`].
 //!
 //! A silent room is a map entry: no task, no timer, no NATS subscription of its own
-//! (about 150 bytes, plus 48 per subscriber).
+//! (about 150 bytes, plus 16 per subscriber).
 
 use std::{
     sync::Arc,
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use opentelemetry::trace::SpanKind;
@@ -37,6 +37,10 @@ pub(super) struct Room {
     pub typing: Vec<(Uuid, Instant)>,
     pub due: Due,
 }
+
+// A node serves every room one of its sockets follows: keep silent ones small (what is
+// rare, held messages, is boxed).
+const _: () = assert!(std::mem::size_of::<Room>() <= 160);
 
 pub(super) enum Stage {
     /// The first subscriber here is waiting for the room's committed position; what
@@ -154,23 +158,16 @@ impl Room {
 
     /// The room's position in Postgres is known: subscribers waiting for it are
     /// answered (or wait on for an access check), and what arrived meanwhile follows.
-    pub fn ready(
-        &mut self,
-        position: RoomPosition,
-        wait: std::time::Duration,
-        room_id: Uuid,
-        ctx: &Ctx,
-    ) -> Wants {
+    pub fn ready(&mut self, position: RoomPosition, room_id: Uuid, ctx: &Ctx) -> Wants {
         let RoomPosition {
             last_seq,
             access_version,
             public,
         } = position;
-        let early =
-            match std::mem::replace(&mut self.stage, Stage::Ready(Reorder::new(last_seq, wait))) {
-                Stage::Loading { early } => early,
-                Stage::Ready(_) => Vec::new(),
-            };
+        let early = match std::mem::replace(&mut self.stage, Stage::Ready(Reorder::new(last_seq))) {
+            Stage::Loading { early } => early,
+            Stage::Ready(_) => Vec::new(),
+        };
         self.access_version = access_version;
         self.public = public;
         let mut wants = self.admit_waiting(room_id, ctx.stats, false);
@@ -268,7 +265,7 @@ impl Room {
         match event.kind {
             EventKind::Message => {
                 let seq = event.seq.unwrap_or_default();
-                for ready in position.arrive(seq, event) {
+                for ready in position.arrive(seq, event, ctx.reorder_wait) {
                     deliver(&mut self.subscribers, &ready, ctx.stats);
                 }
                 return Wants {
@@ -397,11 +394,11 @@ impl Room {
     }
 
     /// A repair could not read the gap (Postgres unreachable): when to try again.
-    pub fn repair_failed(&mut self) -> Option<Instant> {
+    pub fn repair_failed(&mut self, wait: Duration) -> Option<Instant> {
         let Stage::Ready(position) = &mut self.stage else {
             return None;
         };
-        position.retry_later();
+        position.retry_later(wait);
         position.repair_at()
     }
 
@@ -473,6 +470,8 @@ impl Room {
 pub(super) struct Ctx<'a> {
     pub stats: &'a RelayStats,
     pub node_id: &'a str,
+    /// How long a message ahead of its predecessors waits for them.
+    pub reorder_wait: Duration,
 }
 
 /// Answers a join with the room's position and adds it to the subscribers.

@@ -101,9 +101,7 @@ async fn load(hub: &Arc<HubInner>, rooms: Vec<Uuid>) {
                         continue;
                     }
                     let wants = match found.get(room_id) {
-                        Some(position) => {
-                            room.ready(*position, hub.reorder_wait, *room_id, &hub.ctx())
-                        }
+                        Some(position) => room.ready(*position, *room_id, &hub.ctx()),
                         None => {
                             // Deleted since the subscribers checked their access.
                             let gone = RoomPosition {
@@ -111,8 +109,7 @@ async fn load(hub: &Arc<HubInner>, rooms: Vec<Uuid>) {
                                 access_version: 0,
                                 public: false,
                             };
-                            let mut wants =
-                                room.ready(gone, hub.reorder_wait, *room_id, &hub.ctx());
+                            let mut wants = room.ready(gone, *room_id, &hub.ctx());
                             wants.merge(room.check(None, None, *room_id, &hub.stats));
                             wants
                         }
@@ -238,7 +235,9 @@ async fn repair(hub: &HubInner, room_id: Uuid) {
                 tracing::warn!(%room_id, error = %err, "repair failed; will retry");
                 let wants = Wants {
                     upkeep: false,
-                    wake_at: room.repair_failed().or(Some(Instant::now() + RETRY)),
+                    wake_at: room
+                        .repair_failed(hub.reorder_wait)
+                        .or(Some(Instant::now() + RETRY)),
                 };
                 hub.follow_up(room_id, room, wants);
                 return;
