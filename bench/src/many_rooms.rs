@@ -61,6 +61,20 @@ const USERS: usize = 50;
 const CONNECT_CONCURRENCY: usize = 256;
 /// How long the storm may take before the run gives up on it.
 const STORM_LIMIT: Duration = Duration::from_secs(120);
+/// How long a client waits, once sending stopped, for its hot room's last message.
+const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+
+/// Each hot room's last `seq` once sending stopped: what every client must have seen.
+type Finals = watch::Receiver<Option<Arc<HashMap<String, i64>>>>;
+
+/// What the run tells every client: when the node was killed, when the senders stop,
+/// and where each hot room ended.
+#[derive(Clone)]
+struct Signals {
+    killed: watch::Receiver<Option<Instant>>,
+    stop: watch::Receiver<bool>,
+    finals: Finals,
+}
 
 #[derive(Serialize, Default)]
 struct Figures {
@@ -73,6 +87,9 @@ struct Figures {
     idle_connection_bytes: f64,
     subscribe_seconds: f64,
     subscription_bytes: f64,
+    /// The same, read again at the end of the rest: what the burst's freed buffers no
+    /// longer hold.
+    subscription_bytes_at_rest: f64,
     rest_seconds: f64,
     rest_cpu_percent_per_node: f64,
     rest_pg_transactions_per_second_per_node: f64,
@@ -171,6 +188,12 @@ pub async fn run(options: &Options, settings: Settings) -> Result<bool, String> 
     // 2. Subscribe: every client's task owns its socket from here on.
     let (stop_tx, stop) = watch::channel(false);
     let (kill_tx, killed) = watch::channel(None::<Instant>);
+    let (finals_tx, finals) = watch::channel(None);
+    let signals = Signals {
+        killed,
+        stop: stop.clone(),
+        finals,
+    };
     let subscribed = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let tasks: Vec<_> = clients
@@ -185,8 +208,7 @@ pub async fn run(options: &Options, settings: Settings) -> Result<bool, String> 
                 urls,
                 doomed,
                 subscribed.clone(),
-                killed.clone(),
-                stop.clone(),
+                signals.clone(),
             ))
         })
         .collect();
@@ -230,6 +252,11 @@ pub async fn run(options: &Options, settings: Settings) -> Result<bool, String> 
         transactions(&db).await?,
         nats_connections(settings.nats_monitor.as_deref()).await,
     );
+    figures.subscription_bytes_at_rest = per(
+        ProcSample::read(measured).rss_kib,
+        connected.rss_kib,
+        on_measured(n) * r,
+    );
     let secs = settings.rest.as_secs_f64();
     figures.rest_seconds = secs;
     figures.rest_cpu_percent_per_node =
@@ -251,11 +278,12 @@ pub async fn run(options: &Options, settings: Settings) -> Result<bool, String> 
     figures.rest_nats_bytes_in_per_second_per_node = delta(|c| c.in_bytes);
     figures.rest_nats_bytes_out_per_second_per_node = delta(|c| c.out_bytes);
     eprintln!(
-        "[bench] at rest: {:.2} % CPU, {:.2} Postgres transactions/s, NATS {:.0} B/s in {:.0} B/s out per node",
+        "[bench] at rest: {:.2} % CPU, {:.2} Postgres transactions/s, NATS {:.0} B/s in {:.0} B/s out per node, {:.0} B per subscription",
         figures.rest_cpu_percent_per_node,
         figures.rest_pg_transactions_per_second_per_node,
         figures.rest_nats_bytes_in_per_second_per_node,
-        figures.rest_nats_bytes_out_per_second_per_node
+        figures.rest_nats_bytes_out_per_second_per_node,
+        figures.subscription_bytes_at_rest
     );
 
     // 4. Traffic, then the storm.
@@ -280,8 +308,9 @@ pub async fn run(options: &Options, settings: Settings) -> Result<bool, String> 
     let sent = sending.await.map_err(|e| e.to_string())??;
     figures.sent = sent;
 
-    // 5. Check.
+    // 5. Check, once every client has its hot room's last message (or gave up waiting).
     let last_seqs = hot_positions(&db, &hot).await?;
+    let _ = finals_tx.send(Some(Arc::new(last_seqs.clone())));
     let killed_at = *kill_tx.borrow();
     let mut storm_end: Option<Instant> = None;
     let mut displaced = 0;
@@ -464,8 +493,7 @@ async fn follow(
     urls: Vec<String>,
     doomed: bool,
     subscribed: Arc<AtomicUsize>,
-    killed: watch::Receiver<Option<Instant>>,
-    mut stop: watch::Receiver<bool>,
+    mut signals: Signals,
 ) -> (String, bool, Seen) {
     let hot = client.rooms[0].clone();
     let mut seen = Seen::default();
@@ -481,7 +509,7 @@ async fn follow(
                 subscribed.fetch_add(1, Ordering::Relaxed);
                 first = false;
             }
-            let resumed = killed.borrow().is_some();
+            let resumed = signals.killed.borrow().is_some();
             // Caught up once the hot room's replay reached its position.
             let caught_up =
                 |seen: &Seen| seen.hot.last_seq >= seen.positions.get(&hot).copied().unwrap_or(0);
@@ -500,12 +528,14 @@ async fn follow(
                         Some(Ok(_)) => {}
                         _ => break,
                     },
-                    () = stopped(&mut stop) => {
-                        // Drain what is already on its way, then stop.
-                        let quiet = Duration::from_millis(1500);
-                        while let Ok(Some(Ok(frame))) = tokio::time::timeout(quiet, ws.next()).await {
-                            if let Message::Text(text) = frame {
-                                on_frame(&text, &hot, &mut seen);
+                    target = final_seq(&mut signals.finals, &hot) => {
+                        // Read on until the hot room's last message, or give up.
+                        let deadline = tokio::time::Instant::now() + DRAIN_LIMIT;
+                        while seen.hot.last_seq < target {
+                            match tokio::time::timeout_at(deadline, ws.next()).await {
+                                Ok(Some(Ok(Message::Text(text)))) => on_frame(&text, &hot, &mut seen),
+                                Ok(Some(Ok(_))) => {}
+                                _ => break,
                             }
                         }
                         let _ = ws.close(None).await;
@@ -535,12 +565,21 @@ async fn follow(
             {
                 break fresh;
             }
-            if Instant::now() > deadline || *stop.borrow() {
+            if Instant::now() > deadline || *signals.stop.borrow() {
                 return (hot, doomed, seen);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
     }
+}
+
+/// The hot room's last `seq`, once sending has stopped.
+async fn final_seq(finals: &mut Finals, hot: &str) -> i64 {
+    let finals = finals.wait_for(Option::is_some).await;
+    finals
+        .ok()
+        .and_then(|finals| finals.as_ref()?.get(hot).copied())
+        .unwrap_or(0)
 }
 
 /// Resolves once the run says stop.
