@@ -18,7 +18,9 @@ use natter::{
 /// mimalloc instead of glibc's malloc: a node holds tens of thousands of small,
 /// long-lived per-socket allocations made by several threads between short-lived ones,
 /// and glibc's per-thread arenas leave much of that fragmented and resident (idle sockets
-/// measured 12.1 KiB each with glibc, 7.7 with mimalloc; see BENCHMARKS.md).
+/// measured 12.1 KiB each with glibc, 7.7 with mimalloc; see BENCHMARKS.md). The
+/// `system-allocator` feature leaves it out, for heap profilers that interpose malloc.
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

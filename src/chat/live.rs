@@ -12,7 +12,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::{Chat, ChatError, meter};
@@ -20,7 +19,7 @@ use crate::{
     bus::RoomEvent,
     model::{Message, User},
     presence::RoomSet,
-    relay::{Closer, Outbound, Socket, Subscriber},
+    relay::{Closer, Outbound, Socket, Subscriber, queue},
     store::StoreError,
 };
 
@@ -89,7 +88,7 @@ impl Chat {
     pub fn connect(
         &self,
         permit: SocketPermit,
-        queue: mpsc::Sender<Outbound>,
+        queue: queue::Sender<Outbound>,
         closer: Arc<Closer>,
     ) -> Connection {
         let user_id = permit.user_id;

@@ -25,6 +25,7 @@
 //! room's position, in the socket's queue, ahead of every later event; the socket's
 //! writer replays from Postgres up to that position before reading on (`api::ws`).
 
+pub mod queue;
 mod reorder;
 mod room;
 mod upkeep;
@@ -37,10 +38,7 @@ use std::{
 
 use futures_util::StreamExt;
 use prometheus_client::metrics::counter::Counter;
-use tokio::{
-    sync::{Notify, mpsc},
-    time::Instant,
-};
+use tokio::{sync::Notify, time::Instant};
 use uuid::Uuid;
 
 use room::{Ctx, Room, Wants};
@@ -100,7 +98,7 @@ pub enum Outbound {
     Frame(String),
 }
 
-// A socket's queue is allocated in blocks of slots of this size; keep it small.
+// Every item waiting in a socket's queue (`queue`) is a slot of this size; keep it small.
 const _: () = assert!(std::mem::size_of::<Outbound>() <= 24);
 
 /// A subscription the room accepted: everything after `last_seq` follows live, and the
@@ -200,7 +198,7 @@ pub struct Socket {
     pub id: SocketId,
     pub user_id: Uuid,
     /// Where the rooms put the socket's events (its writer drains it).
-    pub queue: mpsc::Sender<Outbound>,
+    pub queue: queue::Sender<Outbound>,
     pub closer: Arc<Closer>,
 }
 

@@ -11,10 +11,13 @@ use std::{
 };
 
 use opentelemetry::trace::SpanKind;
-use tokio::{sync::mpsc, time::Instant};
+use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::{Joined, Outbound, RelayStats, Subscriber, TYPING_TTL, bump, reorder::Reorder};
+use super::{
+    Joined, Outbound, RelayStats, Subscriber, TYPING_TTL, bump, queue::TrySendError,
+    reorder::Reorder,
+};
 use crate::{
     bus::{EventKind, RoomEvent},
     model::{AccessLost, Message},
@@ -530,7 +533,7 @@ pub(super) fn end_revoked(
 fn offer(subscriber: &Subscriber, item: Outbound, stats: &RelayStats) -> bool {
     match subscriber.socket.queue.try_send(item) {
         Ok(()) => true,
-        Err(mpsc::error::TrySendError::Full(_)) => {
+        Err(TrySendError::Full(_)) => {
             bump(&stats.slow_closes, 1);
             subscriber
                 .socket
@@ -538,6 +541,6 @@ fn offer(subscriber: &Subscriber, item: Outbound, stats: &RelayStats) -> bool {
                 .close(4008, "too slow: resume with since_seq");
             false
         }
-        Err(mpsc::error::TrySendError::Closed(_)) => false,
+        Err(TrySendError::Closed(_)) => false,
     }
 }

@@ -23,7 +23,7 @@ use futures_util::{
 };
 use opentelemetry::trace::SpanKind;
 use poem::web::websocket::{Message as WsMessage, WebSocketStream};
-use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
+use tokio::{task::JoinHandle, time::Instant};
 use uuid::Uuid;
 
 use super::{
@@ -41,7 +41,7 @@ use crate::{
     },
     domain::{InvalidInput, parse_seq},
     protocol::{ClientFrame, FrameError, ServerFrame},
-    relay::{Closer, Outbound, Signal},
+    relay::{Closer, Outbound, Signal, queue},
     telemetry::TraceSpan,
 };
 
@@ -62,7 +62,7 @@ pub struct Session {
     /// The socket's rooms, typing indicators and presence, kept by the use cases.
     connection: Connection,
     /// Where replies go, ahead of or between room events (the writer drains it).
-    queue: mpsc::Sender<Outbound>,
+    queue: queue::Sender<Outbound>,
     closer: Arc<Closer>,
     /// The room a single-room socket is bound to; frames without `room_id` act on it.
     default_room: Option<Uuid>,
@@ -86,7 +86,7 @@ impl Session {
         dialect: Dialect,
     ) -> impl Future<Output = ()> + Send {
         let (sink, stream) = socket.split();
-        let (queue, outbound) = mpsc::channel(state.settings.limits.outbound_queue);
+        let (queue, outbound) = queue::channel(state.settings.limits.outbound_queue);
         let closer = Arc::new(Closer::default());
         let writer = tokio::spawn(writer::write_loop(
             sink,

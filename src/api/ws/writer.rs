@@ -14,7 +14,6 @@ use std::{future::Future, sync::Arc, task::Poll, time::Duration};
 
 use futures_util::SinkExt;
 use poem::web::websocket::{CloseCode, Message as WsMessage, WebSocketStream};
-use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::dialect::Dialect;
@@ -23,7 +22,7 @@ use crate::{
     bus::{EventKind, RoomEvent},
     chat::ChatError,
     protocol::ServerFrame,
-    relay::{Closer, Joined, Outbound},
+    relay::{Closer, Joined, Outbound, queue},
     store::StoreError,
 };
 
@@ -47,7 +46,7 @@ const MAX_COALESCED: usize = 16;
 /// close frame when a close is requested.
 pub(super) async fn write_loop(
     sink: Sink,
-    mut outbound: mpsc::Receiver<Outbound>,
+    mut outbound: queue::Receiver<Outbound>,
     closer: Arc<Closer>,
     state: AppState,
     user_id: Uuid,
@@ -93,7 +92,7 @@ pub(super) async fn write_loop(
         let mut written = writer.put(item).await;
         let mut coalesced = 1;
         while written.is_ok() && coalesced < MAX_COALESCED {
-            let Ok(item) = outbound.try_recv() else {
+            let Some(item) = outbound.try_recv() else {
                 break;
             };
             written = writer.put(item).await;
