@@ -25,7 +25,6 @@ pub fn channel<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
             items: VecDeque::new(),
             senders: 1,
             receiver_gone: false,
-            senders_waiting: 0,
         }),
         arrived: Notify::new(),
         space: Notify::new(),
@@ -43,7 +42,7 @@ struct Shared<T> {
     state: Mutex<State<T>>,
     /// Wakes the receiver: an item arrived in an empty queue, or the last sender left.
     arrived: Notify,
-    /// Wakes senders waiting for a free slot.
+    /// Wakes senders waiting for a free slot (they wait only while the queue is full).
     space: Notify,
     capacity: usize,
 }
@@ -52,8 +51,6 @@ struct State<T> {
     items: VecDeque<T>,
     senders: usize,
     receiver_gone: bool,
-    /// Senders in [`Sender::send`] waiting for a free slot (usually none).
-    senders_waiting: usize,
 }
 
 impl<T> Shared<T> {
@@ -106,38 +103,12 @@ impl<T> Drop for Sender<T> {
 impl<T> Sender<T> {
     /// Queues `item` unless the queue is full or its receiver is gone; never waits.
     pub fn try_send(&self, item: T) -> Result<(), TrySendError<T>> {
-        self.push(item, false)
-    }
-
-    /// Queues `item`, waiting for a free slot; gives it back if the receiver is gone.
-    pub async fn send(&self, item: T) -> Result<(), T> {
-        let mut item = item;
-        loop {
-            // Registered before the check, so a slot freed between the two is not missed.
-            let freed = self.shared.space.notified();
-            tokio::pin!(freed);
-            freed.as_mut().enable();
-            match self.push(item, true) {
-                Ok(()) => return Ok(()),
-                Err(TrySendError::Closed(back)) => return Err(back),
-                Err(TrySendError::Full(back)) => item = back,
-            }
-            freed.await;
-            self.shared.lock().senders_waiting -= 1;
-        }
-    }
-
-    /// Queues `item`; when the queue is full and `will_wait`, counts the caller among
-    /// the senders to wake (in the same lock as the check, so no slot freed in between
-    /// goes unannounced).
-    fn push(&self, item: T, will_wait: bool) -> Result<(), TrySendError<T>> {
         let was_empty = {
             let mut state = self.shared.lock();
             if state.receiver_gone {
                 return Err(TrySendError::Closed(item));
             }
             if state.items.len() >= self.shared.capacity {
-                state.senders_waiting += usize::from(will_wait);
                 return Err(TrySendError::Full(item));
             }
             state.items.push_back(item);
@@ -148,6 +119,23 @@ impl<T> Sender<T> {
             self.shared.arrived.notify_one();
         }
         Ok(())
+    }
+
+    /// Queues `item`, waiting for a free slot; gives it back if the receiver is gone.
+    pub async fn send(&self, item: T) -> Result<(), T> {
+        let mut item = item;
+        loop {
+            // Registered before the check, so a slot freed between the two is not missed.
+            let freed = self.shared.space.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            match self.try_send(item) {
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Closed(back)) => return Err(back),
+                Err(TrySendError::Full(back)) => item = back,
+            }
+            freed.await;
+        }
     }
 }
 
@@ -178,7 +166,13 @@ impl<T> Receiver<T> {
     /// Cancel-safe: an item is taken only in the poll that returns it.
     pub async fn recv(&mut self) -> Option<T> {
         loop {
-            // Registered before the check, so an arrival between the two is not missed.
+            // A busy socket finds an item at once and registers no waiter.
+            match self.take() {
+                Ok(item) => return Some(item),
+                Err(Ended::Closed) => return None,
+                Err(Ended::Empty) => {}
+            }
+            // Registered, then checked again: an arrival between the two is not missed.
             let arrived = self.shared.arrived.notified();
             tokio::pin!(arrived);
             arrived.as_mut().enable();
@@ -200,6 +194,7 @@ impl<T> Receiver<T> {
     fn take(&self) -> Result<T, Ended> {
         let (item, wake_senders) = {
             let mut state = self.shared.lock();
+            let was_full = state.items.len() >= self.shared.capacity;
             let Some(item) = state.items.pop_front() else {
                 return Err(if state.senders == 0 {
                     Ended::Closed
@@ -210,7 +205,8 @@ impl<T> Receiver<T> {
             if state.items.is_empty() && state.items.capacity() > KEPT_WHEN_EMPTY {
                 state.items.shrink_to(KEPT_WHEN_EMPTY);
             }
-            (item, state.senders_waiting > 0)
+            // Senders wait only on a full queue, so only its first free slot wakes them.
+            (item, was_full)
         };
         if wake_senders {
             self.shared.space.notify_waiters();
