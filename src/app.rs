@@ -1,7 +1,9 @@
 //! A node: built from [`Settings`], run until a shutdown future resolves.
 //!
 //! `main.rs` and the integration tests both start nodes through [`Application`], so the
-//! tests exercise exactly what production runs (tests bind port 0).
+//! tests exercise exactly what production runs (tests bind port 0). Building wires the
+//! layers together (Postgres, NATS, the relay, presence, the use cases) and hands the
+//! API its [`ApiContext`]; running serves it and, on shutdown, drains (SPEC §1.7).
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -9,11 +11,10 @@ use poem::{
     Server,
     listener::{Acceptor, Listener, TcpAcceptor, TcpListener},
 };
-use prometheus_client::{collector::Collector, encoding::DescriptorEncoder, registry::Registry};
 use tokio::sync::watch;
 
 use crate::{
-    api,
+    api::{self, ApiContext},
     auth::{self, Authenticator},
     bus::{Bus, BusError},
     chat::{self, Chat},
@@ -28,164 +29,6 @@ use crate::{
         send_hook::SendHook,
     },
 };
-
-/// Everything a request handler may need: one shared [`Node`]. Cloning it is one
-/// reference count (every socket's two tasks hold one).
-#[derive(Clone)]
-pub struct AppState(Arc<Node>);
-
-impl std::ops::Deref for AppState {
-    type Target = Node;
-
-    fn deref(&self) -> &Node {
-        &self.0
-    }
-}
-
-/// The node's shared parts.
-pub struct Node {
-    pub settings: Settings,
-    /// The use cases: everything a client does goes through here.
-    pub chat: Chat,
-    /// Every series `/metrics` exports.
-    metrics_registry: Registry,
-    /// Turns bearer tokens into callers.
-    pub auth: Authenticator,
-    pub metrics: Arc<Metrics>,
-    /// Turns `true` once shutdown begins: `/readyz` steers the load balancer away, new
-    /// sockets are refused and open ones close with 1012.
-    pub shutdown: watch::Sender<bool>,
-    // The layers below the use cases, for the operational routes only.
-    store: Store,
-    bus: Bus,
-    presence: Presence,
-}
-
-impl Node {
-    pub fn is_draining(&self) -> bool {
-        *self.shutdown.borrow()
-    }
-
-    /// Whether Postgres and NATS are reachable now, for `/readyz`.
-    pub async fn dependencies_reachable(&self) -> (bool, bool) {
-        tokio::join!(self.store.ping(), async { self.bus.is_connected() })
-    }
-
-    /// `/metrics`: every series, as OpenMetrics text.
-    pub fn render_metrics(&self) -> String {
-        metrics::render(&self.metrics_registry)
-    }
-}
-
-/// What `/metrics` reads from the layers at each scrape rather than counts.
-struct LiveValues {
-    store: Store,
-    bus: Bus,
-    hub: RoomHub,
-    draining: watch::Receiver<bool>,
-}
-
-impl std::fmt::Debug for LiveValues {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("LiveValues")
-    }
-}
-
-impl Collector for LiveValues {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
-        let counters = [
-            (
-                "natter_db_errors",
-                "Postgres failures: pool checkouts and failed group commits",
-                self.store.failures(),
-            ),
-            (
-                "natter_db_connections_opened",
-                "Postgres connections opened (beyond the pool's first, reconnects after failures)",
-                self.store.connections_opened(),
-            ),
-            (
-                "natter_nats_errors",
-                "NATS failures: disconnections, failed publishes and subscriptions",
-                self.bus.failures(),
-            ),
-        ];
-        let (from_standby, from_primary) = self.store.standby_reads();
-        let (access_checks, access_queries) = self.store.subscription_checks();
-        let counters = counters.into_iter().chain([
-            (
-                "natter_subscription_access_checks",
-                "Subscriptions whose access was checked in Postgres (public rooms served here need none)",
-                access_checks,
-            ),
-            (
-                "natter_subscription_access_queries",
-                "Queries that answered those checks, many checks each in a burst",
-                access_queries,
-            ),
-            (
-                "natter_db_reads_from_standby",
-                "Reads the standby (DATABASE_READ_URL) served, caught up",
-                from_standby,
-            ),
-            (
-                "natter_db_reads_from_primary",
-                "Reads meant for the standby that the primary served (behind or down)",
-                from_primary,
-            ),
-        ]);
-        for (name, help, value) in counters {
-            metrics::encode_counter(&mut encoder, name, help, value)?;
-        }
-        let pool = self.store.pool_status();
-        let gauges = [
-            (
-                "natter_subscriptions",
-                "Live room subscriptions of this node's sockets",
-                self.hub.subscriptions() as i64,
-            ),
-            (
-                "natter_rooms_relayed",
-                "Rooms with a live subscription on this node",
-                self.hub.active_rooms() as i64,
-            ),
-            (
-                "natter_relay_nats_subscriptions",
-                "NATS subscriptions of the relay: one per room shard it serves a room in",
-                self.hub.nats_subscriptions() as i64,
-            ),
-            (
-                "natter_db_pool_size",
-                "Postgres connections open",
-                pool.size as i64,
-            ),
-            (
-                "natter_db_pool_available",
-                "Idle Postgres connections",
-                pool.available as i64,
-            ),
-            (
-                "natter_db_pool_waiting",
-                "Callers waiting for a Postgres connection",
-                pool.waiting as i64,
-            ),
-            (
-                "natter_nats_connected",
-                "1 while connected to NATS",
-                i64::from(self.bus.is_connected()),
-            ),
-            (
-                "natter_draining",
-                "1 once the node has begun its graceful drain",
-                i64::from(*self.draining.borrow()),
-            ),
-        ];
-        for (name, help, value) in gauges {
-            metrics::encode_gauge(&mut encoder, name, help, value)?;
-        }
-        Ok(())
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -220,7 +63,13 @@ pub struct Application {
     local_addr: SocketAddr,
     /// `METRICS_ADDR`'s listener, and the address it bound.
     metrics: Option<(TcpAcceptor, SocketAddr)>,
-    state: AppState,
+    /// What the routes work with.
+    context: ApiContext,
+    /// Turns `true` once shutdown begins: `/readyz` steers the load balancer away, new
+    /// sockets are refused and open ones close (SPEC §1.7).
+    shutdown: watch::Sender<bool>,
+    /// Asked to publish the last presence changes before the node exits.
+    presence: Presence,
 }
 
 impl Application {
@@ -280,7 +129,7 @@ impl Application {
         };
         let metrics = Arc::new(Metrics::default());
         let (shutdown, draining) = watch::channel(false);
-        let live = LiveValues {
+        let live = metrics::LiveValues {
             store: store.clone(),
             bus: bus.clone(),
             hub: hub.clone(),
@@ -329,22 +178,20 @@ impl Application {
             webhook_allow_private: settings.webhook_allow_private,
             webhook_waker,
         });
-        let state = AppState(Arc::new(Node {
+        let context = ApiContext::new(
             settings,
             chat,
-            metrics_registry,
-            auth,
             metrics,
-            shutdown,
-            store,
-            bus,
-            presence,
-        }));
+            metrics_registry,
+            shutdown.subscribe(),
+        );
         Ok(Self {
             acceptor,
             local_addr,
             metrics: metrics_listener,
-            state,
+            context,
+            shutdown,
+            presence,
         })
     }
 
@@ -365,15 +212,16 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> std::io::Result<()> {
-        let state = self.state.clone();
+        let context = self.context.clone();
+        let (draining, presence) = (self.shutdown, self.presence);
         let signal = async move {
             shutdown.await;
             tracing::info!("draining");
-            state.shutdown.send_replace(true);
+            draining.send_replace(true);
             // Sockets are upgraded connections the server no longer tracks: give them
             // time to send their 1012 before the server stops.
             let closed = async {
-                while state.metrics.sockets_open() > 0 {
+                while context.metrics.sockets_open() > 0 {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             };
@@ -384,17 +232,17 @@ impl Application {
                 tracing::warn!("some sockets did not close in time");
             }
             // Other nodes should see this node's users leave now, not at lease expiry.
-            state.presence.flush(PRESENCE_FLUSH_GRACE).await;
+            presence.flush(PRESENCE_FLUSH_GRACE).await;
         };
-        tracing::info!(addr = %self.local_addr, node_id = %self.state.settings.node_id, "serving");
+        tracing::info!(addr = %self.local_addr, node_id = %self.context.settings.node_id, "serving");
         // Scrapes need no drain: the metrics listener ends with the node.
         let metrics = self.metrics.map(|(acceptor, addr)| {
             tracing::info!(%addr, "serving /metrics");
-            let routes = api::metrics_routes(self.state.clone());
+            let routes = api::metrics_routes(self.context.clone());
             tokio::spawn(Server::new_with_acceptor(acceptor).run(routes))
         });
         let served = Server::new_with_acceptor(self.acceptor)
-            .run_with_graceful_shutdown(api::routes(self.state), signal, Some(SHUTDOWN_GRACE))
+            .run_with_graceful_shutdown(api::routes(self.context), signal, Some(SHUTDOWN_GRACE))
             .await;
         if let Some(metrics) = metrics {
             metrics.abort();

@@ -22,9 +22,12 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use tokio::sync::watch;
+
 use crate::{
-    relay::RelayStats,
-    store::commit::CommitTimings,
+    bus::Bus,
+    relay::{RelayStats, RoomHub},
+    store::{Store, commit::CommitTimings},
     webhooks::{deliver::DeliveryMetrics, send_hook::SendHook},
 };
 
@@ -261,6 +264,116 @@ pub fn register_send_hook(registry: &mut Registry, hook: &SendHook) {
         "Before-send hook calls by outcome: allow, reject, modify, timeout, error",
         hook.outcomes.clone(),
     );
+}
+
+/// What `/metrics` reads from the layers at each scrape rather than counts.
+pub struct LiveValues {
+    pub store: Store,
+    pub bus: Bus,
+    pub hub: RoomHub,
+    pub draining: watch::Receiver<bool>,
+}
+
+impl std::fmt::Debug for LiveValues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LiveValues")
+    }
+}
+
+impl Collector for LiveValues {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let counters = [
+            (
+                "natter_db_errors",
+                "Postgres failures: pool checkouts and failed group commits",
+                self.store.failures(),
+            ),
+            (
+                "natter_db_connections_opened",
+                "Postgres connections opened (beyond the pool's first, reconnects after failures)",
+                self.store.connections_opened(),
+            ),
+            (
+                "natter_nats_errors",
+                "NATS failures: disconnections, failed publishes and subscriptions",
+                self.bus.failures(),
+            ),
+        ];
+        let (from_standby, from_primary) = self.store.standby_reads();
+        let (access_checks, access_queries) = self.store.subscription_checks();
+        let counters = counters.into_iter().chain([
+            (
+                "natter_subscription_access_checks",
+                "Subscriptions whose access was checked in Postgres (public rooms served here need none)",
+                access_checks,
+            ),
+            (
+                "natter_subscription_access_queries",
+                "Queries that answered those checks, many checks each in a burst",
+                access_queries,
+            ),
+            (
+                "natter_db_reads_from_standby",
+                "Reads the standby (DATABASE_READ_URL) served, caught up",
+                from_standby,
+            ),
+            (
+                "natter_db_reads_from_primary",
+                "Reads meant for the standby that the primary served (behind or down)",
+                from_primary,
+            ),
+        ]);
+        for (name, help, value) in counters {
+            encode_counter(&mut encoder, name, help, value)?;
+        }
+        let pool = self.store.pool_status();
+        let gauges = [
+            (
+                "natter_subscriptions",
+                "Live room subscriptions of this node's sockets",
+                self.hub.subscriptions() as i64,
+            ),
+            (
+                "natter_rooms_relayed",
+                "Rooms with a live subscription on this node",
+                self.hub.active_rooms() as i64,
+            ),
+            (
+                "natter_relay_nats_subscriptions",
+                "NATS subscriptions of the relay: one per room shard it serves a room in",
+                self.hub.nats_subscriptions() as i64,
+            ),
+            (
+                "natter_db_pool_size",
+                "Postgres connections open",
+                pool.size as i64,
+            ),
+            (
+                "natter_db_pool_available",
+                "Idle Postgres connections",
+                pool.available as i64,
+            ),
+            (
+                "natter_db_pool_waiting",
+                "Callers waiting for a Postgres connection",
+                pool.waiting as i64,
+            ),
+            (
+                "natter_nats_connected",
+                "1 while connected to NATS",
+                i64::from(self.bus.is_connected()),
+            ),
+            (
+                "natter_draining",
+                "1 once the node has begun its graceful drain",
+                i64::from(*self.draining.borrow()),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            encode_gauge(&mut encoder, name, help, value)?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -65,6 +65,34 @@ impl AccessLost {
     }
 }
 
+/// Why a socket ends, as decided by whoever ends it: the client's connection
+/// (`chat::live`), the relay (a reader too slow for its room) or the node (a drain).
+/// The WebSocket API turns each into a close code and reason in one table
+/// (`api::close`), as `api::error` turns errors into statuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The session ended normally (the client left, or the node closed it after the
+    /// client's own close).
+    Normal,
+    /// The client sent nothing, not even a pong, for the idle limit.
+    Idle,
+    /// The client sent a frame over the frame limit (SPEC §5).
+    FrameTooLarge,
+    /// A write to the client failed or stalled.
+    WriteFailed,
+    /// The node is draining (SPEC §1.7): reconnect elsewhere and resume.
+    Restart,
+    /// History needed for a resume could not be read: resume again later.
+    HistoryUnavailable,
+    /// The token the socket was opened with expired (SPEC §2).
+    TokenExpired,
+    /// The bot key the socket was opened with was replaced or deleted (SPEC §11).
+    KeyRevoked,
+    /// The socket's outbound queue was full: the client reads too slowly for its rooms
+    /// and resumes with `since_seq` (SPEC §5).
+    TooSlow,
+}
+
 impl RoomKind {
     pub fn as_str(self) -> &'static str {
         match self {

@@ -13,7 +13,11 @@ use poem_openapi::{
     payload::Json,
 };
 
-use crate::{auth::AuthError, chat::ChatError, domain::InvalidInput, store::StoreError};
+use crate::{
+    auth::AuthError,
+    chat::{ChatError, StoreError},
+    domain::InvalidInput,
+};
 
 /// Seconds a client should wait before retrying while a dependency is down.
 const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 2;
@@ -212,6 +216,7 @@ impl From<ChatError> for ApiError {
         match err {
             ChatError::Invalid(invalid) => invalid.into(),
             ChatError::Store(err) => err.into(),
+            ChatError::Auth(err) => err.into(),
             ChatError::RateLimited { retry_after } => {
                 ApiError::rate_limited(retry_after.as_secs_f64().ceil().max(1.0) as u64)
             }

@@ -2,10 +2,14 @@
 //! the operational routes (`/healthz`, `/readyz`, `/metrics`) and the browser client
 //! at `/`.
 //!
-//! `rest` has one `#[OpenApi]` struct per resource; `security` turns the bearer token
-//! into the caller; `error` maps every failure onto the SPEC §5 envelope; `web` serves
-//! the client's three files.
+//! Handlers reach the node through an [`ApiContext`] (the use cases, settings, counters)
+//! and nothing else. `rest` has one `#[OpenApi]` struct per resource and `ws` the
+//! WebSocket upgrade, sessions and frame codec; `security` turns every credential into
+//! the caller; `error` maps every failure onto the SPEC §5 envelope, and `close` every
+//! reason a socket ends onto its close code; `web` serves the client's three files.
 
+mod close;
+pub mod context;
 pub mod error;
 mod ops;
 pub mod postman;
@@ -17,11 +21,11 @@ mod ws;
 use poem::{Endpoint, EndpointExt, IntoEndpoint, Route, get};
 use poem_openapi::OpenApiService;
 
-use crate::app::AppState;
+pub use context::ApiContext;
 
 /// `/metrics` alone, for `METRICS_ADDR`'s listener: a port neither the balancer nor the
 /// Ingress routes (SPEC §10).
-pub fn metrics_routes(state: AppState) -> impl Endpoint {
+pub fn metrics_routes(state: ApiContext) -> impl Endpoint {
     Route::new()
         .at("/metrics", get(ops::metrics))
         .catch_all_error(error::envelope_poem_error)
@@ -58,7 +62,7 @@ pub fn openapi() -> OpenApiService<impl poem_openapi::OpenApi, ()> {
 
 /// Builds the whole HTTP surface of a node (without `/metrics` when it has a listener
 /// of its own).
-pub fn routes(state: AppState) -> impl Endpoint {
+pub fn routes(state: ApiContext) -> impl Endpoint {
     let api = openapi();
     let spec = api.spec_endpoint();
     let postman = postman_endpoint(&api.spec());

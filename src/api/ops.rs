@@ -9,7 +9,7 @@ use poem::{
     web::Data,
 };
 
-use crate::{app::AppState, metrics::CONTENT_TYPE, telemetry::TraceSpan};
+use crate::{api::context::ApiContext, metrics::CONTENT_TYPE, telemetry::TraceSpan};
 
 /// The process is alive.
 #[poem::handler]
@@ -19,9 +19,9 @@ pub async fn healthz() -> &'static str {
 
 /// Ready for traffic: Postgres and NATS reachable and not draining.
 #[poem::handler]
-pub async fn readyz(Data(state): Data<&AppState>) -> Response {
+pub async fn readyz(Data(state): Data<&ApiContext>) -> Response {
     let draining = state.is_draining();
-    let (database, nats) = state.dependencies_reachable().await;
+    let (database, nats) = state.chat.dependencies_reachable().await;
     let ready = database && nats && !draining;
     let body = serde_json::json!({
         "ready": ready,
@@ -40,7 +40,7 @@ pub async fn readyz(Data(state): Data<&AppState>) -> Response {
 
 /// Prometheus text exposition.
 #[poem::handler]
-pub async fn metrics(Data(state): Data<&AppState>) -> Response {
+pub async fn metrics(Data(state): Data<&ApiContext>) -> Response {
     let text = state.render_metrics();
     Response::builder().content_type(CONTENT_TYPE).body(text)
 }
@@ -139,7 +139,7 @@ pub async fn observe_request<E: Endpoint>(ep: E, req: Request) -> Result<Respons
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .map(Arc::<str>::from);
-    let state = req.data::<AppState>().cloned();
+    let state = req.data::<ApiContext>().cloned();
     let node_id = state
         .as_ref()
         .map_or("", |state| state.settings.node_id.as_str());

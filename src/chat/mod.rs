@@ -21,6 +21,8 @@
 
 pub mod accounts;
 pub mod bots;
+pub mod credentials;
+mod health;
 pub mod live;
 pub mod messages;
 pub mod rooms;
@@ -39,8 +41,18 @@ use std::{
 use opentelemetry::trace::SpanKind;
 use uuid::Uuid;
 
+/// The store's types that the use cases take and return, under this layer's name: the
+/// API surfaces depend on the use cases alone.
+pub use crate::store::{
+    StoreError,
+    bots::OwnedBot,
+    messages::PageBounds,
+    rooms::ActivityCursor,
+    webhooks::{Attempt, Webhook},
+};
+
 use crate::{
-    auth::Authenticator,
+    auth::{AuthError, Authenticator},
     bus::{Bus, RoomEvent},
     config::Limits,
     domain::InvalidInput,
@@ -49,7 +61,7 @@ use crate::{
     rate_limit::Budget,
     relay::{RelayError, RoomHub},
     store::{
-        Store, StoreError,
+        Store,
         commit::{Committed, OnCommit},
     },
     telemetry::TraceSpan,
@@ -66,6 +78,9 @@ pub enum ChatError {
     /// What the store decided: not found, not allowed, a conflict, or unavailable.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The credential is not good, or cannot be checked now.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
     /// The caller's budget for this action is spent for `retry_after`.
     #[error("too many requests; slow down")]
     RateLimited { retry_after: Duration },

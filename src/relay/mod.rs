@@ -7,7 +7,7 @@
 //! NATS shard (1/256 of the rooms, [`SHARDS`]) while it serves a room in it, takes the
 //! events this node publishes itself straight from [`Bus`] (NATS does not echo them),
 //! and forwards each event to every local subscriber's bounded queue with `try_send`: a
-//! socket that cannot keep up is closed with 4008, never waited for.
+//! socket that cannot keep up is closed as too slow (4008), never waited for.
 //!
 //! **Exactly once, in order, on every node (SPEC §1.3)** is enforced here. Each room
 //! knows the highest `seq` it has delivered. A message with a lower or equal `seq` is a
@@ -46,7 +46,7 @@ use room::{Ctx, Room, Wants};
 use crate::{
     bus::{Bus, RoomEvent, SHARDS, room_of_subject, shard_of},
     histogram::LatencyHistogram,
-    model::AccessLost,
+    model::{AccessLost, CloseReason},
     store::Store,
 };
 
@@ -110,8 +110,9 @@ pub struct Joined {
     pub last_seq: i64,
 }
 
-/// Asks a socket to close with a code, from anywhere: a room whose queue to it is full
-/// (4008), the drain (1012), token expiry (4001). The first request wins. Rooms also
+/// Asks a socket to close for a [`CloseReason`], from anywhere: a room whose queue to it
+/// is full ([`CloseReason::TooSlow`]), the socket's own connection (expiry, idle, the
+/// drain). The first request wins. Rooms also
 /// tell the socket here which of its subscriptions they ended because its user lost
 /// access, so the socket forgets them (and room presence drops it) at once.
 ///
@@ -122,7 +123,7 @@ pub struct Joined {
 /// an idle socket's memory is mostly what it waits with.
 #[derive(Debug, Default)]
 pub struct Closer {
-    code: OnceLock<(u16, &'static str)>,
+    reason: OnceLock<CloseReason>,
     requested: Notify,
     revoked: Mutex<Vec<Uuid>>,
 }
@@ -130,8 +131,8 @@ pub struct Closer {
 /// What [`Closer::signal`] resolves with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {
-    /// Close with this code and reason.
-    Close(u16, &'static str),
+    /// Close, for this reason.
+    Close(CloseReason),
     /// Rooms ended subscriptions: [`Closer::take_revoked`] says which.
     Revoked,
 }
@@ -155,8 +156,8 @@ impl Closer {
             let notified = self.requested.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some((code, reason)) = self.code.get() {
-                return Signal::Close(*code, reason);
+            if let Some(reason) = self.reason.get() {
+                return Signal::Close(*reason);
             }
             if !self.revoked.lock().expect("not poisoned").is_empty() {
                 return Signal::Revoked;
@@ -165,26 +166,26 @@ impl Closer {
         }
     }
 
-    pub fn close(&self, code: u16, reason: &'static str) {
-        if self.code.set((code, reason)).is_ok() {
+    pub fn close(&self, reason: CloseReason) {
+        if self.reason.set(reason).is_ok() {
             self.requested.notify_waiters();
         }
     }
 
     /// Whether a close has been requested (one atomic load).
     pub fn is_requested(&self) -> bool {
-        self.code.get().is_some()
+        self.reason.get().is_some()
     }
 
-    /// Resolves with the code once a close is requested.
-    pub async fn requested(&self) -> (u16, &'static str) {
+    /// Resolves with the reason once a close is requested.
+    pub async fn requested(&self) -> CloseReason {
         loop {
             // Registered before the check, so a close between the two is not missed.
             let notified = self.requested.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(code) = self.code.get() {
-                return *code;
+            if let Some(reason) = self.reason.get() {
+                return *reason;
             }
             notified.await;
         }
@@ -465,8 +466,8 @@ mod tests {
         // Nothing pending now: the next signal waits, and a close wins over nothing.
         let waiting = tokio::time::timeout(Duration::from_millis(20), closer.signal()).await;
         assert!(waiting.is_err());
-        closer.close(4008, "too slow");
-        assert_eq!(closer.signal().await, Signal::Close(4008, "too slow"));
+        closer.close(CloseReason::TooSlow);
+        assert_eq!(closer.signal().await, Signal::Close(CloseReason::TooSlow));
     }
 
     #[tokio::test]

@@ -20,7 +20,7 @@ use super::{
 };
 use crate::{
     bus::{EventKind, RoomEvent},
-    model::{AccessLost, Message},
+    model::{AccessLost, CloseReason, Message},
     store::messages::RoomPosition,
     telemetry::TraceSpan,
 };
@@ -535,10 +535,7 @@ fn offer(subscriber: &Subscriber, item: Outbound, stats: &RelayStats) -> bool {
         Ok(()) => true,
         Err(TrySendError::Full(_)) => {
             bump(&stats.slow_closes, 1);
-            subscriber
-                .socket
-                .closer
-                .close(4008, "too slow: resume with since_seq");
+            subscriber.socket.closer.close(CloseReason::TooSlow);
             false
         }
         Err(TrySendError::Closed(_)) => false,

@@ -1,6 +1,7 @@
 //! The code's layout holds: the API surfaces reach the product only through the use
-//! cases (`src/chat`), and no two modules of `src/` import each other, but for the poem
-//! state pattern (`app` builds the routes of `api`, whose handlers read `app`'s state).
+//! cases (`src/chat`) and import none of the layers below them; no module of `src/`
+//! reaches itself through its imports (no import circle, of two modules or more); and a
+//! socket's close codes are written in one table (`src/api/close.rs`).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -55,8 +56,9 @@ fn the_api_surfaces_change_nothing_and_emit_nothing_but_through_the_use_cases() 
     );
 }
 
-#[test]
-fn no_two_modules_import_each_other_but_app_and_api() {
+/// Which top-level modules of `src/` each one imports (`crate::x` anywhere in its
+/// code, or `x` at the top of a `use crate::{…}` group).
+fn module_imports() -> BTreeMap<String, BTreeSet<String>> {
     let root = src();
     let reference = Regex::new(r"crate::([a-z_]+)").unwrap();
     let group = Regex::new(r"(?s)use crate::\{(.*?)\};").unwrap();
@@ -94,32 +96,78 @@ fn no_two_modules_import_each_other_but_app_and_api() {
         imports.entry(module).or_default().extend(names);
     }
     assert!(imports["api"].contains("chat"), "the scan sees imports");
-    let mut circles = Vec::new();
-    for (module, uses) in &imports {
-        for other in uses {
-            let back = imports.get(other).is_some_and(|u| u.contains(module));
-            let state_pattern = [module.as_str(), other.as_str()] == ["api", "app"];
-            if back && module < other && !state_pattern {
-                circles.push(format!("{module} <-> {other}"));
-            }
-        }
-    }
+    imports
+}
+
+#[test]
+fn no_module_reaches_itself_through_its_imports() {
+    let imports = module_imports();
     let reach = |from: &str| -> BTreeSet<String> {
         let mut seen = BTreeSet::new();
         let mut next = vec![from.to_string()];
         while let Some(module) = next.pop() {
             for used in imports.get(&module).into_iter().flatten() {
-                if !(module == "app" && used == "api") && seen.insert(used.clone()) {
+                if seen.insert(used.clone()) {
                     next.push(used.clone());
                 }
             }
         }
         seen
     };
-    for module in imports.keys() {
-        if module != "api" && reach(module).contains(module) {
-            circles.push(format!("{module} reaches itself"));
+    let circles: Vec<String> = imports
+        .keys()
+        .filter(|module| reach(module).contains(*module))
+        .map(|module| {
+            let back: Vec<&String> = imports[module]
+                .iter()
+                .filter(|used| reach(used).contains(module))
+                .collect();
+            format!("{module} -> {back:?} -> {module}")
+        })
+        .collect();
+    assert!(circles.is_empty(), "import circles: {circles:#?}");
+}
+
+#[test]
+fn the_api_imports_none_of_the_layers_below_the_use_cases() {
+    let imports = module_imports();
+    let below = ["app", "bus", "presence", "relay", "store"];
+    let reached: Vec<&String> = imports["api"]
+        .iter()
+        .filter(|module| below.contains(&module.as_str()))
+        .collect();
+    assert!(reached.is_empty(), "src/api imports {reached:?}");
+}
+
+#[test]
+fn no_close_code_is_written_outside_the_close_table() {
+    // A close code in code: handed to a close, or paired with its reason text.
+    let code =
+        Regex::new(r#"(?i)close\w*(::\w+)?\(\s*[14][0-9]{3}\b|\b[14][0-9]{3}\s*,\s*""#).unwrap();
+    for written in [
+        r#"closer.close(4008, "too slow");"#,
+        r#"return Some((1012, "service restart"));"#,
+        r#"Close(Some((CloseCode::from(1000), reason)))"#,
+    ] {
+        assert!(code.is_match(written), "the scan would miss {written}");
+    }
+    let table = src().join("api").join("close.rs");
+    let mut found = Vec::new();
+    for dir in ["api", "chat", "relay"] {
+        for path in rust_files(&src().join(dir)) {
+            if path == table {
+                continue;
+            }
+            for (line, text) in code_of(&path).lines().enumerate() {
+                if code.is_match(text) {
+                    found.push(format!("{}:{}: {}", path.display(), line + 1, text.trim()));
+                }
+            }
         }
     }
-    assert!(circles.is_empty(), "import circles: {circles:?}");
+    assert!(
+        found.is_empty(),
+        "close codes outside src/api/close.rs:\n{}",
+        found.join("\n")
+    );
 }

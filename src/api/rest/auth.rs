@@ -6,7 +6,9 @@ use poem_openapi::types::Example;
 use poem_openapi::{ApiResponse, Object, OpenApi, payload::Json};
 
 use super::{ApiTags, ChatText, ChatTextRule, JsonString};
-use crate::{api::error::ApiError, app::AppState, chat::accounts::SignedIn, model::User};
+use crate::{
+    api::context::ApiContext, api::error::ApiError, chat::accounts::SignedIn, model::User,
+};
 
 pub struct AuthApi;
 
@@ -55,7 +57,7 @@ impl AuthApi {
     #[oai(path = "/register", method = "post", operation_id = "register")]
     async fn register(
         &self,
-        Data(state): Data<&AppState>,
+        Data(state): Data<&ApiContext>,
         body: Json<RegisterRequest>,
     ) -> Result<RegisterResponse, ApiError> {
         let display_name = body.display_name.as_deref();
@@ -70,7 +72,7 @@ impl AuthApi {
     #[oai(path = "/login", method = "post", operation_id = "login")]
     async fn login(
         &self,
-        Data(state): Data<&AppState>,
+        Data(state): Data<&ApiContext>,
         body: Json<LoginRequest>,
     ) -> Result<Json<Session>, ApiError> {
         let body = body.0;

@@ -6,11 +6,11 @@ use uuid::Uuid;
 
 use super::{ApiTags, ChatText, ChatTextRule, JsonString, NoContent, examples};
 use crate::{
+    api::context::ApiContext,
     api::{error::ApiError, security::BearerAuth},
-    app::AppState,
+    chat::OwnedBot,
     chat::bots::BotWithKey,
     model::User,
-    store::bots::OwnedBot,
 };
 
 pub struct BotsApi;
@@ -66,7 +66,7 @@ impl BotsApi {
     async fn create(
         &self,
         auth: BearerAuth,
-        Data(state): Data<&AppState>,
+        Data(state): Data<&ApiContext>,
         body: Json<CreateBotRequest>,
     ) -> Result<CreatedBot, ApiError> {
         let display_name = body.display_name.as_deref();
@@ -82,7 +82,7 @@ impl BotsApi {
     async fn list(
         &self,
         auth: BearerAuth,
-        Data(state): Data<&AppState>,
+        Data(state): Data<&ApiContext>,
     ) -> Result<Json<BotList>, ApiError> {
         let bots = state.chat.list_bots(auth.0.id).await?;
         let bots = bots
@@ -101,7 +101,7 @@ impl BotsApi {
     async fn replace_token(
         &self,
         auth: BearerAuth,
-        Data(state): Data<&AppState>,
+        Data(state): Data<&ApiContext>,
         id: Path<Uuid>,
     ) -> Result<Json<BotKey>, ApiError> {
         let bot = state.chat.replace_bot_key(auth.0.id, id.0).await?;
@@ -113,7 +113,7 @@ impl BotsApi {
     async fn delete(
         &self,
         auth: BearerAuth,
-        Data(state): Data<&AppState>,
+        Data(state): Data<&ApiContext>,
         id: Path<Uuid>,
     ) -> Result<NoContent, ApiError> {
         state.chat.delete_bot(auth.0.id, id.0).await?;

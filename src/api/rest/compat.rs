@@ -19,12 +19,10 @@ use uuid::Uuid;
 
 use super::{ApiTags, ChatText, ChatTextRule, examples};
 use crate::{
-    api::error::ApiError,
-    app::AppState,
+    api::{context::ApiContext, error::ApiError, security},
     auth::AuthUser,
-    chat::{messages::SendMessage, rooms::CreateRoom},
+    chat::{PageBounds, credentials::Credential, messages::SendMessage, rooms::CreateRoom},
     model::{Message, Room, RoomKind, User},
-    store::messages::PageBounds,
 };
 
 pub struct CompatApi;
@@ -51,25 +49,19 @@ pub struct CompatBearer(AuthUser);
 pub struct CompatQueryToken(AuthUser);
 
 async fn check_bearer(req: &poem::Request, bearer: Bearer) -> poem::Result<AuthUser> {
-    verify(req, &bearer.token).await
+    verify(req, Credential::Bearer(&bearer.token)).await
 }
 
 async fn check_query(req: &poem::Request, key: ApiKey) -> poem::Result<AuthUser> {
-    verify(req, &key.key).await
+    verify(req, Credential::UrlToken(&key.key)).await
 }
 
-async fn verify(req: &poem::Request, token: &str) -> poem::Result<AuthUser> {
-    let state = req
-        .data::<AppState>()
-        .expect("the app state is attached to every route");
-    if !state.settings.compat_routes {
+/// The caller, while the drop-in routes are on.
+async fn verify(req: &poem::Request, credential: Credential<'_>) -> poem::Result<AuthUser> {
+    if !security::context(req).settings.compat_routes {
         return Err(ApiError::not_found("no such route (COMPAT_ROUTES=false)").into());
     }
-    state
-        .auth
-        .verify(token)
-        .await
-        .map_err(|e| ApiError::from(e).into())
+    Ok(security::authenticate(req, credential).await?)
 }
 
 impl CompatAuth {
@@ -168,7 +160,7 @@ impl CompatApi {
     async fn create_room(
         &self,
         auth: CompatAuth,
-        Data(state): Data<&AppState>,
+        Data(state): Data<&ApiContext>,
         body: Json<SeedRoomRequest>,
     ) -> Result<CreatedRoom, ApiError> {
         let request = CreateRoom {
@@ -185,7 +177,7 @@ impl CompatApi {
     async fn list_rooms(
         &self,
         auth: CompatAuth,
-        Data(state): Data<&AppState>,
+        Data(state): Data<&ApiContext>,
     ) -> Result<Json<SeedRooms>, ApiError> {
         let page = state.chat.list_rooms(auth.user(), None, MAX_LIST).await?;
         Ok(Json(SeedRooms { rooms: page.items }))
@@ -200,7 +192,7 @@ impl CompatApi {
     async fn send(
         &self,
         auth: CompatAuth,
-        Data(state): Data<&AppState>,
+        Data(state): Data<&ApiContext>,
         room_id: Path<Uuid>,
         body: Json<SeedMessageRequest>,
     ) -> Result<SentMessage, ApiError> {
@@ -225,7 +217,7 @@ impl CompatApi {
     async fn messages(
         &self,
         auth: CompatAuth,
-        Data(state): Data<&AppState>,
+        Data(state): Data<&ApiContext>,
         room_id: Path<Uuid>,
         /// 1–200, default 50.
         #[oai(validator(minimum(value = "1"), maximum(value = "200")))]
@@ -254,7 +246,7 @@ impl CompatApi {
     async fn chat_messages(
         &self,
         auth: CompatAuth,
-        Data(state): Data<&AppState>,
+        Data(state): Data<&ApiContext>,
         receiver_id: Path<Uuid>,
         /// 1–200, default 50.
         #[oai(validator(minimum(value = "1"), maximum(value = "200")))]
@@ -284,7 +276,7 @@ impl CompatApi {
     async fn chat_send(
         &self,
         auth: CompatAuth,
-        Data(state): Data<&AppState>,
+        Data(state): Data<&ApiContext>,
         receiver_id: Path<Uuid>,
         body: Json<SeedChatRequest>,
     ) -> Result<SentMessage, ApiError> {
@@ -305,7 +297,7 @@ impl CompatApi {
     async fn chats(
         &self,
         auth: CompatAuth,
-        Data(state): Data<&AppState>,
+        Data(state): Data<&ApiContext>,
     ) -> Result<Json<SeedChats>, ApiError> {
         let chats = state.chat.direct_chats(auth.user(), MAX_LIST).await?;
         let chats = chats
@@ -329,7 +321,7 @@ impl CompatApi {
     async fn online_users(
         &self,
         _auth: CompatAuth,
-        Data(state): Data<&AppState>,
+        Data(state): Data<&ApiContext>,
     ) -> Result<Json<SeedUsers>, ApiError> {
         let users = state.chat.online_users().await?;
         Ok(Json(SeedUsers { users }))

@@ -6,11 +6,11 @@ use poem_openapi::{Object, OpenApi, param::Query, payload::Json};
 
 use super::ApiTags;
 use crate::{
+    api::context::ApiContext,
     api::{error::ApiError, security::BearerAuth},
-    app::AppState,
+    chat::ActivityCursor,
     domain::PageLimit,
     model::MyRoom,
-    store::rooms::ActivityCursor,
 };
 
 pub struct MeApi;
@@ -32,7 +32,7 @@ impl MeApi {
     async fn list_my_rooms(
         &self,
         auth: BearerAuth,
-        Data(state): Data<&AppState>,
+        Data(state): Data<&ApiContext>,
         /// From a previous page's `next_cursor`.
         #[oai(validator(
             pattern = r"^[0-9]{1,15}_[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"

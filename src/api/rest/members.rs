@@ -11,8 +11,8 @@ use uuid::Uuid;
 
 use super::{ApiTags, NoContent, id_cursor};
 use crate::{
+    api::context::ApiContext,
     api::{error::ApiError, security::BearerAuth},
-    app::AppState,
     domain::PageLimit,
     model::Member,
 };
@@ -39,7 +39,7 @@ impl MembersApi {
     async fn list_members(
         &self,
         auth: BearerAuth,
-        Data(state): Data<&AppState>,
+        Data(state): Data<&ApiContext>,
         room_id: Path<Uuid>,
         /// From a previous page's `next_cursor`.
         #[oai(validator(
@@ -71,7 +71,7 @@ impl MembersApi {
     async fn add_member(
         &self,
         auth: BearerAuth,
-        Data(state): Data<&AppState>,
+        Data(state): Data<&ApiContext>,
         room_id: Path<Uuid>,
         user_id: Path<Uuid>,
     ) -> Result<NoContent, ApiError> {
@@ -91,7 +91,7 @@ impl MembersApi {
     async fn remove_member(
         &self,
         auth: BearerAuth,
-        Data(state): Data<&AppState>,
+        Data(state): Data<&ApiContext>,
         room_id: Path<Uuid>,
         user_id: Path<Uuid>,
     ) -> Result<NoContent, ApiError> {

@@ -11,12 +11,12 @@ use uuid::Uuid;
 
 use super::{ApiTags, ChatText, ChatTextRule, JsonString};
 use crate::{
+    api::context::ApiContext,
     api::{error::ApiError, security::BearerAuth},
-    app::AppState,
+    chat::PageBounds,
     chat::messages::SendMessage,
     domain::{PageLimit, parse_seq},
     model::Message,
-    store::messages::PageBounds,
 };
 
 pub struct MessagesApi;
@@ -78,7 +78,7 @@ impl MessagesApi {
     async fn send_message(
         &self,
         auth: BearerAuth,
-        Data(state): Data<&AppState>,
+        Data(state): Data<&ApiContext>,
         room_id: Path<Uuid>,
         body: Json<SendMessageRequest>,
     ) -> Result<SendMessageResponse, ApiError> {
@@ -106,7 +106,7 @@ impl MessagesApi {
     async fn list_messages(
         &self,
         auth: BearerAuth,
-        Data(state): Data<&AppState>,
+        Data(state): Data<&ApiContext>,
         room_id: Path<Uuid>,
         /// Only messages with a smaller `seq`.
         #[oai(validator(minimum(value = "0")))]
@@ -142,7 +142,7 @@ impl MessagesApi {
     async fn search_messages(
         &self,
         auth: BearerAuth,
-        Data(state): Data<&AppState>,
+        Data(state): Data<&ApiContext>,
         room_id: Path<Uuid>,
         /// Words to find (web-search syntax: `"exact phrase"`, `-excluded`, `or`), 1–200
         /// characters.
@@ -169,7 +169,7 @@ impl MessagesApi {
     async fn edit_message(
         &self,
         auth: BearerAuth,
-        Data(state): Data<&AppState>,
+        Data(state): Data<&ApiContext>,
         room_id: Path<Uuid>,
         message_id: Path<Uuid>,
         body: Json<EditMessageRequest>,
@@ -190,7 +190,7 @@ impl MessagesApi {
     async fn delete_message(
         &self,
         auth: BearerAuth,
-        Data(state): Data<&AppState>,
+        Data(state): Data<&ApiContext>,
         room_id: Path<Uuid>,
         message_id: Path<Uuid>,
     ) -> Result<Json<Message>, ApiError> {
@@ -210,7 +210,7 @@ impl MessagesApi {
     async fn add_reaction(
         &self,
         auth: BearerAuth,
-        Data(state): Data<&AppState>,
+        Data(state): Data<&ApiContext>,
         room_id: Path<Uuid>,
         message_id: Path<Uuid>,
         /// 1–32 characters of Unicode emoji (`👍`, `👍🏽`, `🇫🇷`), nothing else.
@@ -233,7 +233,7 @@ impl MessagesApi {
     async fn remove_reaction(
         &self,
         auth: BearerAuth,
-        Data(state): Data<&AppState>,
+        Data(state): Data<&ApiContext>,
         room_id: Path<Uuid>,
         message_id: Path<Uuid>,
         /// 1–32 characters of Unicode emoji (`👍`, `👍🏽`, `🇫🇷`), nothing else.

@@ -8,8 +8,8 @@ use uuid::Uuid;
 
 use super::ApiTags;
 use crate::{
+    api::context::ApiContext,
     api::{error::ApiError, security::BearerAuth},
-    app::AppState,
     model::User,
 };
 
@@ -28,7 +28,7 @@ impl PresenceApi {
     async fn list_online_users(
         &self,
         _auth: BearerAuth,
-        Data(state): Data<&AppState>,
+        Data(state): Data<&ApiContext>,
     ) -> Result<Json<UserList>, ApiError> {
         let users = state.chat.online_users().await?;
         Ok(Json(UserList { users }))
@@ -43,7 +43,7 @@ impl PresenceApi {
     async fn list_room_presence(
         &self,
         auth: BearerAuth,
-        Data(state): Data<&AppState>,
+        Data(state): Data<&ApiContext>,
         room_id: Path<Uuid>,
     ) -> Result<Json<UserList>, ApiError> {
         let users = state.chat.room_presence(auth.0.id, room_id.0).await?;

@@ -13,8 +13,8 @@ use uuid::Uuid;
 
 use super::{ApiTags, ChatText, ChatTextRule, NoContent, id_cursor};
 use crate::{
+    api::context::ApiContext,
     api::{error::ApiError, security::BearerAuth},
-    app::AppState,
     chat::rooms::{CreateRoom, ReadUpTo},
     domain::PageLimit,
     model::{Room, RoomKind},
@@ -98,7 +98,7 @@ impl RoomsApi {
     async fn create_room(
         &self,
         auth: BearerAuth,
-        Data(state): Data<&AppState>,
+        Data(state): Data<&ApiContext>,
         body: Json<CreateRoomRequest>,
     ) -> Result<CreateRoomResponse, ApiError> {
         let request = CreateRoom {
@@ -118,7 +118,7 @@ impl RoomsApi {
     async fn list_rooms(
         &self,
         auth: BearerAuth,
-        Data(state): Data<&AppState>,
+        Data(state): Data<&ApiContext>,
         /// From a previous page's `next_cursor`.
         #[oai(validator(
             pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
@@ -142,7 +142,7 @@ impl RoomsApi {
     async fn get_room(
         &self,
         auth: BearerAuth,
-        Data(state): Data<&AppState>,
+        Data(state): Data<&ApiContext>,
         room_id: Path<Uuid>,
     ) -> Result<Json<Room>, ApiError> {
         Ok(Json(state.chat.get_room(auth.0.id, room_id.0).await?))
@@ -157,7 +157,7 @@ impl RoomsApi {
     async fn rename_room(
         &self,
         auth: BearerAuth,
-        Data(state): Data<&AppState>,
+        Data(state): Data<&ApiContext>,
         room_id: Path<Uuid>,
         body: Json<RenameRoomRequest>,
     ) -> Result<Json<Room>, ApiError> {
@@ -177,7 +177,7 @@ impl RoomsApi {
     async fn delete_room(
         &self,
         auth: BearerAuth,
-        Data(state): Data<&AppState>,
+        Data(state): Data<&ApiContext>,
         room_id: Path<Uuid>,
     ) -> Result<NoContent, ApiError> {
         state.chat.delete_room(auth.0.id, room_id.0).await?;
@@ -193,7 +193,7 @@ impl RoomsApi {
     async fn join_room(
         &self,
         auth: BearerAuth,
-        Data(state): Data<&AppState>,
+        Data(state): Data<&ApiContext>,
         room_id: Path<Uuid>,
     ) -> Result<NoContent, ApiError> {
         state.chat.join_room(auth.0.id, room_id.0).await?;
@@ -209,7 +209,7 @@ impl RoomsApi {
     async fn leave_room(
         &self,
         auth: BearerAuth,
-        Data(state): Data<&AppState>,
+        Data(state): Data<&ApiContext>,
         room_id: Path<Uuid>,
     ) -> Result<NoContent, ApiError> {
         state.chat.leave_room(auth.0.id, room_id.0).await?;
@@ -225,7 +225,7 @@ impl RoomsApi {
     async fn mark_read(
         &self,
         auth: BearerAuth,
-        Data(state): Data<&AppState>,
+        Data(state): Data<&ApiContext>,
         room_id: Path<Uuid>,
         body: Json<ReadRequest>,
     ) -> Result<NoContent, ApiError> {
@@ -239,7 +239,7 @@ impl RoomsApi {
     async fn open_direct_room(
         &self,
         auth: BearerAuth,
-        Data(state): Data<&AppState>,
+        Data(state): Data<&ApiContext>,
         body: Json<DirectRoomRequest>,
     ) -> Result<DirectRoomResponse, ApiError> {
         let (room, created) = state.chat.open_direct_room(auth.0.id, body.user_id).await?;

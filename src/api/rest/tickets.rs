@@ -6,8 +6,8 @@ use poem_openapi::{ApiResponse, Object, OpenApi, payload::Json, types::Example};
 
 use super::{ApiTags, examples};
 use crate::{
+    api::context::ApiContext,
     api::{error::ApiError, security::BearerAuth},
-    app::AppState,
     chat::accounts::WsTicket,
 };
 
@@ -38,7 +38,7 @@ impl TicketsApi {
     async fn create(
         &self,
         auth: BearerAuth,
-        Data(state): Data<&AppState>,
+        Data(state): Data<&ApiContext>,
     ) -> Result<TicketResponse, ApiError> {
         let WsTicket { ticket, expires_at } = state.chat.ws_ticket(auth.0).await?;
         Ok(TicketResponse::Created(Json(Ticket { ticket, expires_at })))

@@ -6,8 +6,8 @@ use uuid::Uuid;
 
 use super::ApiTags;
 use crate::{
+    api::context::ApiContext,
     api::{error::ApiError, security::BearerAuth},
-    app::AppState,
     model::User,
 };
 
@@ -20,7 +20,7 @@ impl UsersApi {
     async fn get_me(
         &self,
         auth: BearerAuth,
-        Data(state): Data<&AppState>,
+        Data(state): Data<&ApiContext>,
     ) -> Result<Json<User>, ApiError> {
         Ok(Json(state.chat.user(auth.0.id).await?))
     }
@@ -30,7 +30,7 @@ impl UsersApi {
     async fn get_user(
         &self,
         _auth: BearerAuth,
-        Data(state): Data<&AppState>,
+        Data(state): Data<&ApiContext>,
         user_id: Path<Uuid>,
     ) -> Result<Json<User>, ApiError> {
         Ok(Json(state.chat.user(user_id.0).await?))

@@ -11,10 +11,10 @@ use uuid::Uuid;
 
 use super::{ApiTags, JsonString, NoContent, examples};
 use crate::{
+    api::context::ApiContext,
     api::{error::ApiError, security::BearerAuth},
-    app::AppState,
     chat::webhooks::NewWebhook,
-    store::webhooks::{Attempt, Webhook},
+    chat::{Attempt, Webhook},
 };
 
 pub struct WebhooksApi;
@@ -139,7 +139,7 @@ impl WebhooksApi {
     async fn create(
         &self,
         auth: BearerAuth,
-        Data(state): Data<&AppState>,
+        Data(state): Data<&ApiContext>,
         room_id: Path<Uuid>,
         body: Json<CreateWebhookRequest>,
     ) -> Result<CreateResponse, ApiError> {
@@ -166,7 +166,7 @@ impl WebhooksApi {
     async fn list(
         &self,
         auth: BearerAuth,
-        Data(state): Data<&AppState>,
+        Data(state): Data<&ApiContext>,
         room_id: Path<Uuid>,
     ) -> Result<Json<WebhookList>, ApiError> {
         let webhooks = state.chat.list_webhooks(auth.0.id, room_id.0).await?;
@@ -183,7 +183,7 @@ impl WebhooksApi {
     async fn delete(
         &self,
         auth: BearerAuth,
-        Data(state): Data<&AppState>,
+        Data(state): Data<&ApiContext>,
         room_id: Path<Uuid>,
         id: Path<Uuid>,
     ) -> Result<NoContent, ApiError> {
@@ -203,7 +203,7 @@ impl WebhooksApi {
     async fn rotate(
         &self,
         auth: BearerAuth,
-        Data(state): Data<&AppState>,
+        Data(state): Data<&ApiContext>,
         room_id: Path<Uuid>,
         id: Path<Uuid>,
     ) -> Result<Json<RotatedSecret>, ApiError> {
@@ -223,7 +223,7 @@ impl WebhooksApi {
     async fn replay(
         &self,
         auth: BearerAuth,
-        Data(state): Data<&AppState>,
+        Data(state): Data<&ApiContext>,
         room_id: Path<Uuid>,
         id: Path<Uuid>,
         body: Json<ReplayRequest>,
@@ -244,7 +244,7 @@ impl WebhooksApi {
     async fn deliveries(
         &self,
         auth: BearerAuth,
-        Data(state): Data<&AppState>,
+        Data(state): Data<&ApiContext>,
         room_id: Path<Uuid>,
         id: Path<Uuid>,
         /// 1–200, default 50.

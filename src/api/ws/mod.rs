@@ -22,8 +22,12 @@ use poem::{
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::error::ApiError;
-use crate::{app::AppState, auth::AuthUser};
+use super::{
+    context::ApiContext,
+    error::ApiError,
+    security::{authenticate, socket_credential},
+};
+use crate::{auth::AuthUser, chat::credentials::Credential};
 
 #[derive(Debug, Deserialize)]
 pub struct ConnectParams {
@@ -40,10 +44,10 @@ pub struct ConnectParams {
 pub async fn connect(
     req: &Request,
     ws: WebSocket,
-    Data(state): Data<&AppState>,
+    Data(state): Data<&ApiContext>,
     Query(params): Query<ConnectParams>,
 ) -> Response {
-    match authenticate(req, state, &params).await {
+    match caller(req, state, &params).await {
         Ok(user) => upgrade(ws, state, user, None, Dialect::Natter),
         Err(err) => err.into_response(),
     }
@@ -55,7 +59,7 @@ pub async fn connect(
 pub async fn connect_room(
     req: &Request,
     ws: WebSocket,
-    Data(state): Data<&AppState>,
+    Data(state): Data<&ApiContext>,
     Path(room_id): Path<Uuid>,
     Query(params): Query<ConnectParams>,
 ) -> Response {
@@ -76,13 +80,13 @@ pub async fn connect_room(
 async fn single_room(
     req: &Request,
     ws: WebSocket,
-    state: &AppState,
+    state: &ApiContext,
     room_id: Uuid,
     params: &ConnectParams,
     since_seq: Option<i64>,
     dialect: Dialect,
 ) -> Response {
-    let user = match authenticate(req, state, params).await {
+    let user = match caller(req, state, params).await {
         Ok(user) => user,
         Err(err) => return err.into_response(),
     };
@@ -101,7 +105,7 @@ async fn single_room(
 pub async fn connect_seed_room(
     req: &Request,
     ws: WebSocket,
-    Data(state): Data<&AppState>,
+    Data(state): Data<&ApiContext>,
     Path(room_id): Path<Uuid>,
     Query(params): Query<ConnectParams>,
 ) -> Response {
@@ -115,12 +119,12 @@ pub async fn connect_seed_room(
 pub async fn connect_seed_direct(
     req: &Request,
     ws: WebSocket,
-    Data(state): Data<&AppState>,
+    Data(state): Data<&ApiContext>,
     Path(receiver_id): Path<Uuid>,
     Query(params): Query<ConnectParams>,
 ) -> Response {
     let admitted = async {
-        let user = authenticate(req, state, &params).await?;
+        let user = caller(req, state, &params).await?;
         let room_id = state.chat.direct_room(user.id, receiver_id).await?;
         Ok::<_, ApiError>((user, room_id))
     };
@@ -136,9 +140,10 @@ pub async fn connect_seed_direct(
     }
 }
 
-async fn authenticate(
+/// The caller of an upgrade, unless the node is draining.
+async fn caller(
     req: &Request,
-    state: &AppState,
+    state: &ApiContext,
     params: &ConnectParams,
 ) -> Result<AuthUser, ApiError> {
     if state.is_draining() {
@@ -146,24 +151,17 @@ async fn authenticate(
             "this node is shutting down; reconnect",
         ));
     }
-    if let Some(ticket) = &params.ticket {
-        let user = state.chat.redeem_ws_ticket(ticket).await?;
-        state.metrics.count_ticket_redeemed();
-        return Ok(user);
-    }
-    let header = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let token = params.token.as_deref().or(header).ok_or_else(|| {
-        ApiError::unauthorized(
-            "a ticket or token is required (?ticket=, a bearer header or ?token=)",
-        )
-    })?;
-    let user = state.auth.verify(token).await?;
-    if params.token.is_some() {
-        state.metrics.count_token_in_url();
+    let credential = socket_credential(req, params.ticket.as_deref(), params.token.as_deref())
+        .ok_or_else(|| {
+            ApiError::unauthorized(
+                "a ticket or token is required (?ticket=, a bearer header or ?token=)",
+            )
+        })?;
+    let user = authenticate(req, credential).await?;
+    match credential {
+        Credential::Ticket(_) => state.metrics.count_ticket_redeemed(),
+        Credential::UrlToken(_) => state.metrics.count_token_in_url(),
+        Credential::Bearer(_) => {}
     }
     Ok(user)
 }
@@ -172,7 +170,7 @@ async fn authenticate(
 /// open on this node as they may (`429 too_many_sockets`).
 fn upgrade(
     ws: WebSocket,
-    state: &AppState,
+    state: &ApiContext,
     user: AuthUser,
     room: Option<(Uuid, Option<i64>)>,
     dialect: Dialect,

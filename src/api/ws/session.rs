@@ -1,21 +1,19 @@
-//! One WebSocket connection's reader: it turns the client's frames into use cases
-//! ([`crate::chat`]) and their outcomes into replies; the socket's [`writer`] sends them.
+//! One WebSocket connection's reader: it decodes the client's frames into use cases
+//! ([`crate::chat`], the socket's [`Connection`]) and encodes their outcomes as replies;
+//! the socket's [`writer`] sends them.
 //!
-//! Everything the client receives goes through one bounded queue of [`Outbound`] items
-//! that the writer drains in order: replies from the reader, and room events from the
-//! relay. The relay never waits on the queue: when it is full the socket is closed with
-//! 4008 and the client resumes with `since_seq` (SPEC §5).
+//! Everything the client receives goes through the connection's bounded queue, which
+//! the writer drains in order: replies from the reader, and room events from the relay.
+//! The relay never waits on the queue: when it is full the socket is closed as too slow
+//! and the client resumes with `since_seq` (SPEC §5). Why a socket ends is decided by
+//! the connection (`Chat::recheck`), by this loop (idle, the drain, an oversized frame)
+//! or by the relay, as a `CloseReason`; `api::close` turns it into a close code.
 //!
 //! Sends do not hold up the reader: each is queued for its room's group commit at once
 //! (so a socket's sends are numbered in the order it sent them) and its answer waits in
 //! an ordered set of sends in flight, bounded per socket, while the reader goes on.
 
-use std::{
-    future::Future,
-    pin::Pin,
-    sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{future::Future, pin::Pin, time::Duration};
 
 use futures_util::{
     StreamExt,
@@ -31,17 +29,16 @@ use super::{
     writer::{self, WRITE_TIMEOUT},
 };
 use crate::{
-    api::error::ApiError,
-    app::AppState,
-    auth::{AuthUser, bots::BOT_KEY_RECHECK},
+    api::{context::ApiContext, error::ApiError},
+    auth::AuthUser,
     chat::{
-        live::{Connection, SocketPermit},
+        live::{Connection, Notice, SocketPermit},
         messages::SendMessage,
         rooms::ReadUpTo,
     },
     domain::{InvalidInput, parse_seq},
+    model::CloseReason,
     protocol::{ClientFrame, FrameError, ServerFrame},
-    relay::{Closer, Outbound, Signal, queue},
     telemetry::TraceSpan,
 };
 
@@ -57,13 +54,10 @@ const MAX_SENDS_IN_FLIGHT: usize = 64;
 type PendingAck = Pin<Box<dyn Future<Output = String> + Send + Sync>>;
 
 pub struct Session {
-    state: AppState,
-    user: AuthUser,
-    /// The socket's rooms, typing indicators and presence, kept by the use cases.
+    state: ApiContext,
+    /// The socket's rooms, typing indicators, presence and credential, kept by the use
+    /// cases; replies go through it too, in order with room events.
     connection: Connection,
-    /// Where replies go, ahead of or between room events (the writer drains it).
-    queue: queue::Sender<Outbound>,
-    closer: Arc<Closer>,
     /// The room a single-room socket is bound to; frames without `room_id` act on it.
     default_room: Option<Uuid>,
     /// Sends waiting for their commit, answered in the order they were sent.
@@ -79,31 +73,19 @@ impl Session {
     /// holds the session and no copy of its arguments.
     pub fn run(
         socket: WebSocketStream,
-        state: AppState,
+        state: ApiContext,
         user: AuthUser,
         permit: SocketPermit,
         room: Option<(Uuid, Option<i64>)>,
         dialect: Dialect,
     ) -> impl Future<Output = ()> + Send {
         let (sink, stream) = socket.split();
-        let (queue, outbound) = queue::channel(state.settings.limits.outbound_queue);
-        let closer = Arc::new(Closer::default());
-        let writer = tokio::spawn(writer::write_loop(
-            sink,
-            outbound,
-            closer.clone(),
-            state.clone(),
-            user.id,
-            dialect,
-        ));
+        let (connection, outbox) = state.chat.connect(permit, &user);
+        let writer = tokio::spawn(writer::write_loop(sink, outbox, state.clone(), dialect));
         state.metrics.socket_opened();
-        let connection = state.chat.connect(permit, queue.clone(), closer.clone());
         let session = Session {
             state,
-            user,
             connection,
-            queue,
-            closer,
             default_room: room.map(|(id, _)| id),
             sending: FuturesOrdered::new(),
             dialect,
@@ -137,37 +119,26 @@ impl Session {
     /// What the loop waits on besides frames is made once, not on every turn: a busy
     /// socket turns twice per send (the frame, its ack), and remaking a timer, a notify
     /// waiter and a watch waiter each turn cost more than reading the frame. The idle
-    /// limit and the token's expiry share one timer, re-armed only when it fires (as
-    /// [`crate::listener`]'s is).
+    /// limit and the connection's credential checks share one timer, re-armed only when
+    /// it fires (as [`crate::listener`]'s is).
     async fn read_loop(
         &mut self,
         stream: &mut SplitStream<WebSocketStream>,
-    ) -> Option<(u16, &'static str)> {
-        let mut shutdown = self.state.shutdown.subscribe();
-        let draining = async move {
-            let _ = shutdown.wait_for(|draining| *draining).await;
-        };
+    ) -> Option<CloseReason> {
+        let draining = self.state.drained();
         tokio::pin!(draining);
-        let closer = self.closer.clone();
-        let signal = closer.signal();
-        tokio::pin!(signal);
+        let closing = self.connection.closing();
+        let notice = closing.notice();
+        tokio::pin!(notice);
         let mut last_read = Instant::now();
-        // `None` for a token good past the clock's range.
-        let expires_at = last_read.checked_add(Duration::from_secs(
-            self.user.expires_at.saturating_sub(unix_now()),
-        ));
-        // A bot's key is re-checked this often, so a replaced or deleted one closes the
-        // socket (SPEC §11).
-        let bot_key = self.user.bot_key;
-        let mut key_check = bot_key.map(|_| last_read + BOT_KEY_RECHECK);
-        let next_limit = |quiet_until: Instant, key_check: Option<Instant>| {
-            [expires_at, key_check]
-                .into_iter()
-                .flatten()
-                .fold(quiet_until, Instant::min)
+        let next_limit = |quiet_until: Instant, connection: &Connection| {
+            connection
+                .next_check()
+                .map_or(quiet_until, |check| check.min(quiet_until))
         };
         // One timer for every limit (an idle socket's memory is mostly its timers).
-        let limit = tokio::time::sleep_until(next_limit(last_read + IDLE_TIMEOUT, key_check));
+        let limit =
+            tokio::time::sleep_until(next_limit(last_read + IDLE_TIMEOUT, &self.connection));
         tokio::pin!(limit);
         loop {
             tokio::select! {
@@ -178,7 +149,7 @@ impl Session {
                         Some(Err(err)) => {
                             let err = err.to_string().to_lowercase();
                             let too_big = err.contains("too long") || err.contains("size");
-                            return too_big.then_some((1009, "frame too large"));
+                            return too_big.then_some(CloseReason::FrameTooLarge);
                         }
                         Some(Ok(WsMessage::Text(text))) => {
                             // Each frame starts a trace; a send's commit, publish and
@@ -204,20 +175,10 @@ impl Session {
                 }
                 () = &mut limit => {
                     let now = Instant::now();
-                    if expires_at.is_some_and(|at| now >= at) {
-                        return Some((4001, "token expired"));
-                    }
-                    if let (Some(key), Some(at)) = (&bot_key, key_check)
-                        && now >= at
-                    {
-                        // Postgres unreachable is not a revocation: the socket stays
-                        // and the key is asked about again next time. Boxed: inline,
-                        // its future would grow every socket's task, bots' or not.
-                        let check = Box::pin(self.state.auth.bot_of_key(key));
-                        if let Ok(None) = check.await {
-                            return Some((4001, "bot key replaced or deleted"));
-                        }
-                        key_check = Some(now + BOT_KEY_RECHECK);
+                    // Boxed: inline, a bot key's check would grow every socket's task.
+                    let checked = Box::pin(self.state.chat.recheck(&mut self.connection));
+                    if let Err(reason) = checked.await {
+                        return Some(reason);
                     }
                     if self.reading_paused() {
                         // Not the client's silence.
@@ -225,19 +186,19 @@ impl Session {
                     }
                     let quiet_until = last_read + IDLE_TIMEOUT;
                     if now >= quiet_until {
-                        return Some((1001, "idle"));
+                        return Some(CloseReason::Idle);
                     }
-                    limit.as_mut().reset(next_limit(quiet_until, key_check));
+                    limit.as_mut().reset(next_limit(quiet_until, &self.connection));
                 }
-                received = &mut signal => match received {
-                    Signal::Close(..) => return None,
-                    Signal::Revoked => {
-                        signal.set(closer.signal());
-                        let rooms = closer.take_revoked();
-                        self.state.chat.forget_revoked(&mut self.connection, rooms);
+                received = &mut notice => match received {
+                    // Someone else decided (the relay: too slow); theirs is the reason.
+                    Notice::Close(_) => return None,
+                    Notice::Revoked => {
+                        notice.set(closing.notice());
+                        self.state.chat.forget_revoked(&mut self.connection);
                     }
                 },
-                () = &mut draining => return Some((1012, "service restart: reconnect and resume")),
+                () = &mut draining => return Some(CloseReason::Restart),
             }
         }
     }
@@ -249,8 +210,8 @@ impl Session {
     }
 
     /// Ends every subscription, presence and typing indicator of this socket, and closes
-    /// it with `close` (or 1000) once the acks of sends still in flight are queued.
-    async fn finish(mut self, close: Option<(u16, &'static str)>) {
+    /// it for `close` (or normally) once the acks of sends still in flight are queued.
+    async fn finish(mut self, close: Option<CloseReason>) {
         let acked = async {
             while let Some(answer) = self.sending.next().await {
                 self.reply_json(answer).await;
@@ -259,9 +220,8 @@ impl Session {
         if tokio::time::timeout(WRITE_TIMEOUT, acked).await.is_err() {
             tracing::debug!("sends still in flight at close");
         }
-        self.state.chat.disconnect(self.connection).await;
-        let (code, reason) = close.unwrap_or((1000, "bye"));
-        self.closer.close(code, reason);
+        let reason = close.unwrap_or(CloseReason::Normal);
+        self.state.chat.disconnect(self.connection, reason).await;
     }
 
     async fn handle(&mut self, text: &str) {
@@ -367,7 +327,11 @@ impl Session {
             client_msg_id: client_msg_id.as_deref(),
             reply_to: None,
         };
-        let queued = self.state.chat.send(self.user.id, request).await?;
+        let queued = self
+            .state
+            .chat
+            .send(self.connection.user_id(), request)
+            .await?;
         Ok(Box::pin(async move {
             let key = client_msg_id.as_deref();
             match queued.stored().await {
@@ -411,7 +375,7 @@ impl Session {
         let seq = self
             .state
             .chat
-            .mark_read(self.user.id, room_id, upto)
+            .mark_read(self.connection.user_id(), room_id, upto)
             .await?;
         self.reply(&ServerFrame::ReadAck { room_id, seq }).await;
         Ok(())
@@ -423,7 +387,7 @@ impl Session {
 
     /// Queues a reply that is already serialised.
     async fn reply_json(&self, frame: String) {
-        let _ = self.queue.send(Outbound::Frame(frame)).await;
+        self.connection.reply(frame).await;
     }
 
     async fn error(&self, code: &str, message: &str, reference: Option<&str>) {
@@ -449,11 +413,4 @@ fn error_json(code: &str, message: &str, reference: Option<&str>) -> String {
         reference,
     };
     frame.to_json()
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
 }

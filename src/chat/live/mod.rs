@@ -1,25 +1,41 @@
-//! Live use: a socket's [`Connection`] to the rooms it follows, typing indicators and
-//! presence.
+//! Live use: what a socket is promised, as a use case of its own.
 //!
-//! A connection is the socket's side of the relay and of presence: the rooms it is
-//! subscribed to, the rooms where its user said they are typing, and its presence lease.
-//! The surface (the WebSocket session) owns it and hands it to these methods; it never
-//! touches the relay or presence itself.
+//! A socket has two halves, because it has two tasks. Its [`Connection`] is the reading
+//! half's: the rooms it follows, where its user said they are typing, its presence
+//! lease, and the credential it was opened with, re-checked while it lives (a token
+//! that expires, a bot key replaced or deleted: SPEC §2, §11). Its [`Outbox`] is the
+//! writing half's: everything the client is sent passes through it, and it keeps the
+//! resume seam (SPEC §1.4): each `seq` once, in order, across the replay from Postgres
+//! and the live events behind it.
+//!
+//! Why a socket ends is a [`CloseReason`], decided here (or by the relay, for a reader
+//! too slow for its rooms); the WebSocket API turns reasons into close codes in one
+//! table. The surface (`api::ws`) owns the socket, decodes and encodes frames, and
+//! hands both halves to these methods; it never touches the relay or presence itself.
+
+mod outbox;
+
+pub use outbox::{Delivery, EventFrame, Outbox, Replay};
 
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use tokio::time::Instant as Deadline;
 use uuid::Uuid;
 
 use super::{Chat, ChatError, meter};
 use crate::{
+    auth::{
+        AuthUser,
+        bots::{BOT_KEY_RECHECK, KeyHash},
+    },
     bus::RoomEvent,
-    model::{Message, User},
+    model::{CloseReason, User},
     presence::RoomSet,
-    relay::{Closer, Outbound, Socket, Subscriber, queue},
+    relay::{Closer, Outbound, Signal, Socket, Subscriber, queue},
     store::StoreError,
 };
 
@@ -45,25 +61,96 @@ impl Drop for SocketPermit {
     }
 }
 
-/// One socket's live state.
+/// The reading half of one socket's live state: see the module's docs.
 pub struct Connection {
     /// The socket's user, and their place among their sockets on this node.
     permit: SocketPermit,
     /// This connection's presence key.
     id: Uuid,
-    /// The socket as rooms see it: its queue (the socket's writer drains it) and how
-    /// rooms close it (4008 when its queue is full).
+    /// The socket as rooms see it: its queue (the [`Outbox`] drains it) and how rooms
+    /// end it (too slow) or its subscriptions (access lost).
     socket: Arc<Socket>,
     /// Rooms this socket is subscribed to.
     rooms: RoomSet,
     /// Rooms where this socket last said its user is typing, with when the room last
     /// heard so: repeats are coalesced, and these are cleared on disconnect.
     typing_in: HashMap<Uuid, Instant>,
+    /// What the credential the socket was opened with is checked against.
+    checks: Checks,
+}
+
+/// What a socket's credential is checked against while it lives (on tokio's clock, which
+/// tests can pause).
+struct Checks {
+    /// When the token expires (`None`: past the clock's range).
+    expires_at: Option<Deadline>,
+    /// A bot key and when it is next asked about (SPEC §11).
+    bot_key: Option<(KeyHash, Deadline)>,
 }
 
 impl Connection {
     pub fn user_id(&self) -> Uuid {
         self.permit.user_id
+    }
+
+    /// When [`Chat::recheck`] next has something to decide, if ever.
+    pub fn next_check(&self) -> Option<Deadline> {
+        let key_check = self.checks.bot_key.as_ref().map(|(_, at)| *at);
+        [self.checks.expires_at, key_check]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// A handle that resolves when the socket must close or lost a room, for the
+    /// session to wait on beside the client's frames.
+    pub fn closing(&self) -> Closing {
+        Closing(self.socket.closer.clone())
+    }
+
+    /// Queues a reply to one of the socket's own frames (already serialised), in order
+    /// with the room events around it.
+    pub async fn reply(&self, frame: String) {
+        let _ = self.socket.queue.send(Outbound::Frame(frame)).await;
+    }
+}
+
+/// A socket's end, as both of its halves see it: a close asked for by anyone (the
+/// relay, the connection, the drain), and the rooms that ended its subscriptions.
+#[derive(Clone)]
+pub struct Closing(Arc<Closer>);
+
+/// What [`Closing::notice`] resolves with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notice {
+    /// The socket must close, for this reason.
+    Close(CloseReason),
+    /// Rooms ended subscriptions (their user lost access): [`Chat::forget_revoked`].
+    Revoked,
+}
+
+impl Closing {
+    /// Resolves once the socket must close or a room ended one of its subscriptions.
+    pub async fn notice(&self) -> Notice {
+        match self.0.signal().await {
+            Signal::Close(reason) => Notice::Close(reason),
+            Signal::Revoked => Notice::Revoked,
+        }
+    }
+
+    /// Resolves with the reason once a close is requested.
+    pub async fn requested(&self) -> CloseReason {
+        self.0.requested().await
+    }
+
+    /// Whether a close has been requested (one atomic load).
+    pub fn is_requested(&self) -> bool {
+        self.0.is_requested()
+    }
+
+    /// Asks the socket to close; the first request wins.
+    pub fn close(&self, reason: CloseReason) {
+        self.0.close(reason);
     }
 }
 
@@ -84,14 +171,20 @@ impl Chat {
         })
     }
 
-    /// Starts an admitted socket's connection: its user is online from now on.
-    pub fn connect(
-        &self,
-        permit: SocketPermit,
-        queue: queue::Sender<Outbound>,
-        closer: Arc<Closer>,
-    ) -> Connection {
+    /// Starts an admitted socket's connection, opened with `credential`: its user is
+    /// online from now on. Returns its two halves: the [`Connection`] for the task that
+    /// reads the socket, the [`Outbox`] for the task that writes it.
+    pub fn connect(&self, permit: SocketPermit, credential: &AuthUser) -> (Connection, Outbox) {
         let user_id = permit.user_id;
+        let (queue, outbound) = queue::channel(self.limits.outbound_queue);
+        let closer = Arc::new(Closer::default());
+        let now = Deadline::now();
+        let checks = Checks {
+            expires_at: now.checked_add(Duration::from_secs(
+                credential.expires_at.saturating_sub(unix_now()),
+            )),
+            bot_key: credential.bot_key.map(|key| (key, now + BOT_KEY_RECHECK)),
+        };
         let connection = Connection {
             permit,
             id: Uuid::now_v7(),
@@ -99,13 +192,34 @@ impl Chat {
                 id: self.next_socket_id(),
                 user_id,
                 queue,
-                closer,
+                closer: closer.clone(),
             }),
             rooms: RoomSet::default(),
             typing_in: HashMap::new(),
+            checks,
         };
         self.presence.connect(connection.id, user_id);
-        connection
+        (connection, Outbox::new(outbound, Closing(closer), user_id))
+    }
+
+    /// Whether the socket's credential is still good at `now`: a token past its expiry
+    /// ends it ([`CloseReason::TokenExpired`]), and a bot key is asked about every
+    /// [`BOT_KEY_RECHECK`] ([`CloseReason::KeyRevoked`] once replaced or deleted).
+    /// Postgres unreachable is not a revocation: the key is asked about again later.
+    pub async fn recheck(&self, connection: &mut Connection) -> Result<(), CloseReason> {
+        let now = Deadline::now();
+        if connection.checks.expires_at.is_some_and(|at| now >= at) {
+            return Err(CloseReason::TokenExpired);
+        }
+        if let Some((key, at)) = &mut connection.checks.bot_key
+            && now >= *at
+        {
+            if let Ok(None) = self.auth.bot_of_key(key).await {
+                return Err(CloseReason::KeyRevoked);
+            }
+            *at = now + BOT_KEY_RECHECK;
+        }
+        Ok(())
     }
 
     /// Whether `viewer` may see a room at all (`room_not_found` if not).
@@ -151,23 +265,6 @@ impl Chat {
         Ok(())
     }
 
-    /// A subscribed socket's missed messages, `after < seq <= upto`, ascending, at most
-    /// `limit`: the replay of SPEC §1.4. Access was checked when the subscription began
-    /// (a revocation ends the subscription, and with it the replay).
-    pub async fn history(
-        &self,
-        viewer: Uuid,
-        room_id: Uuid,
-        after: i64,
-        upto: i64,
-        limit: i64,
-    ) -> Result<Vec<Message>, ChatError> {
-        Ok(self
-            .store
-            .messages_in_range(viewer, room_id, after, upto, limit)
-            .await?)
-    }
-
     /// Ends the socket's subscription to a room (if it had one) and tells the socket so.
     /// Subscribes and unsubscribes share one budget per socket (SPEC §10).
     pub async fn unsubscribe(
@@ -189,11 +286,12 @@ impl Chat {
         Ok(())
     }
 
-    /// The relay ended the socket's subscriptions to these rooms: its user lost access
-    /// (and the socket was told why). Forgets them, so room presence drops the socket.
-    pub fn forget_revoked(&self, connection: &mut Connection, rooms: Vec<Uuid>) {
+    /// The relay ended some of the socket's subscriptions: its user lost access (and
+    /// the socket is told why through its [`Outbox`]). Forgets them, so room presence
+    /// drops the socket.
+    pub fn forget_revoked(&self, connection: &mut Connection) {
         let mut forgot = false;
-        for room_id in rooms {
+        for room_id in connection.socket.closer.take_revoked() {
             if connection.rooms.remove(&room_id) {
                 self.hub.leave(room_id, connection.socket.id);
                 forgot = true;
@@ -245,8 +343,9 @@ impl Chat {
     }
 
     /// Ends a socket's connection: its subscriptions, its presence lease and its typing
-    /// indicators (the rooms hear that it stopped typing).
-    pub async fn disconnect(&self, connection: Connection) {
+    /// indicators (the rooms hear that it stopped typing); then asks the socket to close
+    /// for `reason` (the first reason asked for wins).
+    pub async fn disconnect(&self, connection: Connection, reason: CloseReason) {
         let user_id = connection.user_id();
         for room_id in connection.rooms.iter() {
             self.hub.leave(*room_id, connection.socket.id);
@@ -256,6 +355,7 @@ impl Chat {
             let event = RoomEvent::typing(room_id, user_id, false);
             self.bus.publish(&event).await;
         }
+        connection.socket.closer.close(reason);
     }
 
     /// Users with a live connection anywhere in the cluster.
@@ -277,4 +377,11 @@ impl Chat {
         }
         Ok(users)
     }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
 }

@@ -1,0 +1,29 @@
+//! Who is calling: the one use case that turns a credential into the caller, whatever
+//! surface it arrives on (REST, the seeds' routes, a WebSocket upgrade).
+
+use super::{Chat, ChatError};
+use crate::auth::AuthUser;
+
+/// How a caller proves who they are.
+#[derive(Debug, Clone, Copy)]
+pub enum Credential<'a> {
+    /// `Authorization: Bearer …`: Natter's own token, an external issuer's, or a bot key.
+    Bearer(&'a str),
+    /// `?token=…` in a URL, kept for the seeds' clients and old WebSocket clients: the
+    /// same tokens, though proxies log URLs.
+    UrlToken(&'a str),
+    /// A single-use WebSocket ticket from `POST /v1/ws/tickets` (SPEC §10).
+    Ticket(&'a str),
+}
+
+impl Chat {
+    /// The caller behind `credential`, or why not.
+    pub async fn authenticate(&self, credential: Credential<'_>) -> Result<AuthUser, ChatError> {
+        match credential {
+            Credential::Bearer(token) | Credential::UrlToken(token) => {
+                Ok(self.auth.verify(token).await?)
+            }
+            Credential::Ticket(ticket) => self.redeem_ws_ticket(ticket).await,
+        }
+    }
+}
