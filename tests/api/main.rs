@@ -2,7 +2,9 @@
 //! Run them with `bash tests/run`.
 
 mod abuse;
+mod access_revocation;
 mod auth;
+mod body_limit;
 mod browser;
 mod cluster;
 mod compat;
@@ -13,14 +15,20 @@ mod integrations;
 mod jwt;
 mod layout;
 mod messages;
+mod metering;
 mod openapi_fuzz;
 mod ops;
 mod own_postgres;
 mod privacy;
+mod reaction_limits;
 mod realtime;
 mod rooms;
+mod secrets;
 mod security;
+mod sign_in_throttle;
 mod standby;
 mod traces;
+mod typing;
 mod validation;
 mod webhooks;
+mod websocket_admission;

@@ -642,3 +642,56 @@ async fn a_send_that_gives_up_waiting_for_its_rooms_lock_fails_alone_and_leaves_
 
     later_sends_succeed(&app, &user, room, 0).await;
 }
+
+#[tokio::test]
+async fn in_a_direct_room_only_a_messages_sender_may_delete_it() {
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    // Alice opens the direct room, which once made her its "owner".
+    let opened = app
+        .post("/v1/dms", &alice.token, json!({"user_id": bob.id}))
+        .await;
+    opened.assert_status(201);
+    let room: uuid::Uuid = opened.body["id"].as_str().unwrap().parse().unwrap();
+    let from_bob = app.send(&bob, room, "only I may take this back").await;
+    let path = format!(
+        "/v1/rooms/{room}/messages/{}",
+        from_bob["id"].as_str().unwrap()
+    );
+
+    let by_alice = app
+        .call(Method::DELETE, &path, Some(&alice.token), None)
+        .await;
+    by_alice.assert_status(403);
+    assert_eq!(by_alice.error_code(), "not_sender");
+    let page = app
+        .get(&format!("/v1/rooms/{room}/messages"), &alice.token)
+        .await;
+    assert_eq!(page.body["messages"][0]["deleted"], Value::Bool(false));
+
+    let by_bob = app
+        .call(Method::DELETE, &path, Some(&bob.token), None)
+        .await;
+    by_bob.assert_status(200);
+    assert_eq!(by_bob.body["deleted"], true);
+
+    // Alice still deletes her own, and an owner of a group room still moderates it.
+    let mine = app.send(&alice, room, "mine").await;
+    let mine = format!("/v1/rooms/{room}/messages/{}", mine["id"].as_str().unwrap());
+    app.call(Method::DELETE, &mine, Some(&alice.token), None)
+        .await
+        .assert_status(200);
+    let group = app.create_room(&alice, "group", "public").await;
+    app.post(&format!("/v1/rooms/{group}/join"), &bob.token, json!({}))
+        .await
+        .assert_status(204);
+    let in_group = app.send(&bob, group, "moderated").await;
+    let in_group = format!(
+        "/v1/rooms/{group}/messages/{}",
+        in_group["id"].as_str().unwrap()
+    );
+    app.call(Method::DELETE, &in_group, Some(&alice.token), None)
+        .await
+        .assert_status(200);
+}

@@ -394,3 +394,40 @@ async fn my_rooms_are_ordered_by_activity_with_unread_counts_and_last_message() 
     assert_eq!(next.body["rooms"][0]["id"], quiet.to_string());
     assert!(next.body["next_cursor"].is_null());
 }
+
+#[tokio::test]
+async fn a_room_whose_history_takes_longer_to_delete_than_the_statement_timeout_is_deleted() {
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let room = app.create_room(&alice, "long history", "public").await;
+    let db = app.store_history(room, alice.id, 100_000).await;
+    // Deleting messages costs time that grows faster than the rows one statement takes:
+    // 100,000 at once would take 16 s, past the 15 s statement timeout; 5,000 take 40 ms.
+    db.batch_execute(
+        "CREATE FUNCTION slow_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             PERFORM pg_sleep(power((SELECT count(*) FROM gone) / 25000.0, 2));
+             RETURN NULL;
+         END $$;
+         CREATE TRIGGER slow_delete AFTER DELETE ON messages
+             REFERENCING OLD TABLE AS gone FOR EACH STATEMENT EXECUTE FUNCTION slow_delete();",
+    )
+    .await
+    .unwrap();
+    app.call(
+        Method::DELETE,
+        &format!("/v1/rooms/{room}"),
+        Some(&alice.token),
+        None,
+    )
+    .await
+    .assert_status(204);
+    let left: i64 = db
+        .query_one("SELECT count(*) FROM messages WHERE room_id = $1", &[&room])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+    let gone = app.get(&format!("/v1/rooms/{room}"), &alice.token).await;
+    assert_eq!(gone.status.as_u16(), 404);
+}

@@ -1,5 +1,6 @@
 //! Hostile clients: the authorization matrix over REST routes and WebSocket frames,
-//! cross-origin requests, slow (slowloris) requests, and what the logs must never hold.
+//! cross-origin requests, slow (slowloris) requests, what the logs must never hold, and
+//! that `/metrics` is not served on the API port once `METRICS_ADDR` gives it its own.
 
 use std::{process::Stdio, time::Duration};
 
@@ -450,4 +451,33 @@ async fn logs_are_json_lines_with_node_and_trace_ids_and_never_hold_secrets() {
         let leak = logs.lines().find(|line| line.contains(secret));
         assert!(leak.is_none(), "{secret:?} logged in {leak:?}");
     }
+}
+
+#[tokio::test]
+async fn with_metrics_addr_the_api_port_has_no_metrics_and_the_metrics_port_nothing_else() {
+    let app = spawn_app_with(|s| s.metrics_addr = Some("127.0.0.1:0".parse().unwrap())).await;
+    let public = app.call(Method::GET, "/metrics", None, None).await;
+    assert_eq!(public.status.as_u16(), 404);
+    let metrics_addr = app.metrics_addr.expect("a metrics listener");
+    let scrape = app
+        .http()
+        .get(format!("http://{metrics_addr}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(scrape.status(), 200);
+    assert!(
+        scrape
+            .text()
+            .await
+            .unwrap()
+            .contains("natter_websockets_open")
+    );
+    let other = app
+        .http()
+        .get(format!("http://{metrics_addr}/v1/users/me"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 404);
 }

@@ -1,0 +1,134 @@
+//! Rate budgets against a client that floods (SPEC §10): edits, deletes and reaction
+//! toggles share one per-user budget, room creation has its own per minute, and a
+//! socket's subscribe/unsubscribe churn is metered per socket without closing it. Each
+//! of these is broadcast or stored, so an unmetered loop would cost every node. The
+//! send rate limit is tested in messages.rs.
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::helpers::spawn_app;
+
+/// Makes `attempt` until it is refused with `429 rate_limited` (at most `limit` times);
+/// returns how many succeeded first.
+async fn until_rate_limited<F, Fut>(limit: usize, mut attempt: F) -> usize
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = crate::helpers::Reply>,
+{
+    for i in 0..limit {
+        let reply = attempt(i).await;
+        if reply.status.as_u16() == 429 {
+            assert_eq!(reply.error_code(), "rate_limited");
+            let retry_after: u64 = reply.headers["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(retry_after >= 1);
+            return i;
+        }
+        assert!(reply.status.is_success(), "attempt {i}: {:?}", reply.body);
+    }
+    panic!("{limit} attempts and no 429");
+}
+
+#[tokio::test]
+async fn edits_deletes_and_reaction_changes_share_one_metered_budget_per_user() {
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let room = app.create_room(&alice, "r", "public").await;
+    let message = app.send(&alice, room, "toggle me").await;
+    let path = format!(
+        "/v1/rooms/{room}/messages/{}/reactions/👍",
+        message["id"].as_str().unwrap()
+    );
+    // Reaction toggles, as fast as one client can: the burst (60) goes through, then 429.
+    let allowed = until_rate_limited(1000, |i| {
+        let method = if i % 2 == 0 {
+            Method::PUT
+        } else {
+            Method::DELETE
+        };
+        let (app, path, token) = (&app, path.clone(), alice.token.clone());
+        async move { app.call(method, &path, Some(&token), None).await }
+    })
+    .await;
+    assert!(
+        (60..100).contains(&allowed),
+        "{allowed} toggles before the 429"
+    );
+    // The same budget covers edits; sends and other users have their own.
+    let edit = format!(
+        "/v1/rooms/{room}/messages/{}",
+        message["id"].as_str().unwrap()
+    );
+    let refused = app
+        .call(
+            Method::PATCH,
+            &edit,
+            Some(&alice.token),
+            Some(json!({"text": "edited"})),
+        )
+        .await;
+    refused.assert_status(429);
+    app.send(&alice, room, "sending is another budget").await;
+    app.post(&format!("/v1/rooms/{room}/join"), &bob.token, json!({}))
+        .await
+        .assert_status(204);
+    app.call(Method::PUT, &path, Some(&bob.token), None)
+        .await
+        .assert_status(200);
+}
+
+#[tokio::test]
+async fn a_user_creates_at_most_thirty_rooms_a_minute() {
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let allowed = until_rate_limited(60, |i| {
+        let (app, token) = (&app, alice.token.clone());
+        async move {
+            let body = json!({"name": format!("room {i}"), "kind": "public"});
+            app.post("/v1/rooms", &token, body).await
+        }
+    })
+    .await;
+    // The burst of 30, and at most a few that the budget refilled (one every 2 s).
+    assert!(
+        (30..35).contains(&allowed),
+        "{allowed} rooms before the 429"
+    );
+    let bob = app.register("bob").await;
+    app.create_room(&bob, "bob's", "public").await;
+}
+
+#[tokio::test]
+async fn subscribe_churn_is_metered_per_socket_and_the_socket_stays_open() {
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let room = app.create_room(&alice, "r", "public").await;
+    let mut ws = crate::helpers::WsClient::connect(app.addr, "/v1/ws", &alice.token).await;
+    for _ in 0..300 {
+        ws.send(json!({"type": "unsubscribe", "room_id": room}))
+            .await;
+    }
+    let mut answered = 0;
+    let mut limited = 0;
+    for _ in 0..300 {
+        let frame = ws.recv().await;
+        match frame["type"].as_str() {
+            Some("unsubscribed") => answered += 1,
+            Some("error") => {
+                assert_eq!(frame["code"], "rate_limited");
+                assert_eq!(frame["ref"], "unsubscribe");
+                limited += 1;
+            }
+            other => panic!("unexpected {other:?}: {frame}"),
+        }
+    }
+    assert!(answered >= 100, "{answered} answered");
+    assert!(limited > 0, "no churn was refused");
+    ws.send(json!({"type": "ping"})).await;
+    assert_eq!(ws.recv().await, json!({"type": "pong"}));
+}

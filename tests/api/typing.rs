@@ -1,0 +1,53 @@
+//! Typing indicators under a client that sends one per keystroke (SPEC §10): a change
+//! reaches the room at once, a kept-up `true` at most once per 3 s, a `false` that
+//! changes nothing not at all, and every frame is still acked. Without this each
+//! keystroke would be a broadcast to the room. The basic typing round trip is in
+//! realtime.rs.
+
+use serde_json::json;
+
+use crate::{helpers::spawn_app, realtime::public_room_with};
+
+#[tokio::test]
+async fn two_hundred_typing_frames_in_a_second_reach_the_room_as_one_event_and_every_frame_is_acked()
+ {
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let room = public_room_with(&app, &alice, &[&bob]).await;
+    let mut typer = crate::helpers::WsClient::connect(app.addr, "/v1/ws", &alice.token).await;
+    let mut watcher = crate::helpers::WsClient::connect(app.addr, "/v1/ws", &bob.token).await;
+    typer.subscribe(room, None).await;
+    watcher.subscribe(room, None).await;
+    for _ in 0..200 {
+        typer
+            .send(json!({"type": "typing", "room_id": room, "value": true}))
+            .await;
+    }
+    for _ in 0..200 {
+        assert_eq!(typer.recv_type("typing_ack").await["value"], true);
+    }
+    typer
+        .send(json!({"type": "typing", "room_id": room, "value": false}))
+        .await;
+    typer.recv_type("typing_ack").await;
+    // Bob sees the start, then the stop: nothing in between (a second start only if the
+    // frames took the node over 3 s, on a very loaded machine).
+    let mut seen = Vec::new();
+    while let Some(Ok(frame)) = watcher.next(std::time::Duration::from_millis(500)).await {
+        if frame["type"] == "typing" {
+            seen.push(frame["value"].as_bool().unwrap());
+        }
+    }
+    let starts = seen.iter().filter(|v| **v).count();
+    assert!((1..=2).contains(&starts), "{seen:?}");
+    assert_eq!(seen.first(), Some(&true), "{seen:?}");
+    assert_eq!(seen.last(), Some(&false), "{seen:?}");
+    // A stop that changes nothing is acked and not sent.
+    typer
+        .send(json!({"type": "typing", "room_id": room, "value": false}))
+        .await;
+    typer.recv_type("typing_ack").await;
+    let next = watcher.next(std::time::Duration::from_millis(300)).await;
+    assert!(next.is_none(), "{next:?}");
+}
