@@ -2,10 +2,12 @@
 CustomResourceDefinitions, which kubernetes-validate does not know, and passes the rest
 on: `python3 tests/k8s_crds.py RENDERED.yaml BUILTIN_OUT.yaml`.
 
-The CRDs are vendored in tests/fixtures/ (today CloudNativePG's `Cluster`). A resource
-of an operator group with no vendored CRD is an error, not a pass. As a check on the
-check, each resource is also validated once spoiled (`spec.instances: "three"`, which
-every `Cluster` schema refuses) and must then fail.
+The CRDs are vendored in tests/fixtures/ (CloudNativePG's `Cluster`, the Prometheus
+Operator's `ServiceMonitor`). A resource of an operator group with no vendored CRD is an
+error, not a pass. Like the API server (and kubernetes-validate --strict), a field the
+schema does not name is an error. As a check on the check, each resource is also
+validated spoiled, once with a mistake of its kind (SPOILS) and once with an unknown
+field in its spec, and must fail both times.
 """
 
 import copy
@@ -16,17 +18,59 @@ import jsonschema
 import yaml
 
 FIXTURES = Path(__file__).parent / "fixtures"
-CRDS = [FIXTURES / "cnpg" / "postgresql.cnpg.io_clusters.yaml"]
+CRDS = [
+    FIXTURES / "cnpg" / "postgresql.cnpg.io_clusters.yaml",
+    FIXTURES / "prometheus-operator" / "monitoring.coreos.com_servicemonitors.yaml",
+]
+
+
+def spoil_cluster(spec):
+    spec["instances"] = "three"
+
+
+def spoil_service_monitor(spec):
+    # A port number where the name of the Service's port belongs (numbers: targetPort).
+    for endpoint in spec.get("endpoints") or []:
+        endpoint["port"] = 9090
+
+
+# kind -> a mistake every schema of that kind refuses, made in a copy of the spec.
+SPOILS = {"Cluster": spoil_cluster, "ServiceMonitor": spoil_service_monitor}
+
+
+def closed(schema):
+    """The schema with unknown fields refused: every object schema that lists its
+    properties and neither says what else it takes (additionalProperties) nor keeps
+    unknown fields (x-kubernetes-preserve-unknown-fields, embedded resources) gets
+    additionalProperties: false, which is what the API server's pruning and strict field
+    validation amount to."""
+    if not isinstance(schema, dict):
+        return schema
+    out = dict(schema)
+    for key in ("properties", "patternProperties", "definitions"):
+        if key in schema:
+            out[key] = {name: closed(sub) for name, sub in schema[key].items()}
+    for key in ("items", "additionalProperties", "not"):
+        if isinstance(schema.get(key), dict):
+            out[key] = closed(schema[key])
+    for key in ("allOf", "anyOf", "oneOf"):
+        if key in schema:
+            out[key] = [closed(sub) for sub in schema[key]]
+    if ("properties" in schema and "additionalProperties" not in schema
+            and not schema.get("x-kubernetes-preserve-unknown-fields")
+            and not schema.get("x-kubernetes-embedded-resource")):
+        out["additionalProperties"] = False
+    return out
 
 
 def schemas():
-    """(group/version, kind) -> the version's openAPIV3Schema."""
+    """(group/version, kind) -> the version's openAPIV3Schema, closed."""
     found = {}
     for path in CRDS:
         crd = yaml.safe_load(path.read_text())
         group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
         for version in crd["spec"]["versions"]:
-            found[(f"{group}/{version['name']}", kind)] = version["schema"]["openAPIV3Schema"]
+            found[(f"{group}/{version['name']}", kind)] = closed(version["schema"]["openAPIV3Schema"])
     return found
 
 
@@ -56,10 +100,15 @@ def main(rendered, builtin_out):
             continue
         checked += 1
         problems += [f"{kind} {name}: {e}" for e in errors(schema, doc)]
-        spoiled = copy.deepcopy(doc)
-        spoiled["spec"]["instances"] = "three"
-        if not errors(schema, spoiled):
-            problems.append(f"{kind} {name}: the schema accepted a spoiled copy; the check checks nothing")
+        if kind not in SPOILS:
+            problems.append(f"{kind} {name}: no spoiled copy to check the check with (SPOILS)")
+            continue
+        for what, spoil in (("a spoiled copy", SPOILS[kind]),
+                            ("an unknown field", lambda spec: spec.update(notAField=True))):
+            spoiled = copy.deepcopy(doc)
+            spoil(spoiled["spec"])
+            if not errors(schema, spoiled):
+                problems.append(f"{kind} {name}: the schema accepted {what}; the check checks nothing")
     with open(builtin_out, "w") as out:
         yaml.safe_dump_all(builtins, out, sort_keys=False)
     for problem in problems:

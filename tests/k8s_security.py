@@ -6,7 +6,9 @@ checked without a cluster: `python3 tests/k8s_security.py RENDERED.yaml...`.
   ingress controller's namespace and its metrics port only from monitoring.
 - NATS: authorization on, its monitoring port on loopback and on no Service or
   container port; Natter signs in with the password from the Secret.
-- /metrics: on Natter's own metrics port, which no Service and no Ingress routes.
+- /metrics: on Natter's own metrics port, which no Ingress routes and no Service with a
+  cluster IP; only a headless Service names it, for a ServiceMonitor (Prometheus scrapes
+  the pods themselves), and a ServiceMonitor scrapes that port and nothing else.
 - No secret this repository ever published as Natter's token key.
 """
 
@@ -62,10 +64,28 @@ def check(path):
     need(allowed("natter", "http") == [namespace("ingress-nginx")], "Natter HTTP: the ingress only")
     need(allowed("natter", "metrics") == [namespace("monitoring")], "Natter metrics: monitoring only")
 
-    for service in by_kind.get("Service", {}).values():
+    def is_metrics(port):
+        return port.get("name") == "metrics" or port.get("targetPort") in ("metrics", 9090) or port["port"] == 9090
+
+    services = by_kind.get("Service", {})
+    for name, service in services.items():
         for port in service["spec"]["ports"]:
-            need(port["port"] != 8222 and port.get("name") not in ("monitor", "metrics"),
-                 f"Service {service['metadata']['name']} exposes {port}")
+            need(port["port"] != 8222 and port.get("targetPort") != 8222 and port.get("name") != "monitor",
+                 f"Service {name} exposes NATS monitoring: {port}")
+            if is_metrics(port):
+                need(service["spec"].get("clusterIP") == "None"
+                     and service["spec"].get("selector") == {"app.kubernetes.io/name": "natter"}
+                     and port.get("name") == "metrics" and port.get("targetPort") == "metrics",
+                     f"Service {name} routes the metrics port: {port} (only a headless Service may name it)")
+    for monitor_name, monitor in by_kind.get("ServiceMonitor", {}).items():
+        wanted = monitor["spec"]["selector"].get("matchLabels", {})
+        targets = [s for s in services.values()
+                   if wanted and wanted.items() <= s["metadata"].get("labels", {}).items()]
+        need(targets, f"ServiceMonitor {monitor_name} selects a Service")
+        for endpoint in monitor["spec"]["endpoints"]:
+            ports = [p for s in targets for p in s["spec"]["ports"] if p.get("name") == endpoint.get("port")]
+            need(ports and all(p.get("targetPort") == "metrics" for p in ports),
+                 f"ServiceMonitor {monitor_name} scrapes the metrics port (which monitoring may reach)")
     for kind in ("StatefulSet", "Deployment"):
         for workload in by_kind.get(kind, {}).values():
             for container in workload["spec"]["template"]["spec"]["containers"]:
