@@ -6,6 +6,7 @@ mod auth;
 mod browser;
 mod cluster;
 mod compat;
+mod docs;
 mod failover;
 mod generated_client;
 mod helpers;
