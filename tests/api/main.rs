@@ -8,6 +8,7 @@ mod body_limit;
 mod browser;
 mod cluster;
 mod compat;
+mod docs;
 mod failover;
 mod generated_client;
 mod helpers;
