@@ -8,8 +8,8 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::{
-    abuse::refused_handshake,
     helpers::{Reply, TestApp, WsClient, reply, settings, spawn_app, spawn_app_with, spawn_node},
+    websocket_admission::refused_handshake,
 };
 
 /// A request as the seeds' clients send it: the token in `?token=`.

@@ -1,7 +1,6 @@
 //! Integration tests: real nodes over real HTTP against the harness's Postgres and NATS.
 //! Run them with `bash tests/run`.
 
-mod abuse;
 mod access_revocation;
 mod auth;
 mod body_limit;
