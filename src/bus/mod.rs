@@ -1,9 +1,12 @@
 //! NATS: how room events travel between nodes.
 //!
-//! Every room has one subject, `<prefix>.room.<room_id>`. A node publishes each committed
-//! event there once ([`Bus::publish`]) and subscribes to a room's subject only while it
-//! has a local subscriber to that room (see [`crate::relay`]). The prefix lets several
-//! clusters (or test runs) share one NATS deployment.
+//! Every room has one subject, `<prefix>.room.<shard>.<room_id>`, where the shard (two
+//! hex digits, one of [`SHARDS`]) is derived from the room's id. A node publishes each
+//! committed event there once ([`Bus::publish`]) and subscribes to a shard's wildcard,
+//! `<prefix>.room.<shard>.*`, only while it has a local subscriber to a room of that
+//! shard (see [`crate::relay`]): a node in thousands of rooms holds at most 256 NATS
+//! subscriptions. The prefix lets several clusters (or test runs) share one NATS
+//! deployment.
 //!
 //! A node's own events reach its own sockets without the round trip: the connection is
 //! `no_echo`, and [`Bus::publish`] hands each event to the relay of its own node as it

@@ -1,5 +1,6 @@
 //! The REST API (SPEC §3): one `#[OpenApi]` struct per resource. Handlers parse input
-//! into `domain` types, call the store, and let `?` map failures through `ApiError`.
+//! into `domain` types, call one use case of [`crate::chat`], and let `?` map failures
+//! through `ApiError`.
 
 pub mod auth;
 pub mod bots;
