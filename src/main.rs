@@ -27,11 +27,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// A clustered real-time chat server: REST and WebSocket APIs, Postgres as the source of
 /// truth, NATS between nodes. Every setting is a flag or its environment variable.
 #[derive(Parser)]
-#[command(
-    name = "natter",
-    version,
-    after_help = "Logs are filtered by RUST_LOG (default: info)."
-)]
+#[command(name = "natter", version)]
 struct Cli {
     /// What to do; `serve` when none is given.
     #[command(subcommand)]
@@ -90,7 +86,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init(settings.log_format, &settings.node_id);
+    telemetry::init(settings.log_format, &settings.node_id, &settings.log_filter);
     let result = match run {
         Run::Serve => serve(settings).await,
         Run::Migrate => migrate(settings).await,
@@ -114,14 +110,7 @@ async fn main() -> ExitCode {
 type BoxError = Box<dyn std::error::Error>;
 
 async fn serve(settings: Settings) -> Result<(), BoxError> {
-    let tracer = match settings.otlp_endpoint.as_deref() {
-        Some(endpoint) => Some(telemetry::otlp::install(
-            endpoint,
-            &settings.service_name,
-            &settings.node_id,
-        )?),
-        None => None,
-    };
+    let tracer = telemetry::otlp::install(&settings)?;
     let app = Application::build(settings).await?;
     app.run_until_stopped(shutdown_signal()).await?;
     if let Some(tracer) = tracer {
