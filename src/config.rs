@@ -1,17 +1,18 @@
-//! Settings, read from the environment (SPEC §7).
+//! Settings, read from flags and the environment (SPEC §7).
 //!
-//! Every setting is parsed up front, so a bad or missing one stops start-up with a single
-//! line that names it instead of failing later under load.
+//! Every setting is declared once, in the table [`settings_args!`] reads below: its environment
+//! variable, its flag, its type, its default, the parser that checks it and what it means.
+//! From that one declaration come `natter serve --help`, the parsing (a bad or missing
+//! setting stops start-up with a single line that names it instead of failing later under
+//! load), the defaults ([`Limits::default`] included) and README.md's configuration table
+//! ([`configuration_table`]). Checks that need two settings at once (webhooks and
+//! `WEBHOOK_ALLOW_PRIVATE`, the send hook's group, the presence replicas) are made by
+//! [`Settings::from_lookup`] after each setting has been parsed on its own.
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
+use reqwest::header::{HeaderName, HeaderValue};
 use serde::Deserialize;
-
-/// How long a message that arrived ahead of its predecessors waits for them before they
-/// are read from Postgres, unless configured (`REORDER_WAIT_MS`). NATS delivers in well
-/// under a millisecond when a node keeps up and in tens when it is saturated; a real
-/// loss costs its room this much latency once.
-pub const DEFAULT_REORDER_WAIT: Duration = Duration::from_millis(100);
 
 /// The `iss` of tokens Natter signs itself; no external issuer may use it.
 pub const LOCAL_ISSUER: &str = "natter";
@@ -20,7 +21,8 @@ pub const LOCAL_ISSUER: &str = "natter";
 const MIN_HS256_SECRET_BYTES: usize = 32;
 
 /// Everything a node needs to start. `Debug` leaves out the URLs, which may carry
-/// passwords (the auth settings leave out their secrets).
+/// passwords, and the collector's headers' values (the auth settings leave out their
+/// secrets).
 #[derive(Clone)]
 pub struct Settings {
     /// Where Postgres lives; the source of truth for all durable state.
@@ -45,7 +47,7 @@ pub struct Settings {
     /// Replicas of the presence bucket; defaults to the number of NATS servers given.
     pub presence_replicas: usize,
     /// How long a message that reached a node ahead of its predecessors waits for them
-    /// before they are read from Postgres ([`DEFAULT_REORDER_WAIT`]).
+    /// before they are read from Postgres (`REORDER_WAIT_MS`).
     pub reorder_wait: Duration,
     /// Address the HTTP server binds; port 0 picks a free one (tests).
     pub listen_addr: SocketAddr,
@@ -61,13 +63,24 @@ pub struct Settings {
     /// Browser origins allowed to call the API cross-origin; none by default, so only
     /// pages served by the node itself (same origin) can.
     pub cors_origins: Vec<String>,
+    /// Which log events are written (`RUST_LOG`'s directives).
+    pub log_filter: String,
     /// How log lines are written.
     pub log_format: LogFormat,
     /// Where spans go (`OTEL_EXPORTER_OTLP_ENDPOINT`, the collector's OTLP/HTTP base
     /// URL); no tracing without it.
     pub otlp_endpoint: Option<String>,
+    /// Headers sent with every export to the collector (`OTEL_EXPORTER_OTLP_HEADERS`).
+    pub otlp_headers: OtlpHeaders,
     /// `service.name` of the spans (`OTEL_SERVICE_NAME`).
     pub service_name: String,
+    /// More attributes of the spans' resource (`OTEL_RESOURCE_ATTRIBUTES`).
+    pub resource_attributes: Vec<(String, String)>,
+    /// Which traces are recorded (`OTEL_TRACES_SAMPLER`).
+    pub traces_sampler: TracesSampler,
+    /// The ratio of traces the `*traceidratio` samplers record
+    /// (`OTEL_TRACES_SAMPLER_ARG`).
+    pub traces_sampler_arg: f64,
     /// Whether the seeds' drop-in routes are served (SPEC §12, `COMPAT_ROUTES`).
     pub compat_routes: bool,
     /// Webhooks that receive every room's events (SPEC §11, `WEBHOOKS`).
@@ -104,9 +117,14 @@ impl std::fmt::Debug for Settings {
             .field("compat_routes", &self.compat_routes)
             .field("webhooks", &self.webhooks.len())
             .field("webhook_allow_private", &self.webhook_allow_private)
+            .field("log_filter", &self.log_filter)
             .field("log_format", &self.log_format)
             .field("otlp_endpoint", &self.otlp_endpoint)
+            .field("otlp_headers", &self.otlp_headers)
             .field("service_name", &self.service_name)
+            .field("resource_attributes", &self.resource_attributes)
+            .field("traces_sampler", &self.traces_sampler)
+            .field("traces_sampler_arg", &self.traces_sampler_arg)
             .finish()
     }
 }
@@ -117,6 +135,31 @@ impl std::fmt::Debug for Settings {
 pub enum LogFormat {
     Json,
     Text,
+}
+
+/// `OTEL_TRACES_SAMPLER`: which traces are recorded, as the OpenTelemetry specification
+/// names them (the ratio is `OTEL_TRACES_SAMPLER_ARG`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TracesSampler {
+    AlwaysOn,
+    AlwaysOff,
+    TraceIdRatio,
+    ParentBasedAlwaysOn,
+    ParentBasedAlwaysOff,
+    ParentBasedTraceIdRatio,
+}
+
+/// `OTEL_EXPORTER_OTLP_HEADERS`: sent with every export. Their values are credentials
+/// (an API key, a bearer token), so `Debug` shows the names only.
+#[derive(Clone, Default)]
+pub struct OtlpHeaders(pub Vec<(HeaderName, HeaderValue)>);
+
+impl std::fmt::Debug for OtlpHeaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(name, _)| name))
+            .finish()
+    }
 }
 
 /// Files that authenticate the node to NATS and verify NATS's certificate. A user and
@@ -174,7 +217,8 @@ pub struct IssuerConfig {
     pub hs256_secret: Option<String>,
 }
 
-/// Input and rate limits; the defaults are those of SPEC §5.
+/// Input and rate limits; the defaults are those of SPEC §5, declared in the settings
+/// table below.
 #[derive(Clone, Debug)]
 pub struct Limits {
     /// Longest message text, in characters.
@@ -207,38 +251,133 @@ pub struct Limits {
 }
 
 impl Default for Limits {
+    /// The declared defaults.
     fn default() -> Self {
-        Self {
-            max_text_chars: 4000,
-            max_body_bytes: 64 * 1024,
-            sends_per_second: 10.0,
-            send_burst: 30,
-            edits_per_second: 20.0,
-            edit_burst: 60,
-            room_creations_per_minute: 30,
-            subscribes_per_second: 100,
-            sockets_per_user: 50,
-            max_frame_bytes: 64 * 1024,
-            max_rooms_per_socket: 1000,
-            outbound_queue: 1024,
-            request_read_timeout: Duration::from_secs(10),
+        Self::read(&|_| None).expect("the declared defaults parse (tested)")
+    }
+}
+
+impl Limits {
+    fn read(lookup: Lookup) -> Result<Self, ConfigError> {
+        Ok(Self {
+            max_text_chars: read::max_text_chars(lookup)?,
+            max_body_bytes: read::max_body_bytes(lookup)?,
+            sends_per_second: read::send_rate_per_sec(lookup)?,
+            send_burst: read::send_burst(lookup)?,
+            edits_per_second: read::edit_rate_per_sec(lookup)?,
+            edit_burst: read::edit_burst(lookup)?,
+            room_creations_per_minute: read::room_creations_per_min(lookup)?,
+            subscribes_per_second: read::subscribe_rate_per_sec(lookup)?,
+            sockets_per_user: read::max_sockets_per_user(lookup)?,
+            max_frame_bytes: read::max_frame_bytes(lookup)?,
+            max_rooms_per_socket: read::max_rooms_per_socket(lookup)?,
+            outbound_queue: read::outbound_queue(lookup)?,
+            request_read_timeout: Duration::from_secs(read::request_read_timeout_secs(lookup)?),
+        })
+    }
+}
+
+/// What a setting is when it is not given (or given blank).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fallback {
+    /// Start-up stops without it.
+    Required,
+    /// Nothing: the feature it configures is off.
+    None,
+    /// This value, parsed as if it had been given.
+    Value(&'static str),
+    /// Worked out at start-up, as described.
+    Derived(&'static str),
+}
+
+impl Fallback {
+    /// The value clap fills in (and `--help` shows) when the flag and variable are absent.
+    pub const fn value(self) -> Option<&'static str> {
+        match self {
+            Fallback::Value(value) => Some(value),
+            _ => None,
         }
     }
 }
 
-/// Declares every setting once: its flag (the field's name in kebab case), its
-/// environment variable, the default `--help` shows and what it means. Flags override the
-/// environment; both are strings here and are parsed, and checked together, by
-/// [`Settings::from_lookup`], so a flag and its variable can never be read two ways.
+/// One setting as declared: what `--help`, error messages and README.md show.
+#[derive(Clone, Copy, Debug)]
+pub struct Declared {
+    /// The environment variable.
+    pub variable: &'static str,
+    /// The flag, without its leading `--`.
+    pub flag: &'static str,
+    pub fallback: Fallback,
+    /// What it means, as written in its declaration (one line per source line).
+    pub doc: &'static str,
+}
+
+impl Declared {
+    /// What it means, on one line.
+    pub fn meaning(&self) -> String {
+        one_line(self.doc)
+    }
+}
+
+/// A declaration's doc comment, its lines joined.
+fn one_line(doc: &str) -> String {
+    doc.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `--help`'s text for a setting: its meaning, and a default worked out at start-up
+/// (clap shows a literal default itself).
+fn help_text(doc: &str, fallback: Fallback) -> String {
+    let meaning = one_line(doc);
+    match fallback {
+        Fallback::Derived(described) => format!("{meaning} [default: {described}]"),
+        _ => meaning,
+    }
+}
+
+/// How a setting's value is found: a flag or environment variable's value by the
+/// variable's name.
+type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// Declares every setting once. Each entry is
+///
+/// ```text
+/// /// What it means (for --help and README.md).
+/// "VARIABLE" field_name: Type = fallback, parser;
+/// ```
+///
+/// The flag is `--field-name`, which must be the variable in lower case (tested). The
+/// fallback is `required`, `none` (the value is an `Option`), a literal default such as
+/// `"16"` (parsed like a given value), or `["description"]` for a default worked out at
+/// start-up (the value is an `Option`; `Settings::from_lookup` fills it in). The parser
+/// is a `fn(&str) -> Result<Type, String>` whose error is the reason a value is refused;
+/// it may not share a field's name (the generated `read::field` would shadow it).
+///
+/// Generated: [`SettingsArgs`] (the flags, each beside its variable), [`SETTINGS`] (the
+/// declarations, for messages and the README) and `read::field_name(lookup)`, which
+/// reads, parses and checks one setting and names it in its error.
 macro_rules! settings_args {
-    ($( $(#[doc = $doc:literal])* $field:ident: $env:literal $(= $default:literal)?; )*) => {
+    ($(
+        $(#[doc = $doc:literal])*
+        $env:literal $field:ident: $ty:ty = $fallback:tt, $parse:expr;
+    )*) => {
         /// The node's settings as flags (`natter serve --help`), each beside its
-        /// environment variable. Values are never printed (some are secrets).
+        /// environment variable; flags win over variables. Values are never printed
+        /// (some are secrets). All are strings here: [`Settings::from_args`] parses them,
+        /// so a flag and its variable can never be read two ways.
         #[derive(Clone, Default, clap::Args)]
         pub struct SettingsArgs {
             $(
-                $(#[doc = $doc])*
-                #[arg(long, env = $env, hide_env_values = true $(, default_value = $default)?)]
+                #[arg(
+                    long,
+                    env = $env,
+                    hide_env_values = true,
+                    help = help_text(concat!($($doc, "\n"),*), settings_args!(@fallback $fallback)),
+                    default_value = settings_args!(@fallback $fallback).value(),
+                )]
                 $field: Option<String>,
             )*
         }
@@ -251,114 +390,176 @@ macro_rules! settings_args {
                     _ => None,
                 }
             }
-
-            /// The flag that sets the environment variable `name`, for error messages.
-            fn flag(name: &str) -> Option<&'static str> {
-                match name {
-                    $( $env => Some(stringify!($field)), )*
-                    _ => None,
-                }
-            }
         }
+
+        /// Every setting, in the order `--help` and README.md list them.
+        pub const SETTINGS: &[Declared] = &[
+            $(
+                Declared {
+                    variable: $env,
+                    flag: stringify!($field),
+                    fallback: settings_args!(@fallback $fallback),
+                    doc: concat!($($doc, "\n"),*),
+                },
+            )*
+        ];
+
+        /// One function per setting: reads it, parses it and checks it.
+        mod read {
+            use super::*;
+            $(
+                pub(super) fn $field(
+                    lookup: Lookup,
+                ) -> Result<settings_args!(@type $fallback $ty), ConfigError> {
+                    settings_args!(@read lookup, $env, $fallback, $parse)
+                }
+            )*
+        }
+    };
+    (@fallback required) => { Fallback::Required };
+    (@fallback none) => { Fallback::None };
+    (@fallback [$described:literal]) => { Fallback::Derived($described) };
+    (@fallback $value:literal) => { Fallback::Value($value) };
+    (@type required $ty:ty) => { $ty };
+    (@type none $ty:ty) => { Option<$ty> };
+    (@type [$described:literal] $ty:ty) => { Option<$ty> };
+    (@type $value:literal $ty:ty) => { $ty };
+    (@read $lookup:ident, $env:literal, required, $parse:expr) => {
+        match given($lookup, $env) {
+            Some(raw) => parse_as($env, &raw, $parse),
+            None => Err(bad($env, "is required")),
+        }
+    };
+    (@read $lookup:ident, $env:literal, $value:literal, $parse:expr) => {
+        parse_as($env, &given($lookup, $env).unwrap_or_else(|| $value.into()), $parse)
+    };
+    (@read $lookup:ident, $env:literal, $optional:tt, $parse:expr) => {
+        given($lookup, $env)
+            .map(|raw| parse_as($env, &raw, $parse))
+            .transpose()
     };
 }
 
 settings_args! {
-    /// Postgres, the source of truth (`postgres://user:pass@host/db`; `sslmode=require`
-    /// for TLS).
-    database_url: "DATABASE_URL";
-    /// Connections this node keeps to Postgres.
-    database_pool_size: "DATABASE_POOL_SIZE" = "16";
-    /// An extra CA certificate (PEM) for Postgres over TLS.
-    database_ca_file: "DATABASE_CA_FILE";
-    /// A Postgres standby for history pages, search and the chat list; used only once
-    /// it has replayed what the primary had when the read began.
-    database_read_url: "DATABASE_READ_URL";
-    /// NATS servers, comma-separated for a cluster; may carry a user and password or a
-    /// token (`nats://user:pass@host:4222`), and `tls://` for TLS.
-    nats_url: "NATS_URL";
-    /// A NATS `.creds` file (decentralised auth: user JWT and nkey seed).
-    nats_creds_file: "NATS_CREDS_FILE";
-    /// A file holding the password of the user NATS_URL names (`nats://natter@host`).
-    nats_password_file: "NATS_PASSWORD_FILE";
-    /// A CA certificate (PEM) that signed the NATS servers' certificates; implies TLS.
-    nats_ca_file: "NATS_CA_FILE";
-    /// First token of every NATS subject and of the presence bucket's name.
-    nats_prefix: "NATS_PREFIX" = "natter";
-    /// Signs Natter's own tokens (HS256); at least 32 bytes [default: a random key the
-    /// cluster generates once and keeps in Postgres].
-    jwt_secret: "JWT_SECRET";
-    /// Lifetime of the tokens Natter issues, in seconds.
-    jwt_ttl_secs: "JWT_TTL_SECS" = "86400";
-    /// External identity providers: a JSON list of {issuer, audience, jwks_url |
-    /// hs256_secret}.
-    jwt_issuers: "JWT_ISSUERS";
-    /// Address the HTTP server binds.
-    listen_addr: "LISTEN_ADDR" = "0.0.0.0:8080";
-    /// Serve /metrics on this address instead of LISTEN_ADDR [default: on LISTEN_ADDR].
-    metrics_addr: "METRICS_ADDR";
-    /// Names this node in logs, metrics and presence [default: the host name].
-    node_id: "NODE_ID";
-    /// Longest message text, in characters.
-    max_text_chars: "MAX_TEXT_CHARS" = "4000";
-    /// Largest request body, in bytes (larger: 413).
-    max_body_bytes: "MAX_BODY_BYTES" = "65536";
-    /// Sustained sends per second per user.
-    send_rate_per_sec: "SEND_RATE_PER_SEC" = "10";
-    /// Sends a user may make at once before the rate applies.
-    send_burst: "SEND_BURST" = "30";
-    /// Sustained edits, deletes and reaction changes per second per user.
-    edit_rate_per_sec: "EDIT_RATE_PER_SEC" = "20";
-    /// Edits, deletes and reaction changes a user may make at once.
-    edit_burst: "EDIT_BURST" = "60";
-    /// Rooms and direct rooms a user may create per minute.
-    room_creations_per_min: "ROOM_CREATIONS_PER_MIN" = "30";
-    /// Subscribes and unsubscribes per second per socket.
-    subscribe_rate_per_sec: "SUBSCRIBE_RATE_PER_SEC" = "100";
-    /// Open sockets per user on one node (the next upgrade: 429).
-    max_sockets_per_user: "MAX_SOCKETS_PER_USER" = "50";
-    /// Largest WebSocket frame a client may send, in bytes (larger: close 1009).
-    max_frame_bytes: "MAX_FRAME_BYTES" = "65536";
-    /// Rooms one socket may subscribe to.
-    max_rooms_per_socket: "MAX_ROOMS_PER_SOCKET" = "1000";
-    /// Events queued for one socket before it is closed with 4008.
-    outbound_queue: "OUTBOUND_QUEUE" = "1024";
-    /// Seconds a client may take to send one HTTP request.
-    request_read_timeout_secs: "REQUEST_READ_TIMEOUT_SECS" = "10";
-    /// Seconds a connection's presence outlives its node's last refresh.
-    presence_ttl_secs: "PRESENCE_TTL_SECS" = "10";
-    /// Replicas of the presence bucket [default: the number of NATS servers given, at
-    /// most 5].
-    presence_replicas: "PRESENCE_REPLICAS";
-    /// Milliseconds a message that arrived ahead of its predecessors waits for them
-    /// before they are read from Postgres.
-    reorder_wait_ms: "REORDER_WAIT_MS" = "100";
-    /// Browser origins allowed to call the API cross-origin, comma-separated.
-    cors_allowed_origins: "CORS_ALLOWED_ORIGINS";
-    /// Log lines as `json` or `text`.
-    log_format: "LOG_FORMAT" = "json";
-    /// Where spans go: an OTLP/HTTP collector's base URL (no tracing without it).
-    otel_exporter_otlp_endpoint: "OTEL_EXPORTER_OTLP_ENDPOINT";
-    /// `service.name` of the spans.
-    otel_service_name: "OTEL_SERVICE_NAME" = "natter";
-    /// `false`: no drop-in routes for the original backends' clients (`/rooms/`,
-    /// `/api/...`, `/ws/...`).
-    compat_routes: "COMPAT_ROUTES" = "true";
-    /// Webhooks that receive every room's events: a JSON list of
-    /// `{"url", "secret": "whsec_…", "events"?: [...]}`.
-    webhooks: "WEBHOOKS";
-    /// `true`: webhooks may target loopback, private and link-local addresses.
-    webhook_allow_private: "WEBHOOK_ALLOW_PRIVATE" = "false";
-    /// The before-send moderation hook: an http(s) URL asked about every message
-    /// before it is stored (none by default).
-    send_hook_url: "SEND_HOOK_URL";
-    /// Signs the hook's requests (Standard Webhooks, `whsec_` + base64).
-    send_hook_secret: "SEND_HOOK_SECRET";
-    /// Milliseconds a send waits for the hook's verdict.
-    send_hook_timeout_ms: "SEND_HOOK_TIMEOUT_MS" = "1000";
-    /// `true`: store the message when the hook fails or times out (default: refuse it
-    /// with 503).
-    send_hook_fail_open: "SEND_HOOK_FAIL_OPEN" = "false";
+    /// Postgres URL; for a highly available Postgres list every member and ask for the
+    /// writable one: `postgres://u:p@pg1:5432,pg2:5432/natter?target_session_attrs=read-write`
+    /// (see [Postgres failover](docs/RELIABILITY.md#postgres-failover)); TLS with
+    /// `sslmode=require`
+    "DATABASE_URL" database_url: String = required, postgres_url;
+    /// NATS server(s), comma-separated for a cluster; may carry a user and password or a
+    /// token (`nats://natter:…@host:4222`), `tls://` for TLS
+    "NATS_URL" nats_url: String = required, text;
+    /// a file with the password of the user `NATS_URL` names (`nats://natter@host`):
+    /// compose generates one, k8s mounts the Secret `nats-auth`
+    "NATS_PASSWORD_FILE" nats_password_file: PathBuf = none, readable_file;
+    /// a NATS `.creds` file (decentralised auth: user JWT and nkey seed)
+    "NATS_CREDS_FILE" nats_creds_file: PathBuf = none, readable_file;
+    /// CA (PEM) to verify the NATS servers with; implies TLS
+    "NATS_CA_FILE" nats_ca_file: PathBuf = none, readable_file;
+    /// signs Natter's own HS256 tokens; unset, the cluster generates a 256-bit key on
+    /// first start and keeps it in Postgres; set, at least 32 bytes and none of the
+    /// examples this repository ever published
+    "JWT_SECRET" jwt_secret: String = ["generated"], signing_secret;
+    /// JSON list of external issuers: `{"issuer","audience","jwks_url"}` or
+    /// `{"issuer","audience","hs256_secret"}`
+    "JWT_ISSUERS" jwt_issuers: Vec<IssuerConfig> = none, issuers;
+    /// lifetime of Natter's tokens, in seconds
+    "JWT_TTL_SECS" jwt_ttl_secs: u64 = "86400", positive;
+    /// HTTP listen address
+    "LISTEN_ADDR" listen_addr: SocketAddr = "0.0.0.0:8080", parsed;
+    /// serve `/metrics` on this address instead of `LISTEN_ADDR` (compose and k8s use
+    /// `0.0.0.0:9090`, which neither the balancer nor the Ingress routes)
+    "METRICS_ADDR" metrics_addr: SocketAddr = none, parsed;
+    /// names the node in logs, metrics and presence
+    "NODE_ID" node_id: String = ["host name"], text;
+    /// Postgres connections per node (and per node to the standby, if any)
+    "DATABASE_POOL_SIZE" database_pool_size: usize = "16", positive;
+    /// a streaming standby for history pages, search and `/me/rooms`, used for a read
+    /// only once it has replayed the primary's position at the read's start, so no
+    /// acknowledged message is ever missing
+    /// ([details](docs/RELIABILITY.md#postgres-failover)); `target_session_attrs=read-only`
+    /// picks a standby from a list
+    "DATABASE_READ_URL" database_read_url: String = none, postgres_url;
+    /// extra CA (PEM) for Postgres TLS; TLS is on with `sslmode=require` in the URL
+    "DATABASE_CA_FILE" database_ca_file: PathBuf = none, readable_file;
+    /// longest message, in characters
+    "MAX_TEXT_CHARS" max_text_chars: usize = "4000", positive;
+    /// largest request body, in bytes (`413` beyond)
+    "MAX_BODY_BYTES" max_body_bytes: usize = "65536", positive;
+    /// per-user send budget: sustained sends per second
+    "SEND_RATE_PER_SEC" send_rate_per_sec: f64 = "10", positive;
+    /// per-user send budget: sends at once before the rate applies
+    "SEND_BURST" send_burst: u32 = "30", positive;
+    /// per-user budget shared by edits, deletes and reaction changes: sustained per second
+    "EDIT_RATE_PER_SEC" edit_rate_per_sec: f64 = "20", positive;
+    /// per-user budget shared by edits, deletes and reaction changes: at once
+    "EDIT_BURST" edit_burst: u32 = "60", positive;
+    /// rooms and direct rooms a user may create (or open) per minute
+    "ROOM_CREATIONS_PER_MIN" room_creations_per_min: u32 = "30", positive;
+    /// subscribes and unsubscribes per second per socket
+    "SUBSCRIBE_RATE_PER_SEC" subscribe_rate_per_sec: u32 = "100", positive;
+    /// open sockets per user on one node; the next upgrade is `429 too_many_sockets`
+    "MAX_SOCKETS_PER_USER" max_sockets_per_user: usize = "50", positive;
+    /// first token of subjects and of the presence bucket's name: letters, digits, `_`
+    /// or `-`
+    "NATS_PREFIX" nats_prefix: String = "natter", subject_token;
+    /// seconds a dead node's connections stay present (10: its users are offline
+    /// everywhere within 15 s, SPEC §1.6, with room for JetStream's expiry timer)
+    "PRESENCE_TTL_SECS" presence_ttl_secs: u64 = "10", positive;
+    /// replicas of the presence KV bucket
+    "PRESENCE_REPLICAS" presence_replicas: usize = ["number of `NATS_URL` servers, at most 5"], positive;
+    /// milliseconds a message that reached a node ahead of an earlier one waits for it
+    /// before the gap is read from Postgres (NATS delivers in well under a millisecond
+    /// when a node keeps up, in tens when it is saturated; a real loss costs its room
+    /// this much latency once)
+    "REORDER_WAIT_MS" reorder_wait_ms: u64 = "100", positive;
+    /// largest WebSocket message, in bytes (close 1009 beyond)
+    "MAX_FRAME_BYTES" max_frame_bytes: usize = "65536", positive;
+    /// subscriptions per socket
+    "MAX_ROOMS_PER_SOCKET" max_rooms_per_socket: usize = "1000", positive;
+    /// events queued per socket before it is closed with 4008
+    "OUTBOUND_QUEUE" outbound_queue: usize = "1024", positive;
+    /// seconds a client gets to send one HTTP request or WebSocket handshake (slowloris)
+    "REQUEST_READ_TIMEOUT_SECS" request_read_timeout_secs: u64 = "10", positive;
+    /// comma-separated browser origins allowed to call the API cross-origin
+    "CORS_ALLOWED_ORIGINS" cors_allowed_origins: Vec<String> = none, origins;
+    /// log filter (`tracing` directives)
+    "RUST_LOG" rust_log: String = "info", log_filter;
+    /// `json`: one object per line with `node_id` and `trace_id`; `text` for a terminal
+    "LOG_FORMAT" log_format: LogFormat = "json", json_or_text;
+    /// OTLP/HTTP collector base URL (e.g. `http://otel-collector:4318`); spans are
+    /// exported as JSON to `/v1/traces`
+    "OTEL_EXPORTER_OTLP_ENDPOINT" otel_exporter_otlp_endpoint: String = none, http_url;
+    /// `key=value,…` headers sent with every export (an API key, say; values
+    /// percent-encoded), never logged
+    "OTEL_EXPORTER_OTLP_HEADERS" otel_exporter_otlp_headers: OtlpHeaders = none, otlp_headers;
+    /// `service.name` of the spans
+    "OTEL_SERVICE_NAME" otel_service_name: String = "natter", text;
+    /// `key=value,…` attributes of the spans' resource (values percent-encoded), e.g.
+    /// `deployment.environment=prod`; `OTEL_SERVICE_NAME` wins over a `service.name` here
+    "OTEL_RESOURCE_ATTRIBUTES" otel_resource_attributes: Vec<(String, String)> = none, key_values;
+    /// which traces are recorded: `always_on`, `always_off`, `traceidratio`,
+    /// `parentbased_always_on`, `parentbased_always_off` or `parentbased_traceidratio`
+    "OTEL_TRACES_SAMPLER" otel_traces_sampler: TracesSampler = "parentbased_always_on", sampler;
+    /// the ratio of traces (0 to 1) the `traceidratio` samplers record
+    "OTEL_TRACES_SAMPLER_ARG" otel_traces_sampler_arg: f64 = "1", ratio;
+    /// serve the original backends' paths and socket frames (`/rooms/`, `/api/chats`,
+    /// `/ws/...`; SPEC §12) beside `/v1`
+    "COMPAT_ROUTES" compat_routes: bool = "true", boolean;
+    /// JSON list of cluster-wide webhooks, `{"url", "secret": "whsec_…", "events"?}`:
+    /// every room's events (and `room.created`)
+    "WEBHOOKS" webhooks: String = none, text;
+    /// let webhooks target loopback, private and link-local addresses (local development)
+    "WEBHOOK_ALLOW_PRIVATE" webhook_allow_private: bool = "false", boolean;
+    /// the before-send moderation hook, an http(s) URL asked about every message before
+    /// it is stored
+    "SEND_HOOK_URL" send_hook_url: String = none, http_url;
+    /// `whsec_…`: signs the hook's requests
+    "SEND_HOOK_SECRET" send_hook_secret: crate::webhooks::signing::Secret = none, hook_secret;
+    /// milliseconds a send waits for the hook
+    "SEND_HOOK_TIMEOUT_MS" send_hook_timeout_ms: u64 = "1000", positive;
+    /// `true`: store the message when the hook fails or times out (default: `503`)
+    "SEND_HOOK_FAIL_OPEN" send_hook_fail_open: bool = "false", boolean;
 }
 
 /// A setting that is missing or cannot be used; the message names it.
@@ -370,12 +571,39 @@ pub struct ConfigError {
     pub reason: String,
 }
 
+/// The flag that sets the environment variable `name` (`--send-burst`), if declared.
+pub fn flag(name: &str) -> Option<String> {
+    SETTINGS
+        .iter()
+        .find(|setting| setting.variable == name)
+        .map(|setting| format!("--{}", setting.flag.replace('_', "-")))
+}
+
 /// `--flag-name / VARIABLE_NAME`, or the variable alone if it has no flag.
 fn flag_and_variable(name: &str) -> String {
-    match SettingsArgs::flag(name) {
-        Some(field) => format!("--{} / {name}", field.replace('_', "-")),
+    match flag(name) {
+        Some(flag) => format!("{flag} / {name}"),
         None => name.to_string(),
     }
+}
+
+/// README.md's configuration table, in Markdown, from the declarations.
+pub fn configuration_table() -> String {
+    let mut table = String::from("| Variable | Default | Meaning |\n|---|---|---|\n");
+    for setting in SETTINGS {
+        let default = match setting.fallback {
+            Fallback::Required => "required".to_string(),
+            Fallback::None => "none".to_string(),
+            Fallback::Value(value) => format!("`{value}`"),
+            Fallback::Derived(described) => described.to_string(),
+        };
+        table.push_str(&format!(
+            "| `{}` | {default} | {} |\n",
+            setting.variable,
+            setting.meaning()
+        ));
+    }
+    table
 }
 
 impl Settings {
@@ -385,204 +613,65 @@ impl Settings {
         Self::from_lookup(|name| args.get(name))
     }
 
-    /// Reads settings through `lookup`, so tests can supply their own environment.
+    /// Reads settings through `lookup` (a variable's name to its value), so tests can
+    /// supply their own environment. A blank value is the same as none.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let required = |name: &'static str| {
-            lookup(name)
-                .filter(|v| !v.trim().is_empty())
-                .ok_or(ConfigError {
-                    name,
-                    reason: "is required".into(),
-                })
-        };
-        let parsed = |name: &'static str, default: &str| -> Result<String, ConfigError> {
-            Ok(lookup(name).unwrap_or_else(|| default.to_string()))
-        };
-
-        let database_url = required("DATABASE_URL")?;
-        database_url
-            .parse::<tokio_postgres::Config>()
-            .map_err(|e| bad("DATABASE_URL", e))?;
-        let nats_url = required("NATS_URL")?;
-        let jwt_secret = lookup("JWT_SECRET").filter(|secret| !secret.is_empty());
-        if let Some(secret) = &jwt_secret {
-            check_jwt_secret(secret)?;
-        }
-        let listen_addr = parsed("LISTEN_ADDR", "0.0.0.0:8080")?
-            .parse()
-            .map_err(|e| bad("LISTEN_ADDR", e))?;
-        let node_id = lookup("NODE_ID").unwrap_or_else(hostname);
-        let issuers = match lookup("JWT_ISSUERS").filter(|v| !v.trim().is_empty()) {
-            None => Vec::new(),
-            Some(json) => parse_issuers(&json)?,
-        };
-        let token_ttl = Duration::from_secs(number(&lookup, "JWT_TTL_SECS", 86_400)?);
-        let database_pool_size = number(&lookup, "DATABASE_POOL_SIZE", 16)?;
-        let readable_file = |name: &'static str| match lookup(name).filter(|v| !v.is_empty()) {
-            Some(path) if std::path::Path::new(&path).is_file() => Ok(Some(PathBuf::from(path))),
-            Some(_) => Err(bad(name, "is not a readable file")),
-            None => Ok(None),
-        };
-        let database_ca_file = readable_file("DATABASE_CA_FILE")?;
-        let database_read_url = lookup("DATABASE_READ_URL").filter(|url| !url.is_empty());
-        if let Some(url) = &database_read_url {
-            url.parse::<tokio_postgres::Config>()
-                .map_err(|e| bad("DATABASE_READ_URL", e))?;
-        }
-        let nats_auth = NatsAuth {
-            creds_file: readable_file("NATS_CREDS_FILE")?,
-            password_file: readable_file("NATS_PASSWORD_FILE")?,
-            ca_file: readable_file("NATS_CA_FILE")?,
-        };
-        let metrics_addr = match lookup("METRICS_ADDR").filter(|v| !v.is_empty()) {
-            Some(addr) => Some(addr.parse().map_err(|e| bad("METRICS_ADDR", e))?),
-            None => None,
-        };
-        let defaults = Limits::default();
-        let limits = Limits {
-            max_text_chars: number(&lookup, "MAX_TEXT_CHARS", defaults.max_text_chars)?,
-            max_body_bytes: number(&lookup, "MAX_BODY_BYTES", defaults.max_body_bytes)?,
-            sends_per_second: number(&lookup, "SEND_RATE_PER_SEC", defaults.sends_per_second)?,
-            send_burst: number(&lookup, "SEND_BURST", defaults.send_burst)?,
-            edits_per_second: number(&lookup, "EDIT_RATE_PER_SEC", defaults.edits_per_second)?,
-            edit_burst: number(&lookup, "EDIT_BURST", defaults.edit_burst)?,
-            room_creations_per_minute: number(
-                &lookup,
-                "ROOM_CREATIONS_PER_MIN",
-                defaults.room_creations_per_minute,
-            )?,
-            subscribes_per_second: number(
-                &lookup,
-                "SUBSCRIBE_RATE_PER_SEC",
-                defaults.subscribes_per_second,
-            )?,
-            sockets_per_user: number(&lookup, "MAX_SOCKETS_PER_USER", defaults.sockets_per_user)?,
-            max_frame_bytes: number(&lookup, "MAX_FRAME_BYTES", defaults.max_frame_bytes)?,
-            max_rooms_per_socket: number(
-                &lookup,
-                "MAX_ROOMS_PER_SOCKET",
-                defaults.max_rooms_per_socket,
-            )?,
-            outbound_queue: number(&lookup, "OUTBOUND_QUEUE", defaults.outbound_queue)?,
-            request_read_timeout: Duration::from_secs(number(
-                &lookup,
-                "REQUEST_READ_TIMEOUT_SECS",
-                defaults.request_read_timeout.as_secs(),
-            )?),
-        };
-        let nats_prefix = parsed("NATS_PREFIX", "natter")?;
-        let prefix_ok = !nats_prefix.is_empty()
-            && nats_prefix
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-        if !prefix_ok {
-            return Err(bad("NATS_PREFIX", "must be letters, digits, '_' or '-'"));
-        }
-        // 10 s: a dead node's leases expire at most this long after its last refresh, so
-        // its users are offline everywhere within 15 s (SPEC §1.6), with room for
-        // JetStream's expiry timer.
-        let presence_ttl = Duration::from_secs(number(&lookup, "PRESENCE_TTL_SECS", 10)?);
-        let default_wait = DEFAULT_REORDER_WAIT.as_millis() as u64;
-        let reorder_wait = Duration::from_millis(number(&lookup, "REORDER_WAIT_MS", default_wait)?);
-        let cors_origins = lookup("CORS_ALLOWED_ORIGINS")
-            .unwrap_or_default()
-            .split(',')
-            .map(|origin| origin.trim().trim_end_matches('/').to_string())
-            .filter(|origin| !origin.is_empty())
-            .map(|origin| {
-                let host = origin
-                    .strip_prefix("https://")
-                    .or_else(|| origin.strip_prefix("http://"));
-                match host.is_some_and(|host| !host.is_empty() && !host.contains('/')) {
-                    true => Ok(origin),
-                    false => Err(bad(
-                        "CORS_ALLOWED_ORIGINS",
-                        format!("{origin:?} is not an origin like https://chat.example.com"),
-                    )),
-                }
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let log_format = match parsed("LOG_FORMAT", "json")?.trim() {
-            "json" => LogFormat::Json,
-            "text" => LogFormat::Text,
-            _ => return Err(bad("LOG_FORMAT", "must be json or text")),
-        };
-        let otlp_endpoint = match lookup("OTEL_EXPORTER_OTLP_ENDPOINT").filter(|v| !v.is_empty()) {
-            Some(url) if url.starts_with("http://") || url.starts_with("https://") => Some(url),
-            Some(_) => return Err(bad("OTEL_EXPORTER_OTLP_ENDPOINT", "must be an http(s) URL")),
-            None => None,
-        };
-        let service_name = parsed("OTEL_SERVICE_NAME", "natter")?;
-        let compat_routes = match parsed("COMPAT_ROUTES", "true")?.trim() {
-            "true" => true,
-            "false" => false,
-            _ => return Err(bad("COMPAT_ROUTES", "must be true or false")),
-        };
-        let webhook_allow_private = match parsed("WEBHOOK_ALLOW_PRIVATE", "false")?.trim() {
-            "true" => true,
-            "false" => false,
-            _ => return Err(bad("WEBHOOK_ALLOW_PRIVATE", "must be true or false")),
-        };
-        let webhooks = match lookup("WEBHOOKS").filter(|v| !v.trim().is_empty()) {
+        let lookup: Lookup = &lookup;
+        let database_url = read::database_url(lookup)?;
+        let nats_url = read::nats_url(lookup)?;
+        let servers = nats_url.split(',').count().min(5);
+        let webhook_allow_private = read::webhook_allow_private(lookup)?;
+        let webhooks = match read::webhooks(lookup)? {
             Some(json) => crate::webhooks::parse_cluster_webhooks(&json, webhook_allow_private)
                 .map_err(|e| bad("WEBHOOKS", e))?,
             None => Vec::new(),
         };
-        let send_hook = match lookup("SEND_HOOK_URL").filter(|v| !v.is_empty()) {
-            Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
-                let secret = match lookup("SEND_HOOK_SECRET").filter(|v| !v.is_empty()) {
-                    Some(secret) => Some(
-                        crate::webhooks::signing::Secret::parse(&secret)
-                            .map_err(|e| bad("SEND_HOOK_SECRET", e))?,
-                    ),
-                    None => None,
-                };
-                let timeout = Duration::from_millis(number(&lookup, "SEND_HOOK_TIMEOUT_MS", 1000)?);
-                if timeout.is_zero() {
-                    return Err(bad("SEND_HOOK_TIMEOUT_MS", "must be at least 1"));
-                }
-                let fail_open = match parsed("SEND_HOOK_FAIL_OPEN", "false")?.trim() {
-                    "true" => true,
-                    "false" => false,
-                    _ => return Err(bad("SEND_HOOK_FAIL_OPEN", "must be true or false")),
-                };
-                Some(crate::webhooks::send_hook::SendHookSettings {
-                    url,
-                    secret,
-                    timeout,
-                    fail_open,
-                })
-            }
-            Some(_) => return Err(bad("SEND_HOOK_URL", "must be an http(s) URL")),
-            None => None,
-        };
-        let servers = nats_url.split(',').count().min(5);
-        let presence_replicas = number(&lookup, "PRESENCE_REPLICAS", servers)?;
+        // The hook's other settings are checked even while it is off, so a mistake shows
+        // before the day it is switched on.
+        let send_hook_secret = read::send_hook_secret(lookup)?;
+        let send_hook_timeout = Duration::from_millis(read::send_hook_timeout_ms(lookup)?);
+        let send_hook_fail_open = read::send_hook_fail_open(lookup)?;
+        let send_hook =
+            read::send_hook_url(lookup)?.map(|url| crate::webhooks::send_hook::SendHookSettings {
+                url,
+                secret: send_hook_secret,
+                timeout: send_hook_timeout,
+                fail_open: send_hook_fail_open,
+            });
         Ok(Self {
             database_url,
-            database_pool_size,
-            database_ca_file,
-            database_read_url,
+            database_pool_size: read::database_pool_size(lookup)?,
+            database_ca_file: read::database_ca_file(lookup)?,
+            database_read_url: read::database_read_url(lookup)?,
             nats_url,
-            nats_prefix,
-            nats_auth,
-            presence_ttl,
-            presence_replicas,
-            reorder_wait,
-            listen_addr,
-            metrics_addr,
-            node_id,
-            auth: AuthSettings {
-                jwt_secret,
-                token_ttl,
-                issuers,
+            nats_prefix: read::nats_prefix(lookup)?,
+            nats_auth: NatsAuth {
+                creds_file: read::nats_creds_file(lookup)?,
+                password_file: read::nats_password_file(lookup)?,
+                ca_file: read::nats_ca_file(lookup)?,
             },
-            limits,
-            cors_origins,
-            log_format,
-            otlp_endpoint,
-            service_name,
-            compat_routes,
+            presence_ttl: Duration::from_secs(read::presence_ttl_secs(lookup)?),
+            presence_replicas: read::presence_replicas(lookup)?.unwrap_or(servers),
+            reorder_wait: Duration::from_millis(read::reorder_wait_ms(lookup)?),
+            listen_addr: read::listen_addr(lookup)?,
+            metrics_addr: read::metrics_addr(lookup)?,
+            node_id: read::node_id(lookup)?.unwrap_or_else(hostname),
+            auth: AuthSettings {
+                jwt_secret: read::jwt_secret(lookup)?,
+                token_ttl: Duration::from_secs(read::jwt_ttl_secs(lookup)?),
+                issuers: read::jwt_issuers(lookup)?.unwrap_or_default(),
+            },
+            limits: Limits::read(lookup)?,
+            cors_origins: read::cors_allowed_origins(lookup)?.unwrap_or_default(),
+            log_filter: read::rust_log(lookup)?,
+            log_format: read::log_format(lookup)?,
+            otlp_endpoint: read::otel_exporter_otlp_endpoint(lookup)?,
+            otlp_headers: read::otel_exporter_otlp_headers(lookup)?.unwrap_or_default(),
+            service_name: read::otel_service_name(lookup)?,
+            resource_attributes: read::otel_resource_attributes(lookup)?.unwrap_or_default(),
+            traces_sampler: read::otel_traces_sampler(lookup)?,
+            traces_sampler_arg: read::otel_traces_sampler_arg(lookup)?,
+            compat_routes: read::compat_routes(lookup)?,
             webhooks,
             webhook_allow_private,
             send_hook,
@@ -597,23 +686,201 @@ fn bad(name: &'static str, err: impl std::fmt::Display) -> ConfigError {
     }
 }
 
-fn number<T>(
-    lookup: &impl Fn(&str) -> Option<String>,
+/// The value given for `name`; a blank one is the same as none.
+fn given(lookup: Lookup, name: &str) -> Option<String> {
+    lookup(name).filter(|value| !value.trim().is_empty())
+}
+
+/// `raw` parsed by `parse`, its error naming the setting `name`.
+fn parse_as<T>(
     name: &'static str,
-    default: T,
-) -> Result<T, ConfigError>
+    raw: &str,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<T, ConfigError> {
+    parse(raw).map_err(|reason| bad(name, reason))
+}
+
+// The parsers the settings table names: each takes the value as given and returns it
+// parsed, or why it cannot be used.
+
+fn text(raw: &str) -> Result<String, String> {
+    Ok(raw.to_string())
+}
+
+/// Anything with a `FromStr` (an address, say), around whitespace.
+fn parsed<T: std::str::FromStr>(raw: &str) -> Result<T, String>
+where
+    T::Err: std::fmt::Display,
+{
+    raw.trim().parse().map_err(|e: T::Err| e.to_string())
+}
+
+/// A number greater than zero.
+fn positive<T>(raw: &str) -> Result<T, String>
 where
     T: std::str::FromStr + PartialOrd + Default,
     T::Err: std::fmt::Display,
 {
-    let Some(raw) = lookup(name) else {
-        return Ok(default);
-    };
-    let value: T = raw.trim().parse().map_err(|e| bad(name, e))?;
+    let value: T = parsed(raw)?;
     if value <= T::default() {
-        return Err(bad(name, "must be greater than zero"));
+        return Err("must be greater than zero".into());
     }
     Ok(value)
+}
+
+/// A fraction from 0 to 1.
+fn ratio(raw: &str) -> Result<f64, String> {
+    match raw.trim().parse::<f64>() {
+        Ok(value) if (0.0..=1.0).contains(&value) => Ok(value),
+        _ => Err("must be a number from 0 to 1".into()),
+    }
+}
+
+fn boolean(raw: &str) -> Result<bool, String> {
+    match raw.trim() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err("must be true or false".into()),
+    }
+}
+
+fn postgres_url(raw: &str) -> Result<String, String> {
+    raw.parse::<tokio_postgres::Config>()
+        .map_err(|e| e.to_string())?;
+    Ok(raw.to_string())
+}
+
+fn http_url(raw: &str) -> Result<String, String> {
+    match raw.starts_with("http://") || raw.starts_with("https://") {
+        true => Ok(raw.to_string()),
+        false => Err("must be an http(s) URL".into()),
+    }
+}
+
+fn readable_file(raw: &str) -> Result<PathBuf, String> {
+    match std::path::Path::new(raw).is_file() {
+        true => Ok(PathBuf::from(raw)),
+        false => Err("is not a readable file".into()),
+    }
+}
+
+fn subject_token(raw: &str) -> Result<String, String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    match raw.chars().all(allowed) {
+        true => Ok(raw.to_string()),
+        false => Err("must be letters, digits, '_' or '-'".into()),
+    }
+}
+
+/// Browser origins (`https://chat.example.com`), comma-separated; a trailing `/` is
+/// dropped.
+fn origins(raw: &str) -> Result<Vec<String>, String> {
+    raw.split(',')
+        .map(|origin| origin.trim().trim_end_matches('/').to_string())
+        .filter(|origin| !origin.is_empty())
+        .map(|origin| {
+            let host = origin
+                .strip_prefix("https://")
+                .or_else(|| origin.strip_prefix("http://"));
+            match host.is_some_and(|host| !host.is_empty() && !host.contains('/')) {
+                true => Ok(origin),
+                false => Err(format!(
+                    "{origin:?} is not an origin like https://chat.example.com"
+                )),
+            }
+        })
+        .collect()
+}
+
+fn log_filter(raw: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(raw).map_err(|e| e.to_string())?;
+    Ok(raw.to_string())
+}
+
+fn json_or_text(raw: &str) -> Result<LogFormat, String> {
+    match raw.trim() {
+        "json" => Ok(LogFormat::Json),
+        "text" => Ok(LogFormat::Text),
+        _ => Err("must be json or text".into()),
+    }
+}
+
+fn sampler(raw: &str) -> Result<TracesSampler, String> {
+    Ok(match raw.trim() {
+        "always_on" => TracesSampler::AlwaysOn,
+        "always_off" => TracesSampler::AlwaysOff,
+        "traceidratio" => TracesSampler::TraceIdRatio,
+        "parentbased_always_on" => TracesSampler::ParentBasedAlwaysOn,
+        "parentbased_always_off" => TracesSampler::ParentBasedAlwaysOff,
+        "parentbased_traceidratio" => TracesSampler::ParentBasedTraceIdRatio,
+        other => {
+            return Err(format!(
+                "{other:?} is not one of always_on, always_off, traceidratio, \
+                 parentbased_always_on, parentbased_always_off, parentbased_traceidratio"
+            ));
+        }
+    })
+}
+
+/// `key=value,…` as the OpenTelemetry variables write it: values percent-encoded, blank
+/// entries skipped.
+fn key_values(raw: &str) -> Result<Vec<(String, String)>, String> {
+    raw.split(',')
+        .map(str::trim)
+        .enumerate()
+        .filter(|(_, entry)| !entry.is_empty())
+        .map(|(i, entry)| {
+            // Not the entry itself: it may hold a secret.
+            let (key, value) = entry
+                .split_once('=')
+                .filter(|(key, _)| !key.trim().is_empty())
+                .ok_or_else(|| format!("entry {} is not key=value", i + 1))?;
+            let value = percent_decode(value.trim())
+                .ok_or_else(|| format!("the value of {:?} is not percent-encoded", key.trim()))?;
+            Ok((key.trim().to_string(), value))
+        })
+        .collect()
+}
+
+/// `%XX` escapes decoded, or `None` if one is malformed or the result is not UTF-8.
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            decoded.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
+            i += 3;
+        } else {
+            decoded.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(decoded).ok()
+}
+
+/// HTTP headers, `key=value,…`; a value is never repeated in an error.
+fn otlp_headers(raw: &str) -> Result<OtlpHeaders, String> {
+    let headers = key_values(raw)?
+        .into_iter()
+        .map(|(key, value)| {
+            let name = HeaderName::from_bytes(key.as_bytes())
+                .map_err(|_| format!("{key:?} is not a header name"))?;
+            let mut value = HeaderValue::from_str(&value)
+                .map_err(|_| format!("the value of {key:?} is not a header value"))?;
+            value.set_sensitive(true);
+            Ok((name, value))
+        })
+        .collect::<Result<_, String>>()?;
+    Ok(OtlpHeaders(headers))
+}
+
+fn hook_secret(raw: &str) -> Result<crate::webhooks::signing::Secret, String> {
+    crate::webhooks::signing::Secret::parse(raw).map_err(String::from)
 }
 
 /// Every signing secret this repository has ever shipped, as a default, an example or a
@@ -639,30 +906,22 @@ pub fn is_shipped_secret(secret: &str) -> bool {
 }
 
 /// `JWT_SECRET`, when set, must be long and not one the repository ever published.
-fn check_jwt_secret(secret: &str) -> Result<(), ConfigError> {
+fn signing_secret(secret: &str) -> Result<String, String> {
     if is_shipped_secret(secret) {
-        return Err(bad(
-            "JWT_SECRET",
-            "is an example value published in Natter's repository; \
-             unset it (the cluster then generates its own) or use `openssl rand -base64 48`",
-        ));
+        return Err("is an example value published in Natter's repository; \
+             unset it (the cluster then generates its own) or use `openssl rand -base64 48`"
+            .into());
     }
     if secret.len() < MIN_HS256_SECRET_BYTES {
-        return Err(bad("JWT_SECRET", "must be at least 32 bytes"));
+        return Err("must be at least 32 bytes".into());
     }
-    Ok(())
+    Ok(secret.to_string())
 }
 
-fn parse_issuers(json: &str) -> Result<Vec<IssuerConfig>, ConfigError> {
-    let issuers: Vec<IssuerConfig> =
-        serde_json::from_str(json).map_err(|e| bad("JWT_ISSUERS", e))?;
+fn issuers(json: &str) -> Result<Vec<IssuerConfig>, String> {
+    let issuers: Vec<IssuerConfig> = serde_json::from_str(json).map_err(|e| e.to_string())?;
     for issuer in &issuers {
-        let refuse = |reason: &str| {
-            bad(
-                "JWT_ISSUERS",
-                format!("issuer {:?} {reason}", issuer.issuer),
-            )
-        };
+        let refuse = |reason: &str| format!("issuer {:?} {reason}", issuer.issuer);
         if issuer.issuer == LOCAL_ISSUER {
             return Err(refuse("is Natter's own issuer"));
         }
@@ -732,7 +991,8 @@ mod tests {
         ("JWT_SECRET", "an-operators-own-secret-of-32-bytes-or-more"),
     ];
 
-    /// Parses `natter serve` flags with no environment but `pairs` given as flags.
+    /// Parses `natter serve` flags with `pairs` given as flags (clap also reads the
+    /// process's environment, as `natter` does).
     fn from_flags(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
         use clap::Parser;
         #[derive(Parser)]
@@ -742,8 +1002,7 @@ mod tests {
         }
         let mut argv = vec!["natter".to_string()];
         for (name, value) in pairs {
-            let flag = SettingsArgs::flag(name).unwrap().replace('_', "-");
-            argv.push(format!("--{flag}={value}"));
+            argv.push(format!("{}={value}", flag(name).unwrap()));
         }
         Settings::from_args(&Cli::parse_from(argv).settings)
     }
@@ -751,7 +1010,10 @@ mod tests {
     #[test]
     fn the_defaults_help_shows_are_the_defaults_the_settings_take() {
         let from_flags = from_flags(&BASE).unwrap();
-        let from_env = Settings::from_lookup(env(&BASE)).unwrap();
+        // The same environment: `pairs`, and whatever this process has (RUST_LOG, say).
+        let from_env =
+            Settings::from_lookup(|name| env(&BASE)(name).or_else(|| std::env::var(name).ok()))
+                .unwrap();
         assert_eq!(format!("{from_flags:?}"), format!("{from_env:?}"));
     }
 
@@ -963,5 +1225,134 @@ mod tests {
             Settings::from_lookup(env(&pairs)).unwrap_err().name,
             "JWT_ISSUERS"
         );
+    }
+
+    #[test]
+    fn every_flag_is_its_variable_in_lower_case_and_every_setting_is_documented() {
+        for setting in SETTINGS {
+            assert_eq!(setting.flag.to_uppercase(), setting.variable);
+            assert!(!setting.meaning().is_empty(), "{}", setting.variable);
+            assert!(
+                !setting.doc.contains('|'),
+                "{}: a | breaks the README's table",
+                setting.variable
+            );
+        }
+        let mut variables: Vec<_> = SETTINGS.iter().map(|s| s.variable).collect();
+        variables.sort();
+        variables.dedup();
+        assert_eq!(variables.len(), SETTINGS.len());
+    }
+
+    #[test]
+    fn every_declared_default_parses_and_limits_default_to_them() {
+        // `Settings::from_lookup` parses every default that is not overridden.
+        Settings::from_lookup(env(&BASE)).unwrap();
+        let limits = Limits::default();
+        assert_eq!(limits.max_text_chars, 4000);
+        assert_eq!(limits.max_body_bytes, 64 * 1024);
+        assert_eq!(limits.sends_per_second, 10.0);
+        assert_eq!(limits.request_read_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_blank_value_is_the_same_as_none() {
+        let mut pairs = BASE.to_vec();
+        pairs.extend([("SEND_BURST", " "), ("LISTEN_ADDR", ""), ("NODE_ID", "")]);
+        let s = Settings::from_lookup(env(&pairs)).unwrap();
+        assert_eq!(s.limits.send_burst, 30);
+        assert_eq!(s.listen_addr.to_string(), "0.0.0.0:8080");
+        assert!(!s.node_id.is_empty());
+    }
+
+    /// README.md's configuration table is [`configuration_table`]'s: they cannot drift.
+    /// `NATTER_UPDATE_README=1` writes it there instead of comparing.
+    #[test]
+    fn the_readme_lists_the_declared_settings() {
+        const BEGIN: &str = "<!-- settings:begin (generated from src/config.rs) -->\n";
+        const END: &str = "<!-- settings:end -->";
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
+        let readme = std::fs::read_to_string(path).unwrap();
+        let start = readme
+            .find(BEGIN)
+            .expect("README.md has the settings:begin marker")
+            + BEGIN.len();
+        let end = start
+            + readme[start..]
+                .find(END)
+                .expect("and the settings:end marker");
+        let table = configuration_table();
+        if std::env::var_os("NATTER_UPDATE_README").is_some() {
+            let updated = format!("{}{table}{}", &readme[..start], &readme[end..]);
+            std::fs::write(path, updated).unwrap();
+        } else {
+            assert!(
+                readme[start..end] == table,
+                "README.md's configuration table is not the declared one; \
+                 NATTER_UPDATE_README=1 cargo nextest run --lib config writes it:\n{table}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_standard_otel_variables_are_parsed_and_checked() {
+        let s = Settings::from_lookup(env(&BASE)).unwrap();
+        assert_eq!(s.traces_sampler, TracesSampler::ParentBasedAlwaysOn);
+        assert_eq!(s.traces_sampler_arg, 1.0);
+        assert!(s.resource_attributes.is_empty() && s.otlp_headers.0.is_empty());
+        let mut pairs = BASE.to_vec();
+        pairs.extend([
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
+            (
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "deployment.environment=prod, team=chat%2Cops,,",
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "x-api-key=key-secret-1,authorization=Bearer%20token-secret-2",
+            ),
+        ]);
+        let s = Settings::from_lookup(env(&pairs)).unwrap();
+        assert_eq!(s.traces_sampler, TracesSampler::ParentBasedTraceIdRatio);
+        assert_eq!(s.traces_sampler_arg, 0.25);
+        assert_eq!(
+            s.resource_attributes,
+            [
+                ("deployment.environment".into(), "prod".into()),
+                ("team".into(), "chat,ops".into())
+            ]
+        );
+        let (name, value) = &s.otlp_headers.0[1];
+        assert_eq!(
+            (name.as_str(), value.to_str().unwrap()),
+            ("authorization", "Bearer token-secret-2")
+        );
+        let printed = format!("{s:?}");
+        assert!(printed.contains("x-api-key"), "{printed}");
+        assert!(
+            !printed.contains("secret-1") && !printed.contains("secret-2"),
+            "{printed}"
+        );
+        for (name, bad) in [
+            ("OTEL_TRACES_SAMPLER", "sometimes"),
+            ("OTEL_TRACES_SAMPLER_ARG", "1.5"),
+            ("OTEL_TRACES_SAMPLER_ARG", "half"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "team"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "=prod"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "team=%zz"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "bad header=1"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "x-api-key=line%0Abreak"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "Bearer hunter2"),
+            ("RUST_LOG", "info,[["),
+        ] {
+            let mut pairs = BASE.to_vec();
+            pairs.push((name, bad));
+            let err = Settings::from_lookup(env(&pairs)).unwrap_err();
+            assert_eq!(err.name, name, "{bad}");
+            let message = err.to_string();
+            assert_eq!(message.lines().count(), 1, "{message}");
+            assert!(!message.contains("hunter2"), "{message}");
+        }
     }
 }

@@ -27,11 +27,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// A clustered real-time chat server: REST and WebSocket APIs, Postgres as the source of
 /// truth, NATS between nodes. Every setting is a flag or its environment variable.
 #[derive(Parser)]
-#[command(
-    name = "natter",
-    version,
-    after_help = "Logs are filtered by RUST_LOG (default: info)."
-)]
+#[command(name = "natter", version = env!("NATTER_VERSION"))]
 struct Cli {
     /// What to do; `serve` when none is given.
     #[command(subcommand)]
@@ -90,7 +86,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init(settings.log_format, &settings.node_id);
+    telemetry::init(settings.log_format, &settings.node_id, &settings.log_filter);
     let result = match run {
         Run::Serve => serve(settings).await,
         Run::Migrate => migrate(settings).await,
@@ -114,14 +110,7 @@ async fn main() -> ExitCode {
 type BoxError = Box<dyn std::error::Error>;
 
 async fn serve(settings: Settings) -> Result<(), BoxError> {
-    let tracer = match settings.otlp_endpoint.as_deref() {
-        Some(endpoint) => Some(telemetry::otlp::install(
-            endpoint,
-            &settings.service_name,
-            &settings.node_id,
-        )?),
-        None => None,
-    };
+    let tracer = telemetry::otlp::install(&settings)?;
     let app = Application::build(settings).await?;
     app.run_until_stopped(shutdown_signal()).await?;
     if let Some(tracer) = tracer {
@@ -196,4 +185,27 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Cli;
+
+    #[test]
+    fn version_names_the_package_version_and_the_commit() {
+        let printed = match Cli::try_parse_from(["natter", "--version"]) {
+            Err(err) if err.kind() == clap::error::ErrorKind::DisplayVersion => err.to_string(),
+            _ => panic!("--version prints the version"),
+        };
+        let expected = format!("natter {} (", env!("CARGO_PKG_VERSION"));
+        let commit = printed
+            .trim_end()
+            .strip_prefix(&expected)
+            .and_then(|rest| rest.strip_suffix(')'))
+            .unwrap_or_else(|| panic!("{printed:?} is not `natter VERSION (COMMIT)`"));
+        let commit_ish = commit.len() >= 4 && commit.bytes().all(|b| b.is_ascii_hexdigit());
+        assert!(commit_ish || commit == "unknown", "{commit:?}");
+    }
 }

@@ -35,11 +35,13 @@ use std::{
 
 use opentelemetry::{
     Context, KeyValue,
+    propagation::{Extractor, Injector, TextMapPropagator},
     trace::{
         Span as _, SpanContext, SpanId, SpanKind, TraceContextExt, TraceFlags, TraceId, TraceState,
         Tracer as _,
     },
 };
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 
 use serde_json::{Map, Value};
 use tracing::{
@@ -59,10 +61,10 @@ use uuid::Uuid;
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber; a second call (tests) is a no-op.
-pub fn init(format: LogFormat, node_id: &str) {
-    let directives = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
-    let filter = EnvFilter::try_new(wire_safe(&directives)).unwrap_or_else(|err| {
+/// Installs the global subscriber, writing the events `directives` (`RUST_LOG`) let
+/// through; a second call (tests) is a no-op.
+pub fn init(format: LogFormat, node_id: &str, directives: &str) {
+    let filter = EnvFilter::try_new(wire_safe(directives)).unwrap_or_else(|err| {
         eprintln!("natter: RUST_LOG: {err}; logging at info");
         EnvFilter::new("info")
     });
@@ -117,8 +119,8 @@ where
         line.insert("level".into(), metadata.level().as_str().into());
         line.insert("target".into(), metadata.target().into());
         line.insert("node_id".into(), (*self.node_id).into());
-        if let Some(trace_id) = current_traceparent().as_deref().and_then(trace_id_of) {
-            line.insert("trace_id".into(), trace_id.into());
+        if let Some(remote) = current_traceparent().as_deref().and_then(extract) {
+            line.insert("trace_id".into(), remote.trace_id().to_string().into());
         }
         event.record(&mut JsonFields(&mut line));
         let spans: Vec<Value> = ctx
@@ -167,48 +169,45 @@ impl Visit for JsonFields<'_> {
     }
 }
 
-/// The four dash-separated fields of a `traceparent` (version, trace id, span id,
-/// flags), split without allocating: this runs for every frame, commit and delivery.
-fn traceparent_fields(traceparent: &str) -> Option<[&str; 4]> {
-    let mut fields = traceparent.trim().split('-');
-    let parsed = [
-        fields.next()?,
-        fields.next()?,
-        fields.next()?,
-        fields.next()?,
-    ];
-    fields.next().is_none().then_some(parsed)
+/// A carrier holding one `traceparent`, for [`TraceContextPropagator`] to read.
+struct Traceparent<'a>(&'a str);
+
+impl Extractor for Traceparent<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        (key == "traceparent").then_some(self.0)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        vec!["traceparent"]
+    }
 }
 
-/// The trace id (32 hex digits, not all zero) of a valid `traceparent`.
-fn trace_id_of(traceparent: &str) -> Option<&str> {
-    let [_, trace_id, _, _] = traceparent_fields(traceparent)?;
-    let valid = trace_id.len() == 32
-        && trace_id.bytes().all(|b| b.is_ascii_hexdigit())
-        && trace_id.bytes().any(|b| b != b'0');
-    valid.then_some(trace_id)
+/// A carrier the propagator writes a `traceparent` into (the `tracestate` is not
+/// carried).
+#[derive(Default)]
+struct Written(Option<String>);
+
+impl Injector for Written {
+    fn set(&mut self, key: &str, value: String) {
+        if key == "traceparent" {
+            self.0 = Some(value);
+        }
+    }
 }
 
-/// Whether `traceparent` is exactly what this node would write (W3C's field widths,
-/// lower-case hex, no padding, non-zero ids), so that work can run under it as it is.
-fn is_canonical(traceparent: &str) -> bool {
-    let Some(fields) = traceparent_fields(traceparent) else {
-        return false;
-    };
-    let lower_hex = |field: &str| {
-        field
-            .bytes()
-            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    };
-    let non_zero = |field: &str| field.bytes().any(|b| b != b'0');
-    traceparent.len() == 55
-        && fields
-            .iter()
-            .zip([2, 32, 16, 2])
-            .all(|(field, width)| field.len() == width)
-        && fields.iter().all(|field| lower_hex(field))
-        && non_zero(fields[1])
-        && non_zero(fields[2])
+/// The remote span context a valid W3C `traceparent` names.
+fn extract(traceparent: &str) -> Option<SpanContext> {
+    let context = TraceContextPropagator::new().extract(&Traceparent(traceparent));
+    let remote = context.span().span_context().clone();
+    remote.is_valid().then_some(remote)
+}
+
+/// The `traceparent` that names `span` (valid).
+fn inject(span: &SpanContext) -> String {
+    let context = Context::new().with_remote_span_context(span.clone());
+    let mut carrier = Written::default();
+    TraceContextPropagator::new().inject_context(&context, &mut carrier);
+    carrier.0.unwrap_or_default()
 }
 
 tokio::task_local! {
@@ -216,25 +215,24 @@ tokio::task_local! {
 }
 
 /// A `traceparent` for new work: the same trace as `parent` (a valid W3C header value)
-/// with a new span id, or a new trace.
-///
-/// Every step of every send makes one, so the parent's trace id is copied as text (in
-/// lower case, as W3C writes it) rather than parsed and formatted again.
+/// with a new span id and the parent's sampling flag, or a new, sampled trace.
 pub fn child_traceparent(parent: Option<&str>) -> String {
-    use std::fmt::Write;
-    let mut traceparent = String::with_capacity(55);
-    traceparent.push_str("00-");
-    match parent.and_then(trace_id_of) {
-        Some(trace_id) => traceparent.extend(trace_id.chars().map(|c| c.to_ascii_lowercase())),
-        None => {
-            let (high, low) = Uuid::new_v4().as_u64_pair();
-            let _ = write!(traceparent, "{high:016x}{low:016x}");
-        }
-    }
+    let (trace_id, flags) = match parent.and_then(extract) {
+        Some(parent) => (parent.trace_id(), parent.trace_flags()),
+        None => (
+            TraceId::from_bytes(Uuid::new_v4().into_bytes()),
+            TraceFlags::SAMPLED,
+        ),
+    };
     // The low half of a v4 UUID holds its variant bits, so it is never zero.
-    let span_id = Uuid::new_v4().as_u64_pair().1;
-    let _ = write!(traceparent, "-{span_id:016x}-01");
-    traceparent
+    let span_id = SpanId::from(Uuid::new_v4().as_u64_pair().1);
+    inject(&SpanContext::new(
+        trace_id,
+        span_id,
+        flags,
+        false,
+        TraceState::NONE,
+    ))
 }
 
 /// Whether a tracer provider was installed through [`set_tracer_provider`]. Without one,
@@ -284,9 +282,16 @@ impl TraceSpan {
             // exists: the work continues its parent's context (logs need only its trace
             // id), and only work without a valid parent starts a trace. Every step of
             // every message came here (4 % of a node's time in a `rooms` run).
-            let traceparent = match parent {
-                Some(parent) if is_canonical(parent) => Arc::clone(parent),
-                _ => child_traceparent(parent.map(|parent| &**parent)).into(),
+            let traceparent = match parent.and_then(|parent| Some((parent, extract(parent)?))) {
+                Some((parent, remote)) => {
+                    let written = inject(&remote);
+                    // As it is when it is written as this node writes it (nearly always).
+                    match *written == **parent {
+                        true => Arc::clone(parent),
+                        false => written.into(),
+                    }
+                }
+                None => child_traceparent(None).into(),
             };
             return Self {
                 span: None,
@@ -295,13 +300,11 @@ impl TraceSpan {
         }
         let tracer = opentelemetry::global::tracer("natter");
         let parent = parent.map(|parent| &**parent);
-        let remote = parent.and_then(remote_context);
-        let parent_span_id = remote
-            .as_ref()
-            .map_or(SpanId::INVALID, SpanContext::span_id);
-        let parent_context = remote
-            .map(|remote| Context::new().with_remote_span_context(remote))
-            .unwrap_or_default();
+        let parent_context = match parent {
+            Some(parent) => TraceContextPropagator::new().extract(&Traceparent(parent)),
+            None => Context::new(),
+        };
+        let parent_span_id = parent_context.span().span_context().span_id();
         let mut builder = tracer
             .span_builder(name)
             .with_kind(kind)
@@ -313,12 +316,7 @@ impl TraceSpan {
         // still keeps the trace id for the logs.
         let exported = context.is_valid() && context.span_id() != parent_span_id;
         let traceparent = if exported {
-            format!(
-                "00-{}-{}-{:02x}",
-                context.trace_id(),
-                context.span_id(),
-                context.trace_flags().to_u8()
-            )
+            inject(context)
         } else {
             child_traceparent(parent)
         };
@@ -340,22 +338,6 @@ impl TraceSpan {
     }
 }
 
-/// The remote span context a valid `traceparent` names.
-fn remote_context(traceparent: &str) -> Option<SpanContext> {
-    let [_, trace_id, span_id, flags] = traceparent_fields(traceparent)?;
-    if trace_id.len() != 32 || span_id.len() != 16 || flags.len() != 2 {
-        return None;
-    }
-    let context = SpanContext::new(
-        TraceId::from_hex(trace_id).ok()?,
-        SpanId::from_hex(span_id).ok()?,
-        TraceFlags::new(u8::from_str_radix(flags, 16).ok()?),
-        true,
-        TraceState::default(),
-    );
-    context.is_valid().then_some(context)
-}
-
 /// Runs `work` with `traceparent` as its trace context.
 pub async fn in_trace<F: Future>(traceparent: impl Into<Arc<str>>, work: F) -> F::Output {
     TRACEPARENT.scope(traceparent.into(), work).await
@@ -370,19 +352,33 @@ pub fn current_traceparent() -> Option<Arc<str>> {
 mod tests {
     use super::*;
 
+    /// Whether `traceparent` is written as this node writes it: version 00, W3C's field
+    /// widths, lower-case hex, valid ids.
+    fn is_canonical(traceparent: &str) -> bool {
+        extract(traceparent).is_some_and(|remote| inject(&remote) == traceparent)
+    }
+
     #[test]
-    fn a_child_keeps_the_parents_trace_and_gets_its_own_span() {
+    fn a_child_keeps_the_parents_trace_and_flags_and_gets_its_own_span() {
         let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let child = child_traceparent(Some(parent));
         assert!(child.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert!(child.ends_with("-01") && is_canonical(&child), "{child}");
         assert_ne!(child, parent);
-        let fresh = child_traceparent(Some("garbage"));
-        assert_eq!(fresh.len(), 55);
-        assert!(trace_id_of(&fresh).is_some());
-        let upper = child_traceparent(Some(
-            " 00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01 ",
+        let unsampled = child_traceparent(Some(
+            " 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00 ",
         ));
-        assert!(upper.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert!(unsampled.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert!(unsampled.ends_with("-00"), "{unsampled}");
+        // W3C: upper-case hex is not a valid traceparent, so it starts a new trace.
+        for invalid in [
+            "garbage",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01",
+        ] {
+            let fresh = child_traceparent(Some(invalid));
+            assert!(is_canonical(&fresh) && fresh.ends_with("-01"), "{fresh}");
+            assert!(!fresh.contains("4bf92f3577b34da6a3ce929d0e0e4736"));
+        }
     }
 
     #[test]
@@ -390,34 +386,35 @@ mod tests {
         let parent: Arc<str> = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into();
         let span = TraceSpan::start("step", SpanKind::Internal, Some(&parent), "node");
         assert!(Arc::ptr_eq(span.traceparent(), &parent));
-        // A client's header in another spelling is written the node's way.
-        let upper: Arc<str> = " 00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01".into();
-        let span = TraceSpan::start("step", SpanKind::Internal, Some(&upper), "node");
-        assert!(
-            span.traceparent()
-                .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-")
-        );
+        // A client's header with spaces around it is written the node's way.
+        let padded: Arc<str> = " 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01 ".into();
+        let span = TraceSpan::start("step", SpanKind::Internal, Some(&padded), "node");
+        assert_eq!(**span.traceparent(), *parent.trim());
         let garbage: Arc<str> = "garbage".into();
-        // The right length and a valid trace id, but a span id of the wrong width.
-        let misshapen: Arc<str> = "000-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b-01".into();
-        for parent in [Some(&garbage), Some(&misshapen), None] {
+        let upper: Arc<str> = "00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01".into();
+        for parent in [Some(&garbage), Some(&upper), None] {
             let span = TraceSpan::start("step", SpanKind::Internal, parent, "node");
-            assert!(is_canonical(span.traceparent()));
+            assert!(is_canonical(span.traceparent()), "{}", span.traceparent());
         }
     }
 
     #[test]
     fn a_traceparent_with_extra_or_missing_fields_is_invalid() {
         let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        assert!(trace_id_of(valid).is_some());
-        assert!(remote_context(valid).is_some());
+        let remote = extract(valid).unwrap();
+        assert_eq!(
+            remote.trace_id(),
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap()
+        );
+        assert_eq!(inject(&remote), valid);
         for invalid in [
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-00",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         ] {
-            assert!(trace_id_of(invalid).is_none(), "{invalid}");
-            assert!(remote_context(invalid).is_none(), "{invalid}");
+            assert!(extract(invalid).is_none(), "{invalid}");
         }
     }
 }

@@ -9,6 +9,11 @@
 //! posts it. That queue is bounded: when the collector is slow or gone, batches are
 //! refused (and the SDK drops them), never buffered without bound and never waited for by
 //! a request.
+//!
+//! The standard variables are honoured, each declared once in `config`:
+//! `OTEL_EXPORTER_OTLP_HEADERS` (sent with every export), `OTEL_RESOURCE_ATTRIBUTES`
+//! (merged into the resource; `OTEL_SERVICE_NAME` wins over a `service.name` there) and
+//! `OTEL_TRACES_SAMPLER` with `OTEL_TRACES_SAMPLER_ARG`.
 
 use std::time::Duration;
 
@@ -16,24 +21,31 @@ use async_trait::async_trait;
 use opentelemetry::KeyValue;
 use opentelemetry_http::{Bytes, HttpClient, HttpError, Request, Response};
 use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
-use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
+use opentelemetry_sdk::{
+    Resource,
+    trace::{Sampler, SdkTracerProvider},
+};
 use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{OtlpHeaders, Settings, TracesSampler};
 
 /// Exports waiting for the poster.
 const QUEUED_EXPORTS: usize = 32;
 /// How long one POST to the collector may take.
 const POST_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Installs a global tracer provider that exports to the collector at `endpoint` (the
-/// OTLP/HTTP base URL, e.g. `http://otel-collector:4318`). Must run inside the node's
-/// Tokio runtime. Returns the provider, to flush it at shutdown.
+/// Installs a global tracer provider that exports to the collector at
+/// `settings.otlp_endpoint` (the OTLP/HTTP base URL, e.g. `http://otel-collector:4318`),
+/// if there is one. Must run inside the node's Tokio runtime. Returns the provider, to
+/// flush it at shutdown.
 pub fn install(
-    endpoint: &str,
-    service_name: &str,
-    node_id: &str,
-) -> Result<SdkTracerProvider, opentelemetry_otlp::ExporterBuildError> {
+    settings: &Settings,
+) -> Result<Option<SdkTracerProvider>, opentelemetry_otlp::ExporterBuildError> {
+    let Some(endpoint) = settings.otlp_endpoint.as_deref() else {
+        return Ok(None);
+    };
     let (requests, queue) = mpsc::channel(QUEUED_EXPORTS);
-    tokio::spawn(post_exports(queue));
+    tokio::spawn(post_exports(queue, settings.otlp_headers.clone()));
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_http_client(NodeHttp { requests })
@@ -41,16 +53,46 @@ pub fn install(
         .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
         .with_timeout(POST_TIMEOUT)
         .build()?;
-    let resource = Resource::builder_empty()
-        .with_service_name(service_name.to_string())
-        .with_attribute(KeyValue::new("service.instance.id", node_id.to_string()))
-        .build();
     let provider = SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
-        .with_resource(resource)
+        .with_resource(resource(settings))
+        .with_sampler(sampler(
+            settings.traces_sampler,
+            settings.traces_sampler_arg,
+        ))
         .build();
     super::set_tracer_provider(provider.clone());
-    Ok(provider)
+    Ok(Some(provider))
+}
+
+/// The spans' resource: the node as `service.instance.id` (unless
+/// `OTEL_RESOURCE_ATTRIBUTES` names another), those attributes, and `service.name`.
+fn resource(settings: &Settings) -> Resource {
+    let attributes = settings
+        .resource_attributes
+        .iter()
+        .map(|(key, value)| KeyValue::new(key.clone(), value.clone()));
+    Resource::builder_empty()
+        .with_attribute(KeyValue::new(
+            "service.instance.id",
+            settings.node_id.clone(),
+        ))
+        .with_attributes(attributes)
+        .with_service_name(settings.service_name.clone())
+        .build()
+}
+
+/// The sampler `OTEL_TRACES_SAMPLER` names, with `ratio` for the ratio samplers.
+fn sampler(kind: TracesSampler, ratio: f64) -> Sampler {
+    let parent_based = |root| Sampler::ParentBased(Box::new(root));
+    match kind {
+        TracesSampler::AlwaysOn => Sampler::AlwaysOn,
+        TracesSampler::AlwaysOff => Sampler::AlwaysOff,
+        TracesSampler::TraceIdRatio => Sampler::TraceIdRatioBased(ratio),
+        TracesSampler::ParentBasedAlwaysOn => parent_based(Sampler::AlwaysOn),
+        TracesSampler::ParentBasedAlwaysOff => parent_based(Sampler::AlwaysOff),
+        TracesSampler::ParentBasedTraceIdRatio => parent_based(Sampler::TraceIdRatioBased(ratio)),
+    }
 }
 
 /// A request to the collector and where its answer goes.
@@ -79,15 +121,18 @@ impl HttpClient for NodeHttp {
     }
 }
 
-/// Posts each export through one reqwest client on the node's runtime, in order. Ends
-/// when the exporter is dropped.
-async fn post_exports(mut queue: mpsc::Receiver<Export>) {
+/// Posts each export, with `headers`, through one reqwest client on the node's runtime,
+/// in order. Ends when the exporter is dropped.
+async fn post_exports(mut queue: mpsc::Receiver<Export>, headers: OtlpHeaders) {
     let http = reqwest::Client::builder()
         .timeout(POST_TIMEOUT)
         .build()
         .unwrap_or_default();
     while let Some((request, answer)) = queue.recv().await {
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
+        for (name, value) in &headers.0 {
+            parts.headers.insert(name.clone(), value.clone());
+        }
         let posted = async {
             let response = http
                 .request(parts.method, parts.uri.to_string())
@@ -163,7 +208,21 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = format!("http://{}/", listener.local_addr().unwrap());
         let collector = tokio::spawn(one_request(listener));
-        let provider = install(&endpoint, "natter-test", "node-7").unwrap();
+        let settings = Settings::from_lookup(|name| {
+            let value = match name {
+                "DATABASE_URL" => "postgres://u@localhost/db",
+                "NATS_URL" => "nats://localhost:4222",
+                "NODE_ID" => "node-7",
+                "OTEL_EXPORTER_OTLP_ENDPOINT" => &endpoint,
+                "OTEL_SERVICE_NAME" => "natter-test",
+                "OTEL_RESOURCE_ATTRIBUTES" => "service.name=other,deployment.environment=test",
+                "OTEL_EXPORTER_OTLP_HEADERS" => "x-api-key=collector-key%21",
+                _ => return None,
+            };
+            Some(value.to_string())
+        })
+        .unwrap();
+        let provider = install(&settings).unwrap().unwrap();
         let parent: std::sync::Arc<str> =
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into();
         let mut span =
@@ -177,11 +236,9 @@ mod tests {
             .unwrap();
         flushed.await.unwrap().unwrap();
         assert!(head.starts_with("POST /v1/traces HTTP/1.1"), "{head}");
-        assert!(
-            head.to_lowercase()
-                .contains("content-type: application/json"),
-            "{head}"
-        );
+        let head = head.to_lowercase();
+        assert!(head.contains("content-type: application/json"), "{head}");
+        assert!(head.contains("x-api-key: collector-key!"), "{head}");
         let resource = &body["resourceSpans"][0]["resource"]["attributes"];
         let attribute = |key: &str| {
             resource
@@ -193,10 +250,49 @@ mod tests {
         };
         assert_eq!(attribute("service.name"), Some("natter-test".into()));
         assert_eq!(attribute("service.instance.id"), Some("node-7".into()));
+        assert_eq!(attribute("deployment.environment"), Some("test".into()));
         let span = &body["resourceSpans"][0]["scopeSpans"][0]["spans"][0];
         assert_eq!(span["name"], "nats publish");
         assert_eq!(span["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(span["parentSpanId"], "00f067aa0ba902b7");
         assert_eq!(span["kind"], 4);
+    }
+
+    #[test]
+    fn each_standard_sampler_decides_as_the_specification_says() {
+        use opentelemetry::{
+            Context,
+            trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState},
+        };
+        use opentelemetry_sdk::trace::{SamplingDecision, ShouldSample};
+
+        let trace_id = TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap();
+        let parent = |flags| {
+            Context::new().with_remote_span_context(SpanContext::new(
+                trace_id,
+                SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+                flags,
+                true,
+                TraceState::NONE,
+            ))
+        };
+        let (sampled, unsampled) = (parent(TraceFlags::SAMPLED), parent(TraceFlags::default()));
+        let decide = |kind, ratio, parent: Option<&Context>| {
+            let decision = sampler(kind, ratio)
+                .should_sample(parent, trace_id, "step", &SpanKind::Internal, &[], &[])
+                .decision;
+            decision == SamplingDecision::RecordAndSample
+        };
+        use TracesSampler::*;
+        assert!(decide(AlwaysOn, 1.0, Some(&unsampled)));
+        assert!(!decide(AlwaysOff, 1.0, Some(&sampled)));
+        assert!(decide(TraceIdRatio, 1.0, None));
+        assert!(!decide(TraceIdRatio, 0.0, None));
+        assert!(decide(ParentBasedAlwaysOn, 1.0, None));
+        assert!(!decide(ParentBasedAlwaysOn, 1.0, Some(&unsampled)));
+        assert!(!decide(ParentBasedAlwaysOff, 1.0, None));
+        assert!(decide(ParentBasedAlwaysOff, 1.0, Some(&sampled)));
+        assert!(!decide(ParentBasedTraceIdRatio, 0.0, None));
+        assert!(decide(ParentBasedTraceIdRatio, 0.0, Some(&sampled)));
     }
 }

@@ -7,10 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use natter::{
-    app::Application,
-    config::{AuthSettings, IssuerConfig, Limits, LogFormat, Settings},
-};
+use natter::{app::Application, config::Settings};
 use reqwest::{Method, StatusCode, header::HeaderMap};
 use serde_json::{Value, json};
 use tokio::{
@@ -47,8 +44,9 @@ pub async fn create_database() -> String {
     format!("{base}/{name}")
 }
 
-/// Settings for a test node on `database_url`, with SPEC defaults.
-/// Nodes on the same database share NATS subjects and presence (the prefix is the
+/// Settings for a test node on `database_url`, with SPEC defaults: the declared ones,
+/// read from this small environment (not the process's), so a new setting needs nothing
+/// here. Nodes on the same database share NATS subjects and presence (the prefix is the
 /// database's name); different tests never see each other's traffic.
 pub fn settings(database_url: &str) -> Settings {
     let database = database_url
@@ -57,35 +55,26 @@ pub fn settings(database_url: &str) -> Settings {
         .and_then(|db| db.split('?').next())
         .unwrap()
         .to_string();
-    Settings {
-        database_url: database_url.to_string(),
-        database_pool_size: 8,
-        database_ca_file: None,
-        database_read_url: None,
-        nats_url: env("NATTER_TEST_NATS_URL"),
-        nats_prefix: database,
-        nats_auth: Default::default(),
-        presence_ttl: Duration::from_secs(10),
-        presence_replicas: 1,
-        reorder_wait: natter::config::DEFAULT_REORDER_WAIT,
-        listen_addr: "127.0.0.1:0".parse().unwrap(),
-        metrics_addr: None,
-        node_id: format!("test-{}", &Uuid::new_v4().simple().to_string()[..8]),
-        auth: AuthSettings {
-            jwt_secret: Some(JWT_SECRET.clone()),
-            token_ttl: Duration::from_secs(3600),
-            issuers: Vec::<IssuerConfig>::new(),
-        },
-        limits: Limits::default(),
-        cors_origins: Vec::new(),
-        log_format: LogFormat::Text,
-        otlp_endpoint: None,
-        service_name: "natter".into(),
-        send_hook: None,
-        compat_routes: true,
-        webhooks: Vec::new(),
-        webhook_allow_private: false,
-    }
+    let node_id = format!("test-{}", &Uuid::new_v4().simple().to_string()[..8]);
+    let environment = [
+        ("DATABASE_URL", database_url.to_string()),
+        ("DATABASE_POOL_SIZE", "8".into()),
+        ("NATS_URL", env("NATTER_TEST_NATS_URL")),
+        ("NATS_PREFIX", database),
+        ("PRESENCE_REPLICAS", "1".into()),
+        ("LISTEN_ADDR", "127.0.0.1:0".into()),
+        ("NODE_ID", node_id),
+        ("JWT_SECRET", JWT_SECRET.clone()),
+        ("JWT_TTL_SECS", "3600".into()),
+        ("LOG_FORMAT", "text".into()),
+    ];
+    Settings::from_lookup(|name| {
+        environment
+            .iter()
+            .find(|(variable, _)| *variable == name)
+            .map(|(_, value)| value.clone())
+    })
+    .expect("the test settings are valid")
 }
 
 /// Raises the send budget to 1,000 a second (burst 1,000), for tests that send in bulk
