@@ -261,7 +261,14 @@ fn no_file_names_a_document_the_repository_does_not_have() {
             if !exists(file, path) {
                 report(line, &format!("link to {target}"));
             } else if !anchor.is_empty() && file.ends_with(".md") {
-                let document = path.parent().unwrap().join(file);
+                // Beside the linking file, or (a setting's doc, which the README's
+                // table repeats) from the repository's root.
+                let beside = path.parent().unwrap().join(file);
+                let document = if beside.exists() {
+                    beside
+                } else {
+                    root.join(file)
+                };
                 if !anchors(&document).contains(anchor) {
                     report(line, &format!("link to a heading {file} lacks: {target}"));
                 }
