@@ -11,6 +11,7 @@ use uuid::Uuid;
 use crate::{
     model::{AccessLost, Message},
     protocol::{PresenceStatus, ServerFrame},
+    store::events::RoomChange,
 };
 
 const KIND: &str = "Natter-Kind";
@@ -89,6 +90,29 @@ pub struct RoomEvent {
 }
 
 impl RoomEvent {
+    /// What a stored change tells the room's live subscribers, if anything: a frame for
+    /// sockets, or a revocation that ends the subscriptions of those who lost the room.
+    /// The live half of a change's events; its webhook half is `RoomChange::kind` and
+    /// `RoomChange::data`, decided from the same value.
+    pub fn of(change: &RoomChange) -> Option<Self> {
+        Some(match change {
+            RoomChange::MessageCreated(message) => Self::message(message),
+            RoomChange::MessageEdited(message) => Self::message_edited(message),
+            RoomChange::MessageDeleted(message) => Self::message_deleted(message),
+            RoomChange::ReactionAdded(r) => {
+                Self::reaction(r.room_id, r.message_id, &r.emoji, r.user_id, true)
+            }
+            RoomChange::ReactionRemoved(r) => {
+                Self::reaction(r.room_id, r.message_id, &r.emoji, r.user_id, false)
+            }
+            RoomChange::MemberJoined(_) | RoomChange::RoomCreated(_) => return None,
+            RoomChange::MemberLeft { member, lost } => {
+                Self::revoke(member.room_id, Some(member.user_id), (*lost)?)
+            }
+            RoomChange::RoomDeleted(room) => Self::revoke(room.id, None, AccessLost::RoomDeleted),
+        })
+    }
+
     fn new(room_id: Uuid, kind: EventKind, frame: &ServerFrame<'_>) -> Self {
         Self {
             room_id,
@@ -265,5 +289,185 @@ impl RoomEvent {
             traceparent,
             payload,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::{
+        model::{Room, RoomKind},
+        store::events::{Membership, Reacted},
+        webhooks::EVENT_TYPES,
+    };
+
+    const ROOM: Uuid = Uuid::from_u128(1);
+    const USER: Uuid = Uuid::from_u128(2);
+    const MESSAGE: Uuid = Uuid::from_u128(3);
+    const MEMBER: Membership = Membership {
+        room_id: ROOM,
+        user_id: USER,
+    };
+
+    fn reacted() -> Reacted {
+        Reacted {
+            room_id: ROOM,
+            message_id: MESSAGE,
+            emoji: "🎉".into(),
+            user_id: USER,
+        }
+    }
+
+    fn room() -> Room {
+        Room {
+            id: ROOM,
+            name: "general".into(),
+            kind: RoomKind::Private,
+            owner_id: USER,
+            created_at: 7,
+            last_seq: 0,
+            member_count: 1,
+        }
+    }
+
+    /// One change of each variant, with the webhook type and the live event kind it must
+    /// have: a change's events, decided in one table.
+    fn every_change() -> Vec<(RoomChange, &'static str, Option<EventKind>)> {
+        let message = Message::for_test(ROOM, 1, USER);
+        let left = RoomChange::MemberLeft {
+            member: MEMBER,
+            lost: Some(AccessLost::Removed),
+        };
+        vec![
+            (
+                RoomChange::MessageCreated(message.clone()),
+                "message.created",
+                Some(EventKind::Message),
+            ),
+            (
+                RoomChange::MessageEdited(message.clone()),
+                "message.edited",
+                Some(EventKind::MessageEdited),
+            ),
+            (
+                RoomChange::MessageDeleted(message),
+                "message.deleted",
+                Some(EventKind::MessageDeleted),
+            ),
+            (
+                RoomChange::ReactionAdded(reacted()),
+                "reaction.added",
+                Some(EventKind::Reaction),
+            ),
+            (
+                RoomChange::ReactionRemoved(reacted()),
+                "reaction.removed",
+                Some(EventKind::Reaction),
+            ),
+            (RoomChange::MemberJoined(MEMBER), "member.joined", None),
+            (left, "member.left", Some(EventKind::Revoke)),
+            (RoomChange::RoomCreated(room()), "room.created", None),
+            (
+                RoomChange::RoomDeleted(room()),
+                "room.deleted",
+                Some(EventKind::Revoke),
+            ),
+        ]
+    }
+
+    /// The variant's index: a new variant does not compile here until it has one, and
+    /// then fails `each_change_decides_its_webhook_type_and_live_event` until
+    /// `every_change` says what it emits.
+    fn variant(change: &RoomChange) -> usize {
+        match change {
+            RoomChange::MessageCreated(_) => 0,
+            RoomChange::MessageEdited(_) => 1,
+            RoomChange::MessageDeleted(_) => 2,
+            RoomChange::ReactionAdded(_) => 3,
+            RoomChange::ReactionRemoved(_) => 4,
+            RoomChange::MemberJoined(_) => 5,
+            RoomChange::MemberLeft { .. } => 6,
+            RoomChange::RoomCreated(_) => 7,
+            RoomChange::RoomDeleted(_) => 8,
+        }
+    }
+    const VARIANTS: usize = 9;
+
+    #[test]
+    fn each_change_decides_its_webhook_type_and_live_event() {
+        let changes = every_change();
+        let mut variants: Vec<usize> = changes.iter().map(|(c, ..)| variant(c)).collect();
+        variants.sort_unstable();
+        assert_eq!(variants, (0..VARIANTS).collect::<Vec<_>>());
+        for (change, kind, live) in &changes {
+            assert_eq!(change.kind(), *kind, "{change:?}");
+            let event = RoomEvent::of(change);
+            assert_eq!(event.as_ref().map(|e| e.kind), *live, "{change:?}");
+            assert_eq!(change.room_id(), ROOM, "{change:?}");
+            if let Some(event) = event {
+                assert_eq!(event.room_id, ROOM, "{change:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn each_webhook_type_is_one_change() {
+        let mut kinds: Vec<&str> = every_change().iter().map(|(c, ..)| c.kind()).collect();
+        let mut types = EVENT_TYPES.to_vec();
+        kinds.sort_unstable();
+        types.sort_unstable();
+        assert_eq!(kinds, types);
+    }
+
+    #[test]
+    fn a_member_leaving_a_public_room_revokes_nothing() {
+        let left = RoomChange::MemberLeft {
+            member: MEMBER,
+            lost: None,
+        };
+        assert_eq!(left.kind(), "member.left");
+        assert!(RoomEvent::of(&left).is_none());
+    }
+
+    #[test]
+    fn those_who_lose_a_room_are_told_why() {
+        for lost in [AccessLost::Left, AccessLost::Removed] {
+            let left = RoomChange::MemberLeft {
+                member: MEMBER,
+                lost: Some(lost),
+            };
+            let event = RoomEvent::of(&left).expect("a revocation");
+            assert_eq!(event.user_id, Some(USER));
+            assert_eq!(&*event.payload, lost.as_str());
+        }
+        let event = RoomEvent::of(&RoomChange::RoomDeleted(room())).expect("a revocation");
+        assert_eq!(event.user_id, None);
+        assert_eq!(&*event.payload, AccessLost::RoomDeleted.as_str());
+    }
+
+    #[test]
+    fn live_frames_carry_what_the_webhook_data_does() {
+        let frame = |change: &RoomChange| -> Value {
+            serde_json::from_str(&RoomEvent::of(change).unwrap().payload).unwrap()
+        };
+        let added = RoomChange::ReactionAdded(reacted());
+        let mut expected = added.data();
+        expected["type"] = json!("reaction");
+        expected["added"] = json!(true);
+        assert_eq!(frame(&added), expected);
+        assert_eq!(
+            frame(&RoomChange::ReactionRemoved(reacted()))["added"],
+            false
+        );
+
+        let message = Message::for_test(ROOM, 4, USER);
+        let created = RoomChange::MessageCreated(message);
+        let event = RoomEvent::of(&created).unwrap();
+        assert_eq!((event.seq, event.created_at), (Some(4), Some(0)));
+        assert_eq!(frame(&created)["message"], created.data()["message"]);
+        let edited = RoomChange::MessageEdited(Message::for_test(ROOM, 4, USER));
+        assert_eq!(frame(&edited)["message"], edited.data()["message"]);
     }
 }

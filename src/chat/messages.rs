@@ -4,7 +4,6 @@ use uuid::Uuid;
 
 use super::{Chat, ChatError, meter};
 use crate::{
-    bus::RoomEvent,
     domain::{ClientMsgId, Emoji, InvalidInput, MessageText},
     model::Message,
     store::{
@@ -172,16 +171,15 @@ impl Chat {
     ) -> Result<Message, ChatError> {
         let text = MessageText::parse(text, self.limits.max_text_chars)?;
         meter(&self.edits, editor)?;
-        let message = self
+        let edited = self
             .store
             .edit_message(editor, room_id, message_id, &text)
             .await?;
-        self.bus.publish(&RoomEvent::message_edited(&message)).await;
-        Ok(message)
+        Ok(self.emit(edited).await)
     }
 
     /// The sender or the room's owner deletes a message, leaving a tombstone; the room
-    /// hears `message_deleted`.
+    /// hears `message_deleted` (not again for a tombstone deleted again).
     pub async fn delete_message(
         &self,
         deleter: Uuid,
@@ -189,14 +187,11 @@ impl Chat {
         message_id: Uuid,
     ) -> Result<Message, ChatError> {
         meter(&self.edits, deleter)?;
-        let message = self
+        let deleted = self
             .store
             .delete_message(deleter, room_id, message_id)
             .await?;
-        self.bus
-            .publish(&RoomEvent::message_deleted(&message))
-            .await;
-        Ok(message)
+        Ok(self.emit(deleted).await)
     }
 
     /// Adds (`add`) or removes the caller's reaction, idempotently; the room hears a
@@ -211,14 +206,10 @@ impl Chat {
     ) -> Result<Message, ChatError> {
         let emoji = Emoji::parse(emoji)?;
         meter(&self.edits, user)?;
-        let (message, changed) = self
+        let reacted = self
             .store
             .set_reaction(user, room_id, message_id, &emoji, add)
             .await?;
-        if changed {
-            let event = RoomEvent::reaction(room_id, message_id, emoji.as_str(), user, add);
-            self.bus.publish(&event).await;
-        }
-        Ok(message)
+        Ok(self.emit(reacted).await)
     }
 }

@@ -6,10 +6,14 @@
 //! and emits its events, in that order and in this one place, so a rule added here holds
 //! on every surface and a mutation cannot be added without deciding what it emits.
 //!
-//! Events go out through [`Bus::publish`] (NATS, and this node's own subscribers
-//! directly). Messages are the exception that proves the rule: a send is emitted by the
-//! group commit's hook (`Chat::on_commit`), in `seq` order and before its sender is
-//! answered, which is what SPEC §1.2 and §1.3 need.
+//! A store mutation returns the change it recorded (`store::events::Recorded`), and
+//! `Chat::emit` publishes exactly that ([`Bus::publish`]: NATS, and this node's own
+//! subscribers directly), so its live event and its webhook derive from one value.
+//! Messages are the exception that proves the rule: a send is emitted by the group
+//! commit's hook (`Chat::on_commit`), through the same `publish_change`, in `seq` order
+//! and before its sender is answered, which is what SPEC §1.2 and §1.3 need. Live-only
+//! events (typing, read watermarks, presence) have no durable record and are published
+//! as they are.
 //!
 //! - [`accounts`]: register, log in, look up users.
 //! - [`bots`]: a user's bots and their API keys.
@@ -63,6 +67,7 @@ use crate::{
     store::{
         Store,
         commit::{Committed, OnCommit},
+        events::{Recorded, RoomChange},
     },
     telemetry::TraceSpan,
     webhooks::send_hook::SendHook,
@@ -227,12 +232,21 @@ impl Chat {
                     );
                     commit.set_attribute("natter.room_id", message.room_id.to_string());
                     commit.set_attribute("natter.seq", message.seq);
-                    let event = RoomEvent::message(&message);
+                    let created = RoomChange::MessageCreated(message);
                     let traceparent = commit.traceparent().clone();
-                    crate::telemetry::in_trace(traceparent, bus.publish(&event)).await;
+                    crate::telemetry::in_trace(traceparent, publish_change(&bus, &created)).await;
                 }
             })
         })
+    }
+
+    /// Publishes the change a store mutation recorded, if it made one, and returns the
+    /// mutation's answer.
+    async fn emit<T>(&self, recorded: Recorded<T>) -> T {
+        if let Some(change) = &recorded.change {
+            publish_change(&self.bus, change).await;
+        }
+        recorded.value
     }
 
     /// Spends one send of `user`'s budget (SPEC §5), or says how long to wait.
@@ -242,6 +256,14 @@ impl Chat {
 
     fn next_socket_id(&self) -> crate::relay::SocketId {
         self.socket_ids.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Publishes what a stored change tells the room's live subscribers, if anything: the
+/// one way a durable change reaches them.
+async fn publish_change(bus: &Bus, change: &RoomChange) {
+    if let Some(event) = RoomEvent::of(change) {
+        bus.publish(&event).await;
     }
 }
 

@@ -1,8 +1,10 @@
 //! Rooms: create, list, read, rename, delete, join, leave, members, direct rooms, read
 //! watermarks and the caller's chat list.
 //!
-//! Losing access to a room (a leave, a removal, the room deleted) emits a revocation, so
-//! every node ends the user's subscriptions to it.
+//! Losing access to a room (a leave or a removal in a room that is not public, the room
+//! deleted) emits a revocation, so every node ends the user's subscriptions to it: the
+//! change's live event (`RoomEvent::of`). That event is the fast path;
+//! a node that misses it finds the loss in Postgres within a catch-up interval (SPEC §10).
 
 use uuid::Uuid;
 
@@ -10,7 +12,7 @@ use super::{Chat, ChatError, meter};
 use crate::{
     bus::RoomEvent,
     domain::{InvalidInput, RoomName, parse_seq},
-    model::{AccessLost, Member, MyRoom, Room, RoomKind},
+    model::{Member, MyRoom, Room, RoomKind},
     store::rooms::{ActivityCursor, DirectChat, Page},
 };
 
@@ -52,10 +54,11 @@ impl Chat {
             return Err(InvalidInput::new("member_ids", reason).into());
         }
         meter(&self.creations, owner)?;
-        Ok(self
+        let created = self
             .store
             .create_room(owner, &name, request.kind, request.member_ids)
-            .await?)
+            .await?;
+        Ok(self.emit(created).await)
     }
 
     /// Public rooms and the caller's rooms, oldest first.
@@ -86,23 +89,23 @@ impl Chat {
 
     /// The owner deletes a room and its history; every subscriber loses it.
     pub async fn delete_room(&self, owner: Uuid, room_id: Uuid) -> Result<(), ChatError> {
-        self.store.delete_room(owner, room_id).await?;
-        let event = RoomEvent::revoke(room_id, None, AccessLost::RoomDeleted);
-        self.bus.publish(&event).await;
+        let deleted = self.store.delete_room(owner, room_id).await?;
+        self.emit(deleted).await;
         Ok(())
     }
 
     /// Joins a public room; idempotent.
     pub async fn join_room(&self, user: Uuid, room_id: Uuid) -> Result<(), ChatError> {
-        Ok(self.store.join_room(user, room_id).await?)
+        let joined = self.store.join_room(user, room_id).await?;
+        self.emit(joined).await;
+        Ok(())
     }
 
     /// Leaves a room; idempotent. Leaving a room one can only see as a member ends one's
     /// subscriptions to it.
     pub async fn leave_room(&self, user: Uuid, room_id: Uuid) -> Result<(), ChatError> {
-        let kind = self.store.leave_room(user, room_id).await?;
-        self.revoke_member(room_id, kind, user, AccessLost::Left)
-            .await;
+        let left = self.store.leave_room(user, room_id).await?;
+        self.emit(left).await;
         Ok(())
     }
 
@@ -131,7 +134,9 @@ impl Chat {
         room_id: Uuid,
         user: Uuid,
     ) -> Result<(), ChatError> {
-        Ok(self.store.add_member(owner, room_id, user).await?)
+        let added = self.store.add_member(owner, room_id, user).await?;
+        self.emit(added).await;
+        Ok(())
     }
 
     /// The owner removes a member; idempotent. The member's subscriptions to a room they
@@ -142,21 +147,9 @@ impl Chat {
         room_id: Uuid,
         user: Uuid,
     ) -> Result<(), ChatError> {
-        let kind = self.store.remove_member(owner, room_id, user).await?;
-        self.revoke_member(room_id, kind, user, AccessLost::Removed)
-            .await;
+        let removed = self.store.remove_member(owner, room_id, user).await?;
+        self.emit(removed).await;
         Ok(())
-    }
-
-    /// Ends `user`'s subscriptions to a room they just stopped belonging to, unless it is
-    /// public (anyone may read those). This event is the fast path; if a node misses it,
-    /// its relay finds the loss in Postgres within a catch-up interval (SPEC §10).
-    async fn revoke_member(&self, room_id: Uuid, kind: RoomKind, user: Uuid, why: AccessLost) {
-        if kind != RoomKind::Public {
-            self.bus
-                .publish(&RoomEvent::revoke(room_id, Some(user), why))
-                .await;
-        }
     }
 
     /// The direct room of the caller and `other`, created on first use; `true` if this
@@ -167,7 +160,8 @@ impl Chat {
         other: Uuid,
     ) -> Result<(Room, bool), ChatError> {
         meter(&self.creations, user)?;
-        Ok(self.store.get_or_create_direct_room(user, other).await?)
+        let opened = self.store.get_or_create_direct_room(user, other).await?;
+        Ok(self.emit(opened).await)
     }
 
     /// Moves the caller's read watermark forward (never back) and returns it; the room

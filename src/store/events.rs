@@ -1,4 +1,5 @@
-//! The durable record of room changes that webhooks deliver (SPEC §11).
+//! Room changes: each decided once ([`RoomChange`]), and their durable record, which
+//! webhooks deliver (SPEC §11).
 //!
 //! A room's history, in order, is its messages (`messages`, position `(seq, 0)`) merged
 //! with every other change (`room_events`, position `(after_seq, n)`: the n-th change
@@ -16,7 +17,7 @@ use super::{
     CachedQuery, StoreError,
     rows::{MESSAGE_COLUMNS, message_from_row},
 };
-use crate::model::{Message, Room};
+use crate::model::{AccessLost, Message, Room};
 
 /// A position in a room's history: `(seq, 0)` is message `seq`; `(seq, n)` the n-th
 /// other change after it. Ordered as a pair.
@@ -26,64 +27,127 @@ pub struct Position {
     pub n: i32,
 }
 
-/// A change to a room other than a new message, as webhooks receive it.
-pub enum RoomChange<'a> {
-    MessageEdited(&'a Message),
+/// A change to a room, decided once. The store makes it and, in the same transaction,
+/// records it ([`record`]; a message is recorded by the `messages` table itself) and
+/// returns it ([`Recorded`]); `Chat::emit` publishes what it returned. Everything a
+/// change causes derives from this value: its webhook event here
+/// ([`RoomChange::kind`], [`RoomChange::data`]), and what the room's live subscribers
+/// get over NATS in `bus::event` (`RoomEvent::of`, which `store` cannot import: the
+/// bus reaches the store through the relay). Adding an action is a variant here, its
+/// store SQL and a `Chat` method; the exhaustive matches here and in `RoomEvent::of`
+/// do not compile until its events are decided, and `bus::event`'s table test pins
+/// each variant to one webhook type and one live event. Live-only events (typing, read
+/// watermarks, presence) have no durable record and are not changes.
+#[derive(Debug, Clone)]
+pub enum RoomChange {
+    /// A message the group commit stored, at position `(seq, 0)`. Never passed to
+    /// [`record`]: the `messages` row is its record, read back by [`events_after`].
+    MessageCreated(Message),
+    MessageEdited(Message),
     /// The tombstone.
-    MessageDeleted(&'a Message),
-    Reaction {
-        added: bool,
-        room_id: Uuid,
-        message_id: Uuid,
-        emoji: &'a str,
-        user_id: Uuid,
+    MessageDeleted(Message),
+    ReactionAdded(Reacted),
+    ReactionRemoved(Reacted),
+    MemberJoined(Membership),
+    /// A member left or was removed. `lost` says why when that ended their access (the
+    /// room is not public), which ends their live subscriptions to it on every node.
+    MemberLeft {
+        member: Membership,
+        lost: Option<AccessLost>,
     },
-    Member {
-        joined: bool,
-        room_id: Uuid,
-        user_id: Uuid,
-    },
-    RoomCreated(&'a Room),
-    RoomDeleted(&'a Room),
+    RoomCreated(Room),
+    RoomDeleted(Room),
 }
 
-impl RoomChange<'_> {
-    /// The event type (SPEC §11).
+/// Whose reaction changed on which message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reacted {
+    pub room_id: Uuid,
+    pub message_id: Uuid,
+    pub emoji: String,
+    pub user_id: Uuid,
+}
+
+/// A user's membership of a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Membership {
+    pub room_id: Uuid,
+    pub user_id: Uuid,
+}
+
+impl RoomChange {
+    /// The room changed.
+    pub fn room_id(&self) -> Uuid {
+        match self {
+            RoomChange::MessageCreated(message)
+            | RoomChange::MessageEdited(message)
+            | RoomChange::MessageDeleted(message) => message.room_id,
+            RoomChange::ReactionAdded(reacted) | RoomChange::ReactionRemoved(reacted) => {
+                reacted.room_id
+            }
+            RoomChange::MemberJoined(member) | RoomChange::MemberLeft { member, .. } => {
+                member.room_id
+            }
+            RoomChange::RoomCreated(room) | RoomChange::RoomDeleted(room) => room.id,
+        }
+    }
+
+    /// The webhook event type (SPEC §11): one of `webhooks::EVENT_TYPES`, one per
+    /// variant.
     pub fn kind(&self) -> &'static str {
         match self {
+            RoomChange::MessageCreated(_) => "message.created",
             RoomChange::MessageEdited(_) => "message.edited",
             RoomChange::MessageDeleted(_) => "message.deleted",
-            RoomChange::Reaction { added: true, .. } => "reaction.added",
-            RoomChange::Reaction { added: false, .. } => "reaction.removed",
-            RoomChange::Member { joined: true, .. } => "member.joined",
-            RoomChange::Member { joined: false, .. } => "member.left",
+            RoomChange::ReactionAdded(_) => "reaction.added",
+            RoomChange::ReactionRemoved(_) => "reaction.removed",
+            RoomChange::MemberJoined(_) => "member.joined",
+            RoomChange::MemberLeft { .. } => "member.left",
             RoomChange::RoomCreated(_) => "room.created",
             RoomChange::RoomDeleted(_) => "room.deleted",
         }
     }
 
-    /// The event's `data` object.
-    fn data(&self) -> serde_json::Value {
+    /// The webhook event's `data` object.
+    pub fn data(&self) -> serde_json::Value {
         match self {
-            RoomChange::MessageEdited(message) | RoomChange::MessageDeleted(message) => {
-                json!({ "message": message })
-            }
-            RoomChange::Reaction {
-                room_id,
-                message_id,
-                emoji,
-                user_id,
-                ..
-            } => json!({
-                "room_id": room_id, "message_id": message_id, "emoji": emoji, "user_id": user_id,
+            RoomChange::MessageCreated(message)
+            | RoomChange::MessageEdited(message)
+            | RoomChange::MessageDeleted(message) => json!({ "message": message }),
+            RoomChange::ReactionAdded(reacted) | RoomChange::ReactionRemoved(reacted) => json!({
+                "room_id": reacted.room_id, "message_id": reacted.message_id,
+                "emoji": reacted.emoji, "user_id": reacted.user_id,
             }),
-            RoomChange::Member {
-                room_id, user_id, ..
-            } => json!({ "room_id": room_id, "user_id": user_id }),
+            RoomChange::MemberJoined(member) | RoomChange::MemberLeft { member, .. } => {
+                json!({ "room_id": member.room_id, "user_id": member.user_id })
+            }
             RoomChange::RoomCreated(room) | RoomChange::RoomDeleted(room) => {
                 json!({ "room": room })
             }
         }
+    }
+}
+
+/// What a store mutation returns: its answer, and the change it recorded in its
+/// transaction (none if it changed nothing), for the caller to emit (`Chat::emit`).
+#[must_use = "a recorded change is published by `Chat::emit`"]
+#[derive(Debug)]
+pub struct Recorded<T> {
+    pub value: T,
+    pub change: Option<RoomChange>,
+}
+
+impl<T> Recorded<T> {
+    pub(super) fn new(value: T, change: impl Into<Option<RoomChange>>) -> Self {
+        Self {
+            value,
+            change: change.into(),
+        }
+    }
+
+    /// The answer of a mutation that changed nothing.
+    pub(super) fn unchanged(value: T) -> Self {
+        Self::new(value, None)
     }
 }
 
@@ -100,18 +164,27 @@ pub(super) async fn lock_room(db: &impl GenericClient, room_id: Uuid) -> Result<
     .ok_or(StoreError::RoomNotFound)
 }
 
-/// Records `change` at the room's next position, in the caller's transaction.
+/// Records `change` at its room's next position, in the caller's transaction, and
+/// hands it back for the mutation to return. Not for a new message (see
+/// [`RoomChange::MessageCreated`]).
 pub(super) async fn record(
     db: &impl GenericClient,
-    room_id: Uuid,
-    change: RoomChange<'_>,
-) -> Result<(), StoreError> {
+    change: RoomChange,
+) -> Result<RoomChange, StoreError> {
+    debug_assert!(
+        !matches!(change, RoomChange::MessageCreated(_)),
+        "a message is recorded by its `messages` row"
+    );
     db.execute_cached(
         "SELECT record_room_event($1, $2, $3)",
-        &[&room_id, &change.kind(), &change.data().to_string()],
+        &[
+            &change.room_id(),
+            &change.kind(),
+            &change.data().to_string(),
+        ],
     )
     .await?;
-    Ok(())
+    Ok(change)
 }
 
 /// One event of a room's history, ready to deliver.
@@ -166,15 +239,14 @@ pub async fn events_after(
         .iter()
         .map(|row| {
             let message = message_from_row(row);
+            let (seq, id, timestamp) = (message.seq, message.id, message.created_at);
+            let created = RoomChange::MessageCreated(message);
             HistoryEvent {
-                position: Position {
-                    seq: message.seq,
-                    n: 0,
-                },
-                id: format!("msg_{}", message.id.simple()),
-                kind: "message.created".into(),
-                timestamp: message.created_at,
-                data: json!({ "message": message }).to_string(),
+                position: Position { seq, n: 0 },
+                id: format!("msg_{}", id.simple()),
+                kind: created.kind().into(),
+                timestamp,
+                data: created.data().to_string(),
             }
         })
         .collect();
@@ -205,4 +277,45 @@ pub async fn events_after(
         events.retain(|event| event.position <= cut);
     }
     Ok(events)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    const ROOM: Uuid = Uuid::from_u128(1);
+    const USER: Uuid = Uuid::from_u128(2);
+    const MESSAGE: Uuid = Uuid::from_u128(3);
+
+    #[test]
+    fn webhook_data_carries_the_change_and_nothing_live_only() {
+        let reacted = Reacted {
+            room_id: ROOM,
+            message_id: MESSAGE,
+            emoji: "🎉".into(),
+            user_id: USER,
+        };
+        let data = json!({"room_id": ROOM, "message_id": MESSAGE, "emoji": "🎉", "user_id": USER});
+        assert_eq!(RoomChange::ReactionAdded(reacted.clone()).data(), data);
+        assert_eq!(RoomChange::ReactionRemoved(reacted).data(), data);
+
+        let member = Membership {
+            room_id: ROOM,
+            user_id: USER,
+        };
+        let left = RoomChange::MemberLeft {
+            member,
+            lost: Some(AccessLost::Left),
+        };
+        let membership = json!({"room_id": ROOM, "user_id": USER});
+        assert_eq!(left.data(), membership);
+        assert_eq!(RoomChange::MemberJoined(member).data(), membership);
+
+        let message = Message::for_test(ROOM, 4, USER);
+        let created = RoomChange::MessageCreated(message.clone());
+        assert_eq!(created.data(), json!({ "message": message }));
+        assert_eq!(created.room_id(), ROOM);
+    }
 }

@@ -34,7 +34,7 @@ use super::{
     CachedQuery, Store, StoreError,
     access::Access,
     commit::{PendingSend, SendReceipt},
-    events::{self, RoomChange},
+    events::{self, Reacted, Recorded, RoomChange},
     rows::{MESSAGE_COLUMNS, attach_reactions, message_from_row, page_of},
 };
 use crate::{
@@ -287,7 +287,7 @@ impl Store {
         room_id: Uuid,
         message_id: Uuid,
         text: &MessageText,
-    ) -> Result<Message, StoreError> {
+    ) -> Result<Recorded<Message>, StoreError> {
         let mut client = self.client().await?;
         Access::of(&client, room_id, viewer)
             .await?
@@ -313,20 +313,21 @@ impl Store {
         };
         let mut messages = vec![message_from_row(&row)];
         attach_reactions(&tx, viewer, &mut messages).await?;
-        events::record(&tx, room_id, RoomChange::MessageEdited(&messages[0])).await?;
+        let message = messages.remove(0);
+        let edited = events::record(&tx, RoomChange::MessageEdited(message.clone())).await?;
         tx.commit().await?;
-        Ok(messages.remove(0))
+        Ok(Recorded::new(message, edited))
     }
 
     /// The sender or the room's owner deletes a message, leaving a tombstone. Deleting a
-    /// tombstone again is a no-op that returns it.
+    /// tombstone again is a no-op that returns it and changes nothing.
     #[tracing::instrument(skip(self))]
     pub async fn delete_message(
         &self,
         viewer: Uuid,
         room_id: Uuid,
         message_id: Uuid,
-    ) -> Result<Message, StoreError> {
+    ) -> Result<Recorded<Message>, StoreError> {
         let mut client = self.client().await?;
         let access = Access::of(&client, room_id, viewer).await?;
         access.require_member()?;
@@ -347,15 +348,18 @@ impl Store {
         );
         let row = tx.query_one_cached(&sql, &[&message_id]).await?;
         let tombstone = message_from_row(&row);
-        if !already_deleted {
-            events::record(&tx, room_id, RoomChange::MessageDeleted(&tombstone)).await?;
-        }
+        let deleted = if already_deleted {
+            None
+        } else {
+            let deleted = RoomChange::MessageDeleted(tombstone.clone());
+            Some(events::record(&tx, deleted).await?)
+        };
         tx.commit().await?;
-        Ok(tombstone)
+        Ok(Recorded::new(tombstone, deleted))
     }
 
-    /// Adds (`add`) or removes the caller's `emoji` reaction; idempotent both ways. Also
-    /// says whether this call changed anything.
+    /// Adds (`add`) or removes the caller's `emoji` reaction; idempotent both ways (a
+    /// call that changed nothing records nothing).
     #[tracing::instrument(skip(self))]
     pub async fn set_reaction(
         &self,
@@ -364,7 +368,7 @@ impl Store {
         message_id: Uuid,
         emoji: &Emoji,
         add: bool,
-    ) -> Result<(Message, bool), StoreError> {
+    ) -> Result<Recorded<Message>, StoreError> {
         let mut client = self.client().await?;
         Access::of(&client, room_id, viewer)
             .await?
@@ -411,18 +415,24 @@ impl Store {
         } > 0;
         let mut messages = vec![message];
         attach_reactions(&tx, viewer, &mut messages).await?;
-        if changed {
-            let reaction = RoomChange::Reaction {
-                added: add,
+        let reaction = if changed {
+            let reacted = Reacted {
                 room_id,
                 message_id,
-                emoji: emoji.as_str(),
+                emoji: emoji.as_str().to_string(),
                 user_id: viewer,
             };
-            events::record(&tx, room_id, reaction).await?;
-        }
+            let change = if add {
+                RoomChange::ReactionAdded(reacted)
+            } else {
+                RoomChange::ReactionRemoved(reacted)
+            };
+            Some(events::record(&tx, change).await?)
+        } else {
+            None
+        };
         tx.commit().await?;
-        Ok((messages.remove(0), changed))
+        Ok(Recorded::new(messages.remove(0), reaction))
     }
 
     /// The latest `limit` messages of a room matching `query` (Postgres full-text search,

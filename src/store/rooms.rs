@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::{
     Store, StoreError,
     access::Access,
-    events::{self, RoomChange},
+    events::{self, Membership, Recorded, RoomChange},
     rows,
 };
 use crate::{
@@ -32,15 +32,16 @@ const ROOM_COLUMNS: &str = "r.id,
 /// Messages deleted per statement when a room is deleted.
 const DELETE_BATCH: i64 = 5_000;
 
-/// Deletes a membership. In a private or direct room that is a loss of access: one
-/// statement also bumps the room's `access_version` and records why, so every node's
-/// relay finds out even if the NATS event is lost (SPEC §10).
+/// Deletes a membership and records `member.left`, if there was one. In a private or
+/// direct room that is a loss of access: one statement also bumps the room's
+/// `access_version` and records why, so every node's relay finds out even if the NATS
+/// event (the change's revocation) is lost (SPEC §10).
 async fn end_membership(
     db: &impl GenericClient,
     room_id: Uuid,
     user_id: Uuid,
     reason: AccessLost,
-) -> Result<bool, StoreError> {
+) -> Result<Option<RoomChange>, StoreError> {
     let ended = db
         .query_one_cached(
             "WITH gone AS (
@@ -55,26 +56,24 @@ async fn end_membership(
              active AS (
                  INSERT INTO room_activity (at, room_id)
                  SELECT now_ms() / 1000, id FROM bumped ON CONFLICT DO NOTHING)
-             SELECT count(*) FROM gone",
+             SELECT (SELECT count(*) FROM gone), EXISTS (SELECT 1 FROM bumped)",
             &[&room_id, &user_id, &reason.as_str()],
         )
         .await?;
     if ended.get::<_, i64>(0) == 0 {
-        return Ok(false);
+        return Ok(None);
     }
-    let left = RoomChange::Member {
-        joined: false,
-        room_id,
-        user_id,
+    let left = RoomChange::MemberLeft {
+        member: Membership { room_id, user_id },
+        lost: ended.get::<_, bool>(1).then_some(reason),
     };
-    events::record(db, room_id, left).await?;
-    Ok(true)
+    Ok(Some(events::record(db, left).await?))
 }
 
 /// Records a new room's `room.created` and starts every cluster-wide webhook at its
 /// beginning, so they deliver it.
-async fn record_created(db: &impl GenericClient, room: &Room) -> Result<(), StoreError> {
-    events::record(db, room.id, RoomChange::RoomCreated(room)).await?;
+async fn record_created(db: &impl GenericClient, room: &Room) -> Result<RoomChange, StoreError> {
+    let created = events::record(db, RoomChange::RoomCreated(room.clone())).await?;
     db.execute_cached(
         "INSERT INTO webhook_cursors (webhook_id, room_id, seq, n)
          SELECT id, $1, 0, 0 FROM webhooks WHERE room_id IS NULL
@@ -82,7 +81,7 @@ async fn record_created(db: &impl GenericClient, room: &Room) -> Result<(), Stor
         &[&room.id],
     )
     .await?;
-    Ok(())
+    Ok(created)
 }
 
 fn room_from_row(row: &Row) -> Room {
@@ -145,7 +144,7 @@ impl Store {
         name: &RoomName,
         kind: RoomKind,
         member_ids: &[Uuid],
-    ) -> Result<Room, StoreError> {
+    ) -> Result<Recorded<Room>, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let room_id = Uuid::now_v7();
@@ -181,9 +180,9 @@ impl Store {
             }
         }
         let room = fetch_room(&tx, owner, room_id).await?;
-        record_created(&tx, &room).await?;
+        let created = record_created(&tx, &room).await?;
         tx.commit().await?;
-        Ok(room)
+        Ok(Recorded::new(room, created))
     }
 
     /// Public rooms and the caller's rooms, in id (creation) order.
@@ -297,7 +296,11 @@ impl Store {
 
     /// Deletes a room with its members, messages and their reactions.
     #[tracing::instrument(skip(self))]
-    pub async fn delete_room(&self, viewer: Uuid, room_id: Uuid) -> Result<(), StoreError> {
+    pub async fn delete_room(
+        &self,
+        viewer: Uuid,
+        room_id: Uuid,
+    ) -> Result<Recorded<()>, StoreError> {
         let mut client = self.client().await?;
         Access::of(&client, room_id, viewer)
             .await?
@@ -324,7 +327,7 @@ impl Store {
         // since the batches above). `room.deleted` is recorded under that lock.
         events::lock_room(&tx, room_id).await?;
         let room = fetch_room(&tx, viewer, room_id).await?;
-        events::record(&tx, room_id, RoomChange::RoomDeleted(&room)).await?;
+        let deleted = events::record(&tx, RoomChange::RoomDeleted(room)).await?;
         tx.execute_cached("DELETE FROM rooms WHERE id = $1", &[&room_id])
             .await?;
         // Nodes whose copy of the deletion's NATS event was lost find it here.
@@ -337,45 +340,50 @@ impl Store {
         tx.execute_cached("DELETE FROM messages WHERE room_id = $1", &[&room_id])
             .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(Recorded::new((), deleted))
     }
 
     /// Joins a public room; a no-op for a room the caller already belongs to.
     #[tracing::instrument(skip(self))]
-    pub async fn join_room(&self, viewer: Uuid, room_id: Uuid) -> Result<(), StoreError> {
+    pub async fn join_room(&self, viewer: Uuid, room_id: Uuid) -> Result<Recorded<()>, StoreError> {
         let mut client = self.client().await?;
         let access = Access::of(&client, room_id, viewer).await?;
-        if access.role.is_none() {
-            let tx = client.transaction().await?;
-            events::lock_room(&tx, room_id).await?;
-            let joined = tx
-                .execute_cached(
-                    "INSERT INTO members (room_id, user_id, role) VALUES ($1, $2, 'member')
-                     ON CONFLICT DO NOTHING",
-                    &[&room_id, &viewer],
-                )
-                .await?;
-            if joined > 0 {
-                let change = RoomChange::Member {
-                    joined: true,
-                    room_id,
-                    user_id: viewer,
-                };
-                events::record(&tx, room_id, change).await?;
-            }
-            tx.commit().await?;
+        if access.role.is_some() {
+            return Ok(Recorded::unchanged(()));
         }
-        Ok(())
+        let tx = client.transaction().await?;
+        events::lock_room(&tx, room_id).await?;
+        let joined = tx
+            .execute_cached(
+                "INSERT INTO members (room_id, user_id, role) VALUES ($1, $2, 'member')
+                 ON CONFLICT DO NOTHING",
+                &[&room_id, &viewer],
+            )
+            .await?;
+        let change = if joined > 0 {
+            let member = Membership {
+                room_id,
+                user_id: viewer,
+            };
+            Some(events::record(&tx, RoomChange::MemberJoined(member)).await?)
+        } else {
+            None
+        };
+        tx.commit().await?;
+        Ok(Recorded::new((), change))
     }
 
-    /// Leaves a room; a no-op for a public room the caller is not in. Returns the room's
-    /// kind.
+    /// Leaves a room; a no-op for a public room the caller is not in.
     #[tracing::instrument(skip(self))]
-    pub async fn leave_room(&self, viewer: Uuid, room_id: Uuid) -> Result<RoomKind, StoreError> {
+    pub async fn leave_room(
+        &self,
+        viewer: Uuid,
+        room_id: Uuid,
+    ) -> Result<Recorded<()>, StoreError> {
         let mut client = self.client().await?;
         let access = Access::of(&client, room_id, viewer).await?;
         match access.role {
-            None => return Ok(access.kind),
+            None => return Ok(Recorded::unchanged(())),
             Some(_) if access.kind == RoomKind::Direct => {
                 return Err(StoreError::DirectRoomIsFixed);
             }
@@ -384,9 +392,9 @@ impl Store {
         }
         let tx = client.transaction().await?;
         events::lock_room(&tx, room_id).await?;
-        end_membership(&tx, room_id, viewer, AccessLost::Left).await?;
+        let left = end_membership(&tx, room_id, viewer, AccessLost::Left).await?;
         tx.commit().await?;
-        Ok(access.kind)
+        Ok(Recorded::new((), left))
     }
 
     /// A room's members in user-id order.
@@ -437,7 +445,7 @@ impl Store {
         viewer: Uuid,
         room_id: Uuid,
         user_id: Uuid,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Recorded<()>, StoreError> {
         let mut client = self.client().await?;
         Access::of(&client, room_id, viewer)
             .await?
@@ -452,7 +460,7 @@ impl Store {
                 &[&room_id, &user_id],
             )
             .await?;
-        if inserted == 0 {
+        let change = if inserted == 0 {
             // Either already a member (fine) or no such user.
             let exists = tx
                 .query_opt_cached("SELECT 1 FROM users WHERE id = $1", &[&user_id])
@@ -460,26 +468,23 @@ impl Store {
             if exists.is_none() {
                 return Err(StoreError::UserNotFound);
             }
+            None
         } else {
-            let change = RoomChange::Member {
-                joined: true,
-                room_id,
-                user_id,
-            };
-            events::record(&tx, room_id, change).await?;
-        }
+            let member = Membership { room_id, user_id };
+            Some(events::record(&tx, RoomChange::MemberJoined(member)).await?)
+        };
         tx.commit().await?;
-        Ok(())
+        Ok(Recorded::new((), change))
     }
 
-    /// The owner removes a member; a no-op if they are not one. Returns the room's kind.
+    /// The owner removes a member; a no-op if they are not one.
     #[tracing::instrument(skip(self))]
     pub async fn remove_member(
         &self,
         viewer: Uuid,
         room_id: Uuid,
         user_id: Uuid,
-    ) -> Result<RoomKind, StoreError> {
+    ) -> Result<Recorded<()>, StoreError> {
         let mut client = self.client().await?;
         let access = Access::of(&client, room_id, viewer).await?;
         access.require_owner()?;
@@ -488,9 +493,9 @@ impl Store {
         }
         let tx = client.transaction().await?;
         events::lock_room(&tx, room_id).await?;
-        end_membership(&tx, room_id, user_id, AccessLost::Removed).await?;
+        let removed = end_membership(&tx, room_id, user_id, AccessLost::Removed).await?;
         tx.commit().await?;
-        Ok(access.kind)
+        Ok(Recorded::new((), removed))
     }
 
     /// The direct room of `viewer` and `other`, created on first use. Returns whether it
@@ -500,7 +505,7 @@ impl Store {
         &self,
         viewer: Uuid,
         other: Uuid,
-    ) -> Result<(Room, bool), StoreError> {
+    ) -> Result<Recorded<(Room, bool)>, StoreError> {
         if viewer == other {
             return Err(
                 InvalidInput::new("user_id", "cannot open a direct room with yourself").into(),
@@ -546,11 +551,13 @@ impl Store {
                 .get(0),
         };
         let room = fetch_room(&tx, viewer, room_id).await?;
-        if was_created {
-            record_created(&tx, &room).await?;
-        }
+        let created = if was_created {
+            Some(record_created(&tx, &room).await?)
+        } else {
+            None
+        };
         tx.commit().await?;
-        Ok((room, was_created))
+        Ok(Recorded::new((room, was_created), created))
     }
 
     /// The direct room of `viewer` and `other`, if they have one (nothing is created).
