@@ -210,6 +210,14 @@ fn inject(span: &SpanContext) -> String {
     carrier.0.unwrap_or_default()
 }
 
+/// Whether `traceparent` has version 00's shape (`00-`, 55 characters, only the sampled
+/// flag or none): a valid one then has nothing the propagator would drop or rewrite.
+fn is_version_00(traceparent: &str) -> bool {
+    traceparent.len() == 55
+        && traceparent.starts_with("00-")
+        && (traceparent.ends_with("-01") || traceparent.ends_with("-00"))
+}
+
 tokio::task_local! {
     static TRACEPARENT: Arc<str>;
 }
@@ -283,14 +291,12 @@ impl TraceSpan {
             // id), and only work without a valid parent starts a trace. Every step of
             // every message came here (4 % of a node's time in a `rooms` run).
             let traceparent = match parent.and_then(|parent| Some((parent, extract(parent)?))) {
-                Some((parent, remote)) => {
-                    let written = inject(&remote);
-                    // As it is when it is written as this node writes it (nearly always).
-                    match *written == **parent {
-                        true => Arc::clone(parent),
-                        false => written.into(),
-                    }
-                }
+                // A valid version-00 value is exactly as the propagator would write it
+                // (it refuses upper case): shared, not written again. Nearly always the
+                // case, since this node or another wrote it; writing it anew cost an
+                // allocation and a format per step of every message.
+                Some((parent, _)) if is_version_00(parent) => Arc::clone(parent),
+                Some((_, remote)) => inject(&remote).into(),
                 None => child_traceparent(None).into(),
             };
             return Self {

@@ -14,7 +14,7 @@ use poem::web::websocket::{CloseCode, Message as WsMessage, WebSocketStream};
 use super::dialect::Dialect;
 use crate::{
     api::{close::close_frame, context::ApiContext},
-    chat::live::{Closing, Delivery, Outbox, Replay},
+    chat::live::{Closing, Delivery, Outbox, Replay, Subscription},
     model::{AccessLost, CloseReason},
     protocol::ServerFrame,
 };
@@ -125,14 +125,14 @@ impl Writer {
             Delivery::Reply(text) => self.feed(WsMessage::Text(text)).await,
             // poem's text frames own a `String`: one copy per socket.
             Delivery::Event(frame) => self.feed(WsMessage::Text(frame.text().into())).await,
-            Delivery::Subscribed {
-                room_id,
-                last_seq,
-                replay,
-            } => {
+            Delivery::Subscribed(subscription) => {
+                let Subscription {
+                    room_id, last_seq, ..
+                } = *subscription;
                 let frame = ServerFrame::Subscribed { room_id, last_seq }.to_json();
                 self.feed(WsMessage::Text(frame)).await?;
-                match replay {
+                // Taken only now: held across the write, it would grow the task.
+                match subscription.replay {
                     Some(replay) => Box::pin(self.replay(replay)).await,
                     None => Ok(()),
                 }

@@ -15,7 +15,7 @@
 
 mod outbox;
 
-pub use outbox::{Delivery, EventFrame, Outbox, Replay};
+pub use outbox::{Delivery, EventFrame, Outbox, Replay, Subscription};
 
 use std::{
     collections::HashMap,
@@ -84,8 +84,9 @@ pub struct Connection {
 struct Checks {
     /// When the token expires (`None`: past the clock's range).
     expires_at: Option<Deadline>,
-    /// A bot key and when it is next asked about (SPEC §11).
-    bot_key: Option<(KeyHash, Deadline)>,
+    /// A bot key and when it is next asked about (SPEC §11); boxed, because most
+    /// sockets are people's and every idle socket carries this field.
+    bot_key: Option<Box<(KeyHash, Deadline)>>,
 }
 
 impl Connection {
@@ -95,7 +96,7 @@ impl Connection {
 
     /// When [`Chat::recheck`] next has something to decide, if ever.
     pub fn next_check(&self) -> Option<Deadline> {
-        let key_check = self.checks.bot_key.as_ref().map(|(_, at)| *at);
+        let key_check = self.checks.bot_key.as_ref().map(|check| check.1);
         [self.checks.expires_at, key_check]
             .into_iter()
             .flatten()
@@ -183,7 +184,9 @@ impl Chat {
             expires_at: now.checked_add(Duration::from_secs(
                 credential.expires_at.saturating_sub(unix_now()),
             )),
-            bot_key: credential.bot_key.map(|key| (key, now + BOT_KEY_RECHECK)),
+            bot_key: credential
+                .bot_key
+                .map(|key| Box::new((key, now + BOT_KEY_RECHECK))),
         };
         let connection = Connection {
             permit,
@@ -211,13 +214,13 @@ impl Chat {
         if connection.checks.expires_at.is_some_and(|at| now >= at) {
             return Err(CloseReason::TokenExpired);
         }
-        if let Some((key, at)) = &mut connection.checks.bot_key
-            && now >= *at
+        if let Some(check) = &mut connection.checks.bot_key
+            && now >= check.1
         {
-            if let Ok(None) = self.auth.bot_of_key(key).await {
+            if let Ok(None) = self.auth.bot_of_key(&check.0).await {
                 return Err(CloseReason::KeyRevoked);
             }
-            *at = now + BOT_KEY_RECHECK;
+            check.1 = now + BOT_KEY_RECHECK;
         }
         Ok(())
     }

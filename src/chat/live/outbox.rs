@@ -45,12 +45,9 @@ pub enum Delivery {
     /// A reply to one of the socket's own frames, serialised.
     Reply(String),
     /// A subscription began: the client hears `subscribed` with the room's position,
-    /// then, with a `replay`, the messages it missed, before anything else.
-    Subscribed {
-        room_id: Uuid,
-        last_seq: i64,
-        replay: Option<Replay>,
-    },
+    /// then, with a `replay`, the messages it missed, before anything else. Boxed: rare,
+    /// and the writer's task holds a delivery or two at every moment of a socket's life.
+    Subscribed(Box<Subscription>),
     /// A subscription ended: as the client asked (no reason), or because its user lost
     /// access to the room. Nothing of the room follows.
     Unsubscribed {
@@ -58,6 +55,17 @@ pub enum Delivery {
         reason: Option<AccessLost>,
     },
 }
+
+/// A subscription that began: its room's position on this node, and what it missed.
+pub struct Subscription {
+    pub room_id: Uuid,
+    pub last_seq: i64,
+    pub replay: Option<Replay>,
+}
+
+// The writer's task holds deliveries across its awaits; an idle socket's memory is
+// mostly its tasks. Keep a delivery as small as a reply.
+const _: () = assert!(std::mem::size_of::<Delivery>() <= 32);
 
 /// A room event as the client receives it: the frame the relay serialised once.
 pub struct EventFrame(Arc<RoomEvent>);
@@ -134,11 +142,11 @@ impl Outbox {
                     after: since,
                     upto: last_seq,
                 });
-                Delivery::Subscribed {
+                Delivery::Subscribed(Box::new(Subscription {
                     room_id,
                     last_seq,
                     replay,
-                }
+                }))
             }
             Outbound::Unsubscribed { room_id } => {
                 self.cursors.end(room_id);
@@ -352,11 +360,11 @@ mod tests {
             sender.try_send(Outbound::Event(event)).unwrap();
         }
         match outbox.next().await {
-            Some(Delivery::Subscribed {
-                last_seq: 5,
-                replay: Some(replay),
-                ..
-            }) => assert_eq!((replay.after, replay.upto), (2, 5)),
+            Some(Delivery::Subscribed(subscription)) => {
+                assert_eq!(subscription.last_seq, 5);
+                let replay = subscription.replay.expect("a replay");
+                assert_eq!((replay.after, replay.upto), (2, 5));
+            }
             _ => panic!("expected a subscription with a replay"),
         }
         let mut live = Vec::new();
