@@ -3,7 +3,8 @@
 //! has its own per minute, searches and read watermark moves their own per second, and
 //! a socket's subscribe/unsubscribe churn is metered per socket without closing it. Each
 //! of these is broadcast, stored or costs a query, so an unmetered loop would cost every
-//! node. The send rate limit is tested in messages.rs.
+//! node; and a read by time, which any member may repeat, costs one index descent. The
+//! send rate limit is tested in messages.rs.
 
 use reqwest::Method;
 use serde_json::json;
@@ -234,4 +235,68 @@ async fn read_watermark_moves_over_rest_and_the_socket_share_twenty_a_second_per
     app.post(&path, &alice.token, json!({"seq": -1}))
         .await
         .assert_status(400);
+}
+
+#[tokio::test]
+async fn read_upto_by_time_is_answered_from_an_index_before_between_and_after_messages() {
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let room = app.create_room(&alice, "r", "public").await;
+    // 5,000 messages, the n-th created at n seconds after the epoch.
+    let db = app.db().await;
+    db.execute(
+        "INSERT INTO messages (id, room_id, seq, sender_id, text, created_at)
+         SELECT gen_random_uuid(), $1, s, $2, 'message ' || s, s * 1000
+           FROM generate_series(1, 5000) s",
+        &[&room, &alice.id],
+    )
+    .await
+    .unwrap();
+    db.execute("UPDATE rooms SET last_seq = 5000 WHERE id = $1", &[&room])
+        .await
+        .unwrap();
+    let mut ws = crate::helpers::WsClient::connect(app.addr, "/v1/ws", &alice.token).await;
+    let cases = [
+        (0, 0),
+        (999, 0),
+        (1000, 1),
+        (1500, 1),
+        (2_500_000, 2500),
+        (4_999_999, 4999),
+        (5_000_000, 5000),
+        (i64::MAX, 5000),
+    ];
+    for (at, seq) in cases {
+        ws.send(json!({"type": "read_upto", "room_id": room, "created_at_ms": at}))
+            .await;
+        let ack = ws.recv_type("read_ack").await;
+        assert_eq!(ack["seq"], seq, "read_upto at {at}: {ack}");
+    }
+    // Each of those was one descent of the (room, created_at) index, not a walk down the
+    // room's seq index (the whole room, for a time before its first message). Postgres
+    // publishes a backend's index statistics within about 10 s of its last query.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        db.execute("SELECT pg_stat_clear_snapshot()", &[])
+            .await
+            .unwrap();
+        let scans: i64 = db
+            .query_opt(
+                "SELECT idx_scan FROM pg_stat_user_indexes
+                  WHERE indexrelname = 'messages_room_created'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .map_or(0, |row| row.get(0));
+        if scans >= cases.len() as i64 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{scans} scans of messages_room_created after {} reads by time",
+            cases.len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
 }
