@@ -237,6 +237,12 @@ pub struct Limits {
     pub room_creations_per_minute: u32,
     /// Subscribes and unsubscribes per second per socket (SPEC §10).
     pub subscribes_per_second: u32,
+    /// Typing events a socket's frames may broadcast per second (SPEC §18).
+    pub typing_events_per_second: u32,
+    /// Searches per second per user (SPEC §18).
+    pub searches_per_second: u32,
+    /// Read watermark moves (`read_upto`, `POST /rooms/{id}/read`) per second per user.
+    pub reads_per_second: u32,
     /// Open sockets per user on one node; the next upgrade is refused with 429.
     pub sockets_per_user: usize,
     /// Largest WebSocket message a client may send; larger closes the socket with 1009.
@@ -268,6 +274,9 @@ impl Limits {
             edit_burst: read::edit_burst(lookup)?,
             room_creations_per_minute: read::room_creations_per_min(lookup)?,
             subscribes_per_second: read::subscribe_rate_per_sec(lookup)?,
+            typing_events_per_second: read::typing_rate_per_sec(lookup)?,
+            searches_per_second: read::search_rate_per_sec(lookup)?,
+            reads_per_second: read::read_rate_per_sec(lookup)?,
             sockets_per_user: read::max_sockets_per_user(lookup)?,
             max_frame_bytes: read::max_frame_bytes(lookup)?,
             max_rooms_per_socket: read::max_rooms_per_socket(lookup)?,
@@ -498,6 +507,12 @@ settings_args! {
     "ROOM_CREATIONS_PER_MIN" room_creations_per_min: u32 = "30", positive;
     /// subscribes and unsubscribes per second per socket
     "SUBSCRIBE_RATE_PER_SEC" subscribe_rate_per_sec: u32 = "100", positive;
+    /// typing events a socket may broadcast per second; further frames are acked only
+    "TYPING_RATE_PER_SEC" typing_rate_per_sec: u32 = "5", positive;
+    /// searches per second per user
+    "SEARCH_RATE_PER_SEC" search_rate_per_sec: u32 = "5", positive;
+    /// read watermark moves (`read_upto`, `POST /rooms/{id}/read`) per second per user
+    "READ_RATE_PER_SEC" read_rate_per_sec: u32 = "20", positive;
     /// open sockets per user on one node; the next upgrade is `429 too_many_sockets`
     "MAX_SOCKETS_PER_USER" max_sockets_per_user: usize = "50", positive;
     /// first token of subjects and of the presence bucket's name: letters, digits, `_`

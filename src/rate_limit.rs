@@ -1,7 +1,8 @@
-//! Budgets for what clients do (SPEC §5 and §10): sends per user (10/s, burst 30); edits,
-//! deletes and reactions per user (20/s, burst 60); room creation per user (30 a
-//! minute); subscribes per socket (100/s). The use cases spend them, whichever surface
-//! the action came through.
+//! Budgets for what clients do (SPEC §5, §10 and §18): sends per user (10/s, burst 30);
+//! edits, deletes, reactions, joins, leaves and member changes per user (20/s, burst
+//! 60); room creation per user (30 a minute); subscribes per socket (100/s); typing
+//! events per socket (5/s); searches (5/s) and read watermark moves (20/s) per user. The
+//! use cases spend them, whichever surface the action came through.
 //!
 //! Each [`Budget`] is governor's keyed generic cell rate algorithm: one timestamp per
 //! active key in a sharded map, so keys on different shards never wait for each other,

@@ -140,7 +140,8 @@ impl Chat {
         Ok(MessagePage { messages, has_more })
     }
 
-    /// Full-text search within a room: the latest `limit` matches.
+    /// Full-text search within a room: the latest `limit` matches. Metered per user
+    /// (SPEC §18): each search reads the room's text index.
     pub async fn search_messages(
         &self,
         viewer: Uuid,
@@ -153,6 +154,7 @@ impl Chat {
             let reason = format!("must be 1-{MAX_QUERY_CHARS} characters");
             return Err(InvalidInput::new("q", reason).into());
         }
+        meter(&self.searches, viewer)?;
         let (messages, has_more) = self
             .store
             .search_messages(viewer, room_id, query, limit)

@@ -140,6 +140,11 @@ pub struct Chat {
     tickets: Budget,
     /// Subscribes and unsubscribes per socket (SPEC §10).
     subscribes: Budget<crate::relay::SocketId>,
+    /// Typing events broadcast per socket; searches and read watermark moves per user
+    /// (SPEC §18).
+    typing_events: Budget<crate::relay::SocketId>,
+    searches: Budget,
+    reads: Budget,
     /// Open sockets per user on this node (SPEC §10).
     open_sockets: Arc<Mutex<HashMap<Uuid, usize>>>,
     metrics: Arc<Metrics>,
@@ -195,6 +200,9 @@ impl Chat {
                 f64::from(limits.subscribes_per_second),
                 limits.subscribes_per_second,
             ),
+            typing_events: per_second(limits.typing_events_per_second),
+            searches: per_second(limits.searches_per_second),
+            reads: per_second(limits.reads_per_second),
             open_sockets: Arc::default(),
             store,
             bus,
@@ -265,6 +273,11 @@ async fn publish_change(bus: &Bus, change: &RoomChange) {
     if let Some(event) = RoomEvent::of(change) {
         bus.publish(&event).await;
     }
+}
+
+/// `rate` actions a second per key, `rate` of them at once.
+fn per_second<K: Hash + Eq + Clone>(rate: u32) -> Budget<K> {
+    Budget::new(f64::from(rate), rate)
 }
 
 /// Spends one action of `key`'s budget, or says how long to wait.

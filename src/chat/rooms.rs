@@ -94,8 +94,10 @@ impl Chat {
         Ok(())
     }
 
-    /// Joins a public room; idempotent.
+    /// Joins a public room; idempotent. Joins, leaves and member changes each record a
+    /// room event, so they spend the edits budget (SPEC §18).
     pub async fn join_room(&self, user: Uuid, room_id: Uuid) -> Result<(), ChatError> {
+        meter(&self.edits, user)?;
         let joined = self.store.join_room(user, room_id).await?;
         self.emit(joined).await;
         Ok(())
@@ -104,6 +106,7 @@ impl Chat {
     /// Leaves a room; idempotent. Leaving a room one can only see as a member ends one's
     /// subscriptions to it.
     pub async fn leave_room(&self, user: Uuid, room_id: Uuid) -> Result<(), ChatError> {
+        meter(&self.edits, user)?;
         let left = self.store.leave_room(user, room_id).await?;
         self.emit(left).await;
         Ok(())
@@ -134,6 +137,7 @@ impl Chat {
         room_id: Uuid,
         user: Uuid,
     ) -> Result<(), ChatError> {
+        meter(&self.edits, owner)?;
         let added = self.store.add_member(owner, room_id, user).await?;
         self.emit(added).await;
         Ok(())
@@ -147,6 +151,7 @@ impl Chat {
         room_id: Uuid,
         user: Uuid,
     ) -> Result<(), ChatError> {
+        meter(&self.edits, owner)?;
         let removed = self.store.remove_member(owner, room_id, user).await?;
         self.emit(removed).await;
         Ok(())
@@ -165,15 +170,21 @@ impl Chat {
     }
 
     /// Moves the caller's read watermark forward (never back) and returns it; the room
-    /// hears `read` when it moved.
+    /// hears `read` when it moved. REST and `read_upto` share one budget per user
+    /// (SPEC §18).
     pub async fn mark_read(
         &self,
         reader: Uuid,
         room_id: Uuid,
         upto: ReadUpTo,
     ) -> Result<i64, ChatError> {
+        // Bad input is refused before it spends the budget.
+        if let ReadUpTo::Seq(seq) = upto {
+            parse_seq("seq", seq)?;
+        }
+        meter(&self.reads, reader)?;
         let seq = match upto {
-            ReadUpTo::Seq(seq) => parse_seq("seq", seq)?,
+            ReadUpTo::Seq(seq) => seq,
             ReadUpTo::CreatedAt(at) => self.store.seq_at_time(reader, room_id, at).await?,
         };
         if self.store.mark_read(reader, room_id, seq).await? {

@@ -226,8 +226,10 @@ impl Store {
 
     /// The highest `seq` of a room's messages created at or before `created_at_ms`
     /// (0 if none), for a member's `read_upto` by time. Access is checked first, so a
-    /// stranger costs one lookup; the query walks the room's `seq` index down from the
-    /// newest message (times grow with `seq`), so a recent time costs a few rows.
+    /// stranger costs one lookup; then one descent of `messages_room_created` (times
+    /// grow with `seq`, so the latest time's highest `seq` is the room's highest at that
+    /// time), whatever the time: walking the `seq` index down instead read every newer
+    /// message, the whole room for a time before its first.
     pub async fn seq_at_time(
         &self,
         reader: Uuid,
@@ -241,7 +243,7 @@ impl Store {
         let row = client
             .query_opt_cached(
                 "SELECT seq FROM messages WHERE room_id = $1 AND created_at <= $2
-                 ORDER BY seq DESC LIMIT 1",
+                 ORDER BY created_at DESC, seq DESC LIMIT 1",
                 &[&room_id, &created_at_ms],
             )
             .await?;

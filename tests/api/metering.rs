@@ -1,7 +1,9 @@
-//! Rate budgets against a client that floods (SPEC §10): edits, deletes and reaction
-//! toggles share one per-user budget, room creation has its own per minute, and a
-//! socket's subscribe/unsubscribe churn is metered per socket without closing it. Each
-//! of these is broadcast or stored, so an unmetered loop would cost every node. The
+//! Rate budgets against a client that floods (SPEC §10, §18): edits, deletes, reaction
+//! toggles, joins, leaves and member changes share one per-user budget, room creation
+//! has its own per minute, searches and read watermark moves their own per second, and
+//! a socket's subscribe/unsubscribe churn is metered per socket without closing it. Each
+//! of these is broadcast, stored or costs a query, so an unmetered loop would cost every
+//! node; and a read by time, which any member may repeat, costs one index descent. The
 //! send rate limit is tested in messages.rs.
 
 use reqwest::Method;
@@ -131,4 +133,170 @@ async fn subscribe_churn_is_metered_per_socket_and_the_socket_stays_open() {
     assert!(limited > 0, "no churn was refused");
     ws.send(json!({"type": "ping"})).await;
     assert_eq!(ws.recv().await, json!({"type": "pong"}));
+}
+
+#[tokio::test]
+async fn joins_leaves_and_member_changes_spend_the_edits_budget() {
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let carol = app.register("carol").await;
+    let public = app.create_room(&alice, "public", "public").await;
+    // Each join or leave writes a room event kept for days: a loop of them is refused
+    // once the burst of the edits budget (60) is spent.
+    let allowed = until_rate_limited(1000, |i| {
+        let action = if i % 2 == 0 { "join" } else { "leave" };
+        let (app, path, token) = (&app, format!("/v1/rooms/{public}/{action}"), &bob.token);
+        async move { app.post(&path, token, json!({})).await }
+    })
+    .await;
+    assert!(
+        (60..100).contains(&allowed),
+        "{allowed} joins and leaves before the 429"
+    );
+    // The same budget as reactions.
+    let message = app.send(&alice, public, "react to me").await;
+    let react = format!(
+        "/v1/rooms/{public}/messages/{}/reactions/👍",
+        message["id"].as_str().unwrap()
+    );
+    app.call(Method::PUT, &react, Some(&bob.token), None)
+        .await
+        .assert_status(429);
+    // An owner adding and removing a member, likewise.
+    let private = app.create_room(&alice, "private", "private").await;
+    let member = format!("/v1/rooms/{private}/members/{}", carol.id);
+    let allowed = until_rate_limited(1000, |i| {
+        let method = if i % 2 == 0 {
+            Method::PUT
+        } else {
+            Method::DELETE
+        };
+        let (app, path, token) = (&app, member.clone(), alice.token.clone());
+        async move { app.call(method, &path, Some(&token), None).await }
+    })
+    .await;
+    assert!(
+        (60..100).contains(&allowed),
+        "{allowed} member changes before the 429"
+    );
+    // Others keep their own budgets.
+    app.post(&format!("/v1/rooms/{public}/join"), &carol.token, json!({}))
+        .await
+        .assert_status(204);
+}
+
+#[tokio::test]
+async fn a_user_searches_at_most_five_times_a_second() {
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let room = app.create_room(&alice, "r", "public").await;
+    app.send(&alice, room, "needle in a haystack").await;
+    let path = format!("/v1/rooms/{room}/messages/search?q=needle");
+    let allowed = until_rate_limited(200, |_| {
+        let (app, path, token) = (&app, path.clone(), &alice.token);
+        async move { app.get(&path, token).await }
+    })
+    .await;
+    assert!(
+        (5..10).contains(&allowed),
+        "{allowed} searches before the 429"
+    );
+    let bob = app.register("bob").await;
+    app.get(&path, &bob.token).await.assert_status(200);
+}
+
+#[tokio::test]
+async fn read_watermark_moves_over_rest_and_the_socket_share_twenty_a_second_per_user() {
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let room = app.create_room(&alice, "r", "public").await;
+    app.send(&alice, room, "read me").await;
+    let path = format!("/v1/rooms/{room}/read");
+    let allowed = until_rate_limited(500, |_| {
+        let (app, path, token) = (&app, path.clone(), &alice.token);
+        async move { app.post(&path, token, json!({"seq": 1})).await }
+    })
+    .await;
+    assert!(
+        (20..30).contains(&allowed),
+        "{allowed} reads before the 429"
+    );
+    // The socket's read_upto spends the same budget, by seq or by time, and the socket
+    // stays open.
+    let mut ws = crate::helpers::WsClient::connect(app.addr, "/v1/ws", &alice.token).await;
+    ws.send(json!({"type": "read_upto", "room_id": room, "created_at_ms": 0}))
+        .await;
+    let refused = ws.recv_type("error").await;
+    assert_eq!(refused["code"], "rate_limited", "{refused}");
+    ws.send(json!({"type": "ping"})).await;
+    assert_eq!(ws.recv_type("pong").await, json!({"type": "pong"}));
+    // Bad input is still a 400, not a spent budget's 429.
+    app.post(&path, &alice.token, json!({"seq": -1}))
+        .await
+        .assert_status(400);
+}
+
+#[tokio::test]
+async fn read_upto_by_time_is_answered_from_an_index_before_between_and_after_messages() {
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let room = app.create_room(&alice, "r", "public").await;
+    // 5,000 messages, the n-th created at n seconds after the epoch.
+    let db = app.db().await;
+    db.execute(
+        "INSERT INTO messages (id, room_id, seq, sender_id, text, created_at)
+         SELECT gen_random_uuid(), $1, s, $2, 'message ' || s, s * 1000
+           FROM generate_series(1, 5000) s",
+        &[&room, &alice.id],
+    )
+    .await
+    .unwrap();
+    db.execute("UPDATE rooms SET last_seq = 5000 WHERE id = $1", &[&room])
+        .await
+        .unwrap();
+    let mut ws = crate::helpers::WsClient::connect(app.addr, "/v1/ws", &alice.token).await;
+    let cases = [
+        (0, 0),
+        (999, 0),
+        (1000, 1),
+        (1500, 1),
+        (2_500_000, 2500),
+        (4_999_999, 4999),
+        (5_000_000, 5000),
+        (i64::MAX, 5000),
+    ];
+    for (at, seq) in cases {
+        ws.send(json!({"type": "read_upto", "room_id": room, "created_at_ms": at}))
+            .await;
+        let ack = ws.recv_type("read_ack").await;
+        assert_eq!(ack["seq"], seq, "read_upto at {at}: {ack}");
+    }
+    // Each of those was one descent of the (room, created_at) index, not a walk down the
+    // room's seq index (the whole room, for a time before its first message). Postgres
+    // publishes a backend's index statistics within about 10 s of its last query.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        db.execute("SELECT pg_stat_clear_snapshot()", &[])
+            .await
+            .unwrap();
+        let scans: i64 = db
+            .query_opt(
+                "SELECT idx_scan FROM pg_stat_user_indexes
+                  WHERE indexrelname = 'messages_room_created'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .map_or(0, |row| row.get(0));
+        if scans >= cases.len() as i64 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{scans} scans of messages_room_created after {} reads by time",
+            cases.len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
 }

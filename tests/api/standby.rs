@@ -26,6 +26,8 @@ async fn reads_from_a_standby_never_miss_an_acknowledged_message_and_fall_back_w
     let mut node_settings = settings(&primary.url(&database));
     node_settings.database_read_url = Some(standby.url(&database));
     allow_bulk_sends(&mut node_settings);
+    // A search after every send, faster than a user's 5 a second.
+    node_settings.limits.searches_per_second = 1000;
     let app = spawn_node(node_settings).await;
     let alice = app.register("alice").await;
     let room = app.create_room(&alice, "r", "public").await;

@@ -1,8 +1,8 @@
-//! Typing indicators under a client that sends one per keystroke (SPEC §10): a change
-//! reaches the room at once, a kept-up `true` at most once per 3 s, a `false` that
-//! changes nothing not at all, and every frame is still acked. Without this each
-//! keystroke would be a broadcast to the room. The basic typing round trip is in
-//! realtime.rs.
+//! Typing indicators under a client that sends one per keystroke (SPEC §10, §18): a
+//! change reaches the room at once, a kept-up `true` at most once per 3 s, a `false`
+//! that changes nothing not at all, at most 5 events a second per socket whatever the
+//! values, and every frame is still acked. Without this each keystroke (or each toggle)
+//! would be a broadcast to the room. The basic typing round trip is in realtime.rs.
 
 use serde_json::json;
 
@@ -50,4 +50,52 @@ async fn two_hundred_typing_frames_in_a_second_reach_the_room_as_one_event_and_e
     typer.recv_type("typing_ack").await;
     let next = watcher.next(std::time::Duration::from_millis(300)).await;
     assert!(next.is_none(), "{next:?}");
+}
+
+#[tokio::test]
+async fn alternating_typing_frames_reach_the_room_at_most_five_times_a_second_and_every_frame_is_acked()
+ {
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let carol = app.register("carol").await;
+    let room = public_room_with(&app, &alice, &[&bob]).await;
+    let hidden = app.create_room(&carol, "carol's", "private").await;
+    let mut typer = crate::helpers::WsClient::connect(app.addr, "/v1/ws", &alice.token).await;
+    let mut watcher = crate::helpers::WsClient::connect(app.addr, "/v1/ws", &bob.token).await;
+    typer.subscribe(room, None).await;
+    watcher.subscribe(room, None).await;
+    let started = std::time::Instant::now();
+    for i in 0..400 {
+        let value = i % 2 == 0;
+        typer
+            .send(json!({"type": "typing", "room_id": room, "value": value}))
+            .await;
+    }
+    for i in 0..400 {
+        let ack = typer.recv_type("typing_ack").await;
+        assert_eq!(ack["value"], i % 2 == 0, "{ack}");
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut events = 0;
+    while let Some(Ok(frame)) = watcher.next(std::time::Duration::from_millis(500)).await {
+        if frame["type"] == "typing" {
+            events += 1;
+        }
+    }
+    // A burst of 5, then 5 a second while the frames came.
+    let most = 5 + (5.0 * elapsed).ceil() as usize;
+    assert!(
+        (1..=most).contains(&events),
+        "{events} events in {elapsed:.2} s"
+    );
+    // With the budget spent, a room the user cannot see still answers its error, and
+    // the socket stays open.
+    typer
+        .send(json!({"type": "typing", "room_id": hidden, "value": true}))
+        .await;
+    let refused = typer.recv_type("error").await;
+    assert_eq!(refused["code"], "room_not_found", "{refused}");
+    typer.send(json!({"type": "ping"})).await;
+    assert_eq!(typer.recv_type("pong").await, json!({"type": "pong"}));
 }

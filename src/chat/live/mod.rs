@@ -18,7 +18,7 @@ mod outbox;
 pub use outbox::{Delivery, EventFrame, Outbox, Replay, Subscription};
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -75,6 +75,9 @@ pub struct Connection {
     /// Rooms where this socket last said its user is typing, with when the room last
     /// heard so: repeats are coalesced, and these are cleared on disconnect.
     typing_in: HashMap<Uuid, Instant>,
+    /// Rooms where this socket's typing passed the access check; dropped when the room
+    /// revokes the socket's subscription or a check fails.
+    typing_allowed: HashSet<Uuid>,
     /// What the credential the socket was opened with is checked against.
     checks: Checks,
 }
@@ -199,6 +202,7 @@ impl Chat {
             }),
             rooms: RoomSet::default(),
             typing_in: HashMap::new(),
+            typing_allowed: HashSet::new(),
             checks,
         };
         self.presence.connect(connection.id, user_id);
@@ -295,6 +299,7 @@ impl Chat {
     pub fn forget_revoked(&self, connection: &mut Connection) {
         let mut forgot = false;
         for room_id in connection.socket.closer.take_revoked() {
+            connection.typing_allowed.remove(&room_id);
             if connection.rooms.remove(&room_id) {
                 self.hub.leave(room_id, connection.socket.id);
                 forgot = true;
@@ -309,36 +314,49 @@ impl Chat {
     /// The user starts or stops typing in a room they belong to. The room hears a change
     /// at once, and a `true` kept up at most once per [`TYPING_REBROADCAST`] (SPEC §10):
     /// a client that sends `typing` on every keystroke costs the room one event every
-    /// few seconds. The indicator ends after `relay::TYPING_TTL` from the last event the
-    /// room heard (so at least 3 s after the last frame), or when the socket closes.
+    /// few seconds. A socket's frames broadcast at most `TYPING_RATE_PER_SEC` events a
+    /// second, whatever their values (SPEC §18); a frame beyond that is acknowledged,
+    /// changes nothing, and the room keeps what it last heard. The indicator ends after
+    /// `relay::TYPING_TTL` from the last event the room heard (so at least 3 s after the
+    /// last frame), or when the socket closes.
+    ///
+    /// Every frame that is broadcast is access-checked in Postgres first, as is every
+    /// frame for a room this socket's typing was not yet allowed in, so a room the user
+    /// cannot see always answers its error. A frame that is not broadcast, for a room
+    /// that was allowed earlier, skips the check: a user who lost access since gets an
+    /// ack for a frame that reaches no one, and the room's next broadcast is checked.
     pub async fn typing(
         &self,
         connection: &mut Connection,
         room_id: Uuid,
         value: bool,
     ) -> Result<(), ChatError> {
-        // Checked on every frame: a cached answer would outlive a removal or a leave.
-        let role = self
-            .store
-            .check_access(connection.user_id(), room_id)
-            .await?;
-        if role.is_none() {
-            return Err(StoreError::NotMember.into());
-        }
-        let heard = if value {
-            let now = Instant::now();
-            let told_lately = connection
-                .typing_in
-                .get(&room_id)
-                .is_some_and(|told| now.duration_since(*told) < TYPING_REBROADCAST);
-            if !told_lately {
-                connection.typing_in.insert(room_id, now);
-            }
-            !told_lately
+        let now = Instant::now();
+        let told = connection.typing_in.get(&room_id);
+        let changes = if value {
+            told.is_none_or(|told| now.duration_since(*told) >= TYPING_REBROADCAST)
         } else {
-            connection.typing_in.remove(&room_id).is_some()
+            told.is_some()
         };
-        if heard {
+        let broadcast = changes && self.typing_events.check(connection.socket.id).is_ok();
+        if broadcast || !connection.typing_allowed.contains(&room_id) {
+            // A cached answer would outlive a removal or a leave.
+            let role = self
+                .store
+                .check_access(connection.user_id(), room_id)
+                .await?;
+            if role.is_none() {
+                connection.typing_allowed.remove(&room_id);
+                return Err(StoreError::NotMember.into());
+            }
+            connection.typing_allowed.insert(room_id);
+        }
+        if broadcast {
+            if value {
+                connection.typing_in.insert(room_id, now);
+            } else {
+                connection.typing_in.remove(&room_id);
+            }
             let event = RoomEvent::typing(room_id, connection.user_id(), value);
             self.bus.publish(&event).await;
         }
