@@ -112,8 +112,11 @@ impl Deliverer {
         allow_private: bool,
         metrics: DeliveryMetrics,
     ) -> Arc<Self> {
+        // Never through a proxy (HTTP_PROXY and the like): a proxy resolves the name
+        // itself, past the resolver that refuses private addresses.
         let builder = reqwest::Client::builder()
             .user_agent("natter-webhooks")
+            .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(ATTEMPT_TIMEOUT)
             .pool_max_idle_per_host(CONCURRENT_DELIVERIES);

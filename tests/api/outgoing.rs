@@ -4,11 +4,98 @@
 //! delivery log — and SPEC §6's promise that nodes configured with `WEBHOOKS` may all
 //! start at once.
 
-use std::sync::Arc;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
+use poem::{
+    IntoResponse, Route, Server, handler,
+    listener::{Acceptor, Listener, TcpListener},
+    post,
+};
 use serde_json::json;
 
-use crate::helpers::{create_database, settings, spawn_node};
+use crate::{
+    helpers::{NodeProcess, TestApp, create_database, settings, spawn_node},
+    webhooks::{Receiver, create_webhook},
+};
+
+/// A listener that counts the connections made to it and answers none: a proxy that
+/// must never be used.
+async fn counting_listener() -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            drop(stream);
+        }
+    });
+    (format!("http://{addr}"), connections)
+}
+
+#[handler]
+async fn allow_everything() -> impl IntoResponse {
+    poem::web::Json(json!({"action": "allow"}))
+}
+
+/// A before-send hook that allows every message; its URL.
+async fn allowing_hook() -> String {
+    let acceptor = TcpListener::bind("127.0.0.1:0")
+        .into_acceptor()
+        .await
+        .unwrap();
+    let addr = *acceptor.local_addr()[0].as_socket_addr().unwrap();
+    tokio::spawn(
+        Server::new_with_acceptor(acceptor).run(Route::new().at("/check", post(allow_everything))),
+    );
+    format!("http://{addr}/check")
+}
+
+#[tokio::test]
+async fn webhook_deliveries_and_the_send_hook_never_go_through_a_proxy_from_the_environment() {
+    let receiver = Receiver::start().await;
+    let (proxy, proxied) = counting_listener().await;
+    let hook = allowing_hook().await;
+    let database_url = create_database().await;
+    let nats = std::env::var("NATTER_TEST_NATS_URL").unwrap();
+    let prefix = database_url.rsplit('/').next().unwrap().to_string();
+    let node = NodeProcess::start_with(&database_url, &nats, &prefix, |command| {
+        for name in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"] {
+            command.env(name, &proxy).env(name.to_lowercase(), &proxy);
+        }
+        command
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy")
+            .env("WEBHOOK_ALLOW_PRIVATE", "true")
+            .env("SEND_HOOK_URL", &hook);
+    })
+    .await;
+    let api = TestApp::at(node.addr, &database_url);
+    let alice = api.register("alice").await;
+    let room = api.create_room(&alice, "r", "public").await;
+    create_webhook(&api, &alice.token, room, &receiver.url()).await;
+
+    // The hook is asked directly (through the proxy it would fail, and the send with it).
+    api.post_message(&alice.token, room, "hello")
+        .await
+        .assert_status(201);
+    let got = receiver
+        .wait_for(Duration::from_secs(15), |r| !r.is_empty())
+        .await;
+    assert_eq!(got[0].event()["type"], "message.created");
+    assert_eq!(
+        proxied.load(Ordering::SeqCst),
+        0,
+        "a request went to the proxy"
+    );
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ten_nodes_with_the_same_webhooks_started_at_once_all_start() {
