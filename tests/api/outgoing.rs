@@ -17,10 +17,11 @@ use poem::{
     listener::{Acceptor, Listener, TcpListener},
     post,
 };
+use reqwest::Method;
 use serde_json::json;
 
 use crate::{
-    helpers::{NodeProcess, TestApp, create_database, settings, spawn_node},
+    helpers::{NodeProcess, TestApp, create_database, settings, spawn_app_with, spawn_node},
     webhooks::{Receiver, create_webhook},
 };
 
@@ -95,6 +96,48 @@ async fn webhook_deliveries_and_the_send_hook_never_go_through_a_proxy_from_the_
         0,
         "a request went to the proxy"
     );
+}
+
+#[tokio::test]
+async fn webhooks_to_ipv6_forms_of_internal_ipv4_addresses_and_special_ranges_are_refused() {
+    let app = spawn_app_with(|_| {}).await;
+    let alice = app.register("alice").await;
+    let room = app.create_room(&alice, "r", "public").await;
+    let path = format!("/v1/rooms/{room}/webhooks");
+    for url in [
+        "http://[64:ff9b::a9fe:a9fe]/latest/meta-data/",
+        "http://[64:ff9b:1::a00:1]/hook",
+        "http://[::127.0.0.1]/hook",
+        "http://[::ffff:0:7f00:1]/hook",
+        "http://[2002:7f00:1::]/hook",
+        "http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/hook",
+        "http://[fec0::1]/hook",
+        "http://198.18.0.1/hook",
+        "http://192.0.0.1/hook",
+    ] {
+        let reply = app
+            .call(
+                Method::POST,
+                &path,
+                Some(&alice.token),
+                Some(json!({"url": url})),
+            )
+            .await;
+        assert_eq!(
+            (reply.status.as_u16(), reply.error_code()),
+            (400, "webhook_url_not_allowed"),
+            "{url}: {}",
+            reply.body
+        );
+    }
+    let count: i64 = app
+        .db()
+        .await
+        .query_one("SELECT count(*) FROM webhooks", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
