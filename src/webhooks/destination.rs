@@ -15,10 +15,20 @@ use reqwest::{
     dns::{Addrs, Name, Resolve, Resolving},
 };
 
-/// Why a destination is refused.
+/// Why a destination is refused. Its text is shown to whoever asked for the webhook, so
+/// it never tells a name that resolves to a private address from one that does not
+/// resolve at all (that would map internal names); the detail goes to the node's log.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct NotAllowed(pub String);
+
+/// What every refusal of a host or address says.
+const HOST_NOT_ALLOWED: &str =
+    "the URL's host is not allowed: webhooks go to public addresses only";
+
+fn host_not_allowed() -> NotAllowed {
+    NotAllowed(HOST_NOT_ALLOWED.into())
+}
 
 /// Whether a webhook may be sent to `ip`: a public unicast address. An IPv6 address that
 /// embeds an IPv4 one (mapped, compatible, translated, NAT64, 6to4, Teredo) is judged by
@@ -108,7 +118,7 @@ pub fn check_url(url: &str, allow_private: bool) -> Result<Url, NotAllowed> {
         && !allow_private
         && !is_public(ip)
     {
-        return Err(NotAllowed(format!("{ip} is not a public address")));
+        return Err(host_not_allowed());
     }
     Ok(parsed)
 }
@@ -123,20 +133,23 @@ pub async fn check_destination(url: &str, allow_private: bool) -> Result<Url, No
     Ok(parsed)
 }
 
-/// The addresses of `host`, if every one is public.
+/// The addresses of `host`, if every one is public. Every refusal reads the same to the
+/// caller; why is logged.
 async fn resolve_public(host: &str) -> Result<Vec<SocketAddr>, NotAllowed> {
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, 0))
-        .await
-        .map_err(|e| NotAllowed(format!("{host} does not resolve: {e}")))?
-        .collect();
+    let addrs: Vec<SocketAddr> = match tokio::net::lookup_host((host, 0)).await {
+        Ok(addrs) => addrs.collect(),
+        Err(err) => {
+            tracing::info!(%host, %err, "webhook destination refused: it does not resolve");
+            return Err(host_not_allowed());
+        }
+    };
     if let Some(private) = addrs.iter().find(|addr| !is_public(addr.ip())) {
-        return Err(NotAllowed(format!(
-            "{host} resolves to {}, which is not a public address",
-            private.ip()
-        )));
+        tracing::info!(%host, address = %private.ip(), "webhook destination refused: not a public address");
+        return Err(host_not_allowed());
     }
     if addrs.is_empty() {
-        return Err(NotAllowed(format!("{host} has no addresses")));
+        tracing::info!(%host, "webhook destination refused: it has no addresses");
+        return Err(host_not_allowed());
     }
     Ok(addrs)
 }
@@ -239,5 +252,20 @@ mod tests {
         assert!(check_url("http://127.0.0.1:8080/hook", true).is_ok());
         assert!(check_url("http://[64:ff9b::a9fe:a9fe]/", false).is_err());
         assert!(check_url("https://hooks.example.com/natter", false).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_refused_host_reads_the_same_whether_it_is_private_or_does_not_resolve() {
+        let private = check_destination("http://localhost/hook", false)
+            .await
+            .unwrap_err();
+        let unresolvable = check_destination("http://no-such-host.invalid/hook", false)
+            .await
+            .unwrap_err();
+        let literal = check_destination("http://10.0.0.1/hook", false)
+            .await
+            .unwrap_err();
+        assert_eq!(private.to_string(), unresolvable.to_string());
+        assert_eq!(private.to_string(), literal.to_string());
     }
 }

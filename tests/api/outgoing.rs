@@ -9,7 +9,7 @@ use std::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use poem::{
@@ -21,7 +21,9 @@ use reqwest::Method;
 use serde_json::json;
 
 use crate::{
-    helpers::{NodeProcess, TestApp, create_database, settings, spawn_app_with, spawn_node},
+    helpers::{
+        NodeProcess, TestApp, create_database, free_port, settings, spawn_app_with, spawn_node,
+    },
     webhooks::{Receiver, create_webhook},
 };
 
@@ -138,6 +140,81 @@ async fn webhooks_to_ipv6_forms_of_internal_ipv4_addresses_and_special_ranges_ar
         .unwrap()
         .get(0);
     assert_eq!(count, 0);
+}
+
+#[tokio::test]
+async fn a_refused_webhook_url_does_not_tell_an_internal_name_from_one_that_does_not_resolve() {
+    let app = spawn_app_with(|_| {}).await;
+    let alice = app.register("alice").await;
+    let room = app.create_room(&alice, "r", "public").await;
+    let path = format!("/v1/rooms/{room}/webhooks");
+    let mut messages = Vec::new();
+    for url in [
+        "http://localhost:5432/hook",
+        "http://no-such-host.invalid/hook",
+        "http://10.0.0.8/hook",
+    ] {
+        let reply = app
+            .call(
+                Method::POST,
+                &path,
+                Some(&alice.token),
+                Some(json!({"url": url})),
+            )
+            .await;
+        assert_eq!(reply.error_code(), "webhook_url_not_allowed", "{url}");
+        messages.push(reply.body["error"]["message"].clone());
+    }
+    assert!(
+        messages.iter().all(|m| *m == messages[0]),
+        "refusals differ: {messages:?}"
+    );
+    let text = messages[0].as_str().unwrap();
+    assert!(text.contains("not allowed"), "{text}");
+    for detail in ["127.0.0.1", "::1", "resolve", "10.0.0.8"] {
+        assert!(!text.contains(detail), "{text} mentions {detail}");
+    }
+}
+
+/// The delivery log's latest `error`, once there is one.
+async fn latest_error(app: &TestApp, token: &str, path: &str) -> String {
+    let started = Instant::now();
+    loop {
+        let log = app.get(path, token).await;
+        log.assert_status(200);
+        if let Some(error) = log.body["deliveries"][0]["error"].as_str() {
+            return error.to_string();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "no failed attempt: {}",
+            log.body
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_delivery_log_says_only_what_kind_of_failure_an_attempt_met() {
+    let receiver = Receiver::start().await;
+    let app = spawn_app_with(|s| s.webhook_allow_private = true).await;
+    let alice = app.register("alice").await;
+    let room = app.create_room(&alice, "r", "public").await;
+    let closed = format!("http://127.0.0.1:{}/hook", free_port());
+    // TLS to a server that speaks plain HTTP.
+    let not_tls = format!("https://{}/hook", receiver.addr);
+    let (to_closed, _) = create_webhook(&app, &alice.token, room, &closed).await;
+    let (to_plain, _) = create_webhook(&app, &alice.token, room, &not_tls).await;
+    app.send(&alice, room, "hello").await;
+    let path = |webhook| format!("/v1/rooms/{room}/webhooks/{webhook}/deliveries");
+    assert_eq!(
+        latest_error(&app, &alice.token, &path(to_closed)).await,
+        "connect failed"
+    );
+    assert_eq!(
+        latest_error(&app, &alice.token, &path(to_plain)).await,
+        "tls failed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
