@@ -313,6 +313,15 @@ impl Store {
         Ok(())
     }
 
+    /// Which of `ids` are still webhooks.
+    pub async fn existing_webhooks(&self, ids: &[Uuid]) -> Result<Vec<Uuid>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query_cached("SELECT id FROM webhooks WHERE id = ANY($1)", &[&ids])
+            .await?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
+    }
+
     /// Whether the cluster has any webhook at all.
     pub async fn any_webhooks(&self) -> Result<bool, StoreError> {
         let client = self.client().await?;

@@ -13,7 +13,8 @@
 //! once, and receivers drop repeats by `webhook-id`.
 
 use std::{
-    sync::Arc,
+    collections::HashSet,
+    sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -51,6 +52,8 @@ const MIN_POLL_WAIT: Duration = Duration::from_millis(50);
 pub const GIVE_UP_AFTER: Duration = Duration::from_secs(24 * 3600);
 /// The longest wait between retries.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(600);
+/// How often a node removes the series of webhooks deleted since.
+const FORGET_EVERY: Duration = Duration::from_secs(2);
 /// Events read from Postgres at a time.
 const READ_BATCH: i64 = 500;
 /// How long room changes are kept for deliveries (past the 24 h of retries).
@@ -99,6 +102,9 @@ pub struct Deliverer {
     /// Deliveries in flight on this node: a slow receiver holds at most this many.
     slots: Arc<Semaphore>,
     metrics: DeliveryMetrics,
+    /// The webhooks with a series in `metrics.oldest_undelivered_ms`: a deleted one's is
+    /// removed by [`Deliverer::forget_deleted`].
+    labelled: Mutex<HashSet<Uuid>>,
     wake: Arc<Notify>,
 }
 
@@ -133,6 +139,7 @@ impl Deliverer {
             allow_private,
             slots: Arc::new(Semaphore::new(CONCURRENT_DELIVERIES)),
             metrics,
+            labelled: Mutex::default(),
             wake: Arc::default(),
         })
     }
@@ -145,6 +152,7 @@ impl Deliverer {
     /// Polls for due work until `shutdown` turns true.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut last_trim = Instant::now();
+        let mut last_forget = Instant::now();
         let mut wait = MIN_POLL_WAIT;
         // Whether the cluster has any webhook, asked once per MAX_POLL_WAIT: without
         // one, commits do not wake the deliverer and it asks nothing else.
@@ -163,6 +171,13 @@ impl Deliverer {
                 match self.store.any_webhooks().await {
                     Ok(any) => any_webhooks = any,
                     Err(err) => tracing::warn!(%err, "webhooks: looking for webhooks failed"),
+                }
+            }
+            // Before the early return: the last webhook's deletion is one to see.
+            if last_forget.elapsed() >= FORGET_EVERY {
+                last_forget = Instant::now();
+                if let Err(err) = self.forget_deleted().await {
+                    tracing::warn!(%err, "webhooks: looking for deleted webhooks failed");
                 }
             }
             if !any_webhooks {
@@ -204,6 +219,44 @@ impl Deliverer {
         }
     }
 
+    /// Removes the per-webhook series of webhooks that no longer exist, so a deleted
+    /// webhook's series do not outlive it (on this node or any other).
+    async fn forget_deleted(&self) -> Result<(), StoreError> {
+        let labelled: Vec<Uuid> = self.labelled().iter().copied().collect();
+        if labelled.is_empty() {
+            return Ok(());
+        }
+        let existing: HashSet<Uuid> = self
+            .store
+            .existing_webhooks(&labelled)
+            .await?
+            .into_iter()
+            .collect();
+        let mut known = self.labelled();
+        for id in labelled.into_iter().filter(|id| !existing.contains(id)) {
+            known.remove(&id);
+            self.metrics.oldest_undelivered_ms.remove(&WebhookLabel {
+                webhook: id.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    fn labelled(&self) -> std::sync::MutexGuard<'_, HashSet<Uuid>> {
+        self.labelled
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Sets how far behind `webhook` is on this node.
+    fn set_behind(&self, webhook: Uuid, label: &WebhookLabel, ms: i64) {
+        self.labelled().insert(webhook);
+        self.metrics
+            .oldest_undelivered_ms
+            .get_or_create(label)
+            .set(ms);
+    }
+
     /// Delivers one claimed (webhook, room) until it is caught up, an attempt fails or
     /// the lease is lost.
     async fn deliver(&self, claim: Claim) {
@@ -234,10 +287,7 @@ impl Deliverer {
                 .webhook_events(claim.room_id, claim.position, READ_BATCH)
                 .await?;
             if events.is_empty() {
-                self.metrics
-                    .oldest_undelivered_ms
-                    .get_or_create(&label)
-                    .set(0);
+                self.set_behind(claim.webhook_id, &label, 0);
                 if !self
                     .store
                     .save_webhook_progress(&self.node, &claim, LEASE, &attempts)
@@ -253,10 +303,7 @@ impl Deliverer {
                     continue;
                 }
                 let now = unix_ms();
-                self.metrics
-                    .oldest_undelivered_ms
-                    .get_or_create(&label)
-                    .set((now - event.timestamp).max(0));
+                self.set_behind(claim.webhook_id, &label, (now - event.timestamp).max(0));
                 let body = event.body();
                 let started = Instant::now();
                 let outcome = self.post(&target, &secrets, &event.id, body).await;

@@ -217,6 +217,42 @@ async fn the_delivery_log_says_only_what_kind_of_failure_an_attempt_met() {
     );
 }
 
+#[tokio::test]
+async fn a_deleted_webhooks_metric_series_leave_metrics() {
+    let receiver = Receiver::start().await;
+    let app = spawn_app_with(|s| s.webhook_allow_private = true).await;
+    let alice = app.register("alice").await;
+    let room = app.create_room(&alice, "r", "public").await;
+    let (webhook, _) = create_webhook(&app, &alice.token, room, &receiver.url()).await;
+    app.send(&alice, room, "hello").await;
+    receiver
+        .wait_for(Duration::from_secs(15), |r| !r.is_empty())
+        .await;
+    let series = format!("webhook=\"{webhook}\"");
+    let started = Instant::now();
+    while !app.metrics().await.contains(&series) {
+        assert!(started.elapsed() < Duration::from_secs(10), "no {series}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    app.call(
+        Method::DELETE,
+        &format!("/v1/rooms/{room}/webhooks/{webhook}"),
+        Some(&alice.token),
+        None,
+    )
+    .await
+    .assert_status(204);
+    let started = Instant::now();
+    while app.metrics().await.contains(&series) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{series} outlived its webhook"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ten_nodes_with_the_same_webhooks_started_at_once_all_start() {
     let database_url = create_database().await;
