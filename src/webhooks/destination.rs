@@ -90,7 +90,7 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         // ORCHID (2001:10::/28, 2001:20::/28).
         [0x2001, 0xdb8, ..] | [0x2001, 2, 0, ..] => false,
         [0x2001, b, ..] if (b & 0xfff0) == 0x10 || (b & 0xfff0) == 0x20 => false,
-        [a, ..] if (a & 0xfff0) == 0x3ff0 => false,
+        [0x3fff, b, ..] if b < 0x1000 => false,
         // Everything else outside global unicast (2000::/3) is refused: unique local
         // (fc00::/7), link-local (fe80::/10), site-local (fec0::/10), multicast
         // (ff00::/8), discard-only (100::/64) and what is not yet allocated.
@@ -230,6 +230,7 @@ mod tests {
             // Teredo: the server 65.54.227.120, the client 8.8.8.8 (inverted: f7f7:f7f7).
             "2001:0:4136:e378:8000:63bf:f7f7:f7f7",
             "2a00:1450:4001::1",
+            "3fff:1000::1",
             "198.20.0.1",
             "192.0.1.1",
         ] {
