@@ -278,6 +278,15 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
+        // Nodes starting at once register the same entry at once. `ON CONFLICT (id)`
+        // alone does not make that safe: the row also conflicts on `config_key`, which
+        // is not the arbiter, and the second insert fails on it. One registration of an
+        // id at a time, then, and the later one finds the row.
+        tx.execute_cached(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+            &[&format!("natter.cluster_webhook.{id}")],
+        )
+        .await?;
         // `xmax = 0`: the row is new (not an update of an existing one).
         let inserted: bool = tx
             .query_one_cached(
@@ -302,6 +311,15 @@ impl Store {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Which of `ids` are still webhooks.
+    pub async fn existing_webhooks(&self, ids: &[Uuid]) -> Result<Vec<Uuid>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query_cached("SELECT id FROM webhooks WHERE id = ANY($1)", &[&ids])
+            .await?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
     }
 
     /// Whether the cluster has any webhook at all.

@@ -13,7 +13,8 @@
 //! once, and receivers drop repeats by `webhook-id`.
 
 use std::{
-    sync::Arc,
+    collections::HashSet,
+    sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -51,6 +52,8 @@ const MIN_POLL_WAIT: Duration = Duration::from_millis(50);
 pub const GIVE_UP_AFTER: Duration = Duration::from_secs(24 * 3600);
 /// The longest wait between retries.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(600);
+/// How often a node removes the series of webhooks deleted since.
+const FORGET_EVERY: Duration = Duration::from_secs(2);
 /// Events read from Postgres at a time.
 const READ_BATCH: i64 = 500;
 /// How long room changes are kept for deliveries (past the 24 h of retries).
@@ -99,6 +102,9 @@ pub struct Deliverer {
     /// Deliveries in flight on this node: a slow receiver holds at most this many.
     slots: Arc<Semaphore>,
     metrics: DeliveryMetrics,
+    /// The webhooks with a series in `metrics.oldest_undelivered_ms`: a deleted one's is
+    /// removed by [`Deliverer::forget_deleted`].
+    labelled: Mutex<HashSet<Uuid>>,
     wake: Arc<Notify>,
 }
 
@@ -112,8 +118,11 @@ impl Deliverer {
         allow_private: bool,
         metrics: DeliveryMetrics,
     ) -> Arc<Self> {
+        // Never through a proxy (HTTP_PROXY and the like): a proxy resolves the name
+        // itself, past the resolver that refuses private addresses.
         let builder = reqwest::Client::builder()
             .user_agent("natter-webhooks")
+            .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(ATTEMPT_TIMEOUT)
             .pool_max_idle_per_host(CONCURRENT_DELIVERIES);
@@ -130,6 +139,7 @@ impl Deliverer {
             allow_private,
             slots: Arc::new(Semaphore::new(CONCURRENT_DELIVERIES)),
             metrics,
+            labelled: Mutex::default(),
             wake: Arc::default(),
         })
     }
@@ -142,6 +152,7 @@ impl Deliverer {
     /// Polls for due work until `shutdown` turns true.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut last_trim = Instant::now();
+        let mut last_forget = Instant::now();
         let mut wait = MIN_POLL_WAIT;
         // Whether the cluster has any webhook, asked once per MAX_POLL_WAIT: without
         // one, commits do not wake the deliverer and it asks nothing else.
@@ -160,6 +171,13 @@ impl Deliverer {
                 match self.store.any_webhooks().await {
                     Ok(any) => any_webhooks = any,
                     Err(err) => tracing::warn!(%err, "webhooks: looking for webhooks failed"),
+                }
+            }
+            // Before the early return: the last webhook's deletion is one to see.
+            if last_forget.elapsed() >= FORGET_EVERY {
+                last_forget = Instant::now();
+                if let Err(err) = self.forget_deleted().await {
+                    tracing::warn!(%err, "webhooks: looking for deleted webhooks failed");
                 }
             }
             if !any_webhooks {
@@ -201,6 +219,44 @@ impl Deliverer {
         }
     }
 
+    /// Removes the per-webhook series of webhooks that no longer exist, so a deleted
+    /// webhook's series do not outlive it (on this node or any other).
+    async fn forget_deleted(&self) -> Result<(), StoreError> {
+        let labelled: Vec<Uuid> = self.labelled().iter().copied().collect();
+        if labelled.is_empty() {
+            return Ok(());
+        }
+        let existing: HashSet<Uuid> = self
+            .store
+            .existing_webhooks(&labelled)
+            .await?
+            .into_iter()
+            .collect();
+        let mut known = self.labelled();
+        for id in labelled.into_iter().filter(|id| !existing.contains(id)) {
+            known.remove(&id);
+            self.metrics.oldest_undelivered_ms.remove(&WebhookLabel {
+                webhook: id.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    fn labelled(&self) -> std::sync::MutexGuard<'_, HashSet<Uuid>> {
+        self.labelled
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Sets how far behind `webhook` is on this node.
+    fn set_behind(&self, webhook: Uuid, label: &WebhookLabel, ms: i64) {
+        self.labelled().insert(webhook);
+        self.metrics
+            .oldest_undelivered_ms
+            .get_or_create(label)
+            .set(ms);
+    }
+
     /// Delivers one claimed (webhook, room) until it is caught up, an attempt fails or
     /// the lease is lost.
     async fn deliver(&self, claim: Claim) {
@@ -231,10 +287,7 @@ impl Deliverer {
                 .webhook_events(claim.room_id, claim.position, READ_BATCH)
                 .await?;
             if events.is_empty() {
-                self.metrics
-                    .oldest_undelivered_ms
-                    .get_or_create(&label)
-                    .set(0);
+                self.set_behind(claim.webhook_id, &label, 0);
                 if !self
                     .store
                     .save_webhook_progress(&self.node, &claim, LEASE, &attempts)
@@ -250,10 +303,7 @@ impl Deliverer {
                     continue;
                 }
                 let now = unix_ms();
-                self.metrics
-                    .oldest_undelivered_ms
-                    .get_or_create(&label)
-                    .set((now - event.timestamp).max(0));
+                self.set_behind(claim.webhook_id, &label, (now - event.timestamp).max(0));
                 let body = event.body();
                 let started = Instant::now();
                 let outcome = self.post(&target, &secrets, &event.id, body).await;
@@ -329,7 +379,8 @@ impl Deliverer {
         body: String,
     ) -> Result<u16, String> {
         // A literal address never reaches the resolver: check it here.
-        destination::check_url(&target.url, self.allow_private).map_err(|e| e.to_string())?;
+        destination::check_url(&target.url, self.allow_private)
+            .map_err(|_| "destination not allowed".to_string())?;
         let timestamp = unix_ms() / 1000;
         let secrets: Vec<&Secret> = secrets.iter().collect();
         let mut request = self
@@ -340,21 +391,57 @@ impl Deliverer {
             request = request.header(name, value);
         }
         let response = request.body(body).send().await.map_err(|err| {
-            if err.is_timeout() {
-                format!("no answer within {ATTEMPT_TIMEOUT:?}")
-            } else {
-                // The full chain: "error sending request" alone says nothing.
-                let mut message = err.to_string();
-                let mut source = std::error::Error::source(&err);
-                while let Some(cause) = source {
-                    message = format!("{message}: {cause}");
-                    source = cause.source();
-                }
-                message
-            }
+            // The receiver's owner reads the delivery log: it says only what kind of
+            // failure it was, or it would be a port scanner; the whole chain is logged.
+            let reason = failure_kind(&err);
+            tracing::info!(url = %target.url, reason, err = %error_chain(&err), "webhook attempt failed");
+            reason.to_string()
         })?;
         Ok(response.status().as_u16())
     }
+}
+
+/// What the delivery log says of a request that got no answer: coarse enough that a
+/// room owner cannot tell a closed port from a filtered one, or read certificate details.
+fn failure_kind(err: &reqwest::Error) -> &'static str {
+    if err.is_timeout() {
+        return "timed out";
+    }
+    if let Some(kind) = known_cause(err) {
+        return kind;
+    }
+    if err.is_connect() {
+        "connect failed"
+    } else {
+        "request failed"
+    }
+}
+
+/// The kind of failure a cause in `err`'s chain names, if one does.
+fn known_cause(err: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    if err.is::<destination::NotAllowed>() {
+        return Some("destination not allowed");
+    }
+    if err.is::<rustls::Error>() {
+        return Some("tls failed");
+    }
+    // `io::Error` hides what it wraps from `source()`: look inside it too.
+    let wrapped = err
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+        .and_then(|inner| known_cause(inner));
+    wrapped.or_else(|| err.source().and_then(known_cause))
+}
+
+/// `err` and every cause, for the node's log ("error sending request" alone says nothing).
+fn error_chain(err: &reqwest::Error) -> String {
+    let mut message = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        message = format!("{message}: {cause}");
+        source = cause.source();
+    }
+    message
 }
 
 /// Whether the webhook subscribed to events of `kind`. Only cluster-wide webhooks

@@ -89,8 +89,10 @@ const MAX_REASON_CHARS: usize = 500;
 
 impl SendHook {
     pub fn new(settings: SendHookSettings) -> Self {
+        // Never through a proxy (HTTP_PROXY and the like), as webhook deliveries.
         let http = reqwest::Client::builder()
             .user_agent("natter-send-hook")
+            .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(settings.timeout)
             .build()

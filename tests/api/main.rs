@@ -18,6 +18,7 @@ mod messages;
 mod metering;
 mod openapi_fuzz;
 mod ops;
+mod outgoing;
 mod own_postgres;
 mod privacy;
 mod reaction_limits;

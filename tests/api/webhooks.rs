@@ -220,7 +220,7 @@ for request in json.load(sys.stdin):
         .collect()
 }
 
-async fn create_webhook(node: &TestApp, token: &str, room: Uuid, url: &str) -> (Uuid, String) {
+pub async fn create_webhook(node: &TestApp, token: &str, room: Uuid, url: &str) -> (Uuid, String) {
     let reply = node
         .call(
             Method::POST,
