@@ -8,6 +8,7 @@ mod browser;
 mod cluster;
 mod compat;
 mod docs;
+mod doors;
 mod failover;
 mod generated_client;
 mod helpers;

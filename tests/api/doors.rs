@@ -1,0 +1,124 @@
+//! SPEC §18's closed doors: a bot cannot create bots and a bot's rights never outlive its
+//! owner's.
+
+use reqwest::Method;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::helpers::{TestApp, settings, spawn_app, spawn_node};
+
+/// `owner` creates a bot named `username`: its id and key.
+async fn create_bot(app: &TestApp, owner: &str, username: &str) -> (Uuid, String) {
+    let created = app
+        .call(
+            Method::POST,
+            "/v1/bots",
+            Some(owner),
+            Some(json!({ "username": username })),
+        )
+        .await;
+    created.assert_status(201);
+    let id = created.body["user"]["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    (id, created.body["token"].as_str().unwrap().to_string())
+}
+
+/// A bot owned by the bot `owner`, written straight into the database as the server
+/// allowed before SPEC §18 (the API no longer can): its id and key.
+async fn bot_made_by_a_bot(app: &TestApp, owner: Uuid, username: &str) -> (Uuid, String) {
+    let (key, hash) = natter::auth::bots::new_key();
+    let id = Uuid::now_v7();
+    let db = app.db().await;
+    db.execute(
+        "INSERT INTO users (id, username, display_name, bot_owner) VALUES ($1, $2, $2, $3)",
+        &[&id, &username, &owner],
+    )
+    .await
+    .unwrap();
+    db.execute(
+        "INSERT INTO bot_keys (key_hash, bot_id) VALUES ($1, $2)",
+        &[&hash.as_slice(), &id],
+    )
+    .await
+    .unwrap();
+    (id, key)
+}
+
+#[tokio::test]
+async fn a_bot_cannot_create_a_bot() {
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let (bot, key) = create_bot(&app, &alice.token, "deploy-bot").await;
+
+    let refused = app
+        .call(
+            Method::POST,
+            "/v1/bots",
+            Some(&key),
+            Some(json!({ "username": "child-bot" })),
+        )
+        .await;
+    refused.assert_status(403);
+    assert_eq!(refused.error_code(), "bots_cannot_create_bots");
+    // Nothing was made: the name is still free, and the owner lists only their bot.
+    let listed = app.get("/v1/bots", &alice.token).await;
+    assert_eq!(listed.body["bots"].as_array().unwrap().len(), 1);
+    assert_eq!(listed.body["bots"][0]["user"]["id"], json!(bot));
+    assert_eq!(app.get("/v1/bots", &key).await.body["bots"], json!([]));
+    create_bot(&app, &alice.token, "child-bot").await;
+}
+
+#[tokio::test]
+async fn deleting_a_bot_deletes_the_bots_it_made_and_their_keys_stop_working() {
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let (parent, parent_key) = create_bot(&app, &alice.token, "parent-bot").await;
+    let (child, child_key) = bot_made_by_a_bot(&app, parent, "child-bot").await;
+    let (_, grandchild_key) = bot_made_by_a_bot(&app, child, "grandchild-bot").await;
+    for key in [&parent_key, &child_key, &grandchild_key] {
+        app.get("/v1/users/me", key).await.assert_status(200);
+    }
+
+    app.call(
+        Method::DELETE,
+        &format!("/v1/bots/{parent}"),
+        Some(&alice.token),
+        None,
+    )
+    .await
+    .assert_status(204);
+    // Within the verified-key memory's re-check (1 s) every key of the line is refused.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    for key in [&parent_key, &child_key, &grandchild_key] {
+        app.get("/v1/users/me", key).await.assert_status(401);
+    }
+}
+
+#[tokio::test]
+async fn bots_that_bots_made_before_the_upgrade_are_deleted_by_its_migration() {
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let (parent, parent_key) = create_bot(&app, &alice.token, "parent-bot").await;
+    let (_, child_key) = bot_made_by_a_bot(&app, parent, "child-bot").await;
+    app.get("/v1/users/me", &child_key).await.assert_status(200);
+
+    // As if the database came from the release before: the migration not yet applied.
+    app.db()
+        .await
+        .execute("DELETE FROM schema_migrations WHERE version = 10", &[])
+        .await
+        .unwrap();
+    let upgraded = spawn_node(settings(&app.database_url)).await;
+
+    upgraded
+        .get("/v1/users/me", &child_key)
+        .await
+        .assert_status(401);
+    upgraded
+        .get("/v1/users/me", &parent_key)
+        .await
+        .assert_status(200);
+}
