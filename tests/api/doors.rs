@@ -1,11 +1,11 @@
 //! SPEC §18's closed doors: a bot cannot create bots and a bot's rights never outlive its
-//! owner's.
+//! owner's; query-string tokens are JWTs only, never bot keys.
 
 use reqwest::Method;
-use serde_json::json;
+use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, settings, spawn_app, spawn_node};
+use crate::helpers::{TestApp, WsClient, reply, settings, spawn_app, spawn_node};
 
 /// `owner` creates a bot named `username`: its id and key.
 async fn create_bot(app: &TestApp, owner: &str, username: &str) -> (Uuid, String) {
@@ -45,6 +45,17 @@ async fn bot_made_by_a_bot(app: &TestApp, owner: Uuid, username: &str) -> (Uuid,
     .await
     .unwrap();
     (id, key)
+}
+
+/// The status and body a refused WebSocket handshake to `url` is answered with.
+async fn refused_handshake(url: &str) -> (u16, String) {
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            let body = String::from_utf8_lossy(response.body().as_deref().unwrap_or_default());
+            (response.status().as_u16(), body.into_owned())
+        }
+        other => panic!("{url} was not refused: {other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -121,4 +132,73 @@ async fn bots_that_bots_made_before_the_upgrade_are_deleted_by_its_migration() {
         .get("/v1/users/me", &parent_key)
         .await
         .assert_status(200);
+}
+
+/// `path` with the bot key `key` as `?token=`, answered 401 with a message that says
+/// where the key goes instead.
+async fn refused_in_url(app: &TestApp, path: &str, key: &str) {
+    let response = app
+        .http()
+        .get(app.url(&format!("{path}?token={key}")))
+        .send()
+        .await
+        .unwrap();
+    let reply = reply(response).await;
+    reply.assert_status(401);
+    let message = reply.body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("Authorization") && message.contains("ticket"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn a_bot_key_in_a_query_string_is_refused_and_a_jwt_there_still_works() {
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let room = app.create_room(&alice, "general", "public").await;
+    let (bot, key) = create_bot(&app, &alice.token, "relay-bot").await;
+    app.call(
+        Method::POST,
+        &format!("/v1/rooms/{room}/join"),
+        Some(&key),
+        None,
+    )
+    .await
+    .assert_status(204);
+
+    // The seeds' REST routes.
+    refused_in_url(&app, "/api/online-users", &key).await;
+    refused_in_url(&app, "/rooms/", &key).await;
+    // The WebSocket routes: /v1/ws, the single-room one and both seeds' sockets.
+    for path in [
+        "/v1/ws".to_string(),
+        format!("/v1/ws/rooms/{room}"),
+        format!("/ws/rooms/{room}"),
+        format!("/ws/{}", alice.id),
+    ] {
+        let (status, body) =
+            refused_handshake(&format!("ws://{}{path}?token={key}", app.addr)).await;
+        assert_eq!(status, 401, "{path}: {body}");
+        let body: Value = serde_json::from_str(&body).unwrap();
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("Authorization") && message.contains("ticket"),
+            "{message}"
+        );
+    }
+
+    // The same key works in the header, and a JWT in the URL still does.
+    let me = app.get("/v1/users/me", &key).await;
+    me.assert_status(200);
+    assert_eq!(me.body["id"], json!(bot));
+    let mut socket = WsClient::connect(app.addr, "/v1/ws", &alice.token).await;
+    socket.subscribe(room, None).await;
+    let online = app
+        .http()
+        .get(app.url(&format!("/api/online-users?token={}", alice.token)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(online.status(), 200);
 }
