@@ -32,7 +32,18 @@ impl Chat {
             Credential::Bearer(token) | Credential::UrlToken(token) => {
                 Ok(self.auth.verify(token).await?)
             }
-            Credential::Ticket(ticket) => self.redeem_ws_ticket(ticket).await,
+            // A ticket Postgres did not know lately is refused from memory (SPEC §18):
+            // tickets are random and made by the server, so none becomes known later.
+            Credential::Ticket(ticket) => {
+                if self.auth.ticket_known_unknown(ticket) {
+                    return Err(ChatError::InvalidTicket);
+                }
+                let redeemed = self.redeem_ws_ticket(ticket).await;
+                if let Err(ChatError::InvalidTicket) = redeemed {
+                    self.auth.ticket_unknown(ticket);
+                }
+                redeemed
+            }
         }
     }
 }

@@ -202,3 +202,48 @@ async fn a_bot_key_in_a_query_string_is_refused_and_a_jwt_there_still_works() {
         .unwrap();
     assert_eq!(online.status(), 200);
 }
+
+/// `/metrics`' count of Postgres lookups of bot keys and tickets.
+async fn credential_lookups(app: &TestApp) -> f64 {
+    app.metric("natter_credential_lookups_total{").await
+}
+
+#[tokio::test]
+async fn unknown_bot_keys_and_tickets_cost_one_lookup_a_minute_not_one_a_request() {
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+
+    let (made_up, _) = natter::auth::bots::new_key();
+    let before = credential_lookups(&app).await;
+    for _ in 0..20 {
+        app.get("/v1/users/me", &made_up).await.assert_status(401);
+    }
+    let after_keys = credential_lookups(&app).await;
+    assert!(
+        after_keys - before <= 1.0,
+        "20 requests with one unknown key cost {} lookups",
+        after_keys - before
+    );
+
+    let ticket = app
+        .call(Method::POST, "/v1/ws/tickets", Some(&alice.token), None)
+        .await;
+    ticket.assert_status(201);
+    let ticket = ticket.body["ticket"].as_str().unwrap().to_string();
+    let url = format!("ws://{}/v1/ws?ticket={ticket}", app.addr);
+    let _socket = WsClient::open(url.clone()).await;
+    let after_use = credential_lookups(&app).await;
+    for _ in 0..20 {
+        assert_eq!(refused_handshake(&url).await.0, 401);
+    }
+    let after_tickets = credential_lookups(&app).await;
+    assert!(
+        after_tickets - after_use <= 1.0,
+        "20 upgrades with one used ticket cost {} lookups",
+        after_tickets - after_use
+    );
+
+    // A real key still signs in; it was never unknown.
+    let (_, key) = create_bot(&app, &alice.token, "fresh-bot").await;
+    app.get("/v1/users/me", &key).await.assert_status(200);
+}
