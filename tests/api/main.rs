@@ -17,6 +17,7 @@ mod jwt;
 mod layout;
 mod messages;
 mod metering;
+mod online_users;
 mod openapi_fuzz;
 mod ops;
 mod own_postgres;
