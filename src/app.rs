@@ -166,6 +166,11 @@ impl Application {
             metrics::register_send_hook(&mut metrics_registry, hook);
         }
         metrics::register_webhooks(&mut metrics_registry, &delivery_metrics);
+        metrics_registry.register(
+            "natter_credential_lookups",
+            "Postgres lookups of bot keys and WebSocket tickets (unknown ones are remembered for 60 s)",
+            auth.credential_lookups(),
+        );
         let chat = Chat::new(chat::Parts {
             store: store.clone(),
             bus: bus.clone(),

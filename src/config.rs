@@ -137,6 +137,15 @@ pub enum LogFormat {
     Text,
 }
 
+/// `ONLINE_USERS`: whom `GET /v1/presence` and `/api/online-users` list (SPEC §18).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnlineUsers {
+    /// Everyone online, as the seeds did.
+    All,
+    /// The caller and the users who share a room with them.
+    Contacts,
+}
+
 /// `OTEL_TRACES_SAMPLER`: which traces are recorded, as the OpenTelemetry specification
 /// names them (the ratio is `OTEL_TRACES_SAMPLER_ARG`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -254,6 +263,8 @@ pub struct Limits {
     /// How long a client may take to send one HTTP request (head and body) before the
     /// connection is cut off (slowloris).
     pub request_read_timeout: Duration,
+    /// Whom the lists of online users show (SPEC §18).
+    pub online_users: OnlineUsers,
 }
 
 impl Default for Limits {
@@ -282,6 +293,7 @@ impl Limits {
             max_rooms_per_socket: read::max_rooms_per_socket(lookup)?,
             outbound_queue: read::outbound_queue(lookup)?,
             request_read_timeout: Duration::from_secs(read::request_read_timeout_secs(lookup)?),
+            online_users: read::online_users(lookup)?,
         })
     }
 }
@@ -536,6 +548,9 @@ settings_args! {
     "OUTBOUND_QUEUE" outbound_queue: usize = "1024", positive;
     /// seconds a client gets to send one HTTP request or WebSocket handshake (slowloris)
     "REQUEST_READ_TIMEOUT_SECS" request_read_timeout_secs: u64 = "10", positive;
+    /// whom `GET /v1/presence` and `/api/online-users` list: `all` online users, or
+    /// `contacts`, the caller and those who share a room with them
+    "ONLINE_USERS" online_users: OnlineUsers = "all", all_or_contacts;
     /// comma-separated browser origins allowed to call the API cross-origin
     "CORS_ALLOWED_ORIGINS" cors_allowed_origins: Vec<String> = none, origins;
     /// log filter (`tracing` directives)
@@ -817,6 +832,14 @@ fn json_or_text(raw: &str) -> Result<LogFormat, String> {
         "json" => Ok(LogFormat::Json),
         "text" => Ok(LogFormat::Text),
         _ => Err("must be json or text".into()),
+    }
+}
+
+fn all_or_contacts(raw: &str) -> Result<OnlineUsers, String> {
+    match raw.trim() {
+        "all" => Ok(OnlineUsers::All),
+        "contacts" => Ok(OnlineUsers::Contacts),
+        _ => Err("must be all or contacts".into()),
     }
 }
 

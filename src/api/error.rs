@@ -231,6 +231,9 @@ impl From<ChatError> for ApiError {
             ChatError::WebhookUrlNotAllowed(_) => {
                 ApiError::BadRequest(body("webhook_url_not_allowed", message))
             }
+            ChatError::BotsCannotCreateBots => {
+                ApiError::Forbidden(body("bots_cannot_create_bots", message))
+            }
             ChatError::RejectedByHook { reason } => {
                 ApiError::Forbidden(body("rejected_by_hook", reason))
             }

@@ -5,6 +5,12 @@
 //! again, so a replaced or deleted key is refused on every node within that time; a
 //! socket opened with a key re-checks it as often (`api::ws::session`), so it is closed
 //! within twice that (2 s), well inside the 5 s SPEC §11 allows.
+//!
+//! It also remembers keys (and WebSocket tickets) Postgres did not know for
+//! [`UNKNOWN_FOR`] ([`UnknownCredentials`], SPEC §18), so a client retrying a made-up or
+//! revoked key in a loop costs one lookup a minute, not one a request. A key is 256
+//! random bits shown only once created, so no one can present it before it exists; were
+//! that to happen anyway, the key would work on that node within [`UNKNOWN_FOR`].
 
 use std::{
     collections::HashMap,
@@ -27,6 +33,9 @@ pub const BOT_KEY_RECHECK: Duration = Duration::from_secs(1);
 /// Keys remembered at most; past it the memory is cleared (each entry then costs one
 /// lookup again).
 const MAX_REMEMBERED: usize = 10_000;
+
+/// How long a key or ticket Postgres did not know is refused without asking again.
+pub const UNKNOWN_FOR: Duration = Duration::from_secs(60);
 
 /// A new key and its hash.
 pub fn new_key() -> (String, KeyHash) {
@@ -85,6 +94,39 @@ impl VerifiedKeys {
     }
 }
 
+/// Credentials Postgres did not know lately, by hash: refused for [`UNKNOWN_FOR`]
+/// without asking again. At most [`MAX_REMEMBERED`]; past it the memory is cleared, so
+/// a flood of distinct made-up keys costs what it did without it, and no more memory.
+#[derive(Default)]
+pub struct UnknownCredentials {
+    hashes: Mutex<HashMap<KeyHash, Instant>>,
+}
+
+impl UnknownCredentials {
+    /// Whether `hash` was found unknown within [`UNKNOWN_FOR`].
+    pub fn contains(&self, hash: &KeyHash) -> bool {
+        let hashes = self.hashes.lock().expect("not poisoned");
+        hashes
+            .get(hash)
+            .is_some_and(|since| since.elapsed() < UNKNOWN_FOR)
+    }
+
+    /// Records that Postgres did not know `hash`.
+    pub fn insert(&self, hash: KeyHash) {
+        let mut hashes = self.hashes.lock().expect("not poisoned");
+        if hashes.len() >= MAX_REMEMBERED {
+            hashes.clear();
+        }
+        hashes.insert(hash, Instant::now());
+    }
+}
+
+/// The SHA-256 of a credential that is not a bot key (a WebSocket ticket), for
+/// [`UnknownCredentials`]: the credential itself is not kept.
+pub fn credential_hash(credential: &str) -> KeyHash {
+    hash(credential)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,5 +140,24 @@ mod tests {
         assert_eq!(key_hash("ntb_short"), None);
         assert_eq!(key_hash(&key[4..]), None);
         assert_eq!(key_hash(&format!("{key}AA")), None);
+    }
+
+    #[test]
+    fn an_unknown_credential_is_remembered_for_a_minute_and_the_memory_is_bounded() {
+        let unknown = UnknownCredentials::default();
+        let (_, first) = new_key();
+        assert!(!unknown.contains(&first));
+        unknown.insert(first);
+        assert!(unknown.contains(&first));
+        unknown
+            .hashes
+            .lock()
+            .unwrap()
+            .insert(first, Instant::now() - UNKNOWN_FOR);
+        assert!(!unknown.contains(&first), "forgotten after a minute");
+        for _ in 0..MAX_REMEMBERED + 1 {
+            unknown.insert(new_key().1);
+        }
+        assert!(unknown.hashes.lock().unwrap().len() <= MAX_REMEMBERED);
     }
 }

@@ -29,8 +29,9 @@ use crate::{
     domain::DisplayName,
     store::{Store, StoreError, users::ExternalIdentity},
 };
-use bots::{KeyHash, VerifiedKeys};
+use bots::{KeyHash, UnknownCredentials, VerifiedKeys};
 use jwks::JwksCache;
+use prometheus_client::metrics::counter::Counter;
 
 pub use crate::config::LOCAL_ISSUER;
 
@@ -131,6 +132,11 @@ struct Inner {
     provisioned: Mutex<HashSet<Uuid>>,
     /// Bot keys verified lately (`bots`).
     bot_keys: VerifiedKeys,
+    /// Bot keys and WebSocket tickets Postgres did not know lately (SPEC §18).
+    unknown_keys: UnknownCredentials,
+    unknown_tickets: UnknownCredentials,
+    /// Postgres lookups of bot keys and tickets: what the unknown memories save.
+    lookups: Counter,
 }
 
 const PROVISIONED_CACHE_MAX: usize = 100_000;
@@ -194,6 +200,9 @@ impl Authenticator {
                 store,
                 provisioned: Mutex::new(HashSet::new()),
                 bot_keys: VerifiedKeys::default(),
+                unknown_keys: UnknownCredentials::default(),
+                unknown_tickets: UnknownCredentials::default(),
+                lookups: Counter::default(),
             }),
         }
     }
@@ -291,10 +300,15 @@ impl Authenticator {
 
     /// The bot whose current key has hash `key`: from memory if Postgres confirmed it
     /// within `bots::BOT_KEY_RECHECK`, else from Postgres.
+    /// A key Postgres did not know within `bots::UNKNOWN_FOR` is refused from memory.
     pub async fn bot_of_key(&self, key: &KeyHash) -> Result<Option<Uuid>, AuthError> {
         if let Some(bot) = self.inner.bot_keys.fresh(key) {
             return Ok(Some(bot));
         }
+        if self.inner.unknown_keys.contains(key) {
+            return Ok(None);
+        }
+        self.inner.lookups.inc();
         let bot = self
             .inner
             .store
@@ -302,7 +316,36 @@ impl Authenticator {
             .await
             .map_err(|e| AuthError::Unavailable(e.to_string()))?;
         self.inner.bot_keys.confirmed(*key, bot);
+        if bot.is_none() {
+            self.inner.unknown_keys.insert(*key);
+        }
         Ok(bot)
+    }
+
+    /// Whether the WebSocket ticket `ticket` was found unknown (used, expired or never
+    /// issued) within `bots::UNKNOWN_FOR`; if not, counts the lookup about to be made.
+    pub fn ticket_known_unknown(&self, ticket: &str) -> bool {
+        if self
+            .inner
+            .unknown_tickets
+            .contains(&bots::credential_hash(ticket))
+        {
+            return true;
+        }
+        self.inner.lookups.inc();
+        false
+    }
+
+    /// Records that Postgres did not know the ticket `ticket`.
+    pub fn ticket_unknown(&self, ticket: &str) {
+        self.inner
+            .unknown_tickets
+            .insert(bots::credential_hash(ticket));
+    }
+
+    /// The count of Postgres lookups of bot keys and tickets, for `/metrics`.
+    pub fn credential_lookups(&self) -> Counter {
+        self.inner.lookups.clone()
     }
 
     async fn provision(

@@ -20,7 +20,9 @@ pub struct BotWithKey {
 
 impl Chat {
     /// `owner` creates a bot. Counts against their room-creation budget: both make
-    /// rows that outlive the request.
+    /// rows that outlive the request. Only people own bots (SPEC §18): a bot's children
+    /// would be invisible to the person behind it and survive its deletion, so a leaked
+    /// key could breed keys its owner can neither list nor revoke.
     pub async fn create_bot(
         &self,
         owner: Uuid,
@@ -33,6 +35,11 @@ impl Chat {
             None => username.as_str().to_owned(),
         };
         meter(&self.creations, owner)?;
+        // Whether a user is a bot is fixed when the account is made, so this check
+        // cannot go stale before the insert.
+        if self.store.get_user(owner).await?.bot {
+            return Err(ChatError::BotsCannotCreateBots);
+        }
         let (key, hash) = bots::new_key();
         let bot = self
             .store
@@ -63,7 +70,8 @@ impl Chat {
         Ok(BotWithKey { user, key })
     }
 
-    /// Deletes `owner`'s bot: its key stops working as a replaced one does.
+    /// Deletes `owner`'s bot, and any bot it owns (made before bots were refused
+    /// that): their keys stop working as a replaced one does.
     pub async fn delete_bot(&self, owner: Uuid, bot: Uuid) -> Result<(), ChatError> {
         Ok(self.store.delete_bot(owner, bot).await?)
     }

@@ -120,6 +120,9 @@ pub enum ChatError {
     /// A webhook URL that is not a public http(s) destination (SPEC §11).
     #[error("{0}")]
     WebhookUrlNotAllowed(String),
+    /// A bot asked to create a bot: only people own bots (SPEC §18).
+    #[error("a bot cannot create bots; its owner can")]
+    BotsCannotCreateBots,
 }
 
 /// The use cases and the parts of the node they work with.

@@ -106,18 +106,25 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes `owner`'s bot `bot_id`: its key goes, its account is marked deleted (its
-    /// messages and rooms still name it, so the row stays). `user_not_found` if `owner`
-    /// has no such bot.
+    /// Deletes `owner`'s bot `bot_id` and every bot it owns, down the line (a bot's
+    /// rights never outlive its owner's, SPEC §18): their keys go, their accounts are
+    /// marked deleted (their messages and rooms still name them, so the rows stay).
+    /// `user_not_found` if `owner` has no such bot.
     pub async fn delete_bot(&self, owner: Uuid, bot_id: Uuid) -> Result<(), StoreError> {
         let client = self.client().await?;
         let deleted = client
             .query_opt_cached(
-                "WITH bot AS (
+                "WITH RECURSIVE doomed AS (
+                     SELECT id FROM users
+                     WHERE id = $1 AND bot_owner = $2 AND deleted_at IS NULL
+                     UNION
+                     SELECT users.id FROM users JOIN doomed ON users.bot_owner = doomed.id
+                     WHERE users.deleted_at IS NULL),
+                 bot AS (
                      UPDATE users SET deleted_at = now_ms()
-                     WHERE id = $1 AND bot_owner = $2 AND deleted_at IS NULL RETURNING id),
-                 key AS (DELETE FROM bot_keys WHERE bot_id IN (SELECT id FROM bot))
-                 SELECT id FROM bot",
+                     WHERE id IN (SELECT id FROM doomed) RETURNING id),
+                 key AS (DELETE FROM bot_keys WHERE bot_id IN (SELECT id FROM doomed))
+                 SELECT id FROM bot WHERE id = $1",
                 &[&bot_id, &owner],
             )
             .await?;

@@ -18,6 +18,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (7, include_str!("migrations/0007_webhooks.sql")),
     (8, include_str!("migrations/0008_room_activity.sql")),
     (9, include_str!("migrations/0009_messages_by_time.sql")),
+    (10, include_str!("migrations/0010_bots_owned_by_bots.sql")),
 ];
 
 /// Arbitrary, fixed key for `pg_advisory_xact_lock`: "natter" in ASCII.

@@ -4,7 +4,7 @@ use crate::store::CachedQuery;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use super::{Store, StoreError, unique_violation};
+use super::{Store, StoreError, rooms::Page, unique_violation};
 use crate::{domain::Username, model::User};
 
 pub(super) const USER_COLUMNS: &str = "id, username, display_name, bot_owner IS NOT NULL AS bot";
@@ -91,6 +91,52 @@ impl Store {
         let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = ANY($1) ORDER BY id");
         let rows = client.query_cached(&sql, &[&ids]).await?;
         Ok(rows.iter().map(user_from_row).collect())
+    }
+
+    /// A page of the online users `online` (in id order) after `after`, at most
+    /// `limit`: all of them, or with `contacts_only` only `viewer` and the users who
+    /// share a room with them (SPEC §18).
+    pub async fn online_users_page(
+        &self,
+        viewer: Uuid,
+        online: &[Uuid],
+        after: Option<Uuid>,
+        limit: i64,
+        contacts_only: bool,
+    ) -> Result<Page<User>, StoreError> {
+        let after_cursor = online.partition_point(|id| after.is_some_and(|after| *id <= after));
+        let mut candidates = &online[after_cursor..];
+        if !contacts_only {
+            // Everyone online qualifies: ask only for the page (and one more, to tell
+            // whether another page follows).
+            candidates = &candidates[..candidates.len().min(limit as usize + 1)];
+        }
+        if candidates.is_empty() {
+            return Ok(Page {
+                items: Vec::new(),
+                next_cursor: None,
+            });
+        }
+        let client = self.client().await?;
+        let sql = format!(
+            "SELECT {USER_COLUMNS} FROM users
+             WHERE id = ANY($1)
+               AND (NOT $2 OR id = $3 OR EXISTS (
+                   SELECT 1 FROM members mine JOIN members theirs USING (room_id)
+                   WHERE mine.user_id = $3 AND theirs.user_id = users.id))
+             ORDER BY id LIMIT $4"
+        );
+        let rows = client
+            .query_cached(&sql, &[&candidates, &contacts_only, &viewer, &(limit + 1)])
+            .await?;
+        let mut items: Vec<User> = rows.iter().map(user_from_row).collect();
+        let next_cursor = if items.len() as i64 > limit {
+            items.truncate(limit as usize);
+            items.last().map(|user| user.id.to_string())
+        } else {
+            None
+        };
+        Ok(Page { items, next_cursor })
     }
 
     /// The user named `username`, created without a password if missing (`natter token`).

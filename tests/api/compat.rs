@@ -125,14 +125,15 @@ async fn the_firebase_seeds_rooms_messages_and_room_socket_work_unchanged_across
         next_of(&mut bob_socket, &["typing"]).await,
         json!({"type": "typing", "user_id": alice.id, "value": true})
     );
-    // Read up to a time: acknowledged with the seq it reached.
+    // Read up to a time: acknowledged with that time, as seed 000 answers (its clients
+    // compare `upto` with their messages' `created_at`), not with a seq.
     let now_ms = posted.body["created_at"].as_i64().unwrap() + 1;
     bob_socket
         .send(json!({"type": "read_upto", "created_at_ms": now_ms}))
         .await;
     assert_eq!(
         next_of(&mut bob_socket, &["read_ack"]).await,
-        json!({"type": "read_ack", "upto": posted.body["seq"]})
+        json!({"type": "read_ack", "upto": now_ms})
     );
     drop(alice_socket);
     assert_eq!(

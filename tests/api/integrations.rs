@@ -129,8 +129,10 @@ async fn a_bot_key_signs_in_on_rest_and_websocket_and_once_replaced_or_deleted_i
     posted.assert_status(201);
     assert_eq!(posted.body["sender_id"], json!(bot));
 
-    // Sockets: the key as ?token= on one node, a ticket bought with it on the other.
-    let mut by_key = WsClient::connect(second.addr, "/v1/ws", &key).await;
+    // Sockets: tickets bought with the key (never the key itself in a URL, SPEC §18),
+    // each opening a socket on one node.
+    let ticket = ws_ticket(&first, &key).await;
+    let mut by_key = WsClient::open(format!("ws://{}/v1/ws?ticket={ticket}", second.addr)).await;
     let ticket = ws_ticket(&second, &key).await;
     let mut by_ticket = WsClient::open(format!("ws://{}/v1/ws?ticket={ticket}", first.addr)).await;
     by_key.subscribe(room, None).await;
@@ -176,7 +178,8 @@ async fn a_bot_key_signs_in_on_rest_and_websocket_and_once_replaced_or_deleted_i
         .post_message(&new_key, room, "new key")
         .await
         .assert_status(201);
-    let mut socket = WsClient::connect(first.addr, "/v1/ws", &new_key).await;
+    let ticket = ws_ticket(&first, &new_key).await;
+    let mut socket = WsClient::open(format!("ws://{}/v1/ws?ticket={ticket}", first.addr)).await;
     socket.subscribe(room, None).await;
 
     // Delete: the same for its current key; the bot is no longer listed, its messages stay.

@@ -22,6 +22,7 @@ use crate::{
     api::{context::ApiContext, error::ApiError, security},
     auth::AuthUser,
     chat::{PageBounds, credentials::Credential, messages::SendMessage, rooms::CreateRoom},
+    domain::PageLimit,
     model::{Message, Room, RoomKind, User},
 };
 
@@ -135,6 +136,9 @@ struct SeedChats {
 #[oai(example)]
 struct SeedUsers {
     users: Vec<User>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[oai(skip_serializing_if_is_none)]
+    next_cursor: Option<String>,
 }
 
 #[derive(ApiResponse)]
@@ -312,7 +316,8 @@ impl CompatApi {
         Ok(Json(SeedChats { chats }))
     }
 
-    /// Seed 004: users online anywhere in the cluster.
+    /// Seed 004: users online anywhere in the cluster, in user-id order (with
+    /// `ONLINE_USERS=contacts`, the caller and those who share a room with them).
     #[oai(
         path = "/api/online-users",
         method = "get",
@@ -320,11 +325,27 @@ impl CompatApi {
     )]
     async fn online_users(
         &self,
-        _auth: CompatAuth,
+        auth: CompatAuth,
         Data(state): Data<&ApiContext>,
+        /// From a previous page's `next_cursor`.
+        #[oai(validator(
+            pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+        ))]
+        cursor: Query<Option<String>>,
+        /// Page size, 1–200 (default 50).
+        #[oai(validator(minimum(value = "1"), maximum(value = "200")))]
+        limit: Query<Option<i64>>,
     ) -> Result<Json<SeedUsers>, ApiError> {
-        let users = state.chat.online_users().await?;
-        Ok(Json(SeedUsers { users }))
+        let limit = PageLimit::parse(limit.0)?;
+        let after = super::id_cursor(cursor.0)?;
+        let page = state
+            .chat
+            .online_users(auth.user(), after, limit.get())
+            .await?;
+        Ok(Json(SeedUsers {
+            users: page.items,
+            next_cursor: page.next_cursor,
+        }))
     }
 }
 
@@ -391,6 +412,7 @@ impl Example for SeedUsers {
     fn example() -> Self {
         SeedUsers {
             users: vec![User::example()],
+            next_cursor: None,
         }
     }
 }

@@ -5,7 +5,9 @@
 //! - [`Dialect::SeedRoom`] (`/ws/rooms/{room_id}`, the FastAPI + Firebase seed): new
 //!   messages as `{type: "message", message_id, sender_id, text, created_at}`, `typing`
 //!   as `{type, user_id, value}`, `typing_ack` and `read_ack` without the room. Clients
-//!   send `typing` and `read_upto {created_at_ms}` as to a single-room socket already.
+//!   send `typing` and `read_upto {created_at_ms}` as to a single-room socket already;
+//!   `read_ack`'s `upto` is the `created_at_ms` they sent, as seed 000 answers (its
+//!   clients compare it with their messages' times), not a `seq`.
 //! - [`Dialect::SeedDirect`] (`/ws/{receiver_id}`, the FastAPI + Supabase seed): the
 //!   direct room with one user; `{type: "chat", message}` sends, and every message of
 //!   the room arrives as `{type: "chat", message_id, sender_id, receiver_id, message,
@@ -47,6 +49,22 @@ impl Dialect {
         }
     }
 
+    /// The acknowledgement of a `read_upto` (`ack`, SPEC §4's `read_ack`) as the session
+    /// queues it: for [`Dialect::SeedRoom`] it also carries the `created_at_ms` the
+    /// client sent, which [`Dialect::outbound`] answers as `upto` (SPEC §12).
+    pub fn read_ack(&self, ack: String, created_at_ms: Option<i64>) -> String {
+        let (Dialect::SeedRoom, Some(at)) = (self, created_at_ms) else {
+            return ack;
+        };
+        match serde_json::from_str::<Value>(&ack) {
+            Ok(mut frame) => {
+                frame["created_at_ms"] = json!(at);
+                frame.to_string()
+            }
+            Err(_) => ack,
+        }
+    }
+
     /// A server frame in this dialect's shape, or `None` if its clients never get one.
     pub fn outbound(&self, text: String) -> Option<String> {
         if *self == Dialect::Natter {
@@ -74,7 +92,10 @@ impl Dialect {
             (Dialect::SeedRoom, "typing_ack") => {
                 json!({"type": "typing_ack", "value": frame["value"]})
             }
-            (Dialect::SeedRoom, "read_ack") => json!({"type": "read_ack", "upto": frame["seq"]}),
+            (Dialect::SeedRoom, "read_ack") => {
+                let upto = frame.get("created_at_ms").unwrap_or(&frame["seq"]);
+                json!({"type": "read_ack", "upto": upto})
+            }
             (Dialect::SeedDirect { me, other }, "message") => {
                 let message = &frame["message"];
                 let receiver = match message["sender_id"] == json!(me) {
@@ -129,9 +150,15 @@ mod tests {
         );
         let ack = json!({"type": "read_ack", "room_id": Uuid::nil(), "seq": 7}).to_string();
         assert_eq!(
-            Dialect::SeedRoom.outbound(ack).unwrap(),
+            Dialect::SeedRoom.outbound(ack.clone()).unwrap(),
             r#"{"type":"read_ack","upto":7}"#
         );
+        let sent_a_time = Dialect::SeedRoom.read_ack(ack.clone(), Some(1_795_773_600_000));
+        assert_eq!(
+            Dialect::SeedRoom.outbound(sent_a_time).unwrap(),
+            r#"{"type":"read_ack","upto":1795773600000}"#
+        );
+        assert_eq!(Dialect::Natter.read_ack(ack.clone(), Some(1)), ack);
         let presence = json!({"type": "presence", "room_id": Uuid::nil(), "user_id": sender, "status": "joined"});
         assert_eq!(Dialect::SeedRoom.outbound(presence.to_string()), None);
         let error = r#"{"type":"error","code":"rate_limited","message":"slow down"}"#.to_string();

@@ -377,7 +377,9 @@ impl Session {
             .chat
             .mark_read(self.connection.user_id(), room_id, upto)
             .await?;
-        self.reply(&ServerFrame::ReadAck { room_id, seq }).await;
+        let ack = ServerFrame::ReadAck { room_id, seq }.to_json();
+        self.reply_json(self.dialect.read_ack(ack, created_at_ms))
+            .await;
         Ok(())
     }
 

@@ -33,10 +33,11 @@ use crate::{
         bots::{BOT_KEY_RECHECK, KeyHash},
     },
     bus::RoomEvent,
+    config::OnlineUsers,
     model::{CloseReason, User},
     presence::RoomSet,
     relay::{Closer, Outbound, Signal, Socket, Subscriber, queue},
-    store::StoreError,
+    store::{StoreError, rooms::Page},
 };
 
 /// How often a room hears that a user is still typing, at most (SPEC §10).
@@ -379,9 +380,25 @@ impl Chat {
         connection.socket.closer.close(reason);
     }
 
-    /// Users with a live connection anywhere in the cluster.
-    pub async fn online_users(&self) -> Result<Vec<User>, ChatError> {
-        self.users_online(self.presence.online_users()).await
+    /// A page of the users with a live connection anywhere in the cluster, in id order
+    /// after `after`: everyone, or with `ONLINE_USERS=contacts` only `viewer` and those
+    /// who share a room with them (SPEC §18).
+    pub async fn online_users(
+        &self,
+        viewer: Uuid,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Page<User>, ChatError> {
+        let contacts_only = self.limits.online_users == OnlineUsers::Contacts;
+        let online = self.presence.online_users();
+        let mut page = self
+            .store
+            .online_users_page(viewer, &online, after, limit, contacts_only)
+            .await?;
+        for user in &mut page.items {
+            user.online = true;
+        }
+        Ok(page)
     }
 
     /// Users with a live subscription to a room the caller may see, on any node.
