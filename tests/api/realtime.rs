@@ -200,7 +200,8 @@ async fn subscribe_with_since_seq_replays_the_gap_then_continues_live_without_a_
     ws.subscribe(room, Some(10)).await;
     sender.await.unwrap();
     assert_eq!(ws.message_seqs(50).await, (11..=60).collect::<Vec<_>>());
-    assert!(ws.next(Duration::from_millis(500)).await.is_none());
+    let extra = ws.next(Duration::from_millis(500)).await;
+    assert!(extra.is_none(), "after the 60th message: {extra:?}");
 }
 
 #[tokio::test]
