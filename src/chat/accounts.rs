@@ -8,7 +8,7 @@ use uuid::Uuid;
 use super::{Chat, ChatError, meter};
 use crate::{
     auth::{AuthUser, IssuedToken, password, throttle},
-    domain::{DisplayName, Password, Username},
+    domain::{DisplayName, InvalidInput, Password, Username},
     model::User,
     store::credentials::TicketHolder,
 };
@@ -67,6 +67,13 @@ impl Chat {
     /// tell them apart. Attempts are counted cluster-wide before the password is
     /// checked ([`throttle`]); a success clears the count.
     pub async fn login(&self, username: &str, password: String) -> Result<SignedIn, ChatError> {
+        // No username has one, and Postgres refuses a NUL in text: bad input, not a 500,
+        // and not an attempt to count.
+        if username.chars().any(char::is_control) {
+            return Err(
+                InvalidInput::new("username", "must not contain control characters").into(),
+            );
+        }
         // Bounded, so an attacker's made-up names cannot make huge keys.
         let throttle_key: String = username.chars().take(MAX_THROTTLE_KEY_CHARS).collect();
         self.store

@@ -89,3 +89,21 @@ async fn a_display_name_is_kept_and_users_can_be_looked_up_by_id() {
     missing.assert_status(404);
     assert_eq!(missing.error_code(), "user_not_found");
 }
+
+#[tokio::test]
+async fn a_control_character_in_a_login_username_is_a_400_and_counts_no_attempt() {
+    let app = spawn_app().await;
+    app.register("alice").await;
+    for username in ["al\u{0}ice", "alice\u{0}", "al\nice"] {
+        let reply = app
+            .call(
+                Method::POST,
+                "/v1/auth/login",
+                None,
+                Some(json!({"username": username, "password": "correct horse"})),
+            )
+            .await;
+        reply.assert_status(400);
+        assert_eq!(reply.error_code(), "invalid_input");
+    }
+}
