@@ -163,6 +163,13 @@ impl Session {
                             let traceparent = span.traceparent().clone();
                             crate::telemetry::in_trace(traceparent, Box::pin(self.handle(&text)))
                                 .await;
+                            // The frame may have left the connection something to do
+                            // sooner (a typing change its budget held back).
+                            if let Some(check) = self.connection.next_check()
+                                && check < limit.deadline()
+                            {
+                                limit.as_mut().reset(check);
+                            }
                         }
                         Some(Ok(WsMessage::Binary(_))) => {
                             self.error("invalid_frame", "frames are JSON text", None).await;

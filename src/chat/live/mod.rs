@@ -81,6 +81,11 @@ pub struct Connection {
     typing_allowed: HashSet<Uuid>,
     /// What the credential the socket was opened with is checked against.
     checks: Checks,
+    /// A typing change the socket's typing budget held back: the room, the value and
+    /// when to try again ([`Chat::recheck`]). The room hears it late rather than never
+    /// (a `true` dropped would hide the typer; a `false`, show them typing until
+    /// expiry). Boxed: rare, and every idle socket carries the field.
+    typing_held: Option<Box<(Uuid, bool, Deadline)>>,
 }
 
 /// What a socket's credential is checked against while it lives (on tokio's clock, which
@@ -101,7 +106,8 @@ impl Connection {
     /// When [`Chat::recheck`] next has something to decide, if ever.
     pub fn next_check(&self) -> Option<Deadline> {
         let key_check = self.checks.bot_key.as_ref().map(|check| check.1);
-        [self.checks.expires_at, key_check]
+        let typing_retry = self.typing_held.as_ref().map(|held| held.2);
+        [self.checks.expires_at, key_check, typing_retry]
             .into_iter()
             .flatten()
             .min()
@@ -205,6 +211,7 @@ impl Chat {
             typing_in: HashMap::new(),
             typing_allowed: HashSet::new(),
             checks,
+            typing_held: None,
         };
         self.presence.connect(connection.id, user_id);
         (connection, Outbox::new(outbound, Closing(closer), user_id))
@@ -214,6 +221,7 @@ impl Chat {
     /// ends it ([`CloseReason::TokenExpired`]), and a bot key is asked about every
     /// [`BOT_KEY_RECHECK`] ([`CloseReason::KeyRevoked`] once replaced or deleted).
     /// Postgres unreachable is not a revocation: the key is asked about again later.
+    /// A typing change the budget held back is told to its room here once it may be.
     pub async fn recheck(&self, connection: &mut Connection) -> Result<(), CloseReason> {
         let now = Deadline::now();
         if connection.checks.expires_at.is_some_and(|at| now >= at) {
@@ -227,6 +235,7 @@ impl Chat {
             }
             check.1 = now + BOT_KEY_RECHECK;
         }
+        self.release_held_typing(connection, now).await;
         Ok(())
     }
 
@@ -333,13 +342,26 @@ impl Chat {
         value: bool,
     ) -> Result<(), ChatError> {
         let now = Instant::now();
+        // This frame is newer than anything held back for the room.
+        if connection
+            .typing_held
+            .as_ref()
+            .is_some_and(|held| held.0 == room_id)
+        {
+            connection.typing_held = None;
+        }
         let told = connection.typing_in.get(&room_id);
         let changes = if value {
             told.is_none_or(|told| now.duration_since(*told) >= TYPING_REBROADCAST)
         } else {
             told.is_some()
         };
-        let broadcast = changes && self.typing_events.check(connection.socket.id).is_ok();
+        let allowed = changes && self.typing_events.check(connection.socket.id).is_ok();
+        if changes && !allowed {
+            let retry = Deadline::now() + self.typing_retry();
+            connection.typing_held = Some(Box::new((room_id, value, retry)));
+        }
+        let broadcast = allowed;
         if broadcast || !connection.typing_allowed.contains(&room_id) {
             // A cached answer would outlive a removal or a leave.
             let role = self
@@ -353,15 +375,50 @@ impl Chat {
             connection.typing_allowed.insert(room_id);
         }
         if broadcast {
-            if value {
-                connection.typing_in.insert(room_id, now);
-            } else {
-                connection.typing_in.remove(&room_id);
-            }
-            let event = RoomEvent::typing(room_id, connection.user_id(), value);
-            self.bus.publish(&event).await;
+            self.tell_typing(connection, room_id, value).await;
         }
         Ok(())
+    }
+
+    /// The room hears that the socket's user is typing (or stopped), and the socket
+    /// remembers that it heard so.
+    async fn tell_typing(&self, connection: &mut Connection, room_id: Uuid, value: bool) {
+        if value {
+            connection.typing_in.insert(room_id, Instant::now());
+        } else {
+            connection.typing_in.remove(&room_id);
+        }
+        let event = RoomEvent::typing(room_id, connection.user_id(), value);
+        self.bus.publish(&event).await;
+    }
+
+    /// How long a typing change held back waits before it asks the budget again: one
+    /// event's worth of the rate.
+    fn typing_retry(&self) -> Duration {
+        Duration::from_secs(1) / self.limits.typing_events_per_second.max(1)
+    }
+
+    /// Tells the room a typing change the budget held back, once the budget allows (and
+    /// the socket may still type there), or asks again later.
+    async fn release_held_typing(&self, connection: &mut Connection, now: Deadline) {
+        let Some(held) = connection.typing_held.as_deref().copied() else {
+            return;
+        };
+        let (room_id, value, retry_at) = held;
+        if now < retry_at {
+            return;
+        }
+        if !connection.typing_allowed.contains(&room_id) {
+            connection.typing_held = None;
+            return;
+        }
+        if self.typing_events.check(connection.socket.id).is_err() {
+            let retry = now + self.typing_retry();
+            connection.typing_held = Some(Box::new((room_id, value, retry)));
+            return;
+        }
+        connection.typing_held = None;
+        self.tell_typing(connection, room_id, value).await;
     }
 
     /// Ends a socket's connection: its subscriptions, its presence lease and its typing
