@@ -5,7 +5,10 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, WsClient, reply, settings, spawn_app, spawn_node};
+use crate::{
+    helpers::{TestApp, WsClient, reply, settings, spawn_app, spawn_node},
+    websocket_admission::refused_handshake_with_body,
+};
 
 /// `owner` creates a bot named `username`: its id and key.
 async fn create_bot(app: &TestApp, owner: &str, username: &str) -> (Uuid, String) {
@@ -45,17 +48,6 @@ async fn bot_made_by_a_bot(app: &TestApp, owner: Uuid, username: &str) -> (Uuid,
     .await
     .unwrap();
     (id, key)
-}
-
-/// The status and body a refused WebSocket handshake to `url` is answered with.
-async fn refused_handshake(url: &str) -> (u16, String) {
-    match tokio_tungstenite::connect_async(url).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-            let body = String::from_utf8_lossy(response.body().as_deref().unwrap_or_default());
-            (response.status().as_u16(), body.into_owned())
-        }
-        other => panic!("{url} was not refused: {other:?}"),
-    }
 }
 
 #[tokio::test]
@@ -178,7 +170,7 @@ async fn a_bot_key_in_a_query_string_is_refused_and_a_jwt_there_still_works() {
         format!("/ws/{}", alice.id),
     ] {
         let (status, body) =
-            refused_handshake(&format!("ws://{}{path}?token={key}", app.addr)).await;
+            refused_handshake_with_body(&format!("ws://{}{path}?token={key}", app.addr)).await;
         assert_eq!(status, 401, "{path}: {body}");
         let body: Value = serde_json::from_str(&body).unwrap();
         let message = body["error"]["message"].as_str().unwrap();
@@ -234,7 +226,7 @@ async fn unknown_bot_keys_and_tickets_cost_one_lookup_a_minute_not_one_a_request
     let _socket = WsClient::open(url.clone()).await;
     let after_use = credential_lookups(&app).await;
     for _ in 0..20 {
-        assert_eq!(refused_handshake(&url).await.0, 401);
+        assert_eq!(refused_handshake_with_body(&url).await.0, 401);
     }
     let after_tickets = credential_lookups(&app).await;
     assert!(

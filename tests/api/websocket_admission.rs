@@ -17,7 +17,7 @@ pub(crate) async fn refused_handshake(url: &str) -> u16 {
 }
 
 /// The status and body a refused WebSocket handshake to `url` is answered with.
-async fn refused_handshake_with_body(url: &str) -> (u16, String) {
+pub(crate) async fn refused_handshake_with_body(url: &str) -> (u16, String) {
     match tokio_tungstenite::connect_async(url).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
             let body = String::from_utf8_lossy(response.body().as_deref().unwrap_or_default());
