@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use crate::helpers::{TestApp, settings, spawn_app, spawn_node};
 
 /// Adds `user` to `room` as its owner `owner`.
-async fn add_member(
+pub(crate) async fn add_member(
     node: &TestApp,
     owner: &crate::helpers::TestUser,
     room: uuid::Uuid,

@@ -4,11 +4,13 @@
 use std::time::{Duration, Instant};
 
 use natter::config::OnlineUsers;
-use reqwest::Method;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, TestUser, WsClient, spawn_app, spawn_app_with};
+use crate::{
+    access_revocation::add_member,
+    helpers::{TestApp, TestUser, WsClient, spawn_app, spawn_app_with},
+};
 
 /// The ids `path` lists for `user`, sorted as the server sent them.
 async fn listed(app: &TestApp, path: &str, user: &TestUser) -> Vec<Uuid> {
@@ -57,14 +59,7 @@ async fn with_online_users_set_to_contacts_only_people_who_share_a_room_with_the
     let bob = app.register("bob").await;
     let carol = app.register("carol").await;
     let room = app.create_room(&alice, "pair", "private").await;
-    app.call(
-        Method::PUT,
-        &format!("/v1/rooms/{room}/members/{}", bob.id),
-        Some(&alice.token),
-        None,
-    )
-    .await
-    .assert_status(204);
+    add_member(&app, &alice, room, bob.id).await;
     let _sockets = all_online(&app, &[&alice, &bob, &carol]).await;
 
     for path in ["/v1/presence", "/api/online-users"] {
