@@ -63,6 +63,9 @@ pub struct Settings {
     /// Browser origins allowed to call the API cross-origin; none by default, so only
     /// pages served by the node itself (same origin) can.
     pub cors_origins: Vec<String>,
+    /// The balancers and proxies whose `X-Forwarded-For` names the client (SPEC §18);
+    /// from any other peer the header is ignored.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Which log events are written (`RUST_LOG`'s directives).
     pub log_filter: String,
     /// How log lines are written.
@@ -113,6 +116,7 @@ impl std::fmt::Debug for Settings {
             .field("auth", &self.auth)
             .field("limits", &self.limits)
             .field("cors_origins", &self.cors_origins)
+            .field("trusted_proxies", &self.trusted_proxies)
             .field("send_hook", &self.send_hook)
             .field("compat_routes", &self.compat_routes)
             .field("webhooks", &self.webhooks.len())
@@ -252,6 +256,11 @@ pub struct Limits {
     pub searches_per_second: u32,
     /// Read watermark moves (`read_upto`, `POST /rooms/{id}/read`) per second per user.
     pub reads_per_second: u32,
+    /// Logins, registrations and requests without a credential per client address
+    /// (SPEC §18).
+    pub logins_per_minute_per_address: u32,
+    pub registrations_per_minute_per_address: u32,
+    pub unauthenticated_per_second_per_address: u32,
     /// Open sockets per user on one node; the next upgrade is refused with 429.
     pub sockets_per_user: usize,
     /// Largest WebSocket message a client may send; larger closes the socket with 1009.
@@ -288,6 +297,11 @@ impl Limits {
             typing_events_per_second: read::typing_rate_per_sec(lookup)?,
             searches_per_second: read::search_rate_per_sec(lookup)?,
             reads_per_second: read::read_rate_per_sec(lookup)?,
+            logins_per_minute_per_address: read::logins_per_min_per_address(lookup)?,
+            registrations_per_minute_per_address: read::registrations_per_min_per_address(lookup)?,
+            unauthenticated_per_second_per_address: read::unauthenticated_per_sec_per_address(
+                lookup,
+            )?,
             sockets_per_user: read::max_sockets_per_user(lookup)?,
             max_frame_bytes: read::max_frame_bytes(lookup)?,
             max_rooms_per_socket: read::max_rooms_per_socket(lookup)?,
@@ -525,6 +539,13 @@ settings_args! {
     "SEARCH_RATE_PER_SEC" search_rate_per_sec: u32 = "5", positive;
     /// read watermark moves (`read_upto`, `POST /rooms/{id}/read`) per second per user
     "READ_RATE_PER_SEC" read_rate_per_sec: u32 = "20", positive;
+    /// logins per minute per client address (an IPv6 /64 counts as one)
+    "LOGINS_PER_MIN_PER_ADDRESS" logins_per_min_per_address: u32 = "10", positive;
+    /// registrations per minute per client address
+    "REGISTRATIONS_PER_MIN_PER_ADDRESS" registrations_per_min_per_address: u32 = "5", positive;
+    /// requests per second per client address that carry no credential (health checks
+    /// excepted), or whose credential is refused
+    "UNAUTHENTICATED_PER_SEC_PER_ADDRESS" unauthenticated_per_sec_per_address: u32 = "100", positive;
     /// open sockets per user on one node; the next upgrade is `429 too_many_sockets`
     "MAX_SOCKETS_PER_USER" max_sockets_per_user: usize = "50", positive;
     /// first token of subjects and of the presence bucket's name: letters, digits, `_`
@@ -551,6 +572,11 @@ settings_args! {
     /// whom `GET /v1/presence` and `/api/online-users` list: `all` online users, or
     /// `contacts`, the caller and those who share a room with them
     "ONLINE_USERS" online_users: OnlineUsers = "all", all_or_contacts;
+    /// comma-separated addresses or CIDRs of the balancers and proxies in front of the
+    /// node (compose: its network; k8s: the ingress controller's pods): from these
+    /// peers the client's address is read from `X-Forwarded-For`, from any other the
+    /// header is ignored
+    "TRUSTED_PROXIES" trusted_proxies: Vec<ipnet::IpNet> = none, networks;
     /// comma-separated browser origins allowed to call the API cross-origin
     "CORS_ALLOWED_ORIGINS" cors_allowed_origins: Vec<String> = none, origins;
     /// log filter (`tracing` directives)
@@ -693,6 +719,7 @@ impl Settings {
             },
             limits: Limits::read(lookup)?,
             cors_origins: read::cors_allowed_origins(lookup)?.unwrap_or_default(),
+            trusted_proxies: read::trusted_proxies(lookup)?.unwrap_or_default(),
             log_filter: read::rust_log(lookup)?,
             log_format: read::log_format(lookup)?,
             otlp_endpoint: read::otel_exporter_otlp_endpoint(lookup)?,
@@ -818,6 +845,21 @@ fn origins(raw: &str) -> Result<Vec<String>, String> {
                     "{origin:?} is not an origin like https://chat.example.com"
                 )),
             }
+        })
+        .collect()
+}
+
+/// Addresses or CIDRs (`10.0.0.0/8`, `fd00::/8`, `192.0.2.7`), comma-separated.
+fn networks(raw: &str) -> Result<Vec<ipnet::IpNet>, String> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|network| !network.is_empty())
+        .map(|network| {
+            network
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| network.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map(|network| network.trunc())
+                .map_err(|_| format!("{network:?} is not an address or a CIDR like 10.0.0.0/8"))
         })
         .collect()
 }

@@ -52,6 +52,7 @@ pub mod app;
 pub mod auth;
 pub mod bus;
 pub mod chat;
+pub mod client_address;
 pub mod config;
 pub mod domain;
 pub mod histogram;

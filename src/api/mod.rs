@@ -98,6 +98,7 @@ pub fn routes(state: ApiContext) -> impl Endpoint {
         .at("/app.js", get(web::script))
         .at("/app.css", get(web::style))
         .around(move |ep, req| ops::limit_body(ep, req, max_body_bytes))
+        .around(ops::admit)
         .catch_all_error(error::envelope_poem_error)
         .around(move |ep, req| ops::cors(ep, req, cors_origins.clone()))
         .around(ops::observe_request)

@@ -1,6 +1,9 @@
 //! Operational routes and the middleware every request passes through.
 
-use std::sync::Arc;
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    sync::Arc,
+};
 
 use opentelemetry::trace::SpanKind;
 use poem::{
@@ -9,7 +12,12 @@ use poem::{
     web::Data,
 };
 
-use crate::{api::context::ApiContext, metrics::CONTENT_TYPE, telemetry::TraceSpan};
+use crate::{
+    api::{context::ApiContext, error::ApiError, security},
+    client_address::ClientAddress,
+    metrics::CONTENT_TYPE,
+    telemetry::TraceSpan,
+};
 
 /// The process is alive.
 #[poem::handler]
@@ -63,6 +71,58 @@ pub async fn limit_body<E: Endpoint>(ep: E, mut req: Request, max: usize) -> Res
         req.set_body(body);
     }
     ep.call(req).await.map(IntoResponse::into_response)
+}
+
+/// Works out where a request comes from and admits it (SPEC §18).
+///
+/// The [`ClientAddress`] (from `X-Forwarded-For` when the peer is one of
+/// `TRUSTED_PROXIES`) is attached to the request for the handlers that count per
+/// address. A request carrying no credential spends its address's budget for such
+/// requests before it is handled (`429` when spent); one whose credential is refused
+/// spends it afterwards, so a made-up token is no way around the budget. Health checks
+/// are never refused: a balancer that could not probe would take the node out.
+pub async fn admit<E: Endpoint>(ep: E, mut req: Request) -> Result<Response> {
+    let context = security::context(&req).clone();
+    let peer = req
+        .remote_addr()
+        .as_socket_addr()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |addr| addr.ip());
+    let forwarded_for = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|value| value.to_str().ok());
+    let from = ClientAddress::resolve(peer, forwarded_for, &context.settings.trusted_proxies);
+    req.extensions_mut().insert(from);
+    let credentialed = carries_credential(&req);
+    let probe = matches!(req.uri().path(), "/healthz" | "/readyz");
+    if !credentialed
+        && !probe
+        && let Err(err) = context.chat.admit_unauthenticated(from)
+    {
+        return Ok(ApiError::from(err).into_response());
+    }
+    let result = ep.call(req).await.map(IntoResponse::into_response);
+    let status = match &result {
+        Ok(response) => response.status(),
+        Err(err) => err.status(),
+    };
+    if credentialed && status == StatusCode::UNAUTHORIZED {
+        // Already refused; this only spends the budget for the next one.
+        let _ = context.chat.admit_unauthenticated(from);
+    }
+    result
+}
+
+/// Whether the request offers a credential of any kind: an `Authorization` header, or
+/// a `token` or `ticket` in the query (the sockets and the seeds' routes).
+fn carries_credential(req: &Request) -> bool {
+    req.headers().contains_key(header::AUTHORIZATION)
+        || req.uri().query().is_some_and(|query| {
+            query
+                .split('&')
+                .any(|pair| pair.starts_with("token=") || pair.starts_with("ticket="))
+        })
 }
 
 /// A GET to a WebSocket route that asks to upgrade to `websocket` and carries no body:

@@ -8,6 +8,7 @@ use uuid::Uuid;
 use super::{Chat, ChatError, meter};
 use crate::{
     auth::{AuthUser, IssuedToken, password, throttle},
+    client_address::ClientAddress,
     domain::{DisplayName, InvalidInput, Password, Username},
     model::User,
     store::credentials::TicketHolder,
@@ -40,13 +41,16 @@ impl From<password::Busy> for ChatError {
 }
 
 impl Chat {
-    /// Creates a built-in account (password hashed with argon2id) and signs it in.
+    /// Creates a built-in account (password hashed with argon2id) and signs it in. Each
+    /// client address may register a few accounts a minute (SPEC §18).
     pub async fn register(
         &self,
         username: &str,
         password: &str,
         display_name: Option<&str>,
+        from: ClientAddress,
     ) -> Result<SignedIn, ChatError> {
+        meter(&self.registrations_by_address, from.network())?;
         let username = Username::parse(username)?;
         let password = Password::parse(password)?;
         let display_name = match display_name {
@@ -64,9 +68,20 @@ impl Chat {
 
     /// Exchanges a username and password for a token. An unknown username costs the
     /// same hashing, and the same throttle, as a wrong password, so the answer does not
-    /// tell them apart. Attempts are counted cluster-wide before the password is
-    /// checked ([`throttle`]); a success clears the count.
-    pub async fn login(&self, username: &str, password: String) -> Result<SignedIn, ChatError> {
+    /// tell them apart.
+    ///
+    /// Two limits apply (SPEC §10, §18): each client address may try a few logins a
+    /// minute, whatever the names (so one source cannot fill the hashers); and the
+    /// throttle counts failures per username *and* client address, cluster-wide, before
+    /// the password is checked ([`throttle`]) — a stranger's failures never make the
+    /// owner's correct password wait on another address. A success clears the count of
+    /// its own address.
+    pub async fn login(
+        &self,
+        username: &str,
+        password: String,
+        from: ClientAddress,
+    ) -> Result<SignedIn, ChatError> {
         // No username has one, and Postgres refuses a NUL in text: bad input, not a 500,
         // and not an attempt to count.
         if username.chars().any(char::is_control) {
@@ -74,10 +89,12 @@ impl Chat {
                 InvalidInput::new("username", "must not contain control characters").into(),
             );
         }
+        meter(&self.logins_by_address, from.network())?;
         // Bounded, so an attacker's made-up names cannot make huge keys.
         let throttle_key: String = username.chars().take(MAX_THROTTLE_KEY_CHARS).collect();
+        let client = from.network().to_string();
         self.store
-            .count_login_attempt(&throttle_key, throttle::count_attempt)
+            .count_login_attempt(&throttle_key, &client, throttle::count_attempt)
             .await?
             .map_err(|retry_after| ChatError::TooManyAttempts { retry_after })?;
         let found = self.store.find_login(username).await?;
@@ -89,9 +106,18 @@ impl Chat {
         let user = user
             .filter(|_| valid)
             .ok_or(ChatError::InvalidCredentials)?;
-        self.store.clear_login_failures(&throttle_key).await?;
+        self.store
+            .clear_login_failures(&throttle_key, &client)
+            .await?;
         let token = self.auth.issue(user.id);
         Ok(SignedIn { user, token })
+    }
+
+    /// Admits a request from `from` that carries no credential, or whose credential was
+    /// refused, within the address's budget (SPEC §18): the requests anyone can make
+    /// without an account cannot be made without end from one place.
+    pub fn admit_unauthenticated(&self, from: ClientAddress) -> Result<(), ChatError> {
+        meter(&self.unauthenticated_by_address, from.network())
     }
 
     /// A single-use ticket standing in for `user`'s token in a WebSocket URL (SPEC §10),

@@ -58,6 +58,7 @@ pub use crate::store::{
 use crate::{
     auth::{AuthError, Authenticator},
     bus::{Bus, RoomEvent},
+    client_address::ClientNetwork,
     config::Limits,
     domain::InvalidInput,
     metrics::Metrics,
@@ -107,7 +108,8 @@ pub enum ChatError {
     /// A WebSocket ticket that is unknown, used or expired.
     #[error("unknown, used or expired ticket; get a new one from POST /v1/ws/tickets")]
     InvalidTicket,
-    /// Too many failed logins for this username lately (SPEC §10).
+    /// Too many failed logins for this username from this client address lately (SPEC
+    /// §10, §18).
     #[error("too many failed logins for this username; retry later")]
     TooManyAttempts { retry_after: Duration },
     /// The before-send hook refused the message; `reason` is the hook's (SPEC §11).
@@ -148,6 +150,11 @@ pub struct Chat {
     typing_events: Budget<crate::relay::SocketId>,
     searches: Budget,
     reads: Budget,
+    /// Logins, registrations and requests without a credential per client address
+    /// (SPEC §18).
+    logins_by_address: Budget<ClientNetwork>,
+    registrations_by_address: Budget<ClientNetwork>,
+    unauthenticated_by_address: Budget<ClientNetwork>,
     /// Open sockets per user on this node (SPEC §10).
     open_sockets: Arc<Mutex<HashMap<Uuid, usize>>>,
     metrics: Arc<Metrics>,
@@ -194,10 +201,7 @@ impl Chat {
         Self {
             sends: Budget::new(limits.sends_per_second, limits.send_burst),
             edits: Budget::new(limits.edits_per_second, limits.edit_burst),
-            creations: Budget::new(
-                f64::from(limits.room_creations_per_minute) / 60.0,
-                limits.room_creations_per_minute,
-            ),
+            creations: per_minute(limits.room_creations_per_minute),
             tickets: Budget::new(1.0, limits.sockets_per_user as u32),
             subscribes: Budget::new(
                 f64::from(limits.subscribes_per_second),
@@ -206,6 +210,9 @@ impl Chat {
             typing_events: per_second(limits.typing_events_per_second),
             searches: per_second(limits.searches_per_second),
             reads: per_second(limits.reads_per_second),
+            logins_by_address: per_minute(limits.logins_per_minute_per_address),
+            registrations_by_address: per_minute(limits.registrations_per_minute_per_address),
+            unauthenticated_by_address: per_second(limits.unauthenticated_per_second_per_address),
             open_sockets: Arc::default(),
             store,
             bus,
@@ -281,6 +288,11 @@ async fn publish_change(bus: &Bus, change: &RoomChange) {
 /// `rate` actions a second per key, `rate` of them at once.
 fn per_second<K: Hash + Eq + Clone>(rate: u32) -> Budget<K> {
     Budget::new(f64::from(rate), rate)
+}
+
+/// `rate` actions a minute per key, `rate` of them at once.
+fn per_minute<K: Hash + Eq + Clone>(rate: u32) -> Budget<K> {
+    Budget::new(f64::from(rate) / 60.0, rate)
 }
 
 /// Spends one action of `key`'s budget, or says how long to wait.

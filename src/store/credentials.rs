@@ -1,5 +1,6 @@
 //! What the cluster shares to tell callers apart safely (SPEC §10): its generated signing
-//! key, failed logins per username, and single-use WebSocket tickets.
+//! key, failed logins per username and client address, and single-use WebSocket
+//! tickets.
 
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ const CLEANUP_BATCH: i64 = 10;
 /// The database's clock in milliseconds: the one clock every node shares.
 const NOW_MS: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
 
-/// Failed logins remembered for one username.
+/// Failed logins remembered for one username from one client address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FailedLogins {
     pub failures: i32,
@@ -59,11 +60,13 @@ impl Store {
         Ok(row.get(0))
     }
 
-    /// Counts a login attempt for `username` under `policy`, atomically across nodes:
-    /// `Err(retry_after)` when the policy refuses it.
+    /// Counts a login attempt for `username` from the client address written `from`
+    /// under `policy`, atomically across nodes: `Err(retry_after)` when the policy
+    /// refuses it.
     pub async fn count_login_attempt(
         &self,
         username: &str,
+        from: &str,
         policy: LoginPolicy,
     ) -> Result<Result<(), Duration>, StoreError> {
         let mut client = self.client().await?;
@@ -71,18 +74,19 @@ impl Store {
         // A placeholder row first, so the row lock below serialises even the first
         // attempts for a name.
         tx.execute_cached(
-            "INSERT INTO login_failures (username, failures, last_failure_ms)
-             VALUES ($1, 0, 0) ON CONFLICT DO NOTHING",
-            &[&username],
+            "INSERT INTO login_failures_by_client (username, client, failures, last_failure_ms)
+             VALUES ($1, $2, 0, 0) ON CONFLICT DO NOTHING",
+            &[&username, &from],
         )
         .await?;
         let row = tx
             .query_one_cached(
                 &format!(
                     "SELECT failures, last_failure_ms, retry_at_ms, {NOW_MS} AS now_ms
-                     FROM login_failures WHERE username = $1 FOR UPDATE"
+                     FROM login_failures_by_client
+                     WHERE username = $1 AND client = $2 FOR UPDATE"
                 ),
-                &[&username],
+                &[&username, &from],
             )
             .await?;
         let previous = Some(FailedLogins {
@@ -94,11 +98,12 @@ impl Store {
         let decision = policy(previous, row.get("now_ms"));
         if let Ok(next) = decision {
             tx.execute_cached(
-                "UPDATE login_failures
-                 SET failures = $2, last_failure_ms = $3, retry_at_ms = $4
-                 WHERE username = $1",
+                "UPDATE login_failures_by_client
+                 SET failures = $3, last_failure_ms = $4, retry_at_ms = $5
+                 WHERE username = $1 AND client = $2",
                 &[
                     &username,
+                    &from,
                     &next.failures,
                     &next.last_failure_ms,
                     &next.retry_at_ms,
@@ -107,8 +112,8 @@ impl Store {
             .await?;
         }
         tx.execute_cached(
-            "DELETE FROM login_failures WHERE username IN (
-                 SELECT username FROM login_failures
+            "DELETE FROM login_failures_by_client WHERE (username, client) IN (
+                 SELECT username, client FROM login_failures_by_client
                  WHERE last_failure_ms < $1::bigint - 900000 ORDER BY last_failure_ms LIMIT $2)",
             &[&row.get::<_, i64>("now_ms"), &CLEANUP_BATCH],
         )
@@ -117,13 +122,14 @@ impl Store {
         Ok(decision.map(drop))
     }
 
-    /// Forgets the failed logins of `username` (a success resets the throttle).
-    pub async fn clear_login_failures(&self, username: &str) -> Result<(), StoreError> {
+    /// Forgets the failed logins of `username` from `from` (a success resets the
+    /// throttle of its own address; a stranger's count elsewhere stays).
+    pub async fn clear_login_failures(&self, username: &str, from: &str) -> Result<(), StoreError> {
         let client = self.client().await?;
         client
             .execute_cached(
-                "DELETE FROM login_failures WHERE username = $1",
-                &[&username],
+                "DELETE FROM login_failures_by_client WHERE username = $1 AND client = $2",
+                &[&username, &from],
             )
             .await?;
         Ok(())

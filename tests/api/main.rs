@@ -5,6 +5,7 @@ mod access_revocation;
 mod auth;
 mod body_limit;
 mod browser;
+mod client_addresses;
 mod cluster;
 mod compat;
 mod docs;

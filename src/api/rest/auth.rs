@@ -7,7 +7,8 @@ use poem_openapi::{ApiResponse, Object, OpenApi, payload::Json};
 
 use super::{ApiTags, ChatText, ChatTextRule, JsonString};
 use crate::{
-    api::context::ApiContext, api::error::ApiError, chat::accounts::SignedIn, model::User,
+    api::context::ApiContext, api::error::ApiError, chat::accounts::SignedIn,
+    client_address::ClientAddress, model::User,
 };
 
 pub struct AuthApi;
@@ -53,30 +54,38 @@ enum RegisterResponse {
 
 #[OpenApi(prefix_path = "/v1/auth", tag = "ApiTags::Auth")]
 impl AuthApi {
-    /// Create an account and get a token.
+    /// Create an account and get a token. Each client address may register 5 accounts
+    /// a minute.
     #[oai(path = "/register", method = "post", operation_id = "register")]
     async fn register(
         &self,
         Data(state): Data<&ApiContext>,
+        Data(from): Data<&ClientAddress>,
         body: Json<RegisterRequest>,
     ) -> Result<RegisterResponse, ApiError> {
         let display_name = body.display_name.as_deref();
         let signed_in = state
             .chat
-            .register(&body.username, &body.password, display_name)
+            .register(&body.username, &body.password, display_name, *from)
             .await?;
         Ok(RegisterResponse::Created(Json(signed_in.into())))
     }
 
-    /// Exchange a username and password for a token.
+    /// Exchange a username and password for a token. Each client address may try 10
+    /// logins a minute; after 5 failures for a username from one address, that
+    /// address's next attempts for it wait longer each time.
     #[oai(path = "/login", method = "post", operation_id = "login")]
     async fn login(
         &self,
         Data(state): Data<&ApiContext>,
+        Data(from): Data<&ClientAddress>,
         body: Json<LoginRequest>,
     ) -> Result<Json<Session>, ApiError> {
         let body = body.0;
-        let signed_in = state.chat.login(&body.username, body.password.0).await?;
+        let signed_in = state
+            .chat
+            .login(&body.username, body.password.0, *from)
+            .await?;
         Ok(Json(signed_in.into()))
     }
 }
