@@ -3,8 +3,8 @@
 //! throughput, end-to-end latency, connection rate and server cost (SPEC §8).
 //!
 //! `natter-bench --help` lists the scenarios, `natter-bench SCENARIO --help` their flags:
-//! `baseline-server`, `fanout`, `hot-room`, `rooms`, `idle`, `connect`, `many-rooms` and
-//! `soak`, each with `--url URL[,URL…]` and the common flags below.
+//! `baseline-server`, `fanout`, `hot-room`, `rooms`, `idle`, `connect`, `many-rooms`,
+//! `login-storm` and `soak`, each with `--url URL[,URL…]` and the common flags below.
 //!
 //! `--baseline` drives `baseline-server` instead: the same client code against a bare
 //! WebSocket broadcaster with no auth, storage or NATS, for the ceiling BENCHMARKS.md
@@ -14,6 +14,7 @@
 
 mod baseline;
 mod client;
+mod login_storm;
 mod many_rooms;
 mod report;
 mod scenario;
@@ -131,6 +132,25 @@ enum Scenario {
         /// SIGKILL the last node (`--pids` in `--url` order) and time the storm.
         #[arg(long)]
         kill: bool,
+    },
+    /// A real user's login while logins with made-up usernames arrive at once from
+    /// other client addresses (named in `X-Forwarded-For`; the node must trust
+    /// 127.0.0.1 in `TRUSTED_PROXIES`).
+    LoginStorm {
+        #[command(flatten)]
+        common: Common,
+        /// Logins with made-up usernames, sent at once.
+        #[arg(long, default_value_t = 300)]
+        storm: usize,
+        /// Client addresses the storm comes from.
+        #[arg(long, default_value_t = 30)]
+        storm_addresses: usize,
+        /// Correct logins measured, idle and during the storm.
+        #[arg(long, default_value_t = 40)]
+        probes: usize,
+        /// Milliseconds between two measured logins.
+        #[arg(long, default_value_t = 50)]
+        probe_every_ms: u64,
     },
     /// Steady traffic that survives faults: every client reconnects and resumes with
     /// `since_seq`, and the run checks what every client saw.
@@ -315,6 +335,24 @@ async fn main() -> ExitCode {
                 (Err(err), _) | (_, Err(err)) => Err(err),
             }
         }
+        Scenario::LoginStorm {
+            common,
+            storm,
+            storm_addresses,
+            probes,
+            probe_every_ms,
+        } => match Options::new(common, 0.0, Vec::new(), storm) {
+            Ok(options) => {
+                let settings = login_storm::Settings {
+                    storm,
+                    storm_addresses,
+                    probes,
+                    probe_every: Duration::from_millis(probe_every_ms),
+                };
+                login_storm::run(&options, settings).await
+            }
+            Err(err) => Err(err),
+        },
         Scenario::Soak {
             common,
             connections,
@@ -370,6 +408,7 @@ mod tests {
             "idle",
             "connect",
             "many-rooms",
+            "login-storm",
             "soak",
         ] {
             assert!(help.contains(scenario), "{scenario} missing from:\n{help}");
