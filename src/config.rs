@@ -481,6 +481,9 @@ settings_args! {
     /// (see [Postgres failover](docs/RELIABILITY.md#postgres-failover)); TLS with
     /// `sslmode=require`
     "DATABASE_URL" database_url: String = required, postgres_url;
+    /// a file with the password of the user `DATABASE_URL` (and `DATABASE_READ_URL`)
+    /// names (`postgres://natter@host/natter`): compose generates one
+    "DATABASE_PASSWORD_FILE" database_password_file: PathBuf = none, readable_file;
     /// NATS server(s), comma-separated for a cluster; may carry a user and password or a
     /// token (`nats://natter:…@host:4222`), `tls://` for TLS
     "NATS_URL" nats_url: String = required, text;
@@ -673,7 +676,25 @@ impl Settings {
     /// supply their own environment. A blank value is the same as none.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let lookup: Lookup = &lookup;
-        let database_url = read::database_url(lookup)?;
+        let password = match read::database_password_file(lookup)? {
+            Some(path) => Some(
+                std::fs::read_to_string(&path)
+                    .map_err(|e| bad("DATABASE_PASSWORD_FILE", e))?
+                    .trim()
+                    .to_string(),
+            ),
+            None => None,
+        };
+        let with_password = |url: String| match &password {
+            Some(password) => {
+                with_url_password(&url, password).map_err(|e| bad("DATABASE_PASSWORD_FILE", e))
+            }
+            None => Ok(url),
+        };
+        let database_url = with_password(read::database_url(lookup)?)?;
+        let database_read_url = read::database_read_url(lookup)?
+            .map(with_password)
+            .transpose()?;
         let nats_url = read::nats_url(lookup)?;
         let servers = nats_url.split(',').count().min(5);
         let webhook_allow_private = read::webhook_allow_private(lookup)?;
@@ -698,7 +719,7 @@ impl Settings {
             database_url,
             database_pool_size: read::database_pool_size(lookup)?,
             database_ca_file: read::database_ca_file(lookup)?,
-            database_read_url: read::database_read_url(lookup)?,
+            database_read_url,
             nats_url,
             nats_prefix: read::nats_prefix(lookup)?,
             nats_auth: NatsAuth {
@@ -805,6 +826,31 @@ fn postgres_url(raw: &str) -> Result<String, String> {
     raw.parse::<tokio_postgres::Config>()
         .map_err(|e| e.to_string())?;
     Ok(raw.to_string())
+}
+
+/// `url` (`postgres://user@host/db`) with `password` added to its user, percent-encoded.
+fn with_url_password(url: &str, password: &str) -> Result<String, String> {
+    let needs = "needs DATABASE_URL to name a user and no password (postgres://natter@host/db)";
+    let (scheme, rest) = url.split_once("://").ok_or(needs)?;
+    let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
+    let at = authority.rfind('@').ok_or(needs)?;
+    if authority[..at].contains(':') {
+        return Err(needs.into());
+    }
+    let encoded: String = password
+        .bytes()
+        .map(
+            |b| match b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                true => (b as char).to_string(),
+                false => format!("%{b:02X}"),
+            },
+        )
+        .collect();
+    Ok(format!(
+        "{scheme}://{}:{encoded}{}",
+        &rest[..at],
+        &rest[at..]
+    ))
 }
 
 fn http_url(raw: &str) -> Result<String, String> {
@@ -1085,6 +1131,39 @@ mod tests {
             argv.push(format!("{}={value}", flag(name).unwrap()));
         }
         Settings::from_args(&Cli::parse_from(argv).settings)
+    }
+
+    #[test]
+    fn a_database_password_file_fills_in_the_password_of_every_database_url() {
+        let path = std::env::temp_dir().join(format!("natter-pg-password-{}", std::process::id()));
+        std::fs::write(&path, "s3cr@t/:x%\n").unwrap();
+        let file = path.to_str().unwrap();
+        let urls = [
+            (
+                "DATABASE_URL",
+                "postgres://natter@pg1:5432,pg2:5432/natter?target_session_attrs=read-write",
+            ),
+            ("DATABASE_READ_URL", "postgresql://natter@standby/natter"),
+        ];
+        let mut pairs = BASE.to_vec();
+        pairs.retain(|(name, _)| *name != "DATABASE_URL");
+        pairs.extend(urls);
+        pairs.push(("DATABASE_PASSWORD_FILE", file));
+        let settings = Settings::from_lookup(env(&pairs)).unwrap();
+        for url in [settings.database_url, settings.database_read_url.unwrap()] {
+            let config: tokio_postgres::Config = url.parse().unwrap();
+            assert_eq!(config.get_user(), Some("natter"), "{url}");
+            assert_eq!(config.get_password(), Some(&b"s3cr@t/:x%"[..]), "{url}");
+        }
+        // A URL with a password of its own, or with no user, is a mistake.
+        for url in ["postgres://natter:other@pg/natter", "postgres://pg/natter"] {
+            let mut pairs = pairs.clone();
+            pairs.retain(|(name, _)| *name != "DATABASE_URL" && *name != "DATABASE_READ_URL");
+            pairs.push(("DATABASE_URL", url));
+            let err = Settings::from_lookup(env(&pairs)).unwrap_err();
+            assert_eq!(err.name, "DATABASE_PASSWORD_FILE", "{url}");
+        }
+        std::fs::remove_file(path).unwrap();
     }
 
     #[test]

@@ -6,12 +6,16 @@ checked without a cluster: `python3 tests/k8s_security.py RENDERED.yaml...`.
   ingress controller's namespace and its metrics port only from monitoring.
 - NATS: authorization on, its monitoring port on loopback and on no Service or
   container port; Natter signs in with the password from the Secret.
+- NATS routes: the cluster block has an authorization whose password comes from a
+  Secret, and every route URL (to every NATS pod) carries that user and that Secret's
+  password, never a literal: a server that routes in without it is no peer.
 - /metrics: on Natter's own metrics port, which no Ingress routes and no Service with a
   cluster IP; only a headless Service names it, for a ServiceMonitor (Prometheus scrapes
   the pods themselves), and a ServiceMonitor scrapes that port and nothing else.
 - No secret this repository ever published as Natter's token key.
 """
 
+import re
 import sys
 
 import yaml
@@ -22,6 +26,64 @@ SHIPPED = {
     "change-me-to-at-least-32-random-bytes",
     "CHANGE-ME-TO-48-RANDOM-BYTES",
 }
+
+
+def conf_block(text, name):
+    """The body of the first `name { ... }` block of a NATS conf, or ""."""
+    match = re.search(r"(?m)^\s*" + re.escape(name) + r"\s*[:=]?\s*\{", text)
+    if not match:
+        return ""
+    depth = 1
+    for i in range(match.end(), len(text)):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if depth == 0:
+            return text[match.end():i]
+    return ""
+
+
+def conf_value(text, key):
+    match = re.search(r"\b" + re.escape(key) + r"\s*[:=]\s*(\"[^\"]*\"|'[^']*'|[^\s,}]+)", text)
+    return match.group(1).strip("\"'") if match else None
+
+
+def route_problems(nats_conf, statefulset):
+    """Why the NATS cluster would take a server that routes in without a Secret's
+    password as a peer, if it would."""
+    problems = []
+    if not statefulset:
+        return ["a NATS StatefulSet"]
+    container = next(c for c in statefulset["spec"]["template"]["spec"]["containers"] if c["name"] == "nats")
+    env = {e["name"]: e for e in container.get("env", [])}
+    if any(a.split("=", 1)[0] in ("--routes", "-r", "--cluster", "--cluster_user", "--cluster_pass")
+           for a in container.get("args", [])):
+        problems.append("NATS routes and cluster from nats.conf alone, not flags")
+
+    def from_secret(variable):
+        return bool(env.get(variable, {}).get("valueFrom", {}).get("secretKeyRef"))
+
+    cluster = conf_block(nats_conf, "cluster")
+    authorization = conf_block(cluster, "authorization")
+    user, password = conf_value(authorization, "user"), conf_value(authorization, "password")
+    variable = password[1:] if password and password.startswith("$") else None
+    if not (user and variable and from_secret(variable)):
+        return problems + ["NATS route authorization: a user and a password from a Secret"]
+    routes = re.search(r"\broutes\s*[:=]?\s*\[(.*?)\]", cluster, re.S)
+    entries = routes.group(1).split() if routes else []
+    hosts = set()
+    for entry in (e.strip(",") for e in entries):
+        url = entry
+        if entry.startswith("$"):
+            url = env.get(entry[1:], {}).get("value", "")
+        match = re.fullmatch(r"nats(?:-route)?://([^:@/]+):\$\(([A-Za-z_][A-Za-z0-9_]*)\)@([^:/]+):6222/?", url)
+        if not (match and match.group(1) == user and match.group(2) == variable):
+            problems.append(f"NATS route {entry} carries the route user and the Secret's password")
+        else:
+            hosts.add(match.group(3))
+    service = statefulset["spec"]["serviceName"]
+    pods = {f"{statefulset['metadata']['name']}-{i}.{service}" for i in range(statefulset["spec"]["replicas"])}
+    if hosts != pods:
+        problems.append(f"NATS routes to every NATS pod ({sorted(pods)}), not {sorted(hosts)}")
+    return problems
 
 
 def check(path):
@@ -98,6 +160,7 @@ def check(path):
     )
     need("http: 127.0.0.1:8222" in nats_conf, "NATS monitoring on loopback only")
     need("authorization" in nats_conf and "$NATS_PASSWORD" in nats_conf, "NATS authorization")
+    problems.extend(route_problems(nats_conf, by_kind.get("StatefulSet", {}).get("nats")))
     natter_config = next(
         (cm["data"] for name, cm in by_kind.get("ConfigMap", {}).items() if name.startswith("natter-config")), {}
     )

@@ -13,6 +13,12 @@ container killed: Patroni promotes the synchronous standby, the sender retries e
 with its client_msg_id until it is acknowledged, and the room must end at exactly the
 number of acknowledged sends (nothing acknowledged lost, nothing stored twice).
 
+In both, from outside the stack: Postgres refuses the password compose once published
+(natter-local-only), and a nats-server started on the compose network that routes to
+nats-1:6222 without the route password is refused and never becomes a peer (no route
+to it on nats-1, none on it, and a subscription to everything on it receives no room
+traffic), while the same server with the password does (so the check can fail).
+
 Run by tests/compose/run, which starts the cluster.
 """
 
@@ -181,6 +187,104 @@ def outage_summary(clients, since):
     }
 
 
+def postgres_refuses_the_old_default(cluster):
+    """Postgres takes the generated password and not the one compose once published,
+    over TCP as any container on the network would connect."""
+    container = cluster.containers("postgres")[0]
+    query = ["psql", "-h", "postgres", "-U", "natter", "-d", "natter", "-tAc", "select 1"]
+    old = subprocess.run(["docker", "exec", "-e", "PGPASSWORD=natter-local-only", container, *query],
+                         capture_output=True, text=True)
+    assert old.returncode != 0 and "password authentication failed" in old.stderr, \
+        f"Postgres took the old default password: {old.returncode} {old.stderr}"
+    generated = subprocess.run(
+        ["docker", "exec", container, "sh", "-c", 'PGPASSWORD="$(cat /pg-auth/password)" exec "$@"', "sh", *query],
+        capture_output=True, text=True)
+    assert generated.stdout.strip() == "1", f"the generated password: {generated.stderr}"
+    log("Postgres refuses the old default password and takes the generated one")
+
+
+async def rogue_route(cluster, project, route_password=None, seconds=3):
+    """Starts a nats-server (the stack's own NATS image) on the compose network that
+    routes to nats-1:6222, with the route password or without, subscribes to everything
+    on it while the sender runs, and returns (whether it is a peer, messages received)."""
+    nats_1 = cluster.containers("nats-1")[0]
+    image = cluster.docker("inspect", "-f", "{{.Config.Image}}", nats_1).strip()
+    credentials = f"natter-route:{route_password}@" if route_password else ""
+    name = f"{project}-rogue-{'with' if route_password else 'without'}-password"
+    cluster.docker("run", "-d", "--rm", "--name", name, "--network", f"{project}_default",
+                   "-p", "127.0.0.1::4222", image, "--name", name, "--cluster_name", "natter",
+                   "--cluster", "nats://0.0.0.0:6222", "--routes", f"nats://{credentials}nats-1:6222")
+    try:
+        port = int(cluster.docker("port", name, "4222/tcp").split()[0].rsplit(":", 1)[1])
+        for _ in range(50):
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                if (await asyncio.wait_for(reader.readline(), 2)).startswith(b"INFO"):
+                    break
+                writer.close()
+            except (OSError, asyncio.TimeoutError):
+                pass
+            await asyncio.sleep(0.1)
+        else:
+            raise RuntimeError(f"{name}'s client port never answered")
+        writer.write(b'CONNECT {"verbose":false,"pedantic":false}\r\nSUB > 1\r\nPING\r\n')
+        await writer.drain()
+
+        def routes_on_nats_1():
+            out = cluster.docker("exec", nats_1, "wget", "-qO-", "http://127.0.0.1:8222/routez")
+            return [r for r in json.loads(out)["routes"] if r.get("remote_name") == name]
+
+        # Until nats-1 has refused it (its log says so) or taken it as a peer.
+        deadline, peer = time.monotonic() + 15, False
+        while time.monotonic() < deadline:
+            peer = bool(await asyncio.to_thread(routes_on_nats_1))
+            refused = "Authorization Violation" in subprocess.run(
+                ["docker", "logs", name], capture_output=True, text=True).stderr
+            if peer or refused:
+                break
+            await asyncio.sleep(0.3)
+        else:
+            raise RuntimeError(f"{name} was neither refused nor routed within 15 s")
+        # Room traffic flows meanwhile (the sender posts 20 a second).
+        received, until = 0, time.monotonic() + seconds
+        while (left := until - time.monotonic()) > 0:
+            try:
+                line = await asyncio.wait_for(reader.readline(), left)
+            except asyncio.TimeoutError:
+                break
+            if line.startswith(b"MSG ") or line.startswith(b"HMSG "):
+                received += 1
+            elif line.startswith(b"PING"):
+                writer.write(b"PONG\r\n")
+        peer = peer or bool(await asyncio.to_thread(routes_on_nats_1))
+        writer.close()
+        return peer, received
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+
+
+async def rogue_routes(cluster, project, report):
+    started = time.monotonic()
+    peer, received = await rogue_route(cluster, project)
+    if peer or received:
+        log(f"FAILED: a nats-server without the route password became a peer "
+            f"(routed: {peer}, room messages it received: {received})")
+        sys.exit(1)
+    nats_1 = cluster.containers("nats-1")[0]
+    password = cluster.docker("exec", nats_1, "cat", "/config/route-password").strip()
+    control_peer, control_received = await rogue_route(cluster, project, password)
+    if not (control_peer and control_received):
+        log(f"FAILED: the check cannot see a peer: with the route password the server routed: "
+            f"{control_peer}, received {control_received} messages")
+        sys.exit(1)
+    report["rogue nats-server routes to nats-1:6222"] = {
+        "without the password: peer, messages received": [peer, received],
+        "with it (the check's control): peer, messages received": [control_peer, control_received],
+        "took_s": round(time.monotonic() - started, 2),
+    }
+    log("a nats-server without the route password is refused; with it, it would be a peer")
+
+
 async def node_faults(cluster, clients, since, report, project):
     """A killed Natter container, a NATS node off the network, a rolling restart of
     every node and a scale-out, each waited out by the clients."""
@@ -306,6 +410,7 @@ async def main():
         "POST", "/v1/rooms", users[0]["token"], {"name": "e2e", "kind": "public"})
     assert status == 201, status
     room = room["id"]
+    await asyncio.to_thread(postgres_refuses_the_old_default, cluster)
     for user in users[1:]:
         status, _ = await cluster.call("POST", f"/v1/rooms/{room}/join", user["token"], {})
         assert status == 204, status
@@ -323,6 +428,7 @@ async def main():
         await postgres_failover(cluster, clients, since, sent, report)
     else:
         await node_faults(cluster, clients, since, report, args.project)
+    await rogue_routes(cluster, args.project, report)
 
     await asyncio.sleep(2)
     stop_sender.set()

@@ -1,7 +1,11 @@
 #!/bin/sh
 # Initialises the cluster on first start the way the official image does
-# (POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB), then runs Postgres in the foreground.
+# (POSTGRES_USER, POSTGRES_PASSWORD or POSTGRES_PASSWORD_FILE, POSTGRES_DB), then runs
+# Postgres in the foreground.
 set -eu
+if [ -n "${POSTGRES_PASSWORD_FILE:-}" ]; then
+    POSTGRES_PASSWORD="$(cat "$POSTGRES_PASSWORD_FILE")"
+fi
 mkdir -p "$PGDATA" /var/run/postgresql
 chown -R postgres:postgres "$PGDATA" /var/run/postgresql
 chmod 700 "$PGDATA"
