@@ -13,6 +13,9 @@ POSTGRES_PASSWORD or an .env file.
 - Postgres: no password in any service's environment or DATABASE_URL, only files; the
   Postgres password file is generated the same way (the two runs differ), and Natter
   reads the same file.
+- Client addresses (SPEC §18): the balancer's config appends `X-Forwarded-For` (HAProxy's
+  `option forwardfor`), and Natter trusts it from private addresses only, while no
+  node's HTTP port is published beside the balancer's.
 """
 
 import os
@@ -22,6 +25,8 @@ import sys
 import tempfile
 
 import yaml
+
+PRIVATE_RANGES = {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"}
 
 ROUTE_FLAGS = ("--routes", "--cluster", "--cluster_listen", "--cluster_name", "--cluster_user",
                "--cluster_pass", "-r", "--no_advertise", "--cluster_advertise")
@@ -210,6 +215,20 @@ def check(path, scratch_root):
         if password_file:
             need(volume_of(postgres, password_file) == volume_of(natter, natter_file),
                  "postgres and natter read the same password file")
+
+    # Client addresses: from the balancer's header, believed from the compose network only.
+    trusted = [n.strip() for n in (environment(natter).get("TRUSTED_PROXIES") or "").split(",")]
+    need(trusted and all(n in PRIVATE_RANGES for n in trusted),
+         f"natter: TRUSTED_PROXIES names only private ranges ({trusted})")
+    need(not natter.get("ports"), "natter: no node port published beside the balancer's")
+    balancers = [n for n, s in services.items() if "haproxy" in str(s.get("image", ""))]
+    need(balancers, "a balancer (an haproxy image)")
+    for name in balancers:
+        configs = [v.get("source") if isinstance(v, dict) else v.split(":")[0]
+                   for v in services[name].get("volumes") or []]
+        configs = [c for c in configs if c and c.endswith("haproxy.cfg")]
+        lines = [line.split("#")[0].strip() for c in configs for line in open(c)]
+        need("option forwardfor" in lines, f"{name}: option forwardfor (X-Forwarded-For)")
     return problems
 
 

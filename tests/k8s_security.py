@@ -15,6 +15,7 @@ checked without a cluster: `python3 tests/k8s_security.py RENDERED.yaml...`.
 - No secret this repository ever published as Natter's token key.
 """
 
+import ipaddress
 import re
 import sys
 
@@ -168,6 +169,11 @@ def check(path):
     need(all(url.startswith("nats://natter@") for url in natter_config.get("NATS_URL", "").split(",")),
          "Natter signs in to NATS as natter")
     need(natter_config.get("NATS_PASSWORD_FILE"), "Natter reads the NATS password from the Secret")
+    # Client addresses (SPEC §18): the ingress controller's X-Forwarded-For, believed from
+    # private pod addresses only, while the NetworkPolicy admits only the controller.
+    trusted = [n.strip() for n in natter_config.get("TRUSTED_PROXIES", "").split(",") if n.strip()]
+    need(trusted and all(ipaddress.ip_network(n).is_private for n in trusted),
+         f"TRUSTED_PROXIES names private ranges only ({trusted})")
 
     for ingress in by_kind.get("Ingress", {}).values():
         for rule in ingress["spec"]["rules"]:
