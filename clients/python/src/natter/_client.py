@@ -104,6 +104,7 @@ class Natter:
         self._ws: ClientConnection | None = None
         self._runner: asyncio.Task[None] | None = None
         self._closing = False
+        self._close_called = False
         self._closed = asyncio.Event()
         self._token_stale = False
         self._token_lock = asyncio.Lock()
@@ -163,8 +164,9 @@ class Natter:
     async def close(self) -> None:
         """Closes the socket (code 1000, not reconnected) and the HTTP client; pending
         sends fail with `ClosedError`."""
-        if self._closing:
+        if self._close_called:
             return
+        self._close_called = True
         self._closing = True
         ws = self._ws
         if ws is not None:
