@@ -1,16 +1,15 @@
 //! The Python SDK (`clients/python/`, SPEC §13) against a real cluster: three nodes on
-//! one database (two of them processes, one to SIGKILL and one to drain with SIGTERM)
-//! and a node whose tokens live 3 s. `clients/python/tests/` runs under pytest with the
-//! nodes' URLs in `NATTER_SDK_*`; the SDK is imported from the source tree, so the test
-//! checks this commit's SDK whatever `tests/run` installed.
+//! one database (two of them processes, one to SIGKILL and one to drain with SIGTERM),
+//! a node whose tokens live 3 s and one that closes a socket 64 events behind (4008).
+//! `clients/python/tests/` runs under pytest with the nodes' URLs in `NATTER_SDK_*`; the
+//! SDK is imported from the source tree, so the test checks this commit's SDK whatever
+//! `tests/run` installed.
 
 use std::{path::PathBuf, time::Duration};
 
 use tokio::process::Command;
 
-use crate::helpers::{
-    NodeProcess, allow_bulk_sends, run_within, settings, spawn_app_with, spawn_node,
-};
+use crate::helpers::{NodeProcess, run_within, settings, spawn_app_with, spawn_node};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_sdk_resumes_exactly_once_across_a_killed_and_a_drained_node() {
@@ -19,7 +18,9 @@ async fn the_python_sdk_resumes_exactly_once_across_a_killed_and_a_drained_node(
             .expect("NATTER_TEST_PYTHON is not set: run the tests through `bash tests/run`"),
     );
     let survivor = spawn_app_with(|s| {
-        allow_bulk_sends(s);
+        // The slow-reader case sends 1,200 messages at once.
+        s.limits.sends_per_second = 10_000.0;
+        s.limits.send_burst = 10_000;
         s.webhook_allow_private = true;
     })
     .await;
@@ -38,6 +39,9 @@ async fn the_python_sdk_resumes_exactly_once_across_a_killed_and_a_drained_node(
     let mut short_lived = settings(&survivor.database_url);
     short_lived.auth.token_ttl = Duration::from_secs(3);
     let short_lived = spawn_node(short_lived).await;
+    let mut slow = settings(&survivor.database_url);
+    slow.limits.outbound_queue = 64;
+    let slow = spawn_node(slow).await;
 
     let nodes = [killed.addr, drained.addr, survivor.addr]
         .map(|addr| format!("http://{addr}"))
@@ -61,7 +65,8 @@ async fn the_python_sdk_resumes_exactly_once_across_a_killed_and_a_drained_node(
             .env(
                 "NATTER_SDK_SHORT_TOKEN_URL",
                 format!("http://{}", short_lived.addr),
-            ),
+            )
+            .env("NATTER_SDK_SLOW_URL", format!("http://{}", slow.addr)),
         Duration::from_secs(90),
         "the Python SDK's tests",
     )
@@ -72,6 +77,7 @@ async fn the_python_sdk_resumes_exactly_once_across_a_killed_and_a_drained_node(
         "the Python SDK's tests failed:\n{out}{}",
         String::from_utf8_lossy(&run.stderr)
     );
+    println!("{out}");
     // Every test ran and passed: none skipped, none deselected.
     assert!(
         out.contains(" passed") && !out.contains("skipped") && !out.contains("deselected"),

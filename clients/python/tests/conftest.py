@@ -4,7 +4,8 @@ Postgres and NATS), named by environment variables that `tests/api/python_sdk.rs
 - `NATTER_SDK_NODES`: comma-separated base URLs of nodes on one database;
 - `NATTER_SDK_KILL_PID` / `NATTER_SDK_DRAIN_PID`: pids of two of those nodes (the first
   and second URL) that a test may SIGKILL and SIGTERM;
-- `NATTER_SDK_SHORT_TOKEN_URL`: a node of that cluster whose tokens live 3 s.
+- `NATTER_SDK_SHORT_TOKEN_URL`: a node of that cluster whose tokens live 3 s;
+- `NATTER_SDK_SLOW_URL`: a node of that cluster that closes a socket 64 events behind.
 
 A test whose variables are missing fails: nothing is skipped.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import uuid
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -72,6 +74,7 @@ class _Link:
     upstream: asyncio.StreamWriter
     backend: int
     muted: bool = False
+    flowing: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass
@@ -83,6 +86,7 @@ class Balancer:
 
     backends: list[str]
     allowed: list[int] = field(default_factory=list)
+    small_buffers: bool = False
     links: set[_Link] = field(default_factory=set)
     _next: int = 0
     _server: asyncio.Server | None = None
@@ -103,6 +107,16 @@ class Balancer:
         for link in self.links:
             link.muted = True
 
+    def pause(self) -> None:
+        """Stops reading from the nodes on current connections: the node's socket
+        writes block, as a slow reader's would (with `small_buffers`, soon)."""
+        for link in self.links:
+            link.flowing.clear()
+
+    def resume(self) -> None:
+        for link in self.links:
+            link.flowing.set()
+
     def cut(self) -> None:
         for link in list(self.links):
             link.client.transport.abort()
@@ -116,24 +130,37 @@ class Balancer:
             self._next += 1
             address = urlsplit(self.backends[index])
             try:
-                upstream = await asyncio.wait_for(
-                    asyncio.open_connection(address.hostname, address.port), 2
+                sock = socket.socket()
+                if self.small_buffers:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                sock.setblocking(False)
+                await asyncio.wait_for(
+                    asyncio.get_running_loop().sock_connect(sock, (address.hostname, address.port)),
+                    2,
                 )
+                upstream = await asyncio.open_connection(sock=sock)
                 break
             except (OSError, TimeoutError):
+                sock.close()
                 continue
         if upstream is None:
             writer.transport.abort()
             return
         up_reader, up_writer = upstream
         link = _Link(writer, up_writer, index)
+        link.flowing.set()
         self.links.add(link)
 
         async def pipe(
             source: asyncio.StreamReader, sink: asyncio.StreamWriter, down: bool
         ) -> None:
             with contextlib.suppress(Exception):
-                while data := await source.read(65536):
+                while True:
+                    if down:
+                        await link.flowing.wait()
+                    data = await source.read(65536)
+                    if not data:
+                        break
                     if down and link.muted:
                         continue
                     sink.write(data)

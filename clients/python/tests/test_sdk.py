@@ -388,3 +388,43 @@ async def _token_expiry() -> None:
 
 def test_a_4001_close_asks_the_token_function_again() -> None:
     run(_token_expiry())
+
+
+async def _slow_reader() -> None:
+    slow, survivor = env("NATTER_SDK_SLOW_URL"), nodes()[2]
+    balancer = Balancer([slow], small_buffers=True)
+    front = await balancer.start()
+    session = await register(survivor, "slow")
+    async with (
+        Natter(front, token=session["token"], backoff_base=0.05, backoff_max=0.5) as natter,
+        httpx.AsyncClient(base_url=survivor, timeout=10) as http,
+    ):
+        room = await natter.rest.create_room(unique("slow"), "public")
+        events = Collector(natter.room(room["id"]))
+        await natter.room(room["id"]).subscribe()
+        # The client stops reading: the node's socket buffers fill, then its 64-event
+        # queue, and it closes the socket with 4008 behind what is buffered.
+        balancer.pause()
+        auth = {"authorization": f"Bearer {session['token']}"}
+        text = "x" * 3900
+        total = 1200
+
+        async def post() -> None:
+            reply = await http.post(
+                f"/v1/rooms/{room['id']}/messages", headers=auth, json={"text": text}
+            )
+            assert reply.status_code == 201, reply.text
+
+        for _ in range(total // 40):
+            await asyncio.gather(*(post() for _ in range(40)))
+        balancer.resume()
+        await wait_until(lambda: len(events.seqs()) >= total, 30, "every message")
+        await asyncio.sleep(0.2)
+        assert events.seqs() == list(range(1, total + 1)), "each seq once, in order"
+        assert natter.connections >= 2 and natter.state == "open"
+        assert natter.last_close_code == 4008, natter.last_close_code
+    await balancer.stop()
+
+
+def test_a_slow_reader_closed_with_4008_resumes_from_its_last_seq() -> None:
+    run(_slow_reader())

@@ -120,6 +120,8 @@ class Natter:
         self.socket_url: str | None = None
         #: How many sockets this client opened so far.
         self.connections = 0
+        #: The close code of the last socket that closed (1006: the connection broke).
+        self.last_close_code: int | None = None
 
     # Lifecycle
 
@@ -284,6 +286,7 @@ class Natter:
             if self._closing:
                 return
             code = ws.close_code
+            self.last_close_code = code
             log.info("natter: socket closed with %s", code)
             if loop.time() - opened_at > STABLE_AFTER_SECS:
                 attempt = 0
