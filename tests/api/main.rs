@@ -24,6 +24,7 @@ mod ops;
 mod outgoing;
 mod own_postgres;
 mod privacy;
+mod python_sdk;
 mod reaction_limits;
 mod realtime;
 mod rooms;
