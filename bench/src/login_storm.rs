@@ -111,12 +111,14 @@ pub async fn run(options: &Options, settings: Settings) -> Result<bool, String> 
 
     let (idle, idle_failed) = probe(&http, &url, &username, 0, &settings).await;
 
+    // Each run's storm from addresses of its own, whose budgets no earlier run spent.
+    let network = uuid::Uuid::new_v4().as_bytes()[0];
     let storm_started = Instant::now();
     let storm: Vec<_> = (0..settings.storm)
         .map(|i| {
             let (http, url) = (http.clone(), url.clone());
             let address = i % settings.storm_addresses.max(1);
-            let client = format!("203.0.{}.{}", address / 250, address % 250 + 1);
+            let client = format!("10.{network}.{}.{}", address / 250, address % 250 + 1);
             let name = format!("storm{run}-{i}");
             tokio::spawn(async move { login(&http, &url, &client, &name, "guess").await })
         })

@@ -28,8 +28,8 @@ const TOP_LEVEL_DIRS: &[&str] = &[
 
 /// (document, path prefix) pairs that may name what the repository does not have yet.
 const NOT_YET: &[(&str, &str)] = &[
-    // The SDKs of SPEC §13, planned: the contract says where they will live.
-    ("docs/SPEC.md", "clients/"),
+    // The TypeScript SDK of SPEC §13, planned: the contract says where it will live.
+    ("docs/SPEC.md", "clients/typescript"),
 ];
 
 fn root() -> PathBuf {
