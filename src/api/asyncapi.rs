@@ -11,15 +11,21 @@
 //! example is serialised by the real type (server frames through
 //! [`ServerFrame::to_json`]); the unit tests parse every client example back through
 //! [`ClientFrame::parse`] and check that each server example's keys are the fields the
-//! table declares.
+//! table declares. The seeds' sockets (SPEC §12) are channels too: their examples are
+//! what [`Dialect::outbound`] makes of the `/v1` examples, and a unit test checks that
+//! each has exactly the fields its schema declares.
 
 use poem_openapi::{
     registry::Registry,
     types::{Example, Type},
 };
 use serde_json::{Map, Value, json};
+use uuid::Uuid;
 
-use super::rest::examples::{ALICE, BOB, GENERAL, MESSAGE};
+use super::{
+    rest::examples::{ALICE, BOB, GENERAL, MESSAGE, NOW_MS},
+    ws::Dialect,
+};
 use crate::{
     model::{AccessLost, Message},
     protocol::{ClientFrame, PresenceStatus, ServerFrame},
@@ -251,6 +257,129 @@ fn server_frames(registry: &mut Registry, message: &Message) -> Vec<Frame> {
     }
 }
 
+/// The seeds' sockets (SPEC §12): a channel key, its address and path parameter, and
+/// the dialect that rewords its frames.
+fn seed_channels() -> [(
+    &'static str,
+    &'static str,
+    &'static str,
+    Dialect,
+    &'static str,
+); 2] {
+    [
+        (
+            "seed_room",
+            "/ws/rooms/{room_id}",
+            "room_id",
+            Dialect::SeedRoom,
+            "The FastAPI + Firebase seed's room socket (SPEC §12, with `COMPAT_ROUTES`): the \
+             single-room session in that seed's frame shapes. Only the frames listed as sent \
+             reach it (no `subscribed`, acks of sends, presence, receipts or edits).",
+        ),
+        (
+            "seed_direct",
+            "/ws/{receiver_id}",
+            "receiver_id",
+            Dialect::SeedDirect {
+                me: BOB,
+                other: ALICE,
+            },
+            "The FastAPI + Supabase seed's one-to-one socket (SPEC §12, with \
+             `COMPAT_ROUTES`): the direct room with `receiver_id`, made on first contact. \
+             `chat` sends; every message of the room arrives as `chat`.",
+        ),
+    ]
+}
+
+/// The fields of the frames a seed's socket gets in a shape of its own (what
+/// [`Dialect::outbound`] makes of a `/v1` frame), by channel and `type`. The unit tests
+/// check that each frame the dialect makes of the examples has exactly these fields.
+fn seed_fields(registry: &mut Registry, channel: &str, kind: &str) -> Option<Vec<Field>> {
+    let mut f = Fields {
+        registry,
+        fields: Vec::new(),
+    };
+    let (id, text, time, yes) = (Uuid::nil(), String::new(), 0_i64, true);
+    match (channel, kind) {
+        ("seed_room", "message") => {
+            f.add("message_id", Appears::Always, &id);
+            f.add("sender_id", Appears::Always, &id);
+            f.add("text", Appears::Always, &text);
+            f.add("created_at", Appears::Always, &time);
+        }
+        ("seed_room", "typing") => {
+            f.add("user_id", Appears::Always, &id);
+            f.add("value", Appears::Always, &yes);
+        }
+        ("seed_room", "typing_ack") => f.add("value", Appears::Always, &yes),
+        // The `created_at_ms` the client sent, or the `seq` if it sent one.
+        ("seed_room", "read_ack") => f.add("upto", Appears::Always, &time),
+        ("seed_direct", "chat") => {
+            f.add("message_id", Appears::Always, &id);
+            f.add("sender_id", Appears::Always, &id);
+            f.add("receiver_id", Appears::Always, &id);
+            f.add("message", Appears::Always, &text);
+            f.add("created_at", Appears::Always, &time);
+        }
+        _ => return None,
+    }
+    Some(f.fields)
+}
+
+/// What a seed's socket receives of each `/v1` server frame: the frame unchanged
+/// (`error`, `pong`: its `/v1` message), reworded (a frame of its own), or nothing.
+enum SeedFrame {
+    Same(String),
+    Own(Frame),
+}
+
+fn seed_server_frames(
+    registry: &mut Registry,
+    channel: &'static str,
+    dialect: Dialect,
+    server: &[Frame],
+) -> Vec<SeedFrame> {
+    let mut frames = Vec::new();
+    for frame in server {
+        let mut text = frame.example.to_string();
+        if frame.kind() == "read_ack" {
+            // As the session queues a `read_upto {created_at_ms}`'s answer.
+            text = dialect.read_ack(text, Some(NOW_MS));
+        }
+        let Some(out) = dialect.outbound(text) else {
+            continue;
+        };
+        let example: Value = serde_json::from_str(&out).expect("dialects write JSON");
+        if example == frame.example {
+            frames.push(SeedFrame::Same(format!("server.{}", frame.kind())));
+            continue;
+        }
+        let kind = example["type"].as_str().expect("tagged").to_owned();
+        let fields = seed_fields(registry, channel, &kind)
+            .unwrap_or_else(|| panic!("{channel}: no fields for its `{kind}` frame"));
+        frames.push(SeedFrame::Own(Frame {
+            summary: frame.summary,
+            fields,
+            example,
+        }));
+    }
+    frames
+}
+
+/// The seed 004 client's own frame, which the dialect turns into a `send`.
+fn seed_chat(registry: &mut Registry) -> Frame {
+    let mut f = Fields {
+        registry,
+        fields: Vec::new(),
+    };
+    f.add("message", Appears::Always, &String::new());
+    Frame {
+        summary: "Send a message to the other user (a `send` of its text).",
+        fields: f.fields,
+        example: json!({"type": "chat", "message": "Lunch at noon?"}),
+    }
+}
+
 /// poem-openapi's schema (OpenAPI 3.0) as JSON Schema draft 7: `nullable` becomes a
 /// `null` type and `example` becomes `examples`.
 fn json_schema(schema: Value, nullable: bool) -> Value {
@@ -321,7 +450,10 @@ fn message_object(side: &str, frame: &Frame, closed: bool) -> (String, Value) {
         format!("{side}.{kind}"),
         json!({
             "name": kind,
-            "title": format!("{kind} ({side} → {})", if side == "client" { "server" } else { "client" }),
+            "title": format!("{kind} ({})", match side.starts_with("client") {
+                true => "client → server",
+                false => "server → client",
+            }),
             "summary": frame.summary,
             "contentType": "application/json",
             "payload": payload(frame, closed),
@@ -396,9 +528,45 @@ pub fn document() -> Value {
             "bindings": bindings,
         }),
     );
+    let mut sent_on: Vec<(&str, Vec<String>, Vec<String>)> = vec![
+        ("socket", client_refs.clone(), server_refs.clone()),
+        ("room", client_refs.clone(), server_refs.clone()),
+    ];
+    for (key, address, parameter, dialect, description) in seed_channels() {
+        let mut receives = client_refs.clone();
+        if matches!(dialect, Dialect::SeedDirect { .. }) {
+            let (name, object) =
+                message_object(&format!("client.{key}"), &seed_chat(&mut registry), false);
+            receives.push(name.clone());
+            messages.insert(name, object);
+        }
+        let mut sends = Vec::new();
+        for frame in seed_server_frames(&mut registry, key, dialect, &server) {
+            match frame {
+                SeedFrame::Same(name) => sends.push(name),
+                SeedFrame::Own(frame) => {
+                    let (name, object) = message_object(&format!("server.{key}"), &frame, true);
+                    sends.push(name.clone());
+                    messages.insert(name, object);
+                }
+            }
+        }
+        channels.insert(
+            key.into(),
+            json!({
+                "address": address,
+                "title": format!("Drop-in: {address}"),
+                "description": description,
+                "parameters": {parameter: {"description": "A UUID."}},
+                "messages": channel_messages(&[&receives, &sends]),
+                "bindings": bindings,
+            }),
+        );
+        sent_on.push((key, receives, sends));
+    }
     let mut operations = Map::new();
-    for channel in ["socket", "room"] {
-        for (action, refs) in [("receive", &client_refs), ("send", &server_refs)] {
+    for (channel, receives, sends) in &sent_on {
+        for (action, refs) in [("receive", receives), ("send", sends)] {
             operations.insert(
                 format!("{channel}.{action}"),
                 json!({
@@ -486,10 +654,47 @@ mod tests {
     }
 
     #[test]
+    fn the_seeds_frames_have_exactly_the_fields_their_schemas_declare() {
+        let mut registry = Registry::new();
+        let (_, server) = frames();
+        for (key, _, _, dialect, _) in seed_channels() {
+            let mut own = 0;
+            for frame in seed_server_frames(&mut registry, key, dialect, &server) {
+                let SeedFrame::Own(frame) = frame else {
+                    continue;
+                };
+                own += 1;
+                let mut declared: Vec<&str> = frame.fields.iter().map(|f| f.name).collect();
+                declared.push("type");
+                declared.sort();
+                let mut written: Vec<&str> = frame
+                    .example
+                    .as_object()
+                    .unwrap()
+                    .keys()
+                    .map(String::as_str)
+                    .collect();
+                written.sort();
+                assert_eq!(declared, written, "{key} {}", frame.kind());
+            }
+            assert_eq!(own, if key == "seed_room" { 4 } else { 1 }, "{key}");
+        }
+        // The seed chat's example is a `send` once the dialect has read it.
+        let chat = seed_chat(&mut registry).example.to_string();
+        let dialect = Dialect::SeedDirect {
+            me: BOB,
+            other: ALICE,
+        };
+        let parsed = ClientFrame::parse(&dialect.inbound(&chat)).unwrap();
+        assert!(matches!(parsed, ClientFrame::Send { text, .. } if text == "Lunch at noon?"));
+    }
+
+    #[test]
     fn the_document_names_every_frame_and_refers_only_to_what_it_defines() {
         let doc = document();
         let messages = doc["components"]["messages"].as_object().unwrap();
-        assert_eq!(messages.len(), 6 + 14);
+        // /v1's frames, the seed room's four of its own, the seed chat's two.
+        assert_eq!(messages.len(), 6 + 14 + 4 + 2);
         assert!(messages.contains_key("client.typing") && messages.contains_key("server.typing"));
         // The payload types poem-openapi registered, and the enums of the frames.
         let schemas = doc["components"]["schemas"].as_object().unwrap();

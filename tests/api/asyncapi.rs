@@ -1,7 +1,7 @@
 //! SPEC §13: `GET /asyncapi.json` describes the WebSocket API. The document validates
 //! against the AsyncAPI 3.0.0 JSON Schema (vendored in `tests/fixtures/asyncapi/`), and
-//! every frame a node sends in a scenario that makes it send each kind of frame
-//! validates against its message's schema (both checked by Python's `jsonschema`, in
+//! every frame a node sends in a scenario that makes it send each kind of frame, on
+//! `/v1`'s sockets and the seeds' (SPEC §12), validates against its message's schema (both checked by Python's `jsonschema`, in
 //! `tests/api/asyncapi.py`).
 
 use std::{path::PathBuf, time::Duration};
@@ -119,7 +119,7 @@ async fn the_asyncapi_document_validates_against_the_asyncapi_3_0_0_schema() {
 }
 
 /// Makes a node send every kind of frame of SPEC §4 and §10 over `/v1/ws` and the
-/// single-room socket, then validates every frame the test's sockets received (the
+/// single-room socket, and every frame of the seeds' sockets (SPEC §12), then validates every frame the test's sockets received (the
 /// helpers record them all) against `/asyncapi.json`, and checks that no kind was
 /// missed. A frame with a field the schema lacks, a missing field or a wrong type fails.
 #[tokio::test]
@@ -234,8 +234,52 @@ async fn every_frame_a_node_sends_validates_against_its_asyncapi_message_schema(
     room_ws.recv_type("pong").await;
     room_ws.send(json!({"type": "unsubscribe"})).await;
     room_ws.recv_type("unsubscribed").await;
+
+    // The seeds' sockets (SPEC §12), in their own frame shapes.
+    let seed_room = format!("/ws/rooms/{room}");
+    let mut seed_alice = WsClient::connect(app.addr, &seed_room, &alice.token).await;
+    let mut seed_bob = WsClient::connect(app.addr, &seed_room, &bob.token).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.send(&alice, room, "to the seed room").await;
+    seed_alice.recv_type("message").await;
+    seed_bob.recv_type("message").await;
+    seed_alice
+        .send(json!({"type": "typing", "value": true}))
+        .await;
+    seed_alice.recv_type("typing_ack").await;
+    seed_bob.recv_type("typing").await;
+    seed_bob
+        .send(json!({"type": "read_upto", "created_at_ms": 1_795_773_600_000_i64}))
+        .await;
+    seed_bob.recv_type("read_ack").await;
+    seed_bob.send(json!({"type": "ping"})).await;
+    seed_bob.recv_type("pong").await;
+    seed_bob.send_raw("{nope".into()).await;
+    seed_bob.recv_type("error").await;
+    let mut chat_alice =
+        WsClient::connect(app.addr, &format!("/ws/{}", bob.id), &alice.token).await;
+    let mut chat_bob = WsClient::connect(app.addr, &format!("/ws/{}", alice.id), &bob.token).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    chat_alice
+        .send(json!({"type": "chat", "message": "hey bob"}))
+        .await;
+    chat_alice.recv_type("chat").await;
+    chat_bob.recv_type("chat").await;
+    chat_bob.send(json!({"type": "ping"})).await;
+    chat_bob.recv_type("pong").await;
+    chat_bob.send_raw("{nope".into()).await;
+    chat_bob.recv_type("error").await;
+
     // Whatever else is on its way (presence, typing, …) is recorded too.
-    for ws in [&mut alice_ws, &mut bob_ws, &mut room_ws] {
+    for ws in [
+        &mut alice_ws,
+        &mut bob_ws,
+        &mut room_ws,
+        &mut seed_alice,
+        &mut seed_bob,
+        &mut chat_alice,
+        &mut chat_bob,
+    ] {
         while let Some(Ok(_)) = ws.next(Duration::from_millis(300)).await {}
     }
 
@@ -244,8 +288,11 @@ async fn every_frame_a_node_sends_validates_against_its_asyncapi_message_schema(
     let doc = document(&app).await;
     let (passed, out) = check(&doc, Some(&frames)).await;
     assert!(passed, "{out}");
-    // Every server frame of the document was sent on /v1/ws at least once.
-    assert!(out.contains("unseen socket \n"), "{out}");
+    // Every server frame of the document was sent at least once on /v1/ws and on each
+    // seed's socket.
+    for channel in ["socket", "seed_room", "seed_direct"] {
+        assert!(out.contains(&format!("unseen {channel} \n")), "{out}");
+    }
 
     // And the check can fail: a frame with a field its schema lacks, one missing a
     // field and one with a wrong type are each refused.
