@@ -36,7 +36,9 @@ pub enum RoomKind {
 
 /// Why a user's subscriptions to a room ended without their asking (SPEC §10): the
 /// `reason` of the `unsubscribed` frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum, Serialize)]
+#[oai(rename = "UnsubscribeReason", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum AccessLost {
     /// The owner removed them.
     Removed,

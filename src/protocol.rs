@@ -8,11 +8,12 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::model::Message;
+use crate::model::{AccessLost, Message};
 
 /// A frame from a client. Fields that name a room are optional so that the single-room
-/// socket (`/v1/ws/rooms/{room_id}`) can omit them.
-#[derive(Debug, Deserialize)]
+/// socket (`/v1/ws/rooms/{room_id}`) can omit them. (Serialize is for the examples of
+/// `/asyncapi.json`, which are parsed back through [`ClientFrame::parse`].)
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientFrame {
     Subscribe {
@@ -97,8 +98,9 @@ impl ClientFrame {
 }
 
 /// Whether a user's presence in a room began or ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, poem_openapi::Enum)]
 #[serde(rename_all = "lowercase")]
+#[oai(rename_all = "lowercase")]
 pub enum PresenceStatus {
     Joined,
     Left,
@@ -117,7 +119,7 @@ pub enum ServerFrame<'a> {
     Unsubscribed {
         room_id: Uuid,
         #[serde(skip_serializing_if = "Option::is_none")]
-        reason: Option<&'static str>,
+        reason: Option<AccessLost>,
     },
     SendAck {
         client_msg_id: Option<&'a str>,

@@ -1,4 +1,5 @@
-//! HTTP: the versioned REST API under `/v1`, its OpenAPI document and Swagger UI, and
+//! HTTP: the versioned REST API under `/v1`, its OpenAPI document and Swagger UI, the
+//! WebSocket API's AsyncAPI document (`asyncapi`), and
 //! the operational routes (`/healthz`, `/readyz`, `/metrics`) and the browser client
 //! at `/`.
 //!
@@ -8,6 +9,7 @@
 //! the caller; `error` maps every failure onto the SPEC §5 envelope, and `close` every
 //! reason a socket ends onto its close code; `web` serves the client's three files.
 
+pub mod asyncapi;
 mod close;
 pub mod context;
 pub mod error;
@@ -56,7 +58,9 @@ pub fn openapi() -> OpenApiService<impl poem_openapi::OpenApi, ()> {
     .description(
         "A clustered real-time chat server. Every route needs `Authorization: Bearer <token>` \
          except registration and login. Errors are `{\"error\": {\"code\", \"message\"}}`. \
-         The routes tagged `compat` speak the original backends' paths and shapes.",
+         The routes tagged `compat` speak the original backends' paths and shapes. \
+         The WebSocket API (`/v1/ws`) is described by an AsyncAPI 3.0 document: \
+         [/asyncapi.json](/asyncapi.json).",
     )
 }
 
@@ -66,6 +70,7 @@ pub fn routes(state: ApiContext) -> impl Endpoint {
     let api = openapi();
     let spec = api.spec_endpoint();
     let postman = postman_endpoint(&api.spec());
+    let asyncapi = json_endpoint(&asyncapi::document());
     let docs = api.swagger_ui();
     // One service answers `/v1` and the drop-in routes at the root; the router hands it
     // only those paths, so the rest of the root stays the node's own.
@@ -91,6 +96,7 @@ pub fn routes(state: ApiContext) -> impl Endpoint {
         .nest_no_strip("/v1", api)
         .at("/openapi.json", spec)
         .at("/postman.json", postman)
+        .at("/asyncapi.json", asyncapi)
         .nest("/docs", docs)
         .at("/healthz", get(ops::healthz))
         .at("/readyz", get(ops::readyz))
@@ -110,7 +116,12 @@ pub fn routes(state: ApiContext) -> impl Endpoint {
 fn postman_endpoint(spec: &str) -> impl Endpoint + use<> {
     let spec: serde_json::Value =
         serde_json::from_str(spec).expect("poem-openapi renders valid JSON");
-    let body = bytes::Bytes::from(postman::collection(&spec).to_string());
+    json_endpoint(&postman::collection(&spec))
+}
+
+/// `GET` of a JSON document made once, at start-up.
+fn json_endpoint(document: &serde_json::Value) -> impl Endpoint + use<> {
+    let body = bytes::Bytes::from(document.to_string());
     get(poem::endpoint::make_sync(move |_| {
         poem::Response::builder()
             .content_type("application/json; charset=utf-8")

@@ -383,6 +383,33 @@ type Socket =
 /// A WebSocket client speaking Natter's frames.
 pub struct WsClient {
     socket: Socket,
+    /// The path the socket opened (without its query), recorded with each frame.
+    path: String,
+}
+
+/// Every frame this test process's sockets received, with the path each socket opened
+/// (`/v1/ws`, `/v1/ws/rooms/{id}`, …): `tests/api/asyncapi.rs` validates them against
+/// `/asyncapi.json`. With `NATTER_TEST_FRAME_LOG` set, each is also appended to that file
+/// as one JSON line `[path, frame]`, so a whole run's frames can be checked afterwards.
+pub static RECEIVED_FRAMES: std::sync::Mutex<Vec<(String, Value)>> =
+    std::sync::Mutex::new(Vec::new());
+
+fn record_frame(path: &str, frame: &Value) {
+    RECEIVED_FRAMES
+        .lock()
+        .unwrap()
+        .push((path.to_owned(), frame.clone()));
+    if let Some(log) = std::env::var_os("NATTER_TEST_FRAME_LOG") {
+        use std::io::Write;
+        let line = format!("{}\n", json!([path, frame]));
+        // One write per line: lines from concurrent test processes do not interleave.
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("NATTER_TEST_FRAME_LOG opens");
+        file.write_all(line.as_bytes()).expect("frame logged");
+    }
 }
 
 /// How long a test waits for an expected frame.
@@ -397,10 +424,15 @@ impl WsClient {
 
     /// Connects to `url`, which carries its own credentials.
     pub async fn open(url: String) -> Self {
+        let path = url
+            .split_once("://")
+            .and_then(|(_, rest)| rest.find('/').map(|i| &rest[i..]))
+            .unwrap_or("/");
+        let path = path.split('?').next().unwrap_or(path).to_owned();
         let (socket, _) = tokio_tungstenite::connect_async(url)
             .await
             .expect("websocket connects");
-        Self { socket }
+        Self { socket, path }
     }
 
     pub async fn send(&mut self, frame: Value) {
@@ -452,7 +484,9 @@ impl WsClient {
                 .ok()?;
             match next {
                 Some(Ok(Message::Text(text))) => {
-                    return Some(Ok(serde_json::from_str(&text).expect("frames are JSON")));
+                    let frame: Value = serde_json::from_str(&text).expect("frames are JSON");
+                    record_frame(&self.path, &frame);
+                    return Some(Ok(frame));
                 }
                 Some(Ok(Message::Close(frame))) => {
                     return Some(Err(frame.map_or(1005, |f| u16::from(f.code))));

@@ -2,6 +2,7 @@
 //! Run them with `bash tests/run`.
 
 mod access_revocation;
+mod asyncapi;
 mod auth;
 mod body_limit;
 mod browser;

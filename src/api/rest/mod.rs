@@ -5,7 +5,7 @@
 pub mod auth;
 pub mod bots;
 pub mod compat;
-mod examples;
+pub(crate) mod examples;
 pub mod me;
 pub mod members;
 pub mod messages;

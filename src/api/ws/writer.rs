@@ -15,7 +15,7 @@ use super::dialect::Dialect;
 use crate::{
     api::{close::close_frame, context::ApiContext},
     chat::live::{Closing, Delivery, Outbox, Replay, Subscription},
-    model::{AccessLost, CloseReason},
+    model::CloseReason,
     protocol::ServerFrame,
 };
 
@@ -138,7 +138,6 @@ impl Writer {
                 }
             }
             Delivery::Unsubscribed { room_id, reason } => {
-                let reason = reason.map(AccessLost::as_str);
                 let frame = ServerFrame::Unsubscribed { room_id, reason }.to_json();
                 self.feed(WsMessage::Text(frame)).await
             }

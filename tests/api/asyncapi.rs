@@ -1,0 +1,312 @@
+//! SPEC §13: `GET /asyncapi.json` describes the WebSocket API. The document validates
+//! against the AsyncAPI 3.0.0 JSON Schema (vendored in `tests/fixtures/asyncapi/`), and
+//! every frame a node sends in a scenario that makes it send each kind of frame, on
+//! `/v1`'s sockets and the seeds' (SPEC §12), validates against its message's schema (both checked by Python's `jsonschema`, in
+//! `tests/api/asyncapi.py`).
+
+use std::{path::PathBuf, time::Duration};
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use tokio::process::Command;
+
+use crate::{
+    access_revocation::add_member,
+    helpers::{RECEIVED_FRAMES, TestApp, WsClient, run_within, spawn_app},
+    realtime::public_room_with,
+};
+
+const SCHEMA: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/asyncapi/asyncapi-3.0.0.schema.json"
+);
+
+async fn document(app: &TestApp) -> Value {
+    let response = app
+        .http()
+        .get(app.url("/asyncapi.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json")
+    );
+    response.json().await.unwrap()
+}
+
+/// Runs `tests/api/asyncapi.py` on `document` (and the `frames`, if any); returns what
+/// it printed, and whether it passed.
+async fn check(document: &Value, frames: Option<&[(String, Value)]>) -> (bool, String) {
+    let python = PathBuf::from(
+        std::env::var("NATTER_TEST_PYTHON")
+            .expect("NATTER_TEST_PYTHON is not set: run the tests through `bash tests/run`"),
+    );
+    let work = std::env::temp_dir().join(format!("natter-asyncapi-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join("asyncapi.json"), document.to_string()).unwrap();
+    let mut command = Command::new(python);
+    command
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/api/asyncapi.py"
+        ))
+        .arg(SCHEMA)
+        .arg(work.join("asyncapi.json"));
+    if let Some(frames) = frames {
+        let lines: String = frames
+            .iter()
+            .map(|(path, frame)| format!("{}\n", json!([path, frame])))
+            .collect();
+        std::fs::write(work.join("frames.jsonl"), lines).unwrap();
+        command.arg(work.join("frames.jsonl"));
+    }
+    let out = run_within(&mut command, Duration::from_secs(60), "the AsyncAPI check").await;
+    let _ = std::fs::remove_dir_all(&work);
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), printed)
+}
+
+#[tokio::test]
+async fn the_asyncapi_document_validates_against_the_asyncapi_3_0_0_schema() {
+    let app = spawn_app().await;
+    let doc = document(&app).await;
+    assert_eq!(doc["asyncapi"], "3.0.0");
+    let addresses: Vec<&str> = doc["channels"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|channel| channel["address"].as_str().unwrap())
+        .collect();
+    assert!(addresses.contains(&"/v1/ws"), "{addresses:?}");
+    assert!(
+        addresses.contains(&"/v1/ws/rooms/{room_id}"),
+        "{addresses:?}"
+    );
+    let (passed, out) = check(&doc, None).await;
+    assert!(passed, "{out}");
+    // The broken copy the script makes fails, so the schema is really applied.
+    assert!(
+        out.contains("broken copy:") && !out.contains("broken copy: 0 "),
+        "{out}"
+    );
+
+    // And a document that is wrong in a way the script does not arrange fails too.
+    let mut wrong = doc.clone();
+    wrong["operations"]["socket.send"]["action"] = json!("publish");
+    let (passed, out) = check(&wrong, None).await;
+    assert!(!passed, "an AsyncAPI 2 action validated:\n{out}");
+
+    // Swagger UI's page is generated from `/openapi.json`, whose description links here.
+    let openapi: Value = app
+        .http()
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let description = openapi["info"]["description"].as_str().unwrap();
+    assert!(description.contains("(/asyncapi.json)"), "{description}");
+}
+
+/// Makes a node send every kind of frame of SPEC §4 and §10 over `/v1/ws` and the
+/// single-room socket, and every frame of the seeds' sockets (SPEC §12), then validates every frame the test's sockets received (the
+/// helpers record them all) against `/asyncapi.json`, and checks that no kind was
+/// missed. A frame with a field the schema lacks, a missing field or a wrong type fails.
+#[tokio::test]
+async fn every_frame_a_node_sends_validates_against_its_asyncapi_message_schema() {
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let room = public_room_with(&app, &alice, &[&bob]).await;
+    let private = app.create_room(&alice, "secret", "private").await;
+    add_member(&app, &alice, private, bob.id).await;
+    let mut alice_ws = WsClient::connect(app.addr, "/v1/ws", &alice.token).await;
+    let mut bob_ws = WsClient::connect(app.addr, "/v1/ws", &bob.token).await;
+    bob_ws.subscribe(room, None).await;
+    bob_ws.subscribe(private, None).await;
+    alice_ws.subscribe(room, None).await;
+    bob_ws.recv_type("presence").await;
+
+    // send → send_ack and message, with and without a client_msg_id.
+    alice_ws
+        .send(json!({"type": "send", "room_id": room, "text": "hi", "client_msg_id": "c-1"}))
+        .await;
+    let ack = alice_ws.recv_type("send_ack").await;
+    alice_ws
+        .send(json!({"type": "send", "room_id": room, "text": "again"}))
+        .await;
+    assert_eq!(
+        alice_ws.recv_type("send_ack").await["client_msg_id"],
+        Value::Null
+    );
+    bob_ws.message_seqs(2).await;
+    let id = ack["message"]["id"].as_str().unwrap().to_owned();
+
+    // typing, read_upto, ping.
+    alice_ws
+        .send(json!({"type": "typing", "room_id": room, "value": true}))
+        .await;
+    alice_ws.recv_type("typing_ack").await;
+    bob_ws.recv_type("typing").await;
+    alice_ws
+        .send(json!({"type": "read_upto", "room_id": room, "seq": 2}))
+        .await;
+    alice_ws.recv_type("read_ack").await;
+    bob_ws.recv_type("read").await;
+    alice_ws.send(json!({"type": "ping"})).await;
+    alice_ws.recv_type("pong").await;
+
+    // An edit, a reaction (with its emoji in the path) and a delete over REST.
+    let path = format!("/v1/rooms/{room}/messages/{id}");
+    app.call(
+        Method::PATCH,
+        &path,
+        Some(&alice.token),
+        Some(json!({"text": "edited"})),
+    )
+    .await
+    .assert_status(200);
+    bob_ws.recv_type("message_edited").await;
+    app.call(
+        Method::PUT,
+        &format!("{path}/reactions/🎉"),
+        Some(&bob.token),
+        None,
+    )
+    .await
+    .assert_status(200);
+    bob_ws.recv_type("reaction").await;
+    app.call(Method::DELETE, &path, Some(&alice.token), None)
+        .await
+        .assert_status(200);
+    bob_ws.recv_type("message_deleted").await;
+
+    // Errors: bad JSON, an unknown type, a missing field, a failed send with its ref.
+    alice_ws.send_raw("{nope".into()).await;
+    alice_ws.send(json!({"type": "dance"})).await;
+    alice_ws
+        .send(json!({"type": "send", "room_id": room}))
+        .await;
+    alice_ws
+        .send(json!({"type": "send", "room_id": room, "text": " ", "client_msg_id": "c-2"}))
+        .await;
+    for _ in 0..4 {
+        alice_ws.recv_type("error").await;
+    }
+
+    // unsubscribe (no reason), and an ended subscription (reason), with presence `left`.
+    alice_ws
+        .send(json!({"type": "unsubscribe", "room_id": room}))
+        .await;
+    alice_ws.recv_type("unsubscribed").await;
+    let removed = format!("/v1/rooms/{private}/members/{}", bob.id);
+    app.call(Method::DELETE, &removed, Some(&alice.token), None)
+        .await
+        .assert_status(204);
+    let ended = bob_ws.recv_type("unsubscribed").await;
+    assert_eq!(ended["reason"], "removed");
+
+    // The single-room socket: subscribed at once, frames without room_id act on it.
+    let mut room_ws =
+        WsClient::connect(app.addr, &format!("/v1/ws/rooms/{room}"), &alice.token).await;
+    room_ws.recv_type("subscribed").await;
+    room_ws
+        .send(json!({"type": "send", "text": "from the room socket"}))
+        .await;
+    room_ws.recv_type("send_ack").await;
+    room_ws
+        .send(json!({"type": "typing", "value": false}))
+        .await;
+    room_ws.recv_type("typing_ack").await;
+    room_ws.send(json!({"type": "read_upto", "seq": 3})).await;
+    room_ws.recv_type("read_ack").await;
+    room_ws.send(json!({"type": "ping"})).await;
+    room_ws.recv_type("pong").await;
+    room_ws.send(json!({"type": "unsubscribe"})).await;
+    room_ws.recv_type("unsubscribed").await;
+
+    // The seeds' sockets (SPEC §12), in their own frame shapes.
+    let seed_room = format!("/ws/rooms/{room}");
+    let mut seed_alice = WsClient::connect(app.addr, &seed_room, &alice.token).await;
+    let mut seed_bob = WsClient::connect(app.addr, &seed_room, &bob.token).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.send(&alice, room, "to the seed room").await;
+    seed_alice.recv_type("message").await;
+    seed_bob.recv_type("message").await;
+    seed_alice
+        .send(json!({"type": "typing", "value": true}))
+        .await;
+    seed_alice.recv_type("typing_ack").await;
+    seed_bob.recv_type("typing").await;
+    seed_bob
+        .send(json!({"type": "read_upto", "created_at_ms": 1_795_773_600_000_i64}))
+        .await;
+    seed_bob.recv_type("read_ack").await;
+    seed_bob.send(json!({"type": "ping"})).await;
+    seed_bob.recv_type("pong").await;
+    seed_bob.send_raw("{nope".into()).await;
+    seed_bob.recv_type("error").await;
+    let mut chat_alice =
+        WsClient::connect(app.addr, &format!("/ws/{}", bob.id), &alice.token).await;
+    let mut chat_bob = WsClient::connect(app.addr, &format!("/ws/{}", alice.id), &bob.token).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    chat_alice
+        .send(json!({"type": "chat", "message": "hey bob"}))
+        .await;
+    chat_alice.recv_type("chat").await;
+    chat_bob.recv_type("chat").await;
+    chat_bob.send(json!({"type": "ping"})).await;
+    chat_bob.recv_type("pong").await;
+    chat_bob.send_raw("{nope".into()).await;
+    chat_bob.recv_type("error").await;
+
+    // Whatever else is on its way (presence, typing, …) is recorded too.
+    for ws in [
+        &mut alice_ws,
+        &mut bob_ws,
+        &mut room_ws,
+        &mut seed_alice,
+        &mut seed_bob,
+        &mut chat_alice,
+        &mut chat_bob,
+    ] {
+        while let Some(Ok(_)) = ws.next(Duration::from_millis(300)).await {}
+    }
+
+    let frames = RECEIVED_FRAMES.lock().unwrap().clone();
+    assert!(frames.len() > 30, "{}", frames.len());
+    let doc = document(&app).await;
+    let (passed, out) = check(&doc, Some(&frames)).await;
+    assert!(passed, "{out}");
+    // Every server frame of the document was sent at least once on /v1/ws and on each
+    // seed's socket.
+    for channel in ["socket", "seed_room", "seed_direct"] {
+        assert!(out.contains(&format!("unseen {channel} \n")), "{out}");
+    }
+
+    // And the check can fail: a frame with a field its schema lacks, one missing a
+    // field and one with a wrong type are each refused.
+    let mut wrong = frames[..1].to_vec();
+    let (path, pong) = ("/v1/ws".to_owned(), json!({"type": "pong", "extra": 1}));
+    wrong.push((path.clone(), pong));
+    wrong.push((path.clone(), json!({"type": "subscribed", "room_id": room})));
+    wrong.push((
+        path,
+        json!({"type": "read_ack", "room_id": room, "seq": "2"}),
+    ));
+    let (passed, out) = check(&doc, Some(&wrong)).await;
+    assert!(!passed, "{out}");
+    assert_eq!(out.matches("socket pong:").count(), 1, "{out}");
+    assert_eq!(out.matches("socket subscribed:").count(), 1, "{out}");
+    assert_eq!(out.matches("socket read_ack:").count(), 1, "{out}");
+}
