@@ -7,8 +7,10 @@
 //! client addresses, named in `X-Forwarded-For` (the nodes must trust 127.0.0.1 in
 //! `TRUSTED_PROXIES`; a node that ignores the header sees them all as one). While it
 //! runs, a real user logs in with the right password every `--probe-every-ms`, each
-//! time from an address of its own, and the report gives those logins' latency next to
-//! the same logins on an idle node, and how the storm was answered.
+//! time another user from an address of their own (so no username's throttle counts
+//! the measured logins still in flight as failures), and the report gives those
+//! logins' latency next to the same logins on an idle node, and how the storm was
+//! answered.
 
 use std::{
     collections::BTreeMap,
@@ -54,18 +56,19 @@ fn probe_address(i: usize) -> String {
     format!("198.51.{}.{}", i / 250, i % 250 + 1)
 }
 
-/// Correct logins every `every`, each from an address of its own: the latencies of
-/// those that succeeded, and the others' statuses (0: no answer).
+/// Correct logins every `every`, each by the next of `usernames` from an address of its
+/// own: the latencies of those that succeeded, and the others' statuses (0: no answer).
 async fn probe(
     http: &reqwest::Client,
     url: &str,
-    username: &str,
+    usernames: &[String],
     first: usize,
     settings: &Settings,
 ) -> (Vec<Duration>, BTreeMap<u16, usize>) {
     let mut tasks = Vec::new();
     for i in 0..settings.probes {
-        let (http, url, username) = (http.clone(), url.to_string(), username.to_string());
+        let username = usernames[i % usernames.len()].clone();
+        let (http, url) = (http.clone(), url.to_string());
         tasks.push(tokio::spawn(async move {
             login(
                 &http,
@@ -100,16 +103,20 @@ fn ms(sorted: &[Duration], p: f64) -> f64 {
 pub async fn run(options: &Options, settings: Settings) -> Result<bool, String> {
     let url = options.urls[0].clone();
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
-    // `Api::register` names its user `b{run}-{i}`, with the password "bench-password".
-    Api::new(&options.urls).register(0, &run).await?;
-    let username = format!("b{run}-0");
+    // `Api::register` names its users `b{run}-{i}`, with the password "bench-password".
+    let api = Api::new(&options.urls);
+    let mut usernames = Vec::new();
+    for i in 0..settings.probes.max(1) {
+        api.register(i, &run).await?;
+        usernames.push(format!("b{run}-{i}"));
+    }
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(settings.storm + settings.probes)
         .build()
         .map_err(|e| e.to_string())?;
 
-    let (idle, idle_failed) = probe(&http, &url, &username, 0, &settings).await;
+    let (idle, idle_failed) = probe(&http, &url, &usernames, 0, &settings).await;
 
     // Each run's storm from addresses of its own, whose budgets no earlier run spent.
     let network = uuid::Uuid::new_v4().as_bytes()[0];
@@ -123,7 +130,7 @@ pub async fn run(options: &Options, settings: Settings) -> Result<bool, String> 
             tokio::spawn(async move { login(&http, &url, &client, &name, "guess").await })
         })
         .collect();
-    let (during, during_failed) = probe(&http, &url, &username, settings.probes, &settings).await;
+    let (during, during_failed) = probe(&http, &url, &usernames, settings.probes, &settings).await;
     let mut answers = BTreeMap::<u16, usize>::new();
     for task in storm {
         let (status, _) = task.await.unwrap_or((0, Duration::ZERO));
