@@ -19,6 +19,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (8, include_str!("migrations/0008_room_activity.sql")),
     (9, include_str!("migrations/0009_messages_by_time.sql")),
     (10, include_str!("migrations/0010_bots_owned_by_bots.sql")),
+    (
+        12,
+        include_str!("migrations/0012_drop_messages_by_time.sql"),
+    ),
 ];
 
 /// Arbitrary, fixed key for `pg_advisory_xact_lock`: "natter" in ASCII.
