@@ -64,6 +64,39 @@ pub struct PageBounds {
 /// `last_message`, cannot be grown without bound through one message's reactions.
 const MAX_DISTINCT_REACTIONS: i64 = 20;
 
+/// [`Store::seq_at_time`]'s bisection of a room's `seq` index: `$1` the room, `$2` the
+/// time. `ends` is the room's first and last message (no row for an empty room, which
+/// answers nothing: 0). `bisect` keeps `lo`, a message created at or before `$2`, and
+/// `hi`, a `seq` from which every message is created after it; each step probes the
+/// first message in `[mid, hi)` and moves `lo` to it if it is at or before `$2`, else
+/// `hi` to `mid` (an empty `[mid, hi)`, a hole in `seq`, does the same), so the range
+/// halves each time. The answer is the last `lo`; `bisect` runs only when neither end
+/// answers.
+const SEQ_AT_TIME_SQL: &str = "
+    WITH RECURSIVE
+        ends AS (
+            SELECT f.seq AS first_seq, f.created_at AS first_at,
+                   l.seq AS last_seq, l.created_at AS last_at
+              FROM (SELECT seq, created_at FROM messages WHERE room_id = $1
+                     ORDER BY seq LIMIT 1) f,
+                   (SELECT seq, created_at FROM messages WHERE room_id = $1
+                     ORDER BY seq DESC LIMIT 1) l),
+        bisect (lo, hi) AS (
+            SELECT first_seq, last_seq FROM ends WHERE first_at <= $2 AND last_at > $2
+            UNION ALL
+            SELECT CASE WHEN probe.created_at <= $2 THEN probe.seq ELSE b.lo END,
+                   CASE WHEN probe.created_at <= $2 THEN b.hi ELSE b.lo + (b.hi - b.lo) / 2 END
+              FROM bisect b
+              LEFT JOIN LATERAL (
+                    SELECT seq, created_at FROM messages
+                     WHERE room_id = $1 AND seq >= b.lo + (b.hi - b.lo) / 2 AND seq < b.hi
+                     ORDER BY seq LIMIT 1) probe ON true
+             WHERE b.hi - b.lo > 1)
+    SELECT CASE WHEN last_at <= $2 THEN last_seq
+                WHEN first_at > $2 THEN 0
+                ELSE (SELECT max(lo) FROM bisect) END
+      FROM ends";
+
 impl Store {
     /// Queues a message for its room's next group commit and returns at once; the
     /// receipt resolves when it is stored (see the module docs for the guarantees).
@@ -225,11 +258,34 @@ impl Store {
     }
 
     /// The highest `seq` of a room's messages created at or before `created_at_ms`
-    /// (0 if none), for a member's `read_upto` by time. Access is checked first, so a
-    /// stranger costs one lookup; then one descent of `messages_room_created` (times
-    /// grow with `seq`, so the latest time's highest `seq` is the room's highest at that
-    /// time), whatever the time: walking the `seq` index down instead read every newer
-    /// message, the whole room for a time before its first.
+    /// (0 if none, or if the room has no messages), for a member's `read_upto` by time.
+    /// Access is checked first, so a stranger costs one lookup.
+    ///
+    /// Then one statement, [`SEQ_AT_TIME_SQL`], bisects the room's `seq` index
+    /// `(room_id, seq)`: it reads the first and the last message (a time at or after the
+    /// last answers its `seq`, one before the first answers 0), then probes the first
+    /// message at or after the middle of the range still open until the range is one
+    /// message wide: about log2(n) + 2 probes of a row each, 21 on a room of 300,000
+    /// messages, whatever the time. Walking that index down from the newest message
+    /// instead read every newer message (the whole room for a time before its first);
+    /// an index on `(room_id, created_at)` (migration 0009's, dropped by 0012) made it
+    /// one descent, but every stored message paid its btree insert on the send path,
+    /// which is what bounds a hot room. One statement, so one round trip and one
+    /// snapshot: sends committing meanwhile cannot move the range under it.
+    ///
+    /// The bisection relies on `created_at` never decreasing as `seq` grows within a
+    /// room, which the send path keeps: the group commit numbers a room's messages
+    /// under its row lock and inserts them in `seq` order in one statement, each row's
+    /// `created_at` defaulting to `now_ms()` (Postgres's `clock_timestamp()`, read as
+    /// the row is inserted), and the room's next batch takes the lock only once this
+    /// one has committed. Edits (`edited_at`) and deletions (the row stays, its text
+    /// blanked) leave `created_at` and `seq` alone; a hole in `seq` (none is made, but
+    /// a room being deleted loses its messages in batches) is bisected like any other
+    /// range. If times ever did go backwards (Postgres's clock stepped back, a failover
+    /// to a server whose clock is behind, rows written by hand with their own times),
+    /// the answer is still a message created at or before `created_at_ms` (or 0 when
+    /// the first is after it), but not necessarily the highest such: messages on either
+    /// side of the step may be marked read or not, depending on where the probes fall.
     pub async fn seq_at_time(
         &self,
         reader: Uuid,
@@ -241,11 +297,7 @@ impl Store {
             .await?
             .require_member()?;
         let row = client
-            .query_opt_cached(
-                "SELECT seq FROM messages WHERE room_id = $1 AND created_at <= $2
-                 ORDER BY created_at DESC, seq DESC LIMIT 1",
-                &[&room_id, &created_at_ms],
-            )
+            .query_opt_cached(SEQ_AT_TIME_SQL, &[&room_id, &created_at_ms])
             .await?;
         Ok(row.map_or(0, |row| row.get(0)))
     }

@@ -23,6 +23,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         11,
         include_str!("migrations/0011_login_failures_by_client.sql"),
     ),
+    (
+        12,
+        include_str!("migrations/0012_drop_messages_by_time.sql"),
+    ),
 ];
 
 /// Arbitrary, fixed key for `pg_advisory_xact_lock`: "natter" in ASCII.

@@ -3,13 +3,13 @@
 //! has its own per minute, searches and read watermark moves their own per second, and
 //! a socket's subscribe/unsubscribe churn is metered per socket without closing it. Each
 //! of these is broadcast, stored or costs a query, so an unmetered loop would cost every
-//! node; and a read by time, which any member may repeat, costs one index descent. The
-//! send rate limit is tested in messages.rs.
+//! node; and a read by time, which any member may repeat, costs a bisection of the
+//! room's seq index. The send rate limit is tested in messages.rs.
 
 use reqwest::Method;
 use serde_json::json;
 
-use crate::helpers::spawn_app;
+use crate::helpers::{spawn_app, spawn_app_with};
 
 /// Makes `attempt` until it is refused with `429 rate_limited` (at most `limit` times);
 /// returns how many succeeded first.
@@ -237,17 +237,24 @@ async fn read_watermark_moves_over_rest_and_the_socket_share_twenty_a_second_per
         .assert_status(400);
 }
 
+/// `read_upto {created_at_ms}` bisects the room's `seq` index: the highest `seq`
+/// created at or before the time, for every place the time can fall, holes in `seq`
+/// and messages sharing a millisecond included, in a bounded number of single-row
+/// probes whatever the time; an empty room answers 0 and a stranger is refused.
 #[tokio::test]
 async fn read_upto_by_time_is_answered_from_an_index_before_between_and_after_messages() {
-    let app = spawn_app().await;
+    let app = spawn_app_with(|s| s.limits.reads_per_second = 1000).await;
     let alice = app.register("alice").await;
     let room = app.create_room(&alice, "r", "public").await;
-    // 5,000 messages, the n-th created at n seconds after the epoch.
+    // 5,000 messages, the n-th created at n seconds after the epoch, except that 2001
+    // to 2010 share one millisecond (a batch) and 3001 to 3999 are gone (holes in `seq`
+    // are never made, but the search must not depend on their absence).
     let db = app.db().await;
     db.execute(
         "INSERT INTO messages (id, room_id, seq, sender_id, text, created_at)
-         SELECT gen_random_uuid(), $1, s, $2, 'message ' || s, s * 1000
-           FROM generate_series(1, 5000) s",
+         SELECT gen_random_uuid(), $1, s, $2, 'message ' || s,
+                CASE WHEN s BETWEEN 2001 AND 2010 THEN 2001000 ELSE s * 1000 END
+           FROM generate_series(1, 5000) s WHERE s NOT BETWEEN 3001 AND 3999",
         &[&room, &alice.id],
     )
     .await
@@ -255,46 +262,85 @@ async fn read_upto_by_time_is_answered_from_an_index_before_between_and_after_me
     db.execute("UPDATE rooms SET last_seq = 5000 WHERE id = $1", &[&room])
         .await
         .unwrap();
+    let empty = app.create_room(&alice, "empty", "public").await;
     let mut ws = crate::helpers::WsClient::connect(app.addr, "/v1/ws", &alice.token).await;
     let cases = [
-        (0, 0),
-        (999, 0),
-        (1000, 1),
-        (1500, 1),
-        (2_500_000, 2500),
-        (4_999_999, 4999),
-        (5_000_000, 5000),
-        (i64::MAX, 5000),
+        // Before the first message.
+        (room, 0, 0),
+        (room, 999, 0),
+        // Exactly a message's time, and between two.
+        (room, 1000, 1),
+        (room, 1500, 1),
+        (room, 2_500_000, 2500),
+        (room, 2_500_999, 2500),
+        // Ten messages in one millisecond: the last of them, from any time in it on.
+        (room, 2_000_999, 2000),
+        (room, 2_001_000, 2010),
+        (room, 2_010_999, 2010),
+        (room, 2_011_000, 2011),
+        // Across the hole.
+        (room, 3_000_000, 3000),
+        (room, 3_500_000, 3000),
+        (room, 3_999_999, 3000),
+        (room, 4_000_000, 4000),
+        // The last message, and after it.
+        (room, 4_999_999, 4999),
+        (room, 5_000_000, 5000),
+        (room, i64::MAX, 5000),
+        // A room without messages.
+        (empty, 0, 0),
+        (empty, i64::MAX, 0),
     ];
-    for (at, seq) in cases {
+    for (room, at, seq) in cases {
         ws.send(json!({"type": "read_upto", "room_id": room, "created_at_ms": at}))
             .await;
         let ack = ws.recv_type("read_ack").await;
         assert_eq!(ack["seq"], seq, "read_upto at {at}: {ack}");
     }
-    // Each of those was one descent of the (room, created_at) index, not a walk down the
-    // room's seq index (the whole room, for a time before its first message). Postgres
-    // publishes a backend's index statistics within about 10 s of its last query.
+    // A stranger is refused before anything is read: not_member in a public room, and
+    // in a private one exactly as in a room that does not exist.
+    let bob = app.register("bob").await;
+    let private = app.create_room(&alice, "p", "private").await;
+    let mut bob_ws = crate::helpers::WsClient::connect(app.addr, "/v1/ws", &bob.token).await;
+    for (room, code) in [(room, "not_member"), (private, "room_not_found")] {
+        bob_ws
+            .send(json!({"type": "read_upto", "room_id": room, "created_at_ms": i64::MAX}))
+            .await;
+        let refused = bob_ws.recv_type("error").await;
+        assert_eq!(refused["code"], code, "{refused}");
+    }
+    // Each read was at most 2 + log2(5,000) probes of the seq index, each reading one
+    // entry: never a walk down it (which read the whole room for a time before its
+    // first message), and no index on (room_id, created_at) is left to read instead.
+    // Postgres publishes a backend's index statistics within about 10 s of its last
+    // query; however many it has published, each probe read at most one entry.
+    let probes_per_read = 2 + 5000_f64.log2().ceil() as i64;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         db.execute("SELECT pg_stat_clear_snapshot()", &[])
             .await
             .unwrap();
-        let scans: i64 = db
+        let (scans, entries): (i64, i64) = db
             .query_opt(
-                "SELECT idx_scan FROM pg_stat_user_indexes
-                  WHERE indexrelname = 'messages_room_created'",
+                "SELECT idx_scan, idx_tup_read FROM pg_stat_user_indexes
+                  WHERE indexrelname = 'messages_room_seq'",
                 &[],
             )
             .await
             .unwrap()
-            .map_or(0, |row| row.get(0));
-        if scans >= cases.len() as i64 {
+            .map_or((0, 0), |row| (row.get(0), row.get(1)));
+        assert!(
+            scans <= cases.len() as i64 * probes_per_read,
+            "{scans} scans of messages_room_seq for {} reads by time",
+            cases.len()
+        );
+        assert!(entries <= scans, "{entries} entries read by {scans} scans");
+        if scans >= 2 * cases.len() as i64 {
             break;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "{scans} scans of messages_room_created after {} reads by time",
+            "{scans} scans of messages_room_seq after {} reads by time",
             cases.len()
         );
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;

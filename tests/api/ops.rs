@@ -279,6 +279,31 @@ async fn ten_nodes_starting_at_once_on_a_fresh_database_migrate_it_once() {
     nodes[9].send(&alice, room, "works").await;
 }
 
+/// Migration 0009's index on `messages (room_id, created_at, seq)` cost every stored
+/// message a btree insert; `read_upto` by time bisects the seq index instead and 0012
+/// drops it. Neither a fresh database nor one upgraded from a release that had it keeps
+/// it, so it cannot come back unnoticed.
+#[tokio::test]
+async fn no_index_on_messages_by_time_survives_the_migrations() {
+    let app = spawn_app().await;
+    let db = app.db().await;
+    let by_time = "SELECT count(*) FROM pg_indexes
+                    WHERE tablename = 'messages' AND indexname = 'messages_room_created'";
+    let count: i64 = db.query_one(by_time, &[]).await.unwrap().get(0);
+    assert_eq!(count, 0, "a fresh database has no messages_room_created");
+
+    // As if the database came from the release before: 0009 applied, 0012 not.
+    db.batch_execute(
+        "CREATE INDEX messages_room_created ON messages (room_id, created_at, seq);
+         DELETE FROM schema_migrations WHERE version = 12;",
+    )
+    .await
+    .unwrap();
+    let _upgraded = spawn_node(settings(&app.database_url)).await;
+    let count: i64 = db.query_one(by_time, &[]).await.unwrap().get(0);
+    assert_eq!(count, 0, "the upgrade dropped messages_room_created");
+}
+
 #[tokio::test]
 async fn rest_answers_503_with_retry_after_while_postgres_is_unreachable_and_recovers() {
     let database_url = create_database().await;
