@@ -34,6 +34,7 @@ mod security;
 mod sign_in_throttle;
 mod standby;
 mod traces;
+mod typescript_sdk;
 mod typing;
 mod validation;
 mod webhooks;
