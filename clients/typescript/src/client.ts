@@ -53,6 +53,9 @@ export interface NatterOptions {
   backoffMaxMs?: number;
   /** At most this many sends wait for their ack; past it `send` rejects (default 256). */
   maxPendingSends?: number;
+  /** A `ping` frame goes out after this long without a frame from the server; a socket
+   * that then stays silent as long again is dropped and reconnected (default 20 s). */
+  pingIntervalMs?: number;
 }
 
 type Listener<T> = (value: T) => void;
@@ -142,6 +145,9 @@ export class Natter {
   private readonly backoffBaseMs: number;
   private readonly backoffMaxMs: number;
   private readonly maxPendingSends: number;
+  private readonly pingIntervalMs: number;
+  private lastFrameAt = 0;
+  private dropSocket: (() => void) | null = null;
   private readonly rooms = new Map<string, RoomHandle>();
   private readonly stateListeners = new Set<Listener<State>>();
   private currentState: State = "closed";
@@ -170,6 +176,7 @@ export class Natter {
     this.backoffBaseMs = options.backoffBaseMs ?? 250;
     this.backoffMaxMs = options.backoffMaxMs ?? 10_000;
     this.maxPendingSends = options.maxPendingSends ?? 256;
+    this.pingIntervalMs = options.pingIntervalMs ?? 20_000;
     const fetchFn = options.fetch ?? globalThis.fetch.bind(globalThis);
     this.rest = new Rest(this.baseUrl, (refresh) => this.getToken(refresh), this.requestTimeoutMs, fetchFn);
   }
@@ -224,6 +231,7 @@ export class Natter {
       }
     }
     for (const wake of [...this.wakers]) wake();
+    this.dropSocket?.();
     this.failAll(new ClosedError("the client is closed"));
     this.setState("closed");
   }
@@ -346,14 +354,41 @@ export class Natter {
         return;
       }
       const openedAt = Date.now();
+      let lost!: (code: number) => void;
       const closed = new Promise<number>((resolve) => {
+        lost = resolve;
         ws.onclose = (event) => resolve(event.code);
       });
-      ws.onmessage = (event) => this.onFrame(ws, event.data);
+      ws.onmessage = (event) => {
+        this.lastFrameAt = Date.now();
+        this.onFrame(ws, event.data);
+      };
+      this.lastFrameAt = Date.now();
+      // The browser's WebSocket has no ping: a silent connection is probed with a `ping`
+      // frame, and given up (as 1006) if it stays silent.
+      const heartbeat = setInterval(() => {
+        const silent = Date.now() - this.lastFrameAt;
+        if (silent > 2 * this.pingIntervalMs) {
+          if (this.ws === ws) this.ws = null;
+          try {
+            ws.close(4000, "no answer to ping");
+          } catch {
+            // already closing
+          }
+          lost(1006);
+        } else if (silent > this.pingIntervalMs) {
+          this.sendFrame({ type: "ping" });
+        }
+      }, Math.max(50, this.pingIntervalMs / 4));
+      this.dropSocket = () => lost(1000);
       this.ws = ws;
       this.setState("open");
       this.onOpen(ws);
       const code = await closed;
+      this.dropSocket = null;
+      clearInterval(heartbeat);
+      ws.onmessage = null;
+      ws.onclose = null;
       if (this.ws === ws) this.ws = null;
       this.onSocketLost();
       if (this.closing) return;

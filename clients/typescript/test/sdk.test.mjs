@@ -214,7 +214,9 @@ test("a killed then a drained node lose, repeat and reorder nothing", LIMIT, asy
     }
     const collectors = new Map(rooms.map((room) => [room, new Collector(natter.room(room))]));
     for (const room of rooms) await natter.room(room).subscribe();
-    assert.deepEqual([...balancer.links].map((l) => l.backend), [0]);
+    // The socket (and fetch's kept-alive connections) all go to the node to be killed.
+    assert.ok(balancer.links.size > 0);
+    assert.ok([...balancer.links].every((l) => l.backend === 0));
 
     const total = 80;
     let written = 0;
