@@ -641,7 +641,7 @@ export class RoomHandle {
   /** Subscribes (and stays subscribed across reconnects): messages after `sinceSeq` are
    * replayed first, then live events follow. Resolves with the room's live position
    * (`subscribed.last_seq`). */
-  subscribe(options: { sinceSeq?: number } = {}): Promise<number> {
+  async subscribe(options: { sinceSeq?: number } = {}): Promise<number> {
     const natter = this.natter;
     natter.ensureRunning();
     if (options.sinceSeq !== undefined) this.lastSeq = options.sinceSeq;
@@ -666,7 +666,7 @@ export class RoomHandle {
    * again, with the same `clientMsgId`, after each reconnect: it is stored once and this
    * resolves once. The socket's `send` frame carries only text; a reply or attachments go
    * over REST (also idempotent by `client_msg_id`), retried on a failed connection. */
-  send(
+  async send(
     text: string,
     options: { clientMsgId?: string; replyTo?: string; attachmentIds?: string[] } = {},
   ): Promise<Message> {

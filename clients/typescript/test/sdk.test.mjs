@@ -323,6 +323,45 @@ test("a send whose ack is lost resolves once after the reconnect", LIMIT, async 
   }
 });
 
+test("a socket gone silent is probed, dropped and resumed", LIMIT, async () => {
+  const survivor = nodes()[2];
+  const balancer = new Balancer([survivor]);
+  const front = await balancer.start();
+  const session = await register(survivor, "silent");
+  // Muting also silences fetch's kept-alive connection, so the ticket request for the
+  // reconnect waits out requestTimeoutMs once before a fresh connection gets through.
+  const natter = new Natter({
+    baseUrl: front,
+    token: session.token,
+    WebSocket,
+    pingIntervalMs: 300,
+    requestTimeoutMs: 1000,
+    ...FAST,
+  });
+  try {
+    const room = await natter.rest.createRoom(unique("silent"), "public");
+    const handle = natter.room(room.id);
+    const events = new Collector(handle);
+    await handle.subscribe();
+    // Idle but answered pings keep the socket.
+    await sleep(1000);
+    assert.equal(natter.connections, 1, "an idle socket that answers pings is kept");
+    // The connection goes silent without closing (as a half-open one would): nothing is
+    // cut, so only the SDK's own probe can notice.
+    balancer.mute();
+    const message = await handle.send("into the silence", { clientMsgId: "silent-1" });
+    assert.equal(message.seq, 1);
+    assert.equal(natter.lastCloseCode, 1006);
+    assert.equal(natter.connections, 2);
+    await waitUntil(() => events.seqs().length === 1, 10_000, "the message event");
+    await sleep(300);
+    assert.deepEqual(events.seqs(), [1]);
+  } finally {
+    natter.close();
+    await balancer.stop();
+  }
+});
+
 test("a 4001 close asks the token function again", LIMIT, async () => {
   const base = env("NATTER_SDK_SHORT_TOKEN_URL");
   const name = unique("short");
