@@ -260,7 +260,7 @@ export class Natter {
     if (this.closing) throw new ClosedError("the client is closed");
     if (!this.running) {
       this.running = true;
-      void this.run();
+      this.run().catch((error) => this.giveUp(error instanceof Error ? error : new Error(String(error))));
     }
   }
 
@@ -383,7 +383,11 @@ export class Natter {
       this.dropSocket = () => lost(1000);
       this.ws = ws;
       this.setState("open");
-      this.onOpen(ws);
+      try {
+        this.onOpen(ws);
+      } catch {
+        // The socket closed as it opened: onclose resumes.
+      }
       const code = await closed;
       this.dropSocket = null;
       clearInterval(heartbeat);
