@@ -1,0 +1,149 @@
+// Wire types of Natter's API (docs/API.md), as the server spells them (snake_case).
+
+export type State = "connecting" | "open" | "reconnecting" | "closed";
+export type RoomKind = "public" | "private" | "direct";
+
+export interface User {
+  id: string;
+  username: string;
+  display_name: string;
+  bot: boolean;
+  online: boolean;
+}
+export interface Session {
+  user: User;
+  token: string;
+  expires_at: number;
+}
+export interface Reaction {
+  emoji: string;
+  count: number;
+  me: boolean;
+}
+export interface Message {
+  id: string;
+  room_id: string;
+  seq: number;
+  sender_id: string;
+  text: string;
+  created_at: number;
+  edited_at: number | null;
+  deleted: boolean;
+  client_msg_id: string | null;
+  reply_to: string | null;
+  reactions: Reaction[];
+  attachments?: unknown[];
+}
+export interface MessagePage {
+  messages: Message[];
+  has_more: boolean;
+}
+export interface Room {
+  id: string;
+  name: string;
+  kind: RoomKind;
+  owner_id: string;
+  created_at: number;
+  last_seq: number;
+  member_count: number;
+}
+export interface RoomList {
+  rooms: Room[];
+  next_cursor?: string;
+}
+export interface MyRoom extends Room {
+  unread_count: number;
+  last_read_seq: number;
+  last_message?: Message;
+  last_activity_at: number;
+}
+export interface MyRoomList {
+  rooms: MyRoom[];
+  next_cursor?: string;
+}
+export interface Member {
+  user_id: string;
+  [key: string]: unknown;
+}
+export interface MemberList {
+  members: Member[];
+  next_cursor?: string;
+}
+export interface UserList {
+  users: User[];
+  next_cursor?: string;
+}
+export interface Ticket {
+  ticket: string;
+  [key: string]: unknown;
+}
+export interface BotKey {
+  user: User;
+  token: string;
+  [key: string]: unknown;
+}
+export interface BotList {
+  bots: { user: User; [key: string]: unknown }[];
+}
+export interface Webhook {
+  id: string;
+  url: string;
+  events: string[];
+  [key: string]: unknown;
+}
+export interface CreatedWebhook extends Webhook {
+  secret: string;
+}
+export interface WebhookList {
+  webhooks: Webhook[];
+}
+export interface RotatedSecret {
+  secret: string;
+  [key: string]: unknown;
+}
+export interface Deliveries {
+  state: unknown;
+  [key: string]: unknown;
+}
+
+// Room events, as `room.on(name, fn)` delivers them.
+export interface RoomEvents {
+  message: { roomId: string; message: Message };
+  edited: { roomId: string; message: Message };
+  deleted: { roomId: string; messageId: string; seq: number };
+  reaction: { roomId: string; messageId: string; emoji: string; userId: string; added: boolean };
+  typing: { roomId: string; userId: string; value: boolean };
+  read: { roomId: string; userId: string; seq: number };
+  presence: { roomId: string; userId: string; status: string };
+  unsubscribed: { roomId: string; reason: string | null };
+}
+export type RoomEventName = keyof RoomEvents;
+
+/** An error answer of the API (HTTP) or an `error` frame (status 0). */
+export class ApiError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+    readonly field?: string,
+  ) {
+    super(`${code}: ${message}`);
+    this.name = "ApiError";
+  }
+}
+
+/** The client was closed (by the app, or because its token expired for good). */
+export class ClosedError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "ClosedError";
+  }
+}
+
+/** A bounded wait ran out. */
+export class TimeoutError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "TimeoutError";
+  }
+}

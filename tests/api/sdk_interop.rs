@@ -1,0 +1,215 @@
+//! SPEC §13's last promise: with a node killed by SIGKILL mid-conversation, two SDK
+//! clients, one TypeScript (`clients/typescript/`, built by its `build`) and one Python
+//! (`clients/python/`), sending to one room through a front that fails over to the
+//! surviving node, lose, duplicate and reorder nothing, and store each send once.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use serde_json::Value;
+use tokio::{
+    net::{TcpListener, TcpStream},
+    process::Command,
+};
+
+use crate::helpers::{NodeProcess, run_within, settings, spawn_app};
+
+/// Each side sends this many messages, so each must deliver 2 × N seqs.
+const N: usize = 40;
+
+const TYPESCRIPT: &str = r#"
+import { createRequire } from "node:module";
+const { Natter } = await import(process.env.NATTER_DIST);
+const WebSocket = createRequire(process.cwd() + "/")("ws");
+const n = Number(process.env.NATTER_N);
+const natter = new Natter({
+  baseUrl: process.env.NATTER_BASE,
+  token: process.env.NATTER_TOKEN,
+  WebSocket,
+  backoffBaseMs: 50,
+  backoffMaxMs: 500,
+});
+const room = natter.room(process.env.NATTER_ROOM);
+const seqs = [];
+room.on("message", ({ message }) => seqs.push(message.seq));
+await room.subscribe({ sinceSeq: 0 });
+const sent = [];
+for (let i = 0; i < n; i++) {
+  sent.push((await room.send(`ts ${i}`)).id);
+  await new Promise((r) => setTimeout(r, 30));
+}
+const deadline = Date.now() + 30_000;
+while (seqs.length < 2 * n && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+await new Promise((r) => setTimeout(r, 300));
+natter.close();
+console.log(JSON.stringify({ seqs, sent, connections: natter.connections }));
+"#;
+
+const PYTHON: &str = r#"
+import asyncio, json, os
+from natter import MessageEvent, Natter
+
+async def main():
+    n = int(os.environ["NATTER_N"])
+    async with Natter(os.environ["NATTER_BASE"], token=os.environ["NATTER_TOKEN"],
+                      backoff_base=0.05, backoff_max=0.5) as natter:
+        room = natter.room(os.environ["NATTER_ROOM"])
+        seqs = []
+
+        async def read():
+            async for event in room.events():
+                if isinstance(event, MessageEvent):
+                    seqs.append(event.message["seq"])
+
+        reader = asyncio.ensure_future(read())
+        await room.subscribe(since_seq=0)
+        sent = []
+        for i in range(n):
+            sent.append((await room.send(f"py {i}"))["id"])
+            await asyncio.sleep(0.03)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while len(seqs) < 2 * n and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.3)
+        reader.cancel()
+        print(json.dumps({"seqs": seqs, "sent": sent, "connections": natter.connections}))
+
+asyncio.run(main())
+"#;
+
+/// A front that sends each connection to the first backend that accepts it: the first
+/// while it lives, then the next, as a load balancer's health checks would.
+async fn failover_front(backends: Vec<SocketAddr>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let backends = backends.clone();
+            tokio::spawn(async move {
+                for backend in backends {
+                    if let Ok(mut server) = TcpStream::connect(backend).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn outcome(side: &str, output: &std::process::Output) -> Value {
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the {side} client failed:\n{out}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let line = out.lines().last().unwrap_or_default();
+    serde_json::from_str(line).unwrap_or_else(|_| panic!("{side}: not JSON: {out}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_typescript_and_a_python_client_lose_nothing_when_a_node_is_killed() {
+    let python = PathBuf::from(
+        std::env::var("NATTER_TEST_PYTHON")
+            .expect("NATTER_TEST_PYTHON is not set: run the tests through `bash tests/run`"),
+    );
+    let root = env!("CARGO_MANIFEST_DIR");
+    let build = run_within(
+        Command::new("bash").arg(format!("{root}/clients/typescript/build")),
+        Duration::from_secs(120),
+        "the TypeScript SDK's build",
+    )
+    .await;
+    assert!(build.status.success(), "{build:?}");
+
+    let survivor = spawn_app().await;
+    let cluster = settings(&survivor.database_url);
+    let killed = NodeProcess::start(
+        &survivor.database_url,
+        &cluster.nats_url,
+        &cluster.nats_prefix,
+    )
+    .await;
+    let front = failover_front(vec![killed.addr, survivor.addr]).await;
+
+    let ts = survivor.register("interop_ts").await;
+    let py = survivor.register("interop_py").await;
+    let room = survivor.create_room(&ts, "interop", "public").await;
+    survivor
+        .post(&format!("/v1/rooms/{room}/join"), &py.token, Value::Null)
+        .await
+        .assert_status(204);
+
+    let client = |command: &mut Command, token: &str| {
+        command
+            .env("NATTER_BASE", format!("http://{front}"))
+            .env("NATTER_TOKEN", token)
+            .env("NATTER_ROOM", room.to_string())
+            .env("NATTER_N", N.to_string());
+    };
+    let mut node = Command::new("node");
+    node.args(["--input-type=module", "-e", TYPESCRIPT])
+        .current_dir(format!("{root}/clients/typescript"))
+        .env("NODE_PATH", "/usr/share/nodejs")
+        .env(
+            "NATTER_DIST",
+            format!("file://{root}/clients/typescript/dist/index.js"),
+        );
+    client(&mut node, &ts.token);
+    let mut pyc = Command::new(python);
+    pyc.args(["-c", PYTHON])
+        .env("PYTHONPATH", format!("{root}/clients/python/src"));
+    client(&mut pyc, &py.token);
+
+    // Mid-conversation (a quarter of the messages stored), the node under both sockets dies.
+    let kill = async {
+        for _ in 0..500 {
+            let reply = survivor.get(&format!("/v1/rooms/{room}"), &ts.token).await;
+            if reply.body["last_seq"].as_i64().unwrap_or(0) >= (N / 2) as i64 {
+                killed.signal("-KILL");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the clients never sent");
+    };
+    let (ts_run, py_run, ()) = tokio::join!(
+        run_within(&mut node, Duration::from_secs(60), "the TypeScript client"),
+        run_within(&mut pyc, Duration::from_secs(60), "the Python client"),
+        kill,
+    );
+    let (ts_out, py_out) = (outcome("TypeScript", &ts_run), outcome("Python", &py_run));
+
+    let all: Vec<Value> = (1..=2 * N as i64).map(Value::from).collect();
+    for (side, out) in [("TypeScript", &ts_out), ("Python", &py_out)] {
+        assert_eq!(
+            out["seqs"].as_array().unwrap(),
+            &all,
+            "{side}: each seq once, in order"
+        );
+        assert!(
+            out["connections"].as_u64().unwrap() >= 2,
+            "{side} reconnected: {out}"
+        );
+        assert_eq!(out["sent"].as_array().unwrap().len(), N, "{side}");
+    }
+    let history = survivor
+        .get(&format!("/v1/rooms/{room}/messages?limit=200"), &ts.token)
+        .await;
+    let messages = history.body["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 2 * N, "each send stored once");
+    let mut stored: Vec<&str> = messages.iter().map(|m| m["id"].as_str().unwrap()).collect();
+    let mut sent: Vec<&str> = [&ts_out, &py_out]
+        .iter()
+        .flat_map(|out| out["sent"].as_array().unwrap())
+        .map(|id| id.as_str().unwrap())
+        .collect();
+    stored.sort_unstable();
+    sent.sort_unstable();
+    assert_eq!(
+        stored, sent,
+        "every send resolved with the message stored once"
+    );
+}
