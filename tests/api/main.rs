@@ -29,6 +29,7 @@ mod python_sdk;
 mod reaction_limits;
 mod realtime;
 mod rooms;
+mod sdk_cluster;
 mod sdk_interop;
 mod secrets;
 mod security;

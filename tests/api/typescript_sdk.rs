@@ -1,15 +1,13 @@
-//! The TypeScript SDK (`clients/typescript/`, SPEC §13) against a real cluster: three
-//! nodes on one database (two of them processes, one to SIGKILL and one to drain with
-//! SIGTERM), a node whose tokens live 3 s and one that closes a socket 64 events behind
-//! (4008). `bash clients/typescript/build` bundles this commit's SDK into `dist/`, then
-//! `clients/typescript/test/` runs under `node --test` with the nodes' URLs in
-//! `NATTER_SDK_*`, with Debian's `ws` package as the WebSocket constructor.
+//! The TypeScript SDK (`clients/typescript/`, SPEC §13) against a real cluster
+//! ([`SdkCluster`]): `bash clients/typescript/build` bundles this commit's SDK into
+//! `dist/`, then `clients/typescript/test/` runs under `node --test` with the nodes'
+//! URLs in `NATTER_SDK_*`, with Debian's `ws` package as the WebSocket constructor.
 
 use std::time::Duration;
 
 use tokio::process::Command;
 
-use crate::helpers::{NodeProcess, run_within, settings, spawn_app_with, spawn_node};
+use crate::{helpers::run_within, sdk_cluster::SdkCluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_typescript_sdk_resumes_exactly_once_across_a_killed_and_a_drained_node() {
@@ -29,35 +27,7 @@ async fn the_typescript_sdk_resumes_exactly_once_across_a_killed_and_a_drained_n
         String::from_utf8_lossy(&build.stderr)
     );
 
-    let survivor = spawn_app_with(|s| {
-        // The slow-reader case sends 1,200 messages at once.
-        s.limits.sends_per_second = 10_000.0;
-        s.limits.send_burst = 10_000;
-        s.webhook_allow_private = true;
-    })
-    .await;
-    let cluster = settings(&survivor.database_url);
-    let start = || {
-        NodeProcess::start_with(
-            &survivor.database_url,
-            &cluster.nats_url,
-            &cluster.nats_prefix,
-            |command| {
-                command.env("WEBHOOK_ALLOW_PRIVATE", "true");
-            },
-        )
-    };
-    let (killed, drained) = tokio::join!(start(), start());
-    let mut short_lived = settings(&survivor.database_url);
-    short_lived.auth.token_ttl = Duration::from_secs(3);
-    let short_lived = spawn_node(short_lived).await;
-    let mut slow = settings(&survivor.database_url);
-    slow.limits.outbound_queue = 64;
-    let slow = spawn_node(slow).await;
-
-    let nodes = [killed.addr, drained.addr, survivor.addr]
-        .map(|addr| format!("http://{addr}"))
-        .join(",");
+    let cluster = SdkCluster::start().await;
     // The suites, named one by one: `node --test test/` would also run the helpers.
     let mut suites: Vec<_> = std::fs::read_dir(format!("{sdk}/test"))
         .expect("clients/typescript/test")
@@ -67,25 +37,13 @@ async fn the_typescript_sdk_resumes_exactly_once_across_a_killed_and_a_drained_n
     suites.sort();
     assert!(suites.len() >= 2, "{suites:?}");
     let run = run_within(
-        Command::new("node")
-            .args(["--test", "--test-concurrency=1", "--test-reporter=tap"])
-            .args(&suites)
-            .current_dir(&sdk)
-            .env("NODE_PATH", "/usr/share/nodejs")
-            .env("NATTER_SDK_NODES", nodes)
-            .env(
-                "NATTER_SDK_KILL_PID",
-                killed.child.id().expect("runs").to_string(),
-            )
-            .env(
-                "NATTER_SDK_DRAIN_PID",
-                drained.child.id().expect("runs").to_string(),
-            )
-            .env(
-                "NATTER_SDK_SHORT_TOKEN_URL",
-                format!("http://{}", short_lived.addr),
-            )
-            .env("NATTER_SDK_SLOW_URL", format!("http://{}", slow.addr)),
+        cluster.describe(
+            Command::new("node")
+                .args(["--test", "--test-concurrency=1", "--test-reporter=tap"])
+                .args(&suites)
+                .current_dir(&sdk)
+                .env("NODE_PATH", "/usr/share/nodejs"),
+        ),
         Duration::from_secs(90),
         "the TypeScript SDK's tests",
     )
@@ -107,5 +65,5 @@ async fn the_typescript_sdk_resumes_exactly_once_across_a_killed_and_a_drained_n
         .and_then(|n| n.trim().parse::<u32>().ok())
         .unwrap_or(0);
     assert!(passed >= 8, "only {passed} tests passed:\n{out}");
-    drop((killed, drained));
+    drop(cluster);
 }
