@@ -638,19 +638,24 @@ mod tests {
         kinds.dedup();
         assert_eq!(kinds.len(), server.len(), "one entry per `type`");
         for frame in &server {
-            let mut declared: Vec<&str> = frame.fields.iter().map(|f| f.name).collect();
-            declared.push("type");
-            declared.sort();
-            let mut written: Vec<&str> = frame
-                .example
-                .as_object()
-                .unwrap()
-                .keys()
-                .map(String::as_str)
-                .collect();
-            written.sort();
-            assert_eq!(declared, written, "{}", frame.kind());
+            assert_example_has_exactly_the_declared_fields(frame, "");
         }
+    }
+
+    /// A frame's example carries `type` and the fields its schema declares, no more.
+    fn assert_example_has_exactly_the_declared_fields(frame: &Frame, context: &str) {
+        let mut declared: Vec<&str> = frame.fields.iter().map(|f| f.name).collect();
+        declared.push("type");
+        declared.sort();
+        let mut written: Vec<&str> = frame
+            .example
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        written.sort();
+        assert_eq!(declared, written, "{context}{}", frame.kind());
     }
 
     #[test]
@@ -664,18 +669,7 @@ mod tests {
                     continue;
                 };
                 own += 1;
-                let mut declared: Vec<&str> = frame.fields.iter().map(|f| f.name).collect();
-                declared.push("type");
-                declared.sort();
-                let mut written: Vec<&str> = frame
-                    .example
-                    .as_object()
-                    .unwrap()
-                    .keys()
-                    .map(String::as_str)
-                    .collect();
-                written.sort();
-                assert_eq!(declared, written, "{key} {}", frame.kind());
+                assert_example_has_exactly_the_declared_fields(&frame, &format!("{key} "));
             }
             assert_eq!(own, if key == "seed_room" { 4 } else { 1 }, "{key}");
         }

@@ -6,7 +6,27 @@
 
 use serde_json::json;
 
-use crate::{helpers::spawn_app, realtime::public_room_with};
+use uuid::Uuid;
+
+use crate::{
+    helpers::{TestApp, TestUser, WsClient, spawn_app},
+    realtime::public_room_with,
+};
+
+/// alice (the typer) and bob (the watcher) in a public room, each on a subscribed
+/// socket: the room, the typer's socket and the watcher's.
+async fn typer_and_watcher(
+    app: &TestApp,
+    alice: &TestUser,
+    bob: &TestUser,
+) -> (Uuid, WsClient, WsClient) {
+    let room = public_room_with(app, alice, &[bob]).await;
+    let mut typer = WsClient::connect(app.addr, "/v1/ws", &alice.token).await;
+    let mut watcher = WsClient::connect(app.addr, "/v1/ws", &bob.token).await;
+    typer.subscribe(room, None).await;
+    watcher.subscribe(room, None).await;
+    (room, typer, watcher)
+}
 
 #[tokio::test]
 async fn two_hundred_typing_frames_in_a_second_reach_the_room_as_one_event_and_every_frame_is_acked()
@@ -14,11 +34,7 @@ async fn two_hundred_typing_frames_in_a_second_reach_the_room_as_one_event_and_e
     let app = spawn_app().await;
     let alice = app.register("alice").await;
     let bob = app.register("bob").await;
-    let room = public_room_with(&app, &alice, &[&bob]).await;
-    let mut typer = crate::helpers::WsClient::connect(app.addr, "/v1/ws", &alice.token).await;
-    let mut watcher = crate::helpers::WsClient::connect(app.addr, "/v1/ws", &bob.token).await;
-    typer.subscribe(room, None).await;
-    watcher.subscribe(room, None).await;
+    let (room, mut typer, mut watcher) = typer_and_watcher(&app, &alice, &bob).await;
     for _ in 0..200 {
         typer
             .send(json!({"type": "typing", "room_id": room, "value": true}))
@@ -59,12 +75,8 @@ async fn alternating_typing_frames_reach_the_room_at_most_five_times_a_second_an
     let alice = app.register("alice").await;
     let bob = app.register("bob").await;
     let carol = app.register("carol").await;
-    let room = public_room_with(&app, &alice, &[&bob]).await;
+    let (room, mut typer, mut watcher) = typer_and_watcher(&app, &alice, &bob).await;
     let hidden = app.create_room(&carol, "carol's", "private").await;
-    let mut typer = crate::helpers::WsClient::connect(app.addr, "/v1/ws", &alice.token).await;
-    let mut watcher = crate::helpers::WsClient::connect(app.addr, "/v1/ws", &bob.token).await;
-    typer.subscribe(room, None).await;
-    watcher.subscribe(room, None).await;
     let started = std::time::Instant::now();
     for i in 0..400 {
         let value = i % 2 == 0;
@@ -106,11 +118,7 @@ async fn a_typing_change_the_budget_held_back_reaches_the_room_late_rather_than_
     let app = spawn_app().await;
     let alice = app.register("alice").await;
     let bob = app.register("bob").await;
-    let room = public_room_with(&app, &alice, &[&bob]).await;
-    let mut typer = crate::helpers::WsClient::connect(app.addr, "/v1/ws", &alice.token).await;
-    let mut watcher = crate::helpers::WsClient::connect(app.addr, "/v1/ws", &bob.token).await;
-    typer.subscribe(room, None).await;
-    watcher.subscribe(room, None).await;
+    let (room, mut typer, mut watcher) = typer_and_watcher(&app, &alice, &bob).await;
     // Six changes at once: the budget (a burst of 5) holds back the last, a `false`.
     for i in 0..6 {
         let value = i % 2 == 0;
