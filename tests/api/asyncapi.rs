@@ -1,8 +1,12 @@
 //! SPEC §13: `GET /asyncapi.json` describes the WebSocket API. The document validates
 //! against the AsyncAPI 3.0.0 JSON Schema (vendored in `tests/fixtures/asyncapi/`), and
 //! every frame a node sends in a scenario that makes it send each kind of frame, on
-//! `/v1`'s sockets and the seeds' (SPEC §12), validates against its message's schema (both checked by Python's `jsonschema`, in
-//! `tests/api/asyncapi.py`).
+//! `/v1`'s sockets and the seeds' (SPEC §12), validates against its message's schema
+//! (both checked by Python's `jsonschema`, in `tests/api/asyncapi.py`).
+//!
+//! Every frame of every other test is checked as it arrives by the suite's own validator
+//! (`tests/api/frame_schema.rs`); here it is shown to read the document the node serves
+//! and to judge frames as Python's `jsonschema` does.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -12,6 +16,7 @@ use tokio::process::Command;
 
 use crate::{
     access_revocation::add_member,
+    frame_schema,
     helpers::{RECEIVED_FRAMES, TestApp, WsClient, run_within, spawn_app},
     realtime::public_room_with,
 };
@@ -90,6 +95,8 @@ async fn the_asyncapi_document_validates_against_the_asyncapi_3_0_0_schema() {
         addresses.contains(&"/v1/ws/rooms/{room_id}"),
         "{addresses:?}"
     );
+    // The document every frame of the suite is checked against is the one nodes serve.
+    assert_eq!(doc, natter::api::asyncapi::document());
     let (passed, out) = check(&doc, None).await;
     assert!(passed, "{out}");
     // The broken copy the script makes fails, so the schema is really applied.
@@ -119,11 +126,9 @@ async fn the_asyncapi_document_validates_against_the_asyncapi_3_0_0_schema() {
 }
 
 /// Makes a node send every kind of frame of SPEC §4 and §10 over `/v1/ws` and the
-/// single-room socket, and every frame of the seeds' sockets (SPEC §12), then validates every frame the test's sockets received (the
-/// helpers record them all) against `/asyncapi.json`, and checks that no kind was
-/// missed. A frame with a field the schema lacks, a missing field or a wrong type fails.
-#[tokio::test]
-async fn every_frame_a_node_sends_validates_against_its_asyncapi_message_schema() {
+/// single-room socket, and every frame of the seeds' sockets (SPEC §12); returns the
+/// node and every frame the test's sockets received (the helpers record them all).
+async fn frames_of_every_kind() -> (TestApp, Vec<(String, Value)>) {
     let app = spawn_app().await;
     let alice = app.register("alice").await;
     let bob = app.register("bob").await;
@@ -285,6 +290,15 @@ async fn every_frame_a_node_sends_validates_against_its_asyncapi_message_schema(
 
     let frames = RECEIVED_FRAMES.lock().unwrap().clone();
     assert!(frames.len() > 30, "{}", frames.len());
+    (app, frames)
+}
+
+/// Validates every frame of [`frames_of_every_kind`] against `/asyncapi.json` with
+/// Python's `jsonschema`, and checks that no kind was missed. A frame with a field the
+/// schema lacks, a missing field or a wrong type fails.
+#[tokio::test]
+async fn every_frame_a_node_sends_validates_against_its_asyncapi_message_schema() {
+    let (app, frames) = frames_of_every_kind().await;
     let doc = document(&app).await;
     let (passed, out) = check(&doc, Some(&frames)).await;
     assert!(passed, "{out}");
@@ -296,6 +310,7 @@ async fn every_frame_a_node_sends_validates_against_its_asyncapi_message_schema(
 
     // And the check can fail: a frame with a field its schema lacks, one missing a
     // field and one with a wrong type are each refused.
+    let room = uuid::Uuid::new_v4();
     let mut wrong = frames[..1].to_vec();
     let (path, pong) = ("/v1/ws".to_owned(), json!({"type": "pong", "extra": 1}));
     wrong.push((path.clone(), pong));
@@ -309,4 +324,119 @@ async fn every_frame_a_node_sends_validates_against_its_asyncapi_message_schema(
     assert_eq!(out.matches("socket pong:").count(), 1, "{out}");
     assert_eq!(out.matches("socket subscribed:").count(), 1, "{out}");
     assert_eq!(out.matches("socket read_ack:").count(), 1, "{out}");
+}
+
+/// Variants of `frame` for two validators to judge: at every depth, each field left out,
+/// each value replaced by values of other JSON types, by `null` and by another string,
+/// and an unexpected field added to each object.
+fn mutations(frame: &Value) -> Vec<Value> {
+    fn pointers(value: &Value, at: String, out: &mut Vec<String>) {
+        match value {
+            Value::Object(fields) => {
+                for (name, field) in fields {
+                    pointers(field, format!("{at}/{name}"), out);
+                }
+            }
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    pointers(item, format!("{at}/{i}"), out);
+                }
+            }
+            _ => {}
+        }
+        out.push(at);
+    }
+    let mut all = Vec::new();
+    pointers(frame, String::new(), &mut all);
+    let mut variants = Vec::new();
+    for pointer in all {
+        let value = frame.pointer(&pointer).unwrap();
+        if value.is_object() {
+            let mut extra = frame.clone();
+            extra.pointer_mut(&pointer).unwrap()["unexpected"] = json!(1);
+            variants.push(extra);
+        }
+        if pointer.is_empty() {
+            continue;
+        }
+        let replacements = match value {
+            Value::String(_) => vec![json!(7), json!("mutated"), json!({})],
+            Value::Number(_) => vec![json!("7"), json!(1.5), json!(-1)],
+            Value::Bool(_) => vec![json!("true"), json!(0)],
+            Value::Null => vec![json!(false), json!("x"), json!(7)],
+            Value::Object(_) => vec![json!([])],
+            Value::Array(_) => vec![json!({}), json!([7]), json!([])],
+        };
+        for replacement in replacements.into_iter().chain([Value::Null]) {
+            let mut variant = frame.clone();
+            *variant.pointer_mut(&pointer).unwrap() = replacement;
+            variants.push(variant);
+        }
+        let (parent, name) = pointer.rsplit_once('/').unwrap();
+        let mut variant = frame.clone();
+        match variant.pointer_mut(parent).unwrap() {
+            Value::Object(fields) => drop(fields.remove(name)),
+            Value::Array(items) => drop(items.remove(name.parse().unwrap())),
+            _ => unreachable!("a pointer's parent holds it"),
+        }
+        variants.push(variant);
+    }
+    variants
+}
+
+/// The suite's validator (`tests/api/frame_schema.rs`) is only worth its panics if it
+/// judges frames as a real JSON Schema implementation does: on one frame of each kind
+/// per channel from [`frames_of_every_kind`], and on hundreds of broken variants of
+/// them, it and Python's `jsonschema` give the same verdict, frame by frame.
+#[tokio::test]
+async fn the_suites_frame_validator_agrees_with_python_jsonschema() {
+    let (app, frames) = frames_of_every_kind().await;
+    let mut kinds = std::collections::BTreeSet::new();
+    let mut judged = Vec::new();
+    for (path, frame) in &frames {
+        // The single-room and seed sockets' paths end in an id: one kind per channel.
+        let channel = path
+            .rsplit_once('/')
+            .map_or(path.as_str(), |(head, _)| head);
+        if !kinds.insert((channel.to_owned(), frame["type"].to_string())) {
+            continue;
+        }
+        judged.push((path.clone(), frame.clone()));
+        judged.extend(mutations(frame).into_iter().map(|v| (path.clone(), v)));
+    }
+    judged.push(("/v1/nowhere".to_owned(), json!({"type": "pong"})));
+    let doc = document(&app).await;
+    let (_, out) = check(&doc, Some(&judged)).await;
+    let python: Vec<bool> = out
+        .lines()
+        .filter_map(|line| line.strip_prefix("verdict "))
+        .enumerate()
+        .map(|(i, verdict)| match verdict.split_once(' ') {
+            Some((index, "ok")) if index == i.to_string() => true,
+            Some((index, "invalid")) if index == i.to_string() => false,
+            _ => panic!("verdict {i} unreadable: {verdict}\n{out}"),
+        })
+        .collect();
+    assert_eq!(python.len(), judged.len(), "{out}");
+    let mut disagreements = Vec::new();
+    for ((path, frame), python_ok) in judged.iter().zip(&python) {
+        let ours = frame_schema::DOCUMENT.check(path, frame);
+        if ours.is_ok() != *python_ok {
+            disagreements.push(format!(
+                "{path} {frame}: jsonschema ok={python_ok}, ours {ours:?}"
+            ));
+        }
+    }
+    assert!(disagreements.is_empty(), "{}", disagreements.join("\n"));
+    let accepted = python.iter().filter(|ok| **ok).count();
+    let refused = python.len() - accepted;
+    println!(
+        "{} frames judged alike: {accepted} valid, {refused} invalid",
+        python.len()
+    );
+    assert!(kinds.len() >= 14 + 5 + 6 + 3, "{kinds:?}");
+    assert!(
+        accepted >= 100 && refused >= 500,
+        "{accepted} valid, {refused} invalid"
+    );
 }

@@ -380,7 +380,8 @@ pub async fn reply(response: reqwest::Response) -> Reply {
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// A WebSocket client speaking Natter's frames.
+/// A WebSocket client speaking Natter's frames. Every frame it receives is checked
+/// against `/asyncapi.json` as it arrives (SPEC §13), in every test that uses one.
 pub struct WsClient {
     socket: Socket,
     /// The path the socket opened (without its query), recorded with each frame.
@@ -388,28 +389,20 @@ pub struct WsClient {
 }
 
 /// Every frame this test process's sockets received, with the path each socket opened
-/// (`/v1/ws`, `/v1/ws/rooms/{id}`, …): `tests/api/asyncapi.rs` validates them against
-/// `/asyncapi.json`. With `NATTER_TEST_FRAME_LOG` set, each is also appended to that file
-/// as one JSON line `[path, frame]`, so a whole run's frames can be checked afterwards.
+/// (`/v1/ws`, `/v1/ws/rooms/{id}`, …), in order: `tests/api/asyncapi.rs` hands a
+/// scenario's frames to Python's `jsonschema` to check that it agrees with
+/// [`frame_schema`](crate::frame_schema).
 pub static RECEIVED_FRAMES: std::sync::Mutex<Vec<(String, Value)>> =
     std::sync::Mutex::new(Vec::new());
 
-fn record_frame(path: &str, frame: &Value) {
+/// Checks a frame against `/asyncapi.json` as it arrives (panicking, in whatever test
+/// received it, if it does not match) and records it.
+fn receive_frame(path: &str, frame: &Value) {
+    crate::frame_schema::assert_frame_matches_document(path, frame);
     RECEIVED_FRAMES
         .lock()
         .unwrap()
         .push((path.to_owned(), frame.clone()));
-    if let Some(log) = std::env::var_os("NATTER_TEST_FRAME_LOG") {
-        use std::io::Write;
-        let line = format!("{}\n", json!([path, frame]));
-        // One write per line: lines from concurrent test processes do not interleave.
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .expect("NATTER_TEST_FRAME_LOG opens");
-        file.write_all(line.as_bytes()).expect("frame logged");
-    }
 }
 
 /// How long a test waits for an expected frame.
@@ -485,7 +478,7 @@ impl WsClient {
             match next {
                 Some(Ok(Message::Text(text))) => {
                     let frame: Value = serde_json::from_str(&text).expect("frames are JSON");
-                    record_frame(&self.path, &frame);
+                    receive_frame(&self.path, &frame);
                     return Some(Ok(frame));
                 }
                 Some(Ok(Message::Close(frame))) => {

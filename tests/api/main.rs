@@ -12,6 +12,7 @@ mod compat;
 mod docs;
 mod doors;
 mod failover;
+mod frame_schema;
 mod generated_client;
 mod helpers;
 mod integrations;

@@ -437,11 +437,12 @@ async fn a_message_that_overtakes_an_earlier_one_waits_for_it_instead_of_reading
     // Message 1 is committed by another "node" whose publish is slow: stored, not yet
     // published. This node's own message 2 reaches its socket queue first and waits.
     let db = app.db().await;
+    let one = Uuid::new_v4();
     db.execute(
         "WITH next AS (UPDATE rooms SET last_seq = 1 WHERE id = $1 RETURNING last_seq)
          INSERT INTO messages (id, room_id, seq, sender_id, text)
-         SELECT gen_random_uuid(), $1, last_seq, $2, 'one' FROM next",
-        &[&room, &alice.id],
+         SELECT $3, $1, last_seq, $2, 'one' FROM next",
+        &[&room, &alice.id, &one],
     )
     .await
     .unwrap();
@@ -462,7 +463,13 @@ async fn a_message_that_overtakes_an_earlier_one_waits_for_it_instead_of_reading
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Natter-Kind", "message");
     headers.insert("Natter-Seq", "1");
-    let frame = json!({"type": "message", "message": {"room_id": room, "seq": 1, "text": "one, from NATS"}});
+    // The whole message, as a node publishes it (the socket relays it as it is).
+    let message = json!({
+        "id": one, "room_id": room, "seq": 1, "sender_id": alice.id, "text": "one, from NATS",
+        "created_at": 1_795_773_600_000_i64, "edited_at": null, "deleted": false,
+        "client_msg_id": null, "reply_to": null, "reactions": [],
+    });
+    let frame = json!({"type": "message", "message": message});
     nats.publish_with_headers(
         // The room's shard (its id's last byte), then the room.
         format!(
@@ -864,6 +871,8 @@ async fn a_slow_reader_is_closed_with_4008_while_others_keep_their_pace() {
         match tokio::time::timeout(Duration::from_secs(20), slow_socket.next()).await {
             Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t)))) => {
                 let frame: serde_json::Value = serde_json::from_str(&t).unwrap();
+                // A raw socket, so checked here as WsClient checks its frames.
+                crate::frame_schema::assert_frame_matches_document("/v1/ws", &frame);
                 if let Some(seq) = frame["message"]["seq"].as_i64() {
                     last_seq = seq;
                 }

@@ -12,6 +12,7 @@ import {
   Message,
   MessagePage,
   MyRoomList,
+  OnlineUserList,
   Room,
   RoomKind,
   RoomList,
@@ -254,7 +255,7 @@ export class Rest {
   listMyRooms(options: { cursor?: string; limit?: number } = {}): Promise<MyRoomList> {
     return this.call("list_my_rooms", {}, { query: options });
   }
-  listOnlineUsers(options: { cursor?: string; limit?: number } = {}): Promise<UserList> {
+  listOnlineUsers(options: { cursor?: string; limit?: number } = {}): Promise<OnlineUserList> {
     return this.call("list_online_users", {}, { query: options });
   }
   listRoomPresence(roomId: string): Promise<UserList> {

@@ -3,6 +3,10 @@
 export type State = "connecting" | "open" | "reconnecting" | "closed";
 export type RoomKind = "public" | "private" | "direct";
 
+// REST bodies. Each says what the OpenAPI document says, field by field (checked by
+// test/rest_types.test.mjs): a field the document does not require is optional, even where
+// the server sends it with a null value today.
+
 export interface User {
   id: string;
   username: string;
@@ -27,12 +31,11 @@ export interface Message {
   sender_id: string;
   text: string;
   created_at: number;
-  edited_at: number | null;
+  edited_at?: number | null;
   deleted: boolean;
-  client_msg_id: string | null;
-  reply_to: string | null;
+  client_msg_id?: string | null;
+  reply_to?: string | null;
   reactions: Reaction[];
-  attachments?: unknown[];
 }
 export interface MessagePage {
   messages: Message[];
@@ -61,49 +64,77 @@ export interface MyRoomList {
   rooms: MyRoom[];
   next_cursor?: string;
 }
+export type Role = "owner" | "member";
 export interface Member {
   user_id: string;
-  [key: string]: unknown;
+  username: string;
+  display_name: string;
+  role: Role;
+  online: boolean;
+  joined_at: number;
+  last_read_seq: number;
 }
 export interface MemberList {
   members: Member[];
   next_cursor?: string;
 }
+/** A room's users online (`listRoomPresence`): one page. */
 export interface UserList {
+  users: User[];
+}
+/** Users online anywhere (`listOnlineUsers`), a page at a time. */
+export interface OnlineUserList {
   users: User[];
   next_cursor?: string;
 }
 export interface Ticket {
   ticket: string;
-  [key: string]: unknown;
+  expires_at: number;
 }
 export interface BotKey {
   user: User;
   token: string;
-  [key: string]: unknown;
+}
+export interface Bot {
+  user: User;
+  created_at: number;
 }
 export interface BotList {
-  bots: { user: User; [key: string]: unknown }[];
+  bots: Bot[];
 }
+/** A webhook as listed (its secret is shown only when created or rotated). */
 export interface Webhook {
   id: string;
   url: string;
-  events: string[];
-  [key: string]: unknown;
+  events?: string[] | null;
+  state: string;
+  created_at: number;
 }
-export interface CreatedWebhook extends Webhook {
+export interface CreatedWebhook {
+  id: string;
+  url: string;
+  events?: string[] | null;
   secret: string;
+  created_at: number;
 }
 export interface WebhookList {
   webhooks: Webhook[];
 }
 export interface RotatedSecret {
   secret: string;
-  [key: string]: unknown;
+}
+export interface Delivery {
+  event_id: string;
+  type: string;
+  attempt: number;
+  status_code?: number | null;
+  error?: string | null;
+  duration_ms: number;
+  at: number;
 }
 export interface Deliveries {
-  state: unknown;
-  [key: string]: unknown;
+  state: string;
+  deliveries: Delivery[];
 }
 
 // Room events, as `room.on(name, fn)` delivers them.

@@ -1,4 +1,8 @@
-"""The shapes of Natter's REST bodies (as in `/openapi.json`) and of room events."""
+"""The shapes of Natter's REST bodies (as in `/openapi.json`) and of room events.
+
+The REST shapes say what the OpenAPI document says, field by field (checked by
+`tests/test_rest_types.py`): a field the document does not require is `NotRequired`,
+even where the server sends it with a null value today."""
 
 from __future__ import annotations
 
@@ -37,10 +41,10 @@ class Message(TypedDict):
     sender_id: str
     text: str
     created_at: int
-    edited_at: int | None
+    edited_at: NotRequired[int | None]
     deleted: bool
-    client_msg_id: str | None
-    reply_to: str | None
+    client_msg_id: NotRequired[str | None]
+    reply_to: NotRequired[str | None]
     reactions: list[Reaction]
 
 
@@ -122,7 +126,7 @@ class BotKey(TypedDict):
 class CreatedWebhook(TypedDict):
     id: str
     url: str
-    events: NotRequired[list[str]]
+    events: NotRequired[list[str] | None]
     secret: str
     created_at: int
 
@@ -130,7 +134,7 @@ class CreatedWebhook(TypedDict):
 class WebhookView(TypedDict):
     id: str
     url: str
-    events: NotRequired[list[str]]
+    events: NotRequired[list[str] | None]
     state: str
     created_at: int
 
@@ -147,8 +151,8 @@ class DeliveryView(TypedDict):
     event_id: str
     type: str
     attempt: int
-    status_code: NotRequired[int]
-    error: NotRequired[str]
+    status_code: NotRequired[int | None]
+    error: NotRequired[str | None]
     duration_ms: int
     at: int
 
