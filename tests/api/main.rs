@@ -39,5 +39,6 @@ mod traces;
 mod typescript_sdk;
 mod typing;
 mod validation;
+mod web_bundle;
 mod webhooks;
 mod websocket_admission;

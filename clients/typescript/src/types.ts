@@ -61,9 +61,16 @@ export interface MyRoomList {
   rooms: MyRoom[];
   next_cursor?: string;
 }
+export type Role = "owner" | "member";
 export interface Member {
   user_id: string;
-  [key: string]: unknown;
+  username: string;
+  display_name: string;
+  role: Role;
+  online: boolean;
+  joined_at: number;
+  /** The highest `seq` this member has marked read: what read receipts show. */
+  last_read_seq: number;
 }
 export interface MemberList {
   members: Member[];
@@ -119,8 +126,10 @@ export interface RoomEvents {
 }
 export type RoomEventName = keyof RoomEvents;
 
-/** An error answer of the API (HTTP) or an `error` frame (status 0). */
+/** An error answer of the API (HTTP) or an `error` frame (status 0). `message` is
+ * `code: detail`; `detail` is the server's sentence alone, to show to a person. */
 export class ApiError extends Error {
+  readonly detail: string;
   constructor(
     readonly status: number,
     readonly code: string,
@@ -129,6 +138,7 @@ export class ApiError extends Error {
   ) {
     super(`${code}: ${message}`);
     this.name = "ApiError";
+    this.detail = message;
   }
 }
 
