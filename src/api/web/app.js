@@ -317,7 +317,10 @@ const UNSUBSCRIBED_BECAUSE = {
 };
 
 function onUnsubscribed({ roomId, reason }) {
-  // Without a reason we asked for it; with one, we lost the room.
+  // Without a reason we asked for it; with one, we lost the room, and the SDK stops
+  // following it: if the list still has it (access given back), it is followed again.
+  const room = state.rooms.get(roomId);
+  if (room && reason) room.following = false;
   refreshRooms();
   if (roomId === state.current && reason) toast(UNSUBSCRIBED_BECAUSE[reason] ?? "You are no longer in this room.");
 }
