@@ -102,6 +102,7 @@ pub fn routes(state: ApiContext) -> impl Endpoint {
         .at("/readyz", get(ops::readyz))
         .at("/", get(web::index))
         .at("/app.js", get(web::script))
+        .at("/natter.js", get(web::sdk))
         .at("/app.css", get(web::style))
         .around(move |ep, req| ops::limit_body(ep, req, max_body_bytes))
         .around(ops::admit)

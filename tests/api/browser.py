@@ -9,7 +9,9 @@ each other's typing, read receipts, presence and reactions, edit and delete, pag
 through history and start a direct chat with unread counts. Then node A is killed: Alice's
 page must reconnect through her balancer to node B and show everything she missed exactly
 once, in order, and her message sent while offline must go from pending to stored.
-Screenshots (desktop and phone width) are saved in ARTIFACT_DIR.
+The pages must have loaded the TypeScript SDK's bundle, `/natter.js`, which does all
+their socket and REST traffic. Screenshots (desktop and phone width) are saved in
+ARTIFACT_DIR.
 
 Chromium and chromedriver are Debian's (`NATTER_TEST_CHROMIUM`, `NATTER_TEST_CHROMEDRIVER`).
 """
@@ -220,6 +222,11 @@ def run(alice, bob, alice_lb, bob_lb, port_a, port_b, pid_a, artifacts):
     register(alice, "alice", "Alice")
     register(bob, "bob", "Bob")
     assert set(alice_lb.chosen) == {port_a} and set(bob_lb.chosen) == {port_b}, "each on its own node"
+    # The page runs on the TypeScript SDK: app.js imported the SDK's bundle (SPEC §13).
+    for driver in (alice, bob):
+        loaded = driver.execute_script(
+            "return performance.getEntriesByType('resource').map((e) => new URL(e.name).pathname)")
+        assert "/natter.js" in loaded, f"the page did not load /natter.js: {loaded}"
 
     # Alice creates a public room; Bob finds it and joins.
     alice.find_element(By.ID, "new-room-button").click()

@@ -40,5 +40,6 @@ mod traces;
 mod typescript_sdk;
 mod typing;
 mod validation;
+mod web_bundle;
 mod webhooks;
 mod websocket_admission;

@@ -494,8 +494,9 @@ async fn postgres_over_tls_is_used_when_required_and_the_server_is_verified() {
 async fn the_web_client_is_served_with_a_strict_content_security_policy_and_revalidated() {
     let app = spawn_app().await;
     for (path, content_type, marker) in [
-        ("/", "text/html", "<script src=\"/app.js\""),
-        ("/app.js", "text/javascript", "since_seq"),
+        ("/", "text/html", "<script src=\"/app.js\" type=\"module\""),
+        ("/app.js", "text/javascript", "from \"./natter.js\""),
+        ("/natter.js", "text/javascript", "since_seq"),
         ("/app.css", "text/css", "@media"),
     ] {
         let response = app.http().get(app.url(path)).send().await.unwrap();

@@ -394,7 +394,8 @@ async def main():
     # The web client is the first thing a `docker compose up` user opens.
     page = await asyncio.to_thread(cluster.page, "/")
     script = await asyncio.to_thread(cluster.page, "/app.js")
-    assert '<script src="/app.js"' in page and "since_seq" in script, "the web client"
+    sdk = await asyncio.to_thread(cluster.page, "/natter.js")
+    assert '<script src="/app.js"' in page and "./natter.js" in script and "since_seq" in sdk, "the web client"
     log("the web client is served through the load balancer")
     # SPEC §10: the balancer does not route /metrics; each node serves it on its own port.
     status, _ = await cluster.call("GET", "/metrics")

@@ -111,12 +111,15 @@ function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<
   });
 }
 
+/** A random `client_msg_id`. Browsers offer `crypto.randomUUID` only in secure contexts
+ * (https, localhost), but `getRandomValues` everywhere, such as plain http on a LAN. */
 function newId(): string {
   const c = (globalThis as any).crypto;
   if (c && typeof c.randomUUID === "function") return c.randomUUID();
-  let id = "";
-  for (let i = 0; i < 32; i++) id += Math.floor(Math.random() * 16).toString(16);
-  return id;
+  const bytes = new Uint8Array(16);
+  if (c && typeof c.getRandomValues === "function") c.getRandomValues(bytes);
+  else for (let i = 0; i < bytes.length; i++) bytes[i] = Math.floor(Math.random() * 256);
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 interface PendingSend {

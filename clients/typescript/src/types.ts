@@ -72,6 +72,7 @@ export interface Member {
   role: Role;
   online: boolean;
   joined_at: number;
+  /** The highest `seq` this member has marked read: what read receipts show. */
   last_read_seq: number;
 }
 export interface MemberList {
@@ -150,8 +151,10 @@ export interface RoomEvents {
 }
 export type RoomEventName = keyof RoomEvents;
 
-/** An error answer of the API (HTTP) or an `error` frame (status 0). */
+/** An error answer of the API (HTTP) or an `error` frame (status 0). `message` is
+ * `code: detail`; `detail` is the server's sentence alone, to show to a person. */
 export class ApiError extends Error {
+  readonly detail: string;
   constructor(
     readonly status: number,
     readonly code: string,
@@ -160,6 +163,7 @@ export class ApiError extends Error {
   ) {
     super(`${code}: ${message}`);
     this.name = "ApiError";
+    this.detail = message;
   }
 }
 

@@ -31,6 +31,9 @@ test("a full REST and socket flow", LIMIT, async () => {
   await anonymous.rest.register(bobName, PASSWORD);
   const bobSession = await anonymous.rest.login(bobName, PASSWORD);
   await assert.rejects(anonymous.rest.getMe(), (e) => e instanceof ApiError && e.status === 401 && e.code === "unauthorized");
+  // `detail` is the envelope's sentence alone, for a page to show (the web client does).
+  await assert.rejects(anonymous.rest.login(bobName, "not the password"), (e) =>
+    e instanceof ApiError && e.status === 401 && e.detail.length > 0 && e.message === `${e.code}: ${e.detail}`);
   anonymous.close();
   const aliceId = aliceSession.user.id;
   const bobId = bobSession.user.id;

@@ -1,16 +1,18 @@
-// Natter's web client: no framework, no build step, only the public API.
+// Natter's web client: the page's UI, on the TypeScript SDK. No framework, no build
+// step: `natter.js` is the SDK's browser bundle (built from clients/typescript/ and
+// committed beside this file), and this module only shows what it reports.
 //
-// How it keeps the server's promises on its side (SPEC §1):
-// - One WebSocket carries every room of the chat list. Each room remembers the highest
-//   `seq` it has seen (`lastSeq`); after any disconnect the client reconnects with
-//   backoff and subscribes each room with `since_seq = lastSeq`, so the server replays
-//   exactly what was missed. Messages are kept by `seq`, so nothing is shown twice.
-// - A send is shown at once as pending, under a random `client_msg_id`. It stays
-//   pending until its `send_ack` (or its own `message` event) arrives, and is sent
-//   again with the same id after a reconnect: the server stores it once either way.
-// - Everything another user wrote is put into the page as text (`textContent`), never
-//   as HTML, and the page's Content-Security-Policy allows no script but this one.
-"use strict";
+// The SDK keeps the server's promises on the client's side (SPEC §1, §13): one socket
+// for every room, opened with a single-use ticket; after any disconnect it reconnects
+// with backoff and jitter, re-subscribes each room from the last `seq` it delivered and
+// delivers each message once, in order; a send not yet acknowledged goes again with its
+// `client_msg_id` (stored once) and its promise settles once. What is left here:
+// - a send is shown at once as pending, and as a message when `room.send` resolves, or
+//   as failed, with a Retry that sends the same `client_msg_id` again;
+// - messages are kept by `seq`, so history pages and live events never show one twice;
+// - everything another user wrote is put into the page as text (`textContent`), never
+//   as HTML, and the page's Content-Security-Policy allows no script but this origin's.
+import { ApiError, Natter, TimeoutError } from "./natter.js";
 
 /** The quick reactions each message offers. */
 const EMOJIS = ["👍", "❤️", "😂"];
@@ -20,8 +22,6 @@ const TYPING_REFRESH_MS = 3000;
 const TYPING_IDLE_MS = 4000;
 const TYPING_EXPIRY_MS = 7000;
 const ROOM_LIST_REFRESH_MS = 10000;
-const PING_EVERY_MS = 20000;
-const PONG_WITHIN_MS = 10000;
 
 const $ = (id) => document.getElementById(id);
 
@@ -43,7 +43,8 @@ function el(tag, props = {}, ...children) {
   return node;
 }
 
-/** A random id that works outside secure contexts too (plain http on a LAN address). */
+/** A send's `client_msg_id`, chosen here so that its pending item has a key; works
+ * outside secure contexts too (plain http on a LAN address). */
 function randomId() {
   const bytes = crypto.getRandomValues(new Uint8Array(16));
   return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
@@ -70,14 +71,19 @@ function toast(text) {
 
 const state = {
   token: localStorage.getItem("natter.token"),
+  /** The signed-in user's SDK client: its socket and REST calls. */
+  client: null,
+  /** Room ids whose SDK handle has this page's listeners. */
+  wired: new Set(),
   me: null,
-  /** Room id → chat-list entry: the server's room plus `unread`, `lastSeq`, `lastRead`. */
+  /** Room id → chat-list entry: the server's room plus `unread`, `lastRead` and
+   * `following` (subscribed through the SDK). */
   rooms: new Map(),
   /** Room id → what is loaded of an opened room (see `roomView`). */
   views: new Map(),
   /** The open room's id. */
   current: null,
-  /** `client_msg_id` → a send not yet acknowledged: `{room_id, text, failed}`. */
+  /** `client_msg_id` → a send not yet stored, as the page shows it: `{room_id, text, failed}`. */
   pending: new Map(),
   /** User id → `{display_name, username}` (or a promise while it is fetched). */
   users: new Map(),
@@ -97,34 +103,31 @@ function roomView(roomId) {
 }
 
 // ---------------------------------------------------------------------------------------
-// REST
+// The SDK
 
-class ApiError extends Error {
-  constructor(status, code, message) {
-    super(message || `HTTP ${status}`);
-    this.status = status;
-    this.code = code;
+/** The signed-in client's REST calls (`natter.rest`). */
+const rest = () => state.client.rest;
+
+/** Awaits an SDK call; a 401 means the session is over. */
+async function call(request) {
+  try {
+    return await request;
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 401 && state.me) signOut("Your session ended. Please sign in again.");
+    throw error;
   }
 }
 
-async function api(method, path, body) {
-  const headers = {};
-  if (state.token) headers.authorization = `Bearer ${state.token}`;
-  if (body !== undefined) headers["content-type"] = "application/json";
-  const response = await fetch(`/v1${path}`, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
-  if (response.status === 204) return null;
-  const data = await response.json().catch(() => null);
-  if (!response.ok) {
-    const error = new ApiError(response.status, data?.error?.code, data?.error?.message);
-    if (response.status === 401 && state.me) signOut("Your session ended. Please sign in again.");
-    throw error;
-  }
-  return data;
+/** What went wrong, for a person. */
+function describe(error) {
+  if (error instanceof ApiError) return error.detail;
+  if (error instanceof TimeoutError) return "no answer from the server";
+  return "the server could not be reached";
 }
 
 function reportError(error) {
   if (error instanceof ApiError && error.status === 401) return;
-  toast(error instanceof ApiError ? error.message : "The server could not be reached.");
+  toast(error instanceof ApiError ? error.detail : "The server could not be reached.");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -139,7 +142,7 @@ function userName(userId) {
   const known = state.users.get(userId);
   if (known && !(known instanceof Promise)) return known.display_name;
   if (!known) {
-    const fetching = api("GET", `/users/${userId}`)
+    const fetching = call(rest().getUser(userId))
       .then((user) => { rememberUser(user); renderNames(); })
       .catch(() => state.users.set(userId, { display_name: "Someone", username: "" }));
     state.users.set(userId, fetching);
@@ -148,104 +151,24 @@ function userName(userId) {
 }
 
 // ---------------------------------------------------------------------------------------
-// WebSocket: one socket for every room, resumed with since_seq after any disconnect.
+// Live events: the SDK's socket state and each room's events.
 
-const socket = {
-  ws: null,
-  open: false,
-  connecting: false,
-  attempt: 0,
-  retryTimer: 0,
-  pingTimer: 0,
-  pongTimer: 0,
+const CONNECTION_TEXT = { connecting: "Connecting…", open: "Connected", reconnecting: "Reconnecting…", closed: "Disconnected" };
 
-  async connect() {
-    if (!state.token || this.connecting) return;
-    // A single-use ticket, not the token, goes in the URL: URLs end up in access logs.
-    this.connecting = true;
-    let ticket;
-    try {
-      ({ ticket } = await api("POST", "/ws/tickets"));
-    } catch {
-      this.connecting = false;
-      if (state.token) this.retryLater(0);
-      return;
-    }
-    this.connecting = false;
-    if (!state.token) return;
-    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    const ws = new WebSocket(`${scheme}//${location.host}/v1/ws?ticket=${encodeURIComponent(ticket)}`);
-    this.ws = ws;
-    ws.onopen = () => {
-      this.open = true;
-      this.attempt = 0;
-      setConnection("Connected", true);
-      for (const room of state.rooms.values()) this.subscribe(room);
-      for (const [clientMsgId, send] of state.pending) {
-        if (!send.failed) this.send({ type: "send", room_id: send.room_id, text: send.text, client_msg_id: clientMsgId });
-      }
-      this.pingTimer = setInterval(() => this.ping(), PING_EVERY_MS);
-      refreshRooms();
-    };
-    ws.onmessage = (event) => {
-      let frame;
-      try { frame = JSON.parse(event.data); } catch { return; }
-      clearTimeout(this.pongTimer);
-      onFrame(frame);
-    };
-    ws.onclose = (event) => {
-      if (this.ws !== ws) return;
-      this.open = false;
-      this.ws = null;
-      clearInterval(this.pingTimer);
-      clearTimeout(this.pongTimer);
-      for (const view of state.views.values()) view.typing.clear();
-      renderTyping();
-      if (event.code === 4001) {
-        signOut("Your session expired. Please sign in again.");
-        return;
-      }
-      if (!state.token) return;
-      this.retryLater(event.code);
-    };
-  },
-
-  retryLater(code) {
-    // 1012 is a node draining: another is ready at once. Otherwise back off, with jitter
-    // so that a node's clients do not all return in the same instant.
-    const delay = code === 1012 ? 100 : Math.min(10000, 500 * 2 ** this.attempt) * (0.5 + Math.random() / 2);
-    this.attempt += 1;
-    setConnection("Reconnecting…", false);
-    this.retryTimer = setTimeout(() => this.connect(), delay);
-  },
-
-  close() {
-    clearTimeout(this.retryTimer);
-    clearInterval(this.pingTimer);
-    const ws = this.ws;
-    this.ws = null;
-    this.open = false;
-    if (ws) ws.close(1000);
-  },
-
-  send(frame) {
-    if (!this.open) return false;
-    this.ws.send(JSON.stringify(frame));
-    return true;
-  },
-
-  subscribe(room) {
-    this.send({ type: "subscribe", room_id: room.id, since_seq: room.lastSeq });
-  },
-
-  /** A socket that stops answering (a dead NAT mapping, a vanished node) is closed. */
-  ping() {
-    if (!this.send({ type: "ping" })) return;
-    clearTimeout(this.pongTimer);
-    const ws = this.ws;
-    this.pongTimer = setTimeout(() => ws.close(4000, "no pong"), PONG_WITHIN_MS);
-  },
-};
+function onConnectionState(connection) {
+  setConnection(CONNECTION_TEXT[connection], connection === "open");
+  if (connection === "open") {
+    // Rooms created or joined elsewhere while the socket was down.
+    refreshRooms();
+    return;
+  }
+  // Typing is ephemeral: whoever was typing is forgotten with the socket.
+  for (const view of state.views.values()) view.typing.clear();
+  renderTyping();
+  // The SDK gives up only when the token is refused (4001, or a 401 for a ticket); this
+  // page's own close stops listening first.
+  if (connection === "closed") signOut("Your session expired. Please sign in again.");
+}
 
 function setConnection(text, up) {
   const status = $("connection");
@@ -253,24 +176,37 @@ function setConnection(text, up) {
   status.classList.toggle("up", up);
 }
 
-function onFrame(frame) {
-  switch (frame.type) {
-    case "message": return onMessage(frame.message);
-    case "send_ack": return onSendAck(frame.message);
-    case "message_edited": return onMessageChanged(frame.message);
-    case "message_deleted": return onMessageDeleted(frame);
-    case "reaction": return onReaction(frame);
-    case "typing": return onTyping(frame);
-    case "read": return onRead(frame);
-    case "presence": return onPresence(frame);
-    case "error": return onErrorFrame(frame);
-    case "unsubscribed": return onUnsubscribed(frame);
-    default: return undefined; // subscribed, typing_ack, read_ack, pong
+/** Subscribes a room of the chat list from the `seq` the list showed; the SDK keeps it
+ * subscribed, resuming from its last delivered `seq`, until it is unsubscribed. */
+function follow(room) {
+  const client = state.client;
+  const handle = client.room(room.id);
+  if (!state.wired.has(room.id)) {
+    state.wired.add(room.id);
+    handle.on("message", ({ message }) => onMessage(message));
+    handle.on("edited", ({ message }) => onMessageChanged(message));
+    handle.on("deleted", onMessageDeleted);
+    handle.on("reaction", onReaction);
+    handle.on("typing", onTyping);
+    handle.on("read", onRead);
+    handle.on("presence", onPresence);
+    handle.on("unsubscribed", onUnsubscribed);
   }
+  room.following = true;
+  handle.subscribe({ sinceSeq: room.last_seq }).catch((error) => {
+    // A timeout only means the socket is not open yet: the SDK subscribes when it is.
+    // An error answer (access lost meanwhile, a subscribe budget spent) ends the
+    // subscription: the next refresh of the list follows the room again if it is there.
+    if (state.client !== client || !(error instanceof ApiError)) return;
+    room.following = false;
+    refreshRooms();
+  });
 }
 
+/** A message of a followed room: the SDK delivers each `seq` once, in order. */
 function onMessage(message) {
   const room = state.rooms.get(message.room_id);
+  // Our own send, stored: its `message` event may come before `room.send` resolves.
   if (message.client_msg_id && message.sender_id === state.me.id) state.pending.delete(message.client_msg_id);
   if (!room) return;
   rememberMessage(room, message);
@@ -284,20 +220,19 @@ function onMessage(message) {
   renderRoomList();
 }
 
-/** Our own send is stored. Only `message` events move `lastSeq` (they arrive in `seq`
- * order; an ack may overtake an earlier message of someone else's), so the ack shows
- * the message and ends its pending state; its `message` event comes before or after. */
-function onSendAck(message) {
+/** Our own send is stored (`room.send` resolved). The chat list moves with `message`
+ * events only, which come in `seq` order (an ack may overtake someone else's earlier
+ * message), so this shows the message and ends its pending state; its `message`
+ * event comes before or after. */
+function onSent(message) {
   state.pending.delete(message.client_msg_id);
   const view = state.views.get(message.room_id);
   if (view) view.messages.set(message.seq, message);
   if (message.room_id === state.current) renderOpenRoom(true);
 }
 
-/** Moves a room's watermark and unread count forward for a message seen live. */
+/** Moves a room's entry in the list and its unread count forward for a new message. */
 function rememberMessage(room, message) {
-  if (message.seq <= room.lastSeq) return;
-  room.lastSeq = message.seq;
   room.last_seq = Math.max(room.last_seq, message.seq);
   room.last_message = message;
   room.last_activity_at = Math.max(room.last_activity_at, message.created_at);
@@ -320,72 +255,58 @@ function onMessageChanged(message) {
   renderRoomList();
 }
 
-function onMessageDeleted({ room_id, message_id, seq }) {
-  const view = state.views.get(room_id);
+function onMessageDeleted({ roomId, messageId, seq }) {
+  const view = state.views.get(roomId);
   const known = view?.messages.get(seq);
   if (known) view.messages.set(seq, { ...known, deleted: true, text: "", reactions: [] });
-  const room = state.rooms.get(room_id);
-  if (room?.last_message?.id === message_id) room.last_message = { ...room.last_message, deleted: true, text: "" };
+  const room = state.rooms.get(roomId);
+  if (room?.last_message?.id === messageId) room.last_message = { ...room.last_message, deleted: true, text: "" };
   renderOpenRoom();
   renderRoomList();
 }
 
-function onReaction({ room_id, message_id, emoji, user_id, added }) {
-  const view = state.views.get(room_id);
+function onReaction({ roomId, messageId, emoji, userId, added }) {
+  const view = state.views.get(roomId);
   if (!view) return;
   for (const [seq, message] of view.messages) {
-    if (message.id !== message_id) continue;
+    if (message.id !== messageId) continue;
     const reactions = message.reactions.map((r) => ({ ...r }));
     let entry = reactions.find((r) => r.emoji === emoji);
     if (!entry && added) reactions.push((entry = { emoji, count: 0, me: false }));
     if (!entry) return;
     entry.count += added ? 1 : -1;
-    if (user_id === state.me.id) entry.me = added;
+    if (userId === state.me.id) entry.me = added;
     view.messages.set(seq, { ...message, reactions: reactions.filter((r) => r.count > 0) });
     renderOpenRoom();
     return;
   }
 }
 
-function onTyping({ room_id, user_id, value }) {
-  const view = roomView(room_id);
-  clearTimeout(view.typing.get(user_id));
+function onTyping({ roomId, userId, value }) {
+  const view = roomView(roomId);
+  clearTimeout(view.typing.get(userId));
   if (value) {
     // The server sends `false` after 6 s without a refresh; this is the backstop.
-    view.typing.set(user_id, setTimeout(() => { view.typing.delete(user_id); renderTyping(); }, TYPING_EXPIRY_MS));
+    view.typing.set(userId, setTimeout(() => { view.typing.delete(userId); renderTyping(); }, TYPING_EXPIRY_MS));
   } else {
-    view.typing.delete(user_id);
+    view.typing.delete(userId);
   }
   renderTyping();
 }
 
-function onRead({ room_id, user_id, seq }) {
-  const member = state.views.get(room_id)?.members.get(user_id);
+function onRead({ roomId, userId, seq }) {
+  const member = state.views.get(roomId)?.members.get(userId);
   if (member) member.last_read_seq = Math.max(member.last_read_seq, seq);
-  if (room_id === state.current) renderOpenRoom();
+  if (roomId === state.current) renderOpenRoom();
 }
 
-function onPresence({ room_id, user_id, status }) {
-  const view = roomView(room_id);
-  if (status === "joined") view.here.add(user_id);
-  else view.here.delete(user_id);
-  if (room_id !== state.current) return;
-  if (!view.members.has(user_id)) loadMembersSoon(room_id);
+function onPresence({ roomId, userId, status }) {
+  const view = roomView(roomId);
+  if (status === "joined") view.here.add(userId);
+  else view.here.delete(userId);
+  if (roomId !== state.current) return;
+  if (!view.members.has(userId)) loadMembersSoon(roomId);
   renderMembers();
-}
-
-function onErrorFrame(frame) {
-  const send = frame.ref && state.pending.get(frame.ref);
-  if (send) {
-    send.failed = frame.message || frame.code;
-    renderOpenRoom();
-    return;
-  }
-  if (frame.code === "not_member" || frame.code === "room_not_found") {
-    refreshRooms();
-    return;
-  }
-  if (frame.ref !== "typing" && frame.ref !== "read_upto") toast(frame.message || frame.code);
 }
 
 /** Why the server ended a subscription (SPEC §10), as the person reads it. */
@@ -395,10 +316,13 @@ const UNSUBSCRIBED_BECAUSE = {
   room_deleted: "This room was deleted.",
 };
 
-function onUnsubscribed({ room_id, reason }) {
-  // Without a reason we asked for it; with one, we lost the room.
+function onUnsubscribed({ roomId, reason }) {
+  // Without a reason we asked for it; with one, we lost the room, and the SDK stops
+  // following it: if the list still has it (access given back), it is followed again.
+  const room = state.rooms.get(roomId);
+  if (room && reason) room.following = false;
   refreshRooms();
-  if (room_id === state.current && reason) toast(UNSUBSCRIBED_BECAUSE[reason] ?? "You are no longer in this room.");
+  if (roomId === state.current && reason) toast(UNSUBSCRIBED_BECAUSE[reason] ?? "You are no longer in this room.");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -406,27 +330,33 @@ function onUnsubscribed({ room_id, reason }) {
 
 /** Reloads the chat list: new rooms (a DM, an added membership) get subscribed. */
 async function refreshRooms() {
+  const client = state.client;
+  if (!client) return;
   let page;
   try {
-    page = await api("GET", "/me/rooms?limit=200");
+    page = await call(client.rest.listMyRooms({ limit: 200 }));
   } catch (error) {
     return reportError(error);
   }
+  if (state.client !== client) return;
   const seen = new Set();
   for (const fresh of page.rooms) {
     seen.add(fresh.id);
     const known = state.rooms.get(fresh.id);
     if (!known) {
-      const room = { ...fresh, unread: fresh.unread_count, lastSeq: fresh.last_seq, lastRead: fresh.last_read_seq };
+      const room = { ...fresh, unread: fresh.unread_count, lastRead: fresh.last_read_seq, following: false };
       state.rooms.set(room.id, room);
-      socket.subscribe(room);
+      follow(room);
       continue;
     }
+    if (!known.following) follow(known);
     known.name = fresh.name;
     known.member_count = fresh.member_count;
     known.lastRead = Math.max(known.lastRead, fresh.last_read_seq);
-    // The server's count is the truth for rooms not on screen (reads on other devices).
-    if (known.id !== state.current && fresh.last_seq <= known.lastSeq) known.unread = fresh.unread_count;
+    // The server's count is the truth for rooms not on screen (reads on other devices)
+    // once the SDK has delivered every message it counts.
+    const delivered = client.room(known.id).lastSeq ?? 0;
+    if (known.id !== state.current && fresh.last_seq <= delivered) known.unread = fresh.unread_count;
   }
   for (const id of [...state.rooms.keys()]) {
     if (seen.has(id)) continue;
@@ -500,9 +430,9 @@ async function loadOlder(roomId) {
   if (view.loading || (view.loaded && !view.hasMore)) return;
   view.loading = true;
   $("history-status").textContent = "Loading…";
-  const query = view.oldest ? `before_seq=${view.oldest}&limit=${PAGE}` : `limit=${PAGE}`;
+  const query = view.oldest ? { beforeSeq: view.oldest, limit: PAGE } : { limit: PAGE };
   try {
-    const page = await api("GET", `/rooms/${roomId}/messages?${query}`);
+    const page = await call(rest().listMessages(roomId, query));
     for (const message of page.messages) {
       if (!view.messages.has(message.seq)) view.messages.set(message.seq, message);
     }
@@ -549,8 +479,8 @@ function loadMembersSoon(roomId) {
 async function loadMembers(roomId) {
   try {
     const [members, presence] = await Promise.all([
-      api("GET", `/rooms/${roomId}/members?limit=200`),
-      api("GET", `/rooms/${roomId}/presence`),
+      call(rest().listMembers(roomId, { limit: 200 })),
+      call(rest().listRoomPresence(roomId)),
     ]);
     const view = roomView(roomId);
     view.members = new Map(members.members.map((m) => [m.user_id, m]));
@@ -706,11 +636,11 @@ function submitComposer(event) {
   if (state.editing) {
     const { room_id, id } = state.editing;
     cancelEdit();
-    api("PATCH", `/rooms/${room_id}/messages/${id}`, { text }).then(onMessageChanged, reportError);
+    call(rest().editMessage(room_id, id, text)).then(onMessageChanged, reportError);
   } else {
     const clientMsgId = randomId();
     state.pending.set(clientMsgId, { room_id: state.current, text, failed: null });
-    socket.send({ type: "send", room_id: state.current, text, client_msg_id: clientMsgId });
+    send(clientMsgId);
     renderOpenRoom(true);
   }
   input.value = "";
@@ -718,11 +648,28 @@ function submitComposer(event) {
   stopTyping();
 }
 
+/** Hands a pending send to the SDK, which sends it now or once the socket is back, and
+ * again after each reconnect until it is stored. */
+function send(clientMsgId) {
+  const client = state.client;
+  const pending = state.pending.get(clientMsgId);
+  client.room(pending.room_id).send(pending.text, { clientMsgId }).then(
+    (message) => { if (state.client === client) onSent(message); },
+    (error) => {
+      // Refused, or no answer within the SDK's bound: shown with a Retry, which sends
+      // the same `client_msg_id`, so a send that did arrive is still stored once.
+      if (state.client !== client || state.pending.get(clientMsgId) !== pending) return;
+      pending.failed = describe(error);
+      renderOpenRoom();
+    },
+  );
+}
+
 function retrySend(clientMsgId) {
-  const send = state.pending.get(clientMsgId);
-  if (!send) return;
-  send.failed = null;
-  socket.send({ type: "send", room_id: send.room_id, text: send.text, client_msg_id: clientMsgId });
+  const pending = state.pending.get(clientMsgId);
+  if (!pending) return;
+  pending.failed = null;
+  send(clientMsgId);
   renderOpenRoom();
 }
 
@@ -730,7 +677,8 @@ async function toggleReaction(message, emoji) {
   const current = state.views.get(message.room_id)?.messages.get(message.seq) ?? message;
   const mine = current.reactions.some((r) => r.emoji === emoji && r.me);
   try {
-    const updated = await api(mine ? "DELETE" : "PUT", `/rooms/${message.room_id}/messages/${message.id}/reactions/${encodeURIComponent(emoji)}`);
+    const args = [message.room_id, message.id, emoji];
+    const updated = await call(mine ? rest().removeReaction(...args) : rest().addReaction(...args));
     const view = state.views.get(message.room_id);
     if (view) view.messages.set(updated.seq, updated);
     renderOpenRoom();
@@ -763,8 +711,8 @@ function deleteMessage(message, button) {
     setTimeout(() => { button.dataset.armed = ""; button.textContent = "Delete"; }, 4000);
     return;
   }
-  api("DELETE", `/rooms/${message.room_id}/messages/${message.id}`).then(
-    (tombstone) => onMessageDeleted({ room_id: tombstone.room_id, message_id: tombstone.id, seq: tombstone.seq }),
+  call(rest().deleteMessage(message.room_id, message.id)).then(
+    (tombstone) => onMessageDeleted({ roomId: tombstone.room_id, messageId: tombstone.id, seq: tombstone.seq }),
     reportError,
   );
 }
@@ -779,7 +727,8 @@ function markRead() {
   room.unread = 0;
   if (latest > room.lastRead) {
     room.lastRead = latest;
-    socket.send({ type: "read_upto", room_id: room.id, seq: latest });
+    // Over the socket, or over REST while it is down.
+    state.client.room(room.id).markRead(latest).catch(() => undefined);
   }
   renderRoomList();
 }
@@ -793,7 +742,7 @@ function onInput() {
   const now = Date.now();
   if (now - typingSentAt > TYPING_REFRESH_MS) {
     typingSentAt = now;
-    socket.send({ type: "typing", room_id: state.current, value: true });
+    sendTyping(true);
   }
   clearTimeout(typingIdleTimer);
   typingIdleTimer = setTimeout(stopTyping, TYPING_IDLE_MS);
@@ -803,7 +752,12 @@ function stopTyping() {
   clearTimeout(typingIdleTimer);
   if (typingSentAt === 0 || !state.current) return;
   typingSentAt = 0;
-  socket.send({ type: "typing", room_id: state.current, value: false });
+  sendTyping(false);
+}
+
+/** Typing is ephemeral: the SDK drops it while the socket is down, and so may we. */
+function sendTyping(value) {
+  state.client.room(state.current).typing(value).catch(() => undefined);
 }
 
 function autosize() {
@@ -814,7 +768,7 @@ function autosize() {
 
 async function startDirect(userId) {
   try {
-    const room = await api("POST", "/dms", { user_id: userId });
+    const room = await call(rest().openDirectRoom(userId));
     closeDialogs();
     await refreshRooms();
     openRoom(room.id);
@@ -825,7 +779,7 @@ async function startDirect(userId) {
 
 async function joinRoom(roomId) {
   try {
-    await api("POST", `/rooms/${roomId}/join`);
+    await call(rest().joinRoom(roomId));
     closeDialogs();
     await refreshRooms();
     openRoom(roomId);
@@ -837,8 +791,9 @@ async function joinRoom(roomId) {
 async function leaveRoom() {
   const roomId = state.current;
   try {
-    await api("POST", `/rooms/${roomId}/leave`);
-    socket.send({ type: "unsubscribe", room_id: roomId });
+    await call(rest().leaveRoom(roomId));
+    // Not awaited: the server also ends the subscription itself (`unsubscribed`, "left").
+    state.client.room(roomId).unsubscribe().catch(() => undefined);
     $("members").hidden = true;
     await refreshRooms();
   } catch (error) {
@@ -859,7 +814,7 @@ async function showPeople(title, hint, action, label) {
   list.replaceChildren(el("li", { class: "muted" }, "Loading…"));
   dialog.showModal();
   try {
-    const { users } = await api("GET", "/presence");
+    const { users } = await call(rest().listOnlineUsers());
     users.forEach(rememberUser);
     const others = users.filter((u) => u.id !== state.me.id);
     list.replaceChildren(...(others.length ? others.map((u) => el("li", { dataset: { userId: u.id } },
@@ -867,7 +822,7 @@ async function showPeople(title, hint, action, label) {
       el("span", { class: "name" }, `${u.display_name} (@${u.username})`),
       el("button", { type: "button", onclick: () => action(u.id) }, label))) : [el("li", { class: "muted" }, "Nobody else is online.")]));
   } catch (error) {
-    dialog.querySelector(".error").textContent = error.message;
+    dialog.querySelector(".error").textContent = describe(error);
   }
 }
 
@@ -877,7 +832,7 @@ async function showBrowse() {
   list.replaceChildren(el("li", { class: "muted" }, "Loading…"));
   dialog.showModal();
   try {
-    const { rooms } = await api("GET", "/rooms?limit=200");
+    const { rooms } = await call(rest().listRooms({ limit: 200 }));
     const open = rooms.filter((r) => r.kind === "public");
     list.replaceChildren(...(open.length ? open.map((r) => el("li", { dataset: { roomId: r.id } },
       el("span", { class: "name" }, `# ${r.name}`),
@@ -886,7 +841,7 @@ async function showBrowse() {
         ? el("button", { type: "button", onclick: () => { closeDialogs(); openRoom(r.id); } }, "Open")
         : el("button", { type: "button", class: "join", onclick: () => joinRoom(r.id) }, "Join"))) : [el("li", { class: "muted" }, "No public rooms yet.")]));
   } catch (error) {
-    dialog.querySelector(".error").textContent = error.message;
+    dialog.querySelector(".error").textContent = describe(error);
   }
 }
 
@@ -896,13 +851,13 @@ async function createRoom(event) {
   const name = $("room-name").value;
   const kind = form.querySelector("input[name=kind]:checked").value;
   try {
-    const room = await api("POST", "/rooms", { name, kind });
+    const room = await call(rest().createRoom(name, kind));
     form.reset();
     closeDialogs();
     await refreshRooms();
     openRoom(room.id);
   } catch (error) {
-    form.querySelector(".error").textContent = error.message;
+    form.querySelector(".error").textContent = describe(error);
   }
 }
 
@@ -913,25 +868,34 @@ async function authenticate(register) {
   const username = $("username").value.trim();
   const password = $("password").value;
   const displayName = $("display-name").value.trim();
-  const body = { username, password };
-  if (register && displayName) body.display_name = displayName;
   $("auth-error").textContent = "";
+  // Signing in needs no token, so no socket: this client only makes the one REST call.
+  const anonymous = new Natter({ baseUrl: location.origin }).rest;
   try {
-    const session = await api("POST", register ? "/auth/register" : "/auth/login", body);
+    const session = register
+      ? await anonymous.register(username, password, displayName || undefined)
+      : await anonymous.login(username, password);
     state.token = session.token;
     localStorage.setItem("natter.token", session.token);
     $("password").value = "";
     await start();
   } catch (error) {
-    $("auth-error").textContent = error instanceof ApiError ? error.message : "The server could not be reached.";
+    $("auth-error").textContent = error instanceof ApiError ? error.detail : "The server could not be reached.";
   }
 }
 
+/** Stops listening to the client before closing it: its `closed` state means a refused
+ * token only when the page did not ask for it. */
+let stopWatchingConnection = null;
+
 function signOut(reason) {
-  socket.close();
+  const client = state.client;
+  stopWatchingConnection?.();
+  stopWatchingConnection = null;
+  client?.close();
   localStorage.removeItem("natter.token");
-  Object.assign(state, { token: null, me: null, current: null, editing: null });
-  for (const map of [state.rooms, state.views, state.pending, state.users]) map.clear();
+  Object.assign(state, { token: null, client: null, me: null, current: null, editing: null });
+  for (const map of [state.rooms, state.views, state.pending, state.users, state.wired]) map.clear();
   $("app").hidden = true;
   $("auth").hidden = false;
   $("auth-error").textContent = reason || "";
@@ -939,18 +903,24 @@ function signOut(reason) {
 }
 
 async function start() {
+  const client = new Natter({ baseUrl: location.origin, token: state.token });
+  state.client = client;
   try {
-    state.me = await api("GET", "/users/me");
-  } catch {
-    return signOut("");
+    state.me = await client.rest.getMe();
+  } catch (error) {
+    return signOut(error instanceof ApiError && error.status === 401 ? "" : "The server could not be reached.");
   }
   rememberUser(state.me);
   $("me-name").textContent = state.me.display_name;
   $("auth").hidden = true;
   $("app").hidden = false;
+  setConnection(CONNECTION_TEXT.connecting, false);
+  stopWatchingConnection = client.on("state", onConnectionState);
   await refreshRooms();
   openRoom(null);
-  socket.connect();
+  // Rooms open the socket on their first use; with none yet, it opens now all the same,
+  // so that the page says it is connected. The SDK bounds the wait; it keeps trying.
+  client.connect().catch(() => undefined);
 }
 
 function bind() {
@@ -983,7 +953,7 @@ function bind() {
   $("new-dm-button").addEventListener("click", () => showPeople("Direct chat", "People online now:", startDirect, "Message"));
   $("add-member-button").addEventListener("click", () => showPeople("Add people", "People online now:", async (userId) => {
     try {
-      await api("PUT", `/rooms/${state.current}/members/${userId}`);
+      await call(rest().addMember(state.current, userId));
       closeDialogs();
       loadMembers(state.current);
     } catch (error) {
@@ -992,7 +962,9 @@ function bind() {
   }, "Add"));
   for (const button of document.querySelectorAll("dialog .close")) button.addEventListener("click", closeDialogs);
   document.addEventListener("visibilitychange", markRead);
-  setInterval(() => { if (state.me && socket.open) refreshRooms(); }, ROOM_LIST_REFRESH_MS);
+  // Rooms others put us in (a direct chat, an added membership) have no event of
+  // their own: the list is read again while the socket is up.
+  setInterval(() => { if (state.me && state.client?.state === "open") refreshRooms(); }, ROOM_LIST_REFRESH_MS);
 }
 
 bind();

@@ -1,13 +1,19 @@
-//! The browser client at `GET /`: one HTML page, one stylesheet and one script, compiled
-//! into the binary so that every node serves the same client with no build step and no
-//! files to deploy beside it.
+//! The browser client at `GET /`: one HTML page, one stylesheet, the page's script
+//! (`app.js`, the UI) and the TypeScript SDK's browser bundle (`natter.js`), compiled
+//! into the binary so that every node serves the same client with no files to deploy
+//! beside it, and `cargo build` needs no JavaScript tool.
 //!
 //! The client talks to the node that served it, through the same public REST and
-//! WebSocket API as any other client (`app.js` says how it keeps the SPEC §1 promises on
-//! its side: pending sends keyed by `client_msg_id`, resume with `since_seq`, one entry
-//! per `seq`). The pages are strict about what they may load: a Content-Security-Policy
-//! allows only this origin's script, style and connections, so text that another user
-//! typed can never run as code even if a rendering bug let it into the page.
+//! WebSocket API as any other client, and only through the SDK (SPEC §13): `app.js` is
+//! an ES module that imports `natter.js`, which keeps the SPEC §1 promises on the
+//! client's side (one socket opened with a ticket, resume with `since_seq`, each `seq`
+//! once, sends re-sent with their `client_msg_id`). `natter.js` is generated: `bash
+//! clients/typescript/build --web` writes it from `clients/typescript/src`, and
+//! `tests/api/web_bundle.rs` fails when the committed copy is not that build's output.
+//!
+//! The pages are strict about what they may load: a Content-Security-Policy allows only
+//! this origin's scripts, style and connections, so text that another user typed can
+//! never run as code even if a rendering bug let it into the page.
 
 use std::{
     hash::{Hash, Hasher},
@@ -29,6 +35,7 @@ struct Asset {
 const INDEX_HTML: &str = include_str!("index.html");
 const APP_JS: &str = include_str!("app.js");
 const APP_CSS: &str = include_str!("app.css");
+const NATTER_JS: &str = include_str!("natter.js");
 
 static INDEX: Asset = Asset {
     body: INDEX_HTML,
@@ -39,6 +46,11 @@ static SCRIPT: Asset = Asset {
     body: APP_JS,
     content_type: "text/javascript; charset=utf-8",
     etag: LazyLock::new(|| etag(APP_JS)),
+};
+static SDK: Asset = Asset {
+    body: NATTER_JS,
+    content_type: "text/javascript; charset=utf-8",
+    etag: LazyLock::new(|| etag(NATTER_JS)),
 };
 static STYLE: Asset = Asset {
     body: APP_CSS,
@@ -61,6 +73,12 @@ pub fn index(req: &Request) -> Response {
 #[poem::handler]
 pub fn script(req: &Request) -> Response {
     serve(&SCRIPT, req)
+}
+
+/// `/natter.js`: the SDK, which `app.js` imports.
+#[poem::handler]
+pub fn sdk(req: &Request) -> Response {
+    serve(&SDK, req)
 }
 
 /// `/app.css`.
