@@ -31,6 +31,7 @@ mod realtime;
 mod rooms;
 mod sdk_cluster;
 mod sdk_interop;
+mod sdk_types;
 mod secrets;
 mod security;
 mod sign_in_throttle;
