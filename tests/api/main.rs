@@ -11,6 +11,7 @@ mod cluster;
 mod compat;
 mod docs;
 mod doors;
+mod examples;
 mod failover;
 mod generated_client;
 mod helpers;

@@ -1,7 +1,9 @@
 //! SPEC §13's last promise: with a node killed by SIGKILL mid-conversation, two SDK
 //! clients, one TypeScript (`clients/typescript/`, built by its `build`) and one Python
 //! (`clients/python/`), sending to one room through a front that fails over to the
-//! surviving node, lose, duplicate and reorder nothing, and store each send once.
+//! surviving node, lose, duplicate and reorder nothing, and store each send once. The
+//! test prints how long after the kill every client had caught up, and checks that
+//! neither node saw a token in a WebSocket URL.
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -11,7 +13,10 @@ use tokio::{
     process::Command,
 };
 
-use crate::helpers::{NodeProcess, run_within, settings, spawn_app};
+use crate::{
+    helpers::{NodeProcess, run_within, settings, spawn_app},
+    sdk_cluster::TokenUrlWatch,
+};
 
 /// Each side sends this many messages, so each must deliver 2 × N seqs.
 const N: usize = 40;
@@ -30,7 +35,11 @@ const natter = new Natter({
 });
 const room = natter.room(process.env.NATTER_ROOM);
 const seqs = [];
-room.on("message", ({ message }) => seqs.push(message.seq));
+const at = [];
+room.on("message", ({ message }) => {
+  seqs.push(message.seq);
+  at.push(Date.now());
+});
 await room.subscribe({ sinceSeq: 0 });
 const sent = [];
 for (let i = 0; i < n; i++) {
@@ -41,11 +50,11 @@ const deadline = Date.now() + 30_000;
 while (seqs.length < 2 * n && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
 await new Promise((r) => setTimeout(r, 300));
 natter.close();
-console.log(JSON.stringify({ seqs, sent, connections: natter.connections }));
+console.log(JSON.stringify({ seqs, at, sent, connections: natter.connections }));
 "#;
 
 const PYTHON: &str = r#"
-import asyncio, json, os
+import asyncio, json, os, time
 from natter import MessageEvent, Natter
 
 async def main():
@@ -54,11 +63,13 @@ async def main():
                       backoff_base=0.05, backoff_max=0.5) as natter:
         room = natter.room(os.environ["NATTER_ROOM"])
         seqs = []
+        at = []
 
         async def read():
             async for event in room.events():
                 if isinstance(event, MessageEvent):
                     seqs.append(event.message["seq"])
+                    at.append(time.time() * 1000)
 
         reader = asyncio.ensure_future(read())
         await room.subscribe(since_seq=0)
@@ -72,7 +83,8 @@ async def main():
             await asyncio.sleep(0.02)
         await asyncio.sleep(0.3)
         reader.cancel()
-        print(json.dumps({"seqs": seqs, "sent": sent, "connections": natter.connections}))
+        print(json.dumps({"seqs": seqs, "at": at, "sent": sent,
+                          "connections": natter.connections}))
 
 asyncio.run(main())
 "#;
@@ -133,6 +145,7 @@ async fn a_typescript_and_a_python_client_lose_nothing_when_a_node_is_killed() {
     )
     .await;
     let front = failover_front(vec![killed.addr, survivor.addr]).await;
+    let watch = TokenUrlWatch::start(vec![killed.addr, survivor.addr]);
 
     let ts = survivor.register("interop_ts").await;
     let py = survivor.register("interop_py").await;
@@ -163,19 +176,22 @@ async fn a_typescript_and_a_python_client_lose_nothing_when_a_node_is_killed() {
         .env("PYTHONPATH", format!("{root}/clients/python/src"));
     client(&mut pyc, &py.token);
 
-    // Mid-conversation (a quarter of the messages stored), the node under both sockets dies.
+    // Mid-conversation (a quarter of the messages stored), the node under both sockets
+    // dies. Answers when (ms since the epoch, the clients' clock) and at which `seq`.
     let kill = async {
         for _ in 0..500 {
             let reply = survivor.get(&format!("/v1/rooms/{room}"), &ts.token).await;
             if reply.body["last_seq"].as_i64().unwrap_or(0) >= (N / 2) as i64 {
+                let at = epoch_ms();
                 killed.signal("-KILL");
-                return;
+                let reply = survivor.get(&format!("/v1/rooms/{room}"), &ts.token).await;
+                return (at, reply.body["last_seq"].as_u64().unwrap() as usize);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         panic!("the clients never sent");
     };
-    let (ts_run, py_run, ()) = tokio::join!(
+    let (ts_run, py_run, (killed_at, seq_at_kill)) = tokio::join!(
         run_within(&mut node, Duration::from_secs(60), "the TypeScript client"),
         run_within(&mut pyc, Duration::from_secs(60), "the Python client"),
         kill,
@@ -212,4 +228,35 @@ async fn a_typescript_and_a_python_client_lose_nothing_when_a_node_is_killed() {
         stored, sent,
         "every send resolved with the message stored once"
     );
+
+    // Caught up: every client has every seq stored before the kill and the first one
+    // stored after it (delivered in order, so nothing before it is missing).
+    let first_after = seq_at_kill + 1;
+    assert!(first_after <= 2 * N, "the kill came after the last send");
+    let arrival = |out: &Value, index: usize| out["at"][index].as_f64().unwrap();
+    let caught_up = |out: &Value| arrival(out, first_after - 1) - killed_at;
+    let finished = |out: &Value| arrival(out, 2 * N - 1) - killed_at;
+    let (ts_caught_up, py_caught_up) = (caught_up(&ts_out), caught_up(&py_out));
+    println!(
+        "sdk_interop: node killed at seq {seq_at_kill}; every client had seq 1..={first_after} \
+         (the first stored after the kill) {:.0} ms later (TypeScript {ts_caught_up:.0} ms, \
+         Python {py_caught_up:.0} ms); all {} seqs at {:.0} ms (sends paced 30 ms apart)",
+        ts_caught_up.max(py_caught_up),
+        2 * N,
+        finished(&ts_out).max(finished(&py_out)),
+    );
+    assert!(
+        ts_caught_up > 0.0 && py_caught_up > 0.0,
+        "delivered after the kill"
+    );
+    watch.assert_none("sdk_interop").await;
+}
+
+/// Now, in milliseconds since the Unix epoch, as `Date.now()` and `time.time()` count.
+fn epoch_ms() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+        * 1000.0
 }

@@ -23,13 +23,13 @@ fn root() -> PathBuf {
 }
 
 /// A fresh directory of this test's own under `target/tmp/`.
-fn scratch(name: &str) -> PathBuf {
+pub fn scratch(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", Uuid::now_v7()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
 
-fn printed(output: &std::process::Output) -> String {
+pub fn printed(output: &std::process::Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),
@@ -143,25 +143,12 @@ async fn the_python_sdk_and_the_echo_bot_pass_mypy_strict_and_a_wrong_consumer_d
     );
 }
 
-/// A consumer of the TypeScript SDK with one mistake on each line marked `// wrong`.
-const WRONG_TYPESCRIPT: &str = r#"import { Natter } from "@natter/client";
-const natter = new Natter({ baseUrl: "http://localhost:8080", token: 42 }); // wrong
-const room = natter.room("r");
-await room.send(42); // wrong
-await room.subscribe({ sinceSeq: "7" }); // wrong
-room.on("mesage", () => undefined); // wrong
-room.on("message", ({ message }) => message.sequence); // wrong
-natter.on("state", (state) => state === "opened"); // wrong
-const seq: string = (await room.send("hi")).seq; // wrong
-console.log(seq);
-"#;
-
-#[tokio::test]
-async fn the_typescript_example_passes_strict_tsc_and_a_wrong_consumer_does_not() {
-    // The example and a build of the SDK side by side, as in the repository, in a
-    // directory of this test's own: other tests rebuild clients/typescript/dist meanwhile.
+/// A directory of the caller's own with `examples/typescript/` and a build of the SDK
+/// in `clients/typescript/dist/`, side by side as in the repository: other tests
+/// rebuild the repository's `dist/` meanwhile.
+pub async fn typescript_example_beside_the_sdk(name: &str) -> PathBuf {
     let root = root();
-    let dir = scratch("tsc");
+    let dir = scratch(name);
     let example = dir.join("examples/typescript");
     std::fs::create_dir_all(&example).unwrap();
     for file in ["chat.ts", "node.d.ts", "tsconfig.json"] {
@@ -185,6 +172,26 @@ async fn the_typescript_example_passes_strict_tsc_and_a_wrong_consumer_does_not(
          run through `bash tests/run`):\n{}",
         printed(&build)
     );
+    dir
+}
+
+/// A consumer of the TypeScript SDK with one mistake on each line marked `// wrong`.
+const WRONG_TYPESCRIPT: &str = r#"import { Natter } from "@natter/client";
+const natter = new Natter({ baseUrl: "http://localhost:8080", token: 42 }); // wrong
+const room = natter.room("r");
+await room.send(42); // wrong
+await room.subscribe({ sinceSeq: "7" }); // wrong
+room.on("mesage", () => undefined); // wrong
+room.on("message", ({ message }) => message.sequence); // wrong
+natter.on("state", (state) => state === "opened"); // wrong
+const seq: string = (await room.send("hi")).seq; // wrong
+console.log(seq);
+"#;
+
+#[tokio::test]
+async fn the_typescript_example_passes_strict_tsc_and_a_wrong_consumer_does_not() {
+    let dir = typescript_example_beside_the_sdk("tsc").await;
+    let example = dir.join("examples/typescript");
 
     let tsc = |project: &Path| {
         let mut command = Command::new("tsc");
