@@ -179,4 +179,5 @@ async fn the_typescript_chat_example_prints_the_room_and_sends_each_typed_line()
     let stored = at_least(&app, &bob.token, room, 3).await;
     assert_eq!(stored.len(), 3);
     assert_eq!(stored[1]["text"], "hi from a terminal");
+    std::fs::remove_dir_all(dir).unwrap();
 }

@@ -155,7 +155,8 @@ async fn a_typescript_and_a_python_client_lose_nothing_when_a_node_is_killed() {
     );
     let root = env!("CARGO_MANIFEST_DIR");
     // A build of its own: other tests rebuild clients/typescript/dist meanwhile.
-    let dist = scratch("interop").join("dist");
+    let workdir = scratch("interop");
+    let dist = workdir.join("dist");
     let build = run_within(
         Command::new("bash")
             .arg(format!("{root}/clients/typescript/build"))
@@ -295,6 +296,7 @@ async fn a_typescript_and_a_python_client_lose_nothing_when_a_node_is_killed() {
         "delivered after the kill"
     );
     watch.assert_none("sdk_interop").await;
+    std::fs::remove_dir_all(workdir).unwrap();
 }
 
 /// When (ms since the epoch) a client's socket was first closed with 4001, from its
