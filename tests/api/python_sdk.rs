@@ -1,7 +1,8 @@
 //! The Python SDK (`clients/python/`, SPEC §13) against a real cluster
 //! ([`SdkCluster`]): `clients/python/tests/` runs under pytest with the nodes' URLs in
 //! `NATTER_SDK_*`; the SDK is imported from the source tree, so the test checks this
-//! commit's SDK whatever `tests/run` installed.
+//! commit's SDK whatever `tests/run` installed. At the end no node may have seen a
+//! token in a WebSocket URL.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -41,5 +42,7 @@ async fn the_python_sdk_resumes_exactly_once_across_a_killed_and_a_drained_node(
         out.contains(" passed") && !out.contains("skipped") && !out.contains("deselected"),
         "{out}"
     );
-    drop(cluster);
+    cluster
+        .assert_no_token_in_any_url("the Python SDK's tests")
+        .await;
 }

@@ -1,7 +1,8 @@
 //! The TypeScript SDK (`clients/typescript/`, SPEC §13) against a real cluster
 //! ([`SdkCluster`]): `bash clients/typescript/build` bundles this commit's SDK into
 //! `dist/`, then `clients/typescript/test/` runs under `node --test` with the nodes'
-//! URLs in `NATTER_SDK_*`, with Debian's `ws` package as the WebSocket constructor.
+//! URLs in `NATTER_SDK_*`, with Debian's `ws` package as the WebSocket constructor. At
+//! the end no node may have seen a token in a WebSocket URL.
 
 use std::time::Duration;
 
@@ -65,5 +66,7 @@ async fn the_typescript_sdk_resumes_exactly_once_across_a_killed_and_a_drained_n
         .and_then(|n| n.trim().parse::<u32>().ok())
         .unwrap_or(0);
     assert!(passed >= 8, "only {passed} tests passed:\n{out}");
-    drop(cluster);
+    cluster
+        .assert_no_token_in_any_url("the TypeScript SDK's tests")
+        .await;
 }

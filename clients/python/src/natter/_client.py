@@ -646,7 +646,8 @@ class Room:
         self._push(UnsubscribedEvent(self.id, reason))
 
     def _fail_waiters(self, error: Exception) -> None:
-        for future in [*self._subscribe_waiters, *self._unsubscribe_waiters]:
+        waiters: list[asyncio.Future[Any]] = [*self._subscribe_waiters, *self._unsubscribe_waiters]
+        for future in waiters:
             if not future.done():
                 future.set_exception(error)
         self._subscribe_waiters.clear()
