@@ -22,6 +22,7 @@ use crate::{
     listener::ChatAcceptor,
     metrics::{self, Metrics},
     presence::{Presence, PresenceError},
+    push::vapid::VapidKey,
     relay::RoomHub,
     store::{Store, StoreError},
     webhooks::{
@@ -38,11 +39,26 @@ pub enum StartError {
     Bus(#[from] BusError),
     #[error(transparent)]
     Presence(#[from] PresenceError),
+    #[error("the VAPID key kept in the database: {0}")]
+    VapidKey(#[from] crate::push::vapid::BadVapidKey),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
         source: std::io::Error,
     },
+}
+
+/// The key that signs Web Push requests: `VAPID_PRIVATE_KEY`, else the one the first
+/// node generated and stored, the same on every node and across restarts (SPEC §14).
+async fn vapid_key(settings: &Settings, store: &Store) -> Result<VapidKey, StartError> {
+    if let Some(key) = &settings.push.vapid_key {
+        return Ok(key.clone());
+    }
+    let pkcs8 = store.vapid_key(&VapidKey::generate_pkcs8()).await?;
+    Ok(VapidKey::from_pkcs8(
+        &pkcs8,
+        settings.push.vapid_subject.clone(),
+    )?)
 }
 
 /// How long start-up keeps retrying a database that is not up yet.
@@ -171,6 +187,10 @@ impl Application {
             "Postgres lookups of bot keys and WebSocket tickets (unknown ones are remembered for 60 s)",
             auth.credential_lookups(),
         );
+        let push = chat::push::PushSetup {
+            vapid: Arc::new(vapid_key(&settings, &store).await?),
+            gateway_url: settings.push.gateway_url.clone(),
+        };
         let chat = Chat::new(chat::Parts {
             store: store.clone(),
             bus: bus.clone(),
@@ -181,6 +201,7 @@ impl Application {
             limits: settings.limits.clone(),
             send_hook,
             webhook_allow_private: settings.webhook_allow_private,
+            push,
             webhook_waker,
         });
         let context = ApiContext::new(

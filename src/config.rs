@@ -92,6 +92,20 @@ pub struct Settings {
     pub webhook_allow_private: bool,
     /// The before-send moderation hook (SPEC §11), if `SEND_HOOK_URL` is set.
     pub send_hook: Option<crate::webhooks::send_hook::SendHookSettings>,
+    /// Notifications (SPEC §14).
+    pub push: PushSettings,
+}
+
+/// How notifications leave the cluster (SPEC §14).
+#[derive(Clone, Debug, Default)]
+pub struct PushSettings {
+    /// `VAPID_PRIVATE_KEY`, with `VAPID_SUBJECT` as its contact; `None`: the cluster's
+    /// generated key.
+    pub vapid_key: Option<crate::push::vapid::VapidKey>,
+    /// `VAPID_SUBJECT`, also the contact of a generated key.
+    pub vapid_subject: Option<String>,
+    /// `PUSH_GATEWAY_URL`.
+    pub gateway_url: Option<String>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -118,6 +132,7 @@ impl std::fmt::Debug for Settings {
             .field("cors_origins", &self.cors_origins)
             .field("trusted_proxies", &self.trusted_proxies)
             .field("send_hook", &self.send_hook)
+            .field("push", &self.push)
             .field("compat_routes", &self.compat_routes)
             .field("webhooks", &self.webhooks.len())
             .field("webhook_allow_private", &self.webhook_allow_private)
@@ -619,6 +634,16 @@ settings_args! {
     "SEND_HOOK_TIMEOUT_MS" send_hook_timeout_ms: u64 = "1000", positive;
     /// `true`: store the message when the hook fails or times out (default: `503`)
     "SEND_HOOK_FAIL_OPEN" send_hook_fail_open: bool = "false", boolean;
+    /// the P-256 key that signs Web Push requests (VAPID): a PEM `PRIVATE KEY` (PKCS#8)
+    /// or its DER in base64url; unset, the cluster generates one on first start and
+    /// keeps it in Postgres
+    "VAPID_PRIVATE_KEY" vapid_private_key: crate::push::vapid::VapidKey = ["generated"], vapid_key;
+    /// how push services reach the operator, a `mailto:` or `https:` URL, sent as the
+    /// VAPID token's `sub`
+    "VAPID_SUBJECT" vapid_subject: String = none, contact_url;
+    /// base URL of a Gorush-compatible push gateway for `fcm` and `apns` devices
+    /// (requests go to `{PUSH_GATEWAY_URL}/api/push`); unset, such devices are refused
+    "PUSH_GATEWAY_URL" push_gateway_url: String = none, http_url;
 }
 
 /// A setting that is missing or cannot be used; the message names it.
@@ -708,6 +733,7 @@ impl Settings {
         let send_hook_secret = read::send_hook_secret(lookup)?;
         let send_hook_timeout = Duration::from_millis(read::send_hook_timeout_ms(lookup)?);
         let send_hook_fail_open = read::send_hook_fail_open(lookup)?;
+        let vapid_subject = read::vapid_subject(lookup)?;
         let send_hook =
             read::send_hook_url(lookup)?.map(|url| crate::webhooks::send_hook::SendHookSettings {
                 url,
@@ -753,6 +779,12 @@ impl Settings {
             webhooks,
             webhook_allow_private,
             send_hook,
+            push: PushSettings {
+                vapid_key: read::vapid_private_key(lookup)?
+                    .map(|key| key.with_subject(vapid_subject.clone())),
+                vapid_subject,
+                gateway_url: read::push_gateway_url(lookup)?,
+            },
         })
     }
 }
@@ -1042,6 +1074,17 @@ fn signing_secret(secret: &str) -> Result<String, String> {
         return Err("must be at least 32 bytes".into());
     }
     Ok(secret.to_string())
+}
+
+fn vapid_key(raw: &str) -> Result<crate::push::vapid::VapidKey, String> {
+    crate::push::vapid::VapidKey::parse(raw, None).map_err(|err| err.to_string())
+}
+
+fn contact_url(raw: &str) -> Result<String, String> {
+    match raw.starts_with("mailto:") || raw.starts_with("https://") {
+        true => Ok(raw.to_string()),
+        false => Err("must be a mailto: or https: URL".into()),
+    }
 }
 
 fn issuers(json: &str) -> Result<Vec<IssuerConfig>, String> {

@@ -31,6 +31,7 @@
 //! - [`bus`]: NATS subjects and the room event codec.
 //! - [`relay`]: per-room fan-out to this node's sockets, interest routing and gap
 //!   repair (SPEC §1.3).
+//! - [`push`]: Web Push's encryption and VAPID signature (SPEC §14).
 //! - [`presence`]: connection leases in NATS KV and the cluster-wide view (SPEC §1.6).
 //! - [`protocol`]: WebSocket frames.
 //! - [`rate_limit`]: the budgets the use cases spend (sends, edits, creations,
@@ -61,6 +62,7 @@ pub mod metrics;
 pub mod model;
 pub mod presence;
 pub mod protocol;
+pub mod push;
 pub mod rate_limit;
 pub mod relay;
 pub mod store;

@@ -183,6 +183,12 @@ impl From<StoreError> for ApiError {
             StoreError::RoomNotFound => ApiError::NotFound(body("room_not_found", "no such room")),
             StoreError::UserNotFound => ApiError::NotFound(body("user_not_found", "no such user")),
             StoreError::TooManyWebhooks => ApiError::Conflict(body("too_many_webhooks", message)),
+            StoreError::TooManyPushSubscriptions => {
+                ApiError::Conflict(body("too_many_push_subscriptions", message))
+            }
+            StoreError::PushSubscriptionNotFound => {
+                ApiError::NotFound(body("push_subscription_not_found", message))
+            }
             StoreError::WebhookNotFound => {
                 ApiError::NotFound(body("webhook_not_found", "no such webhook in this room"))
             }
@@ -230,6 +236,12 @@ impl From<ChatError> for ApiError {
             ChatError::HasherBusy | ChatError::HookUnavailable => ApiError::unavailable(message),
             ChatError::WebhookUrlNotAllowed(_) => {
                 ApiError::BadRequest(body("webhook_url_not_allowed", message))
+            }
+            ChatError::PushEndpointNotAllowed(_) => {
+                ApiError::BadRequest(body("push_endpoint_not_allowed", message))
+            }
+            ChatError::PushGatewayNotConfigured => {
+                ApiError::BadRequest(body("push_gateway_not_configured", message))
             }
             ChatError::BotsCannotCreateBots => {
                 ApiError::Forbidden(body("bots_cannot_create_bots", message))

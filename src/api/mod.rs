@@ -50,6 +50,7 @@ pub fn openapi() -> OpenApiService<impl poem_openapi::OpenApi, ()> {
             rest::tickets::TicketsApi,
             rest::bots::BotsApi,
             rest::webhooks::WebhooksApi,
+            rest::push::PushApi,
             rest::compat::CompatApi,
         ),
         "Natter",

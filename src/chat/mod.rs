@@ -29,6 +29,7 @@ pub mod credentials;
 mod health;
 pub mod live;
 pub mod messages;
+pub mod push;
 pub mod rooms;
 pub mod webhooks;
 
@@ -122,6 +123,12 @@ pub enum ChatError {
     /// A webhook URL that is not a public http(s) destination (SPEC §11).
     #[error("{0}")]
     WebhookUrlNotAllowed(String),
+    /// A push endpoint that is not a destination webhooks could reach (SPEC §14, §11).
+    #[error("{0}")]
+    PushEndpointNotAllowed(String),
+    /// An `fcm` or `apns` subscription while no `PUSH_GATEWAY_URL` is set.
+    #[error("native push needs a push gateway (PUSH_GATEWAY_URL), which this cluster has not set")]
+    PushGatewayNotConfigured,
     /// A bot asked to create a bot: only people own bots (SPEC §18).
     #[error("a bot cannot create bots; its owner can")]
     BotsCannotCreateBots,
@@ -165,6 +172,8 @@ pub struct Chat {
     send_hook: Option<Arc<SendHook>>,
     /// Whether webhooks may target private addresses (`WEBHOOK_ALLOW_PRIVATE`).
     webhook_allow_private: bool,
+    /// The VAPID key and push gateway (SPEC §14).
+    push: push::PushSetup,
 }
 
 /// What [`Chat::new`] works with.
@@ -178,6 +187,7 @@ pub struct Parts {
     pub limits: Limits,
     pub send_hook: Option<Arc<SendHook>>,
     pub webhook_allow_private: bool,
+    pub push: push::PushSetup,
     /// Woken when messages commit, so webhooks deliver them without waiting for a poll.
     pub webhook_waker: Arc<tokio::sync::Notify>,
 }
@@ -195,6 +205,7 @@ impl Chat {
             limits,
             send_hook,
             webhook_allow_private,
+            push,
             webhook_waker,
         } = parts;
         store.on_commit(Self::on_commit(bus.clone(), metrics.clone(), webhook_waker));
@@ -224,6 +235,7 @@ impl Chat {
             socket_ids: AtomicU64::new(1),
             send_hook,
             webhook_allow_private,
+            push,
         }
     }
 

@@ -25,6 +25,7 @@ pub mod credentials;
 pub mod events;
 pub mod messages;
 mod migrate;
+pub mod push;
 pub mod rooms;
 mod rows;
 mod standby;
@@ -78,6 +79,10 @@ pub enum StoreError {
     WebhookNotFound,
     #[error("a room has at most 10 webhooks; delete one first")]
     TooManyWebhooks,
+    #[error("no such push subscription")]
+    PushSubscriptionNotFound,
+    #[error("a user has at most 20 push subscriptions; delete one first")]
+    TooManyPushSubscriptions,
     /// A public room the caller must join before writing to it.
     #[error("not a member of this room")]
     NotMember,

@@ -27,6 +27,7 @@ mod ops;
 mod outgoing;
 mod own_postgres;
 mod privacy;
+mod push;
 mod python_sdk;
 mod reaction_limits;
 mod realtime;

@@ -10,6 +10,7 @@ pub mod me;
 pub mod members;
 pub mod messages;
 pub mod presence;
+pub mod push;
 pub mod rooms;
 pub mod tickets;
 pub mod users;
@@ -47,6 +48,8 @@ enum ApiTags {
     Bots,
     /// A room's outgoing webhooks.
     Webhooks,
+    /// Devices that receive notifications, and the key browsers subscribe with.
+    Push,
     /// Drop-in routes for the original backends' clients (SPEC §12): their paths and
     /// shapes over the same use cases.
     #[oai(rename = "compat")]
