@@ -641,8 +641,8 @@ settings_args! {
     /// how push services reach the operator, a `mailto:` or `https:` URL, sent as the
     /// VAPID token's `sub`
     "VAPID_SUBJECT" vapid_subject: String = none, contact_url;
-    /// base URL of a Gorush-compatible push gateway for `fcm` and `apns` devices
-    /// (requests go to `{PUSH_GATEWAY_URL}/api/push`); unset, such devices are refused
+    /// base URL of a Gorush-compatible push gateway for `fcm` and `apns` devices;
+    /// unset, such devices cannot be registered
     "PUSH_GATEWAY_URL" push_gateway_url: String = none, http_url;
 }
 

@@ -9,9 +9,11 @@ use super::{Chat, ChatError, meter};
 use crate::{
     domain::InvalidInput,
     push::{vapid::VapidKey, webpush::BrowserKeys},
-    store::push::{Device, PushSubscription},
+    store::push::Device,
     webhooks::destination,
 };
+
+pub use crate::store::push::PushSubscription;
 
 /// Longest endpoint URL accepted (real ones are a few hundred bytes).
 const MAX_ENDPOINT_LEN: usize = 2048;

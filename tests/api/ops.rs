@@ -203,6 +203,10 @@ async fn the_openapi_document_covers_every_operation_with_an_id_a_tag_its_status
             "delete",
             "200",
         ),
+        ("/v1/push/vapid-public-key", "get", "401"),
+        ("/v1/me/push-subscriptions", "post", "201"),
+        ("/v1/me/push-subscriptions", "get", "200"),
+        ("/v1/me/push-subscriptions/{id}", "delete", "404"),
         // Seed 000's clients call `/rooms/`; the document writes it without the slash.
         ("/rooms", "post", "201"),
         ("/rooms", "get", "200"),

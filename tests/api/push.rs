@@ -136,7 +136,10 @@ async fn a_browser_subscription_is_registered_listed_and_deleted_by_its_owner_on
         created.body.as_object().unwrap().keys().collect::<Vec<_>>(),
         ["created_at", "id", "kind"]
     );
-    assert_eq!(subscriptions(&app, &alice).await, std::slice::from_ref(&created.body));
+    assert_eq!(
+        subscriptions(&app, &alice).await,
+        std::slice::from_ref(&created.body)
+    );
     assert!(subscriptions(&app, &bob).await.is_empty());
 
     // Bob cannot delete Alice's device, nor tell it from one that does not exist.

@@ -12,7 +12,10 @@ import {
   Message,
   MessagePage,
   MyRoomList,
+  NewPushSubscription,
   OnlineUserList,
+  PushSubscription,
+  PushSubscriptionList,
   Room,
   RoomKind,
   RoomList,
@@ -21,6 +24,7 @@ import {
   Ticket,
   User,
   UserList,
+  VapidPublicKey,
   WebhookList,
 } from "./types";
 
@@ -63,6 +67,10 @@ export const OPERATIONS: Readonly<Record<string, readonly [string, string]>> = {
   rotate_webhook_secret: ["POST", "/v1/rooms/{room_id}/webhooks/{id}/rotate"],
   replay_webhook: ["POST", "/v1/rooms/{room_id}/webhooks/{id}/replay"],
   list_webhook_deliveries: ["GET", "/v1/rooms/{room_id}/webhooks/{id}/deliveries"],
+  get_vapid_public_key: ["GET", "/v1/push/vapid-public-key"],
+  create_push_subscription: ["POST", "/v1/me/push-subscriptions"],
+  list_push_subscriptions: ["GET", "/v1/me/push-subscriptions"],
+  delete_push_subscription: ["DELETE", "/v1/me/push-subscriptions/{id}"],
 };
 
 /** `list_room_presence` -> `listRoomPresence`: the method name of an operationId. */
@@ -303,5 +311,20 @@ export class Rest {
     options: { limit?: number } = {},
   ): Promise<Deliveries> {
     return this.call("list_webhook_deliveries", { room_id: roomId, id: webhookId }, { query: options });
+  }
+
+  // Notifications' devices
+
+  getVapidPublicKey(): Promise<VapidPublicKey> {
+    return this.call("get_vapid_public_key");
+  }
+  createPushSubscription(device: NewPushSubscription): Promise<PushSubscription> {
+    return this.call("create_push_subscription", {}, { body: { ...device } });
+  }
+  listPushSubscriptions(): Promise<PushSubscriptionList> {
+    return this.call("list_push_subscriptions");
+  }
+  async deletePushSubscription(subscriptionId: string): Promise<void> {
+    await this.call("delete_push_subscription", { id: subscriptionId });
   }
 }

@@ -124,6 +124,25 @@ export interface WebhookList {
 export interface RotatedSecret {
   secret: string;
 }
+/** The cluster's VAPID public key (base64url), for `PushManager.subscribe`'s
+ * `applicationServerKey`. */
+export interface VapidPublicKey {
+  key: string;
+}
+export type PushKind = "webpush" | "fcm" | "apns";
+/** A device to notify: a browser's `PushSubscription.toJSON()` with `kind: "webpush"`,
+ * or a native app's device token. */
+export type NewPushSubscription =
+  | { kind: "webpush"; endpoint: string; keys: { p256dh: string; auth: string }; token?: never }
+  | { kind: "fcm" | "apns"; token: string; endpoint?: never; keys?: never };
+export interface PushSubscription {
+  id: string;
+  kind: PushKind;
+  created_at: number;
+}
+export interface PushSubscriptionList {
+  subscriptions: PushSubscription[];
+}
 export interface Delivery {
   event_id: string;
   type: string;

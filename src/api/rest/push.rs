@@ -11,9 +11,9 @@ use super::{ApiTags, NoContent};
 use crate::{
     api::context::ApiContext,
     api::{error::ApiError, security::BearerAuth},
+    chat::push::PushSubscription as StoredSubscription,
     chat::push::{NativeKind, NewPushSubscription},
     domain::InvalidInput,
-    store::push::PushSubscription as StoredSubscription,
 };
 
 pub struct PushApi;
@@ -40,6 +40,7 @@ enum PushKind {
 
 /// A browser's `PushSubscription.keys`.
 #[derive(Object)]
+#[oai(example)]
 struct PushKeys {
     /// The browser's P-256 public key (base64url).
     p256dh: String,
@@ -96,10 +97,10 @@ impl PushApi {
         &self,
         _auth: BearerAuth,
         Data(state): Data<&ApiContext>,
-    ) -> Json<VapidPublicKey> {
-        Json(VapidPublicKey {
+    ) -> Result<Json<VapidPublicKey>, ApiError> {
+        Ok(Json(VapidPublicKey {
             key: state.chat.vapid_public_key(),
-        })
+        }))
     }
 
     /// Register a device for notifications; at most 20 per user.
@@ -205,11 +206,19 @@ impl Example for CreatePushSubscriptionRequest {
         Self {
             kind: PushKind::Webpush,
             endpoint: Some("https://updates.push.services.mozilla.com/wpush/v2/gAAAAABh…".into()),
-            keys: Some(PushKeys {
-                p256dh: "BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4".into(),
-                auth: "BTBZMqHH6r4Tts7J_aSIgg".into(),
-            }),
+            keys: Some(PushKeys::example()),
             token: None,
+        }
+    }
+}
+
+impl Example for PushKeys {
+    /// RFC 8291's example subscription.
+    fn example() -> Self {
+        Self {
+            p256dh: "BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4"
+                .into(),
+            auth: "BTBZMqHH6r4Tts7J_aSIgg".into(),
         }
     }
 }

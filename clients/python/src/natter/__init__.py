@@ -21,6 +21,8 @@ from ._types import (
     MyRoomList,
     OnlineUserList,
     PresenceEvent,
+    PushSubscription,
+    PushSubscriptionList,
     Reaction,
     ReactionEvent,
     ReadEvent,
@@ -34,6 +36,7 @@ from ._types import (
     UnsubscribedEvent,
     User,
     UserList,
+    VapidPublicKey,
     WebhookList,
     WebhookView,
 )
@@ -63,6 +66,8 @@ __all__ = [
     "NatterError",
     "OnlineUserList",
     "PresenceEvent",
+    "PushSubscription",
+    "PushSubscriptionList",
     "Reaction",
     "ReactionEvent",
     "ReadEvent",
@@ -80,6 +85,7 @@ __all__ = [
     "UnsubscribedEvent",
     "User",
     "UserList",
+    "VapidPublicKey",
     "WebhookList",
     "WebhookView",
 ]

@@ -7,7 +7,7 @@ their HTTP method and path, and the SDK's tests check both against `/openapi.jso
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, cast
+from typing import Any, Literal, cast
 from urllib.parse import quote
 
 import httpx
@@ -24,6 +24,8 @@ from ._types import (
     MyRoomList,
     NewRoomKind,
     OnlineUserList,
+    PushSubscription,
+    PushSubscriptionList,
     Room,
     RoomList,
     RotatedSecret,
@@ -31,6 +33,7 @@ from ._types import (
     Ticket,
     User,
     UserList,
+    VapidPublicKey,
     WebhookList,
 )
 
@@ -73,6 +76,10 @@ OPERATIONS: Mapping[str, tuple[str, str]] = {
     "rotate_webhook_secret": ("POST", "/v1/rooms/{room_id}/webhooks/{id}/rotate"),
     "replay_webhook": ("POST", "/v1/rooms/{room_id}/webhooks/{id}/replay"),
     "list_webhook_deliveries": ("GET", "/v1/rooms/{room_id}/webhooks/{id}/deliveries"),
+    "get_vapid_public_key": ("GET", "/v1/push/vapid-public-key"),
+    "create_push_subscription": ("POST", "/v1/me/push-subscriptions"),
+    "list_push_subscriptions": ("GET", "/v1/me/push-subscriptions"),
+    "delete_push_subscription": ("DELETE", "/v1/me/push-subscriptions/{id}"),
 }
 
 # Python parameter names for path parameters the document calls `id`.
@@ -83,6 +90,7 @@ PATH_ALIASES: Mapping[str, Mapping[str, str]] = {
     "rotate_webhook_secret": {"id": "webhook_id"},
     "replay_webhook": {"id": "webhook_id"},
     "list_webhook_deliveries": {"id": "webhook_id"},
+    "delete_push_subscription": {"id": "subscription_id"},
 }
 
 TokenSource = Callable[[bool], Awaitable[str | None]]
@@ -321,3 +329,28 @@ class Rest:
         ids = {"room_id": room_id, "webhook_id": webhook_id}
         page = await self._call("list_webhook_deliveries", ids, params={"limit": limit})
         return cast(Deliveries, page)
+
+    # Notifications' devices
+
+    async def get_vapid_public_key(self) -> VapidPublicKey:
+        return cast(VapidPublicKey, await self._call("get_vapid_public_key"))
+
+    async def create_push_subscription(
+        self,
+        kind: Literal["webpush", "fcm", "apns"],
+        *,
+        endpoint: str | None = None,
+        keys: Mapping[str, str] | None = None,
+        token: str | None = None,
+    ) -> PushSubscription:
+        """A browser's `PushSubscription` (`kind="webpush"`, its `endpoint` and `keys`
+        `{p256dh, auth}`), or a native app's device `token` (`fcm`, `apns`)."""
+        body = {"kind": kind, "endpoint": endpoint, "keys": keys, "token": token}
+        created = await self._call("create_push_subscription", body=body)
+        return cast(PushSubscription, created)
+
+    async def list_push_subscriptions(self) -> PushSubscriptionList:
+        return cast(PushSubscriptionList, await self._call("list_push_subscriptions"))
+
+    async def delete_push_subscription(self, subscription_id: str) -> None:
+        await self._call("delete_push_subscription", {"subscription_id": subscription_id})

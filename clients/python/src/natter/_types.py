@@ -147,6 +147,25 @@ class RotatedSecret(TypedDict):
     secret: str
 
 
+class VapidPublicKey(TypedDict):
+    """The cluster's VAPID public key (base64url), a browser's `applicationServerKey`."""
+
+    key: str
+
+
+PushKind = Literal["webpush", "fcm", "apns"]
+
+
+class PushSubscription(TypedDict):
+    id: str
+    kind: PushKind
+    created_at: int
+
+
+class PushSubscriptionList(TypedDict):
+    subscriptions: list[PushSubscription]
+
+
 class DeliveryView(TypedDict):
     event_id: str
     type: str
