@@ -171,3 +171,55 @@ class Balancer:
             await asyncio.gather(pipe(reader, up_writer, False), pipe(up_reader, writer, True))
         finally:
             self.links.discard(link)
+
+
+# Every frame the SDK receives in these tests is checked against the node's AsyncAPI
+# document (SPEC §13), as tests/api/frame_schema.rs checks the Rust tests' sockets: the
+# SDK's own sockets see frames (tickets, resumes after kills and 4008s) no other test does.
+_frame_problems: list[str] = []
+_frame_validators: dict[str, Any] = {}
+
+
+def _check_frame(raw: str | bytes) -> None:
+    import json
+
+    from jsonschema import Draft7Validator
+
+    if not _frame_validators:
+        document = httpx.get(nodes()[0] + "/asyncapi.json", timeout=10).json()
+        (channel,) = [name for name, c in document["channels"].items() if c["address"] == "/v1/ws"]
+        for operation in document["operations"].values():
+            if operation["action"] != "send" or not operation["channel"]["$ref"].endswith(
+                "/" + channel
+            ):
+                continue
+            for ref in operation["messages"]:
+                key = ref["$ref"].rsplit("/", 1)[-1]
+                message = document["channels"][channel]["messages"][key]["$ref"]
+                name = document["components"]["messages"][message.rsplit("/", 1)[-1]]["name"]
+                root = {"$ref": message + "/payload", "components": document["components"]}
+                _frame_validators[name] = Draft7Validator(root)
+    frame = json.loads(raw)
+    validator = _frame_validators.get(frame.get("type"))
+    if validator is None:
+        _frame_problems.append(f"no message for type {frame.get('type')!r}: {raw!r:.300}")
+        return
+    for error in validator.iter_errors(frame):
+        _frame_problems.append(f"{frame['type']}: {list(error.absolute_path)} {error.message:.300}")
+
+
+@pytest.fixture(autouse=True)
+def every_received_frame_matches_the_asyncapi_document(monkeypatch: pytest.MonkeyPatch) -> Any:
+    from natter import _client
+
+    receive = _client.Natter._on_frame
+
+    def checked(self: Any, raw: str | bytes) -> None:
+        _check_frame(raw)
+        receive(self, raw)
+
+    monkeypatch.setattr(_client.Natter, "_on_frame", checked)
+    yield
+    problems = list(_frame_problems)
+    _frame_problems.clear()
+    assert not problems, "frames that do not match /asyncapi.json:\n" + "\n".join(problems)
