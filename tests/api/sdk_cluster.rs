@@ -16,7 +16,33 @@ use std::{
 
 use tokio::{process::Command, task::JoinHandle};
 
-use crate::helpers::{NodeProcess, TestApp, settings, spawn_app_with, spawn_node};
+use crate::helpers::{NodeProcess, TestApp, run_within, settings, spawn_app_with, spawn_node};
+
+/// Builds the TypeScript SDK from this commit's sources into `out` (`bash
+/// clients/typescript/build --out OUT`: `index.js`, `index.d.ts` and the browser bundle
+/// `natter.js`), or fails the test with the build's output. Tests that run at once each
+/// build into a directory of their own.
+pub async fn build_typescript_sdk(out: &std::path::Path) {
+    let build = run_within(
+        Command::new("bash")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/clients/typescript/build"
+            ))
+            .arg("--out")
+            .arg(out),
+        Duration::from_secs(120),
+        "the TypeScript SDK's build",
+    )
+    .await;
+    assert!(
+        build.status.success(),
+        "bash clients/typescript/build failed (apt-get install node-typescript esbuild \
+         node-ws, or run through `bash tests/run`):\n{}{}",
+        String::from_utf8_lossy(&build.stdout),
+        String::from_utf8_lossy(&build.stderr)
+    );
+}
 
 pub struct SdkCluster {
     /// Stays up throughout; the last of `NATTER_SDK_NODES`.

@@ -16,7 +16,7 @@ use tokio::{
 
 use crate::{
     helpers::{NodeProcess, run_within, settings, spawn_app, spawn_node},
-    sdk_cluster::TokenUrlWatch,
+    sdk_cluster::{TokenUrlWatch, build_typescript_sdk},
     sdk_types::scratch,
 };
 
@@ -157,15 +157,7 @@ async fn a_typescript_and_a_python_client_lose_nothing_when_a_node_is_killed() {
     // A build of its own: other tests rebuild clients/typescript/dist meanwhile.
     let workdir = scratch("interop");
     let dist = workdir.join("dist");
-    let build = run_within(
-        Command::new("bash")
-            .arg(format!("{root}/clients/typescript/build"))
-            .arg(&dist),
-        Duration::from_secs(120),
-        "the TypeScript SDK's build",
-    )
-    .await;
-    assert!(build.status.success(), "{build:?}");
+    build_typescript_sdk(&dist).await;
 
     let survivor = spawn_app().await;
     let cluster = settings(&survivor.database_url);

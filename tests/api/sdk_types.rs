@@ -16,7 +16,7 @@ use regex::Regex;
 use tokio::process::Command;
 use uuid::Uuid;
 
-use crate::helpers::run_within;
+use crate::{helpers::run_within, sdk_cluster::build_typescript_sdk};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -161,20 +161,7 @@ pub async fn typescript_example_beside_the_sdk(name: &str) -> PathBuf {
         )
         .unwrap();
     }
-    let build = run_within(
-        Command::new("bash")
-            .arg(root.join("clients/typescript/build"))
-            .arg(dir.join("clients/typescript/dist")),
-        Duration::from_secs(120),
-        "the TypeScript SDK's build",
-    )
-    .await;
-    assert!(
-        build.status.success(),
-        "bash clients/typescript/build failed (apt-get install node-typescript esbuild, or \
-         run through `bash tests/run`):\n{}",
-        printed(&build)
-    );
+    build_typescript_sdk(&dir.join("clients/typescript/dist")).await;
     dir
 }
 

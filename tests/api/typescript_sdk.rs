@@ -8,25 +8,16 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
-use crate::{helpers::run_within, sdk_cluster::SdkCluster};
+use crate::{
+    helpers::run_within,
+    sdk_cluster::{SdkCluster, build_typescript_sdk},
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_typescript_sdk_resumes_exactly_once_across_a_killed_and_a_drained_node() {
     let root = env!("CARGO_MANIFEST_DIR");
     let sdk = format!("{root}/clients/typescript");
-    let build = run_within(
-        Command::new("bash").arg(format!("{sdk}/build")),
-        Duration::from_secs(120),
-        "the TypeScript SDK's build",
-    )
-    .await;
-    assert!(
-        build.status.success(),
-        "bash clients/typescript/build failed (apt-get install node-typescript esbuild \
-         node-ws, or run through `bash tests/run`):\n{}{}",
-        String::from_utf8_lossy(&build.stdout),
-        String::from_utf8_lossy(&build.stderr)
-    );
+    build_typescript_sdk(std::path::Path::new(&format!("{sdk}/dist"))).await;
 
     let cluster = SdkCluster::start().await;
     // The suites, named one by one: `node --test test/` would also run the helpers.

@@ -4,11 +4,9 @@
 //! `bash clients/typescript/build` makes of this commit's `clients/typescript/src`, and
 //! `app.js` must leave the socket and HTTP to it.
 
-use std::{path::PathBuf, time::Duration};
+use std::path::PathBuf;
 
-use tokio::process::Command;
-
-use crate::helpers::run_within;
+use crate::sdk_cluster::build_typescript_sdk;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -22,22 +20,7 @@ async fn the_committed_browser_bundle_is_what_the_sdks_build_makes_of_its_source
     // same time.
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("web-bundle-{}", std::process::id()));
-    let build = run_within(
-        Command::new("bash")
-            .arg(format!("{ROOT}/clients/typescript/build"))
-            .arg("--out")
-            .arg(&out),
-        Duration::from_secs(120),
-        "the TypeScript SDK's build",
-    )
-    .await;
-    assert!(
-        build.status.success(),
-        "bash clients/typescript/build failed (apt-get install node-typescript esbuild, or \
-         run through `bash tests/run`):\n{}{}",
-        String::from_utf8_lossy(&build.stdout),
-        String::from_utf8_lossy(&build.stderr)
-    );
+    build_typescript_sdk(&out).await;
     let fresh = std::fs::read(out.join("natter.js")).expect("the build wrote natter.js");
     std::fs::remove_dir_all(&out).expect("the build's directory is removable");
     let committed = read("src/api/web/natter.js").into_bytes();
