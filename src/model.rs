@@ -34,6 +34,62 @@ pub enum RoomKind {
     Direct,
 }
 
+/// How much of a room's traffic notifies a member who is away (SPEC §14).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum, Serialize)]
+#[oai(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
+pub enum NotificationLevel {
+    /// Every message.
+    All,
+    /// Messages that mention the member.
+    Mentions,
+    /// Nothing.
+    None,
+}
+
+impl NotificationLevel {
+    /// The level of a member who never chose one: direct rooms are conversations with
+    /// one person, where every message is meant for them; elsewhere only mentions are.
+    pub fn default_for(kind: RoomKind) -> Self {
+        match kind {
+            RoomKind::Direct => NotificationLevel::All,
+            RoomKind::Public | RoomKind::Private => NotificationLevel::Mentions,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotificationLevel::All => "all",
+            NotificationLevel::Mentions => "mentions",
+            NotificationLevel::None => "none",
+        }
+    }
+
+    /// The stored form back (`None` for a value the schema's CHECK would refuse).
+    pub fn parse(stored: &str) -> Option<Self> {
+        match stored {
+            "all" => Some(NotificationLevel::All),
+            "mentions" => Some(NotificationLevel::Mentions),
+            "none" => Some(NotificationLevel::None),
+            _ => None,
+        }
+    }
+}
+
+/// A member's notification settings for one room (SPEC §14): their `level`, or the room
+/// kind's default (`all` in direct rooms, `mentions` elsewhere).
+#[derive(Debug, Clone, PartialEq, Eq, Object)]
+#[oai(example)]
+pub struct NotificationSettings {
+    // No doc comment: it would wrap the enum's reference in an `allOf`, which generated
+    // clients (openapi-python-client) cannot read.
+    pub level: NotificationLevel,
+    /// Milliseconds since the epoch: nothing notifies before then, whatever the level.
+    /// Absent or null: not muted.
+    #[oai(nullable, skip_serializing_if_is_none)]
+    pub muted_until: Option<i64>,
+}
+
 /// Why a user's subscriptions to a room ended without their asking (SPEC §10): the
 /// `reason` of the `unsubscribed` frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum, Serialize)]
@@ -229,4 +285,6 @@ pub struct MyRoom {
     pub last_message: Option<Message>,
     /// When the room last had a message (or was created), for ordering the list.
     pub last_activity_at: i64,
+    /// What notifies the caller of this room while they are away.
+    pub notifications: NotificationSettings,
 }

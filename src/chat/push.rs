@@ -1,5 +1,6 @@
-//! A user's devices for notifications (SPEC §14): the cluster's VAPID public key, and
-//! push subscriptions registered, listed and deleted by their owner.
+//! What reaches a user who is away (SPEC §14): their per-room notification settings, the
+//! cluster's VAPID public key, and push subscriptions registered, listed and deleted by
+//! their owner.
 
 use std::sync::Arc;
 
@@ -8,6 +9,7 @@ use uuid::Uuid;
 use super::{Chat, ChatError, meter};
 use crate::{
     domain::InvalidInput,
+    model::NotificationSettings,
     push::{vapid::VapidKey, webpush::BrowserKeys},
     store::push::Device,
     webhooks::destination,
@@ -131,6 +133,34 @@ impl Chat {
         user: Uuid,
     ) -> Result<Vec<PushSubscription>, ChatError> {
         Ok(self.store.list_push_subscriptions(user).await?)
+    }
+
+    /// The caller's notification settings for a room they are a member of.
+    pub async fn notification_settings(
+        &self,
+        user: Uuid,
+        room_id: Uuid,
+    ) -> Result<NotificationSettings, ChatError> {
+        Ok(self.store.notification_settings(user, room_id).await?)
+    }
+
+    /// Sets them; a `muted_until` already past is kept as given (it simply mutes nothing).
+    pub async fn set_notification_settings(
+        &self,
+        user: Uuid,
+        room_id: Uuid,
+        settings: NotificationSettings,
+    ) -> Result<NotificationSettings, ChatError> {
+        meter(&self.edits, user)?;
+        if settings.muted_until.is_some_and(|at| at < 0) {
+            return Err(
+                InvalidInput::new("muted_until", "must be milliseconds since the epoch").into(),
+            );
+        }
+        self.store
+            .set_notification_settings(user, room_id, &settings)
+            .await?;
+        Ok(settings)
     }
 
     pub async fn delete_push_subscription(&self, user: Uuid, id: Uuid) -> Result<(), ChatError> {

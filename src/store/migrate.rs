@@ -28,6 +28,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
         include_str!("migrations/0012_drop_messages_by_time.sql"),
     ),
     (13, include_str!("migrations/0013_push_subscriptions.sql")),
+    (14, include_str!("migrations/0014_notification_levels.sql")),
 ];
 
 /// Arbitrary, fixed key for `pg_advisory_xact_lock`: "natter" in ASCII.

@@ -17,7 +17,9 @@ use super::{
 };
 use crate::{
     domain::{InvalidInput, RoomName},
-    model::{AccessLost, Member, MyRoom, Role, Room, RoomKind},
+    model::{
+        AccessLost, Member, MyRoom, NotificationLevel, NotificationSettings, Role, Room, RoomKind,
+    },
 };
 
 /// Columns of a [`Room`] as seen by the user bound to `$1` (a direct room is named after
@@ -632,6 +634,7 @@ impl Store {
         let client = self.reader().await?;
         let sql = format!(
             "SELECT {ROOM_COLUMNS}, r.last_activity_at, m.last_read_seq,
+                    m.notification_level, m.muted_until,
                     (SELECT count(*) FROM messages x
                       WHERE x.room_id = r.id AND x.seq > m.last_read_seq
                         AND x.sender_id <> $1 AND NOT x.deleted) AS unread_count
@@ -648,12 +651,17 @@ impl Store {
             .await?;
         let mut items: Vec<MyRoom> = rows
             .iter()
-            .map(|row| MyRoom {
-                room: room_from_row(row),
-                unread_count: row.get("unread_count"),
-                last_read_seq: row.get("last_read_seq"),
-                last_message: None,
-                last_activity_at: row.get("last_activity_at"),
+            .map(|row| {
+                let room = room_from_row(row);
+                let notifications = notification_settings(row, room.kind);
+                MyRoom {
+                    room,
+                    unread_count: row.get("unread_count"),
+                    last_read_seq: row.get("last_read_seq"),
+                    last_message: None,
+                    last_activity_at: row.get("last_activity_at"),
+                    notifications,
+                }
             })
             .collect();
         let next_cursor = if items.len() as i64 > limit {
@@ -680,6 +688,60 @@ impl Store {
             }
         }
         Ok(Page { items, next_cursor })
+    }
+
+    /// The member's notification settings for the room (SPEC §14).
+    pub async fn notification_settings(
+        &self,
+        viewer: Uuid,
+        room_id: Uuid,
+    ) -> Result<NotificationSettings, StoreError> {
+        let client = self.client().await?;
+        Access::of(&client, room_id, viewer)
+            .await?
+            .require_member()?;
+        let row = client
+            .query_one_cached(
+                "SELECT r.kind, m.notification_level, m.muted_until
+                   FROM members m JOIN rooms r ON r.id = m.room_id
+                  WHERE m.room_id = $1 AND m.user_id = $2",
+                &[&room_id, &viewer],
+            )
+            .await?;
+        Ok(notification_settings(
+            &row,
+            RoomKind::from_db(row.get("kind")),
+        ))
+    }
+
+    /// Sets the member's notification settings for the room.
+    pub async fn set_notification_settings(
+        &self,
+        viewer: Uuid,
+        room_id: Uuid,
+        settings: &NotificationSettings,
+    ) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        Access::of(&client, room_id, viewer)
+            .await?
+            .require_member()?;
+        let updated = client
+            .execute(
+                "UPDATE members SET notification_level = $3, muted_until = $4
+                  WHERE room_id = $1 AND user_id = $2",
+                &[
+                    &room_id,
+                    &viewer,
+                    &settings.level.as_str(),
+                    &settings.muted_until,
+                ],
+            )
+            .await?;
+        match updated {
+            // Left between the check and the update.
+            0 => Err(StoreError::NotMember),
+            _ => Ok(()),
+        }
     }
 
     /// Moves the caller's read watermark forward to `seq` (never back). Returns whether
@@ -728,4 +790,15 @@ async fn fetch_room(
         .await?
         .map(|r| room_from_row(&r))
         .ok_or(StoreError::RoomNotFound)
+}
+
+/// A membership row's notification settings: its stored level, or `kind`'s default.
+fn notification_settings(row: &tokio_postgres::Row, kind: RoomKind) -> NotificationSettings {
+    let stored: Option<&str> = row.get("notification_level");
+    NotificationSettings {
+        level: stored
+            .and_then(NotificationLevel::parse)
+            .unwrap_or(NotificationLevel::default_for(kind)),
+        muted_until: row.get("muted_until"),
+    }
 }

@@ -203,6 +203,8 @@ async fn the_openapi_document_covers_every_operation_with_an_id_a_tag_its_status
             "delete",
             "200",
         ),
+        ("/v1/rooms/{room_id}/notifications", "get", "404"),
+        ("/v1/rooms/{room_id}/notifications", "put", "403"),
         ("/v1/push/vapid-public-key", "get", "401"),
         ("/v1/me/push-subscriptions", "post", "201"),
         ("/v1/me/push-subscriptions", "get", "200"),

@@ -441,3 +441,155 @@ async fn a_web_push_request_decrypts_with_the_browsers_key_under_a_valid_vapid_t
     }
     let _ = std::fs::remove_file(file);
 }
+
+/// `GET /v1/me/rooms`' entry for `room`.
+async fn my_room(app: &TestApp, user: &TestUser, room: &str) -> Value {
+    let list = app.get("/v1/me/rooms", &user.token).await;
+    list.assert_status(200);
+    list.body["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|entry| entry["id"] == room)
+        .unwrap_or_else(|| panic!("{room} is not in {}", list.body))
+        .clone()
+}
+
+#[tokio::test]
+async fn each_member_chooses_a_rooms_notification_level_with_the_room_kinds_default() {
+    let app = node().await;
+    let (alice, bob) = (app.register("alice").await, app.register("bob").await);
+    let general = app
+        .create_room(&alice, "general", "public")
+        .await
+        .to_string();
+    let direct = app
+        .post("/v1/dms", &alice.token, json!({"user_id": bob.id}))
+        .await
+        .body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let settings = |room: &str| format!("/v1/rooms/{room}/notifications");
+
+    // Defaults: every message of a direct chat, only mentions elsewhere.
+    for (room, level) in [(&general, "mentions"), (&direct, "all")] {
+        let got = app.get(&settings(room), &alice.token).await;
+        got.assert_status(200);
+        assert_eq!(got.body, json!({"level": level}), "{room}");
+        assert_eq!(my_room(&app, &alice, room).await["notifications"], got.body);
+    }
+
+    // Alice mutes #general for an hour at level `all`; Bob's settings do not move.
+    let until = 1_900_000_000_000_i64;
+    let chosen = json!({"level": "all", "muted_until": until});
+    let put = app
+        .call(
+            Method::PUT,
+            &settings(&general),
+            Some(&alice.token),
+            Some(chosen.clone()),
+        )
+        .await;
+    put.assert_status(200);
+    assert_eq!(put.body, chosen);
+    assert_eq!(
+        app.get(&settings(&general), &alice.token).await.body,
+        chosen
+    );
+    assert_eq!(
+        my_room(&app, &alice, &general).await["notifications"],
+        chosen
+    );
+    app.post(&format!("/v1/rooms/{general}/join"), &bob.token, json!({}))
+        .await
+        .assert_status(204);
+    assert_eq!(
+        app.get(&settings(&general), &bob.token).await.body,
+        json!({"level": "mentions"})
+    );
+    // Unmuted by leaving `muted_until` out; `none` silences the direct chat.
+    let none = json!({"level": "none"});
+    for (room, body) in [(&general, json!({"level": "mentions"})), (&direct, none)] {
+        app.call(
+            Method::PUT,
+            &settings(room),
+            Some(&alice.token),
+            Some(body.clone()),
+        )
+        .await
+        .assert_status(200);
+        assert_eq!(my_room(&app, &alice, room).await["notifications"], body);
+    }
+    // Leaving forgets the choice: a member who comes back starts from the default.
+    app.call(
+        Method::PUT,
+        &settings(&general),
+        Some(&bob.token),
+        Some(json!({"level": "none"})),
+    )
+    .await
+    .assert_status(200);
+    app.post(&format!("/v1/rooms/{general}/leave"), &bob.token, json!({}))
+        .await
+        .assert_status(204);
+    app.post(&format!("/v1/rooms/{general}/join"), &bob.token, json!({}))
+        .await
+        .assert_status(204);
+    assert_eq!(
+        app.get(&settings(&general), &bob.token).await.body,
+        json!({"level": "mentions"})
+    );
+}
+
+#[tokio::test]
+async fn notification_settings_are_a_members_only_and_bad_ones_change_nothing() {
+    let app = node().await;
+    let (alice, mallory) = (app.register("alice").await, app.register("mallory").await);
+    let general = app.create_room(&alice, "general", "public").await;
+    let secret = app.create_room(&alice, "secret", "private").await;
+    let path = |room: Uuid| format!("/v1/rooms/{room}/notifications");
+    let all = json!({"level": "all"});
+
+    // A public room Mallory has not joined: join it first; a private one: no such room.
+    for (room, status, code) in [
+        (general, 403, "not_member"),
+        (secret, 404, "room_not_found"),
+        (Uuid::new_v4(), 404, "room_not_found"),
+    ] {
+        let get = app.get(&path(room), &mallory.token).await;
+        get.assert_status(status);
+        assert_eq!(get.error_code(), code);
+        let put = app
+            .call(
+                Method::PUT,
+                &path(room),
+                Some(&mallory.token),
+                Some(all.clone()),
+            )
+            .await;
+        put.assert_status(status);
+        assert_eq!(put.error_code(), code);
+    }
+    for bad in [
+        json!({"level": "loud"}),
+        json!({}),
+        json!({"level": "all", "muted_until": "tomorrow"}),
+        json!({"level": "all", "muted_until": -5}),
+    ] {
+        let refused = app
+            .call(
+                Method::PUT,
+                &path(general),
+                Some(&alice.token),
+                Some(bad.clone()),
+            )
+            .await;
+        refused.assert_status(400);
+        assert_eq!(refused.error_code(), "invalid_input", "{bad}");
+    }
+    assert_eq!(
+        app.get(&path(general), &alice.token).await.body,
+        json!({"level": "mentions"})
+    );
+}

@@ -13,6 +13,8 @@ import {
   MessagePage,
   MyRoomList,
   NewPushSubscription,
+  NotificationLevel,
+  NotificationSettings,
   OnlineUserList,
   PushSubscription,
   PushSubscriptionList,
@@ -67,6 +69,8 @@ export const OPERATIONS: Readonly<Record<string, readonly [string, string]>> = {
   rotate_webhook_secret: ["POST", "/v1/rooms/{room_id}/webhooks/{id}/rotate"],
   replay_webhook: ["POST", "/v1/rooms/{room_id}/webhooks/{id}/replay"],
   list_webhook_deliveries: ["GET", "/v1/rooms/{room_id}/webhooks/{id}/deliveries"],
+  get_notification_settings: ["GET", "/v1/rooms/{room_id}/notifications"],
+  set_notification_settings: ["PUT", "/v1/rooms/{room_id}/notifications"],
   get_vapid_public_key: ["GET", "/v1/push/vapid-public-key"],
   create_push_subscription: ["POST", "/v1/me/push-subscriptions"],
   list_push_subscriptions: ["GET", "/v1/me/push-subscriptions"],
@@ -313,8 +317,22 @@ export class Rest {
     return this.call("list_webhook_deliveries", { room_id: roomId, id: webhookId }, { query: options });
   }
 
-  // Notifications' devices
+  // Notifications
 
+  getNotificationSettings(roomId: string): Promise<NotificationSettings> {
+    return this.call("get_notification_settings", { room_id: roomId });
+  }
+  setNotificationSettings(
+    roomId: string,
+    level: NotificationLevel,
+    mutedUntil?: number,
+  ): Promise<NotificationSettings> {
+    return this.call(
+      "set_notification_settings",
+      { room_id: roomId },
+      { body: { level, muted_until: mutedUntil } },
+    );
+  }
   getVapidPublicKey(): Promise<VapidPublicKey> {
     return this.call("get_vapid_public_key");
   }

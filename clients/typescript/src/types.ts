@@ -59,6 +59,14 @@ export interface MyRoom extends Room {
   last_read_seq: number;
   last_message?: Message;
   last_activity_at: number;
+  notifications: NotificationSettings;
+}
+export type NotificationLevel = "all" | "mentions" | "none";
+/** What notifies a member of a room while they are away: their `level` (by default
+ * `all` in direct rooms, `mentions` elsewhere), and nothing before `muted_until`. */
+export interface NotificationSettings {
+  level: NotificationLevel;
+  muted_until?: number | null;
 }
 export interface MyRoomList {
   rooms: MyRoom[];

@@ -47,6 +47,8 @@ const FULL_CALLS = {
   rotate_webhook_secret: ["room", "hook"],
   replay_webhook: ["room", "hook", 1],
   list_webhook_deliveries: ["room", "hook", { limit: 1 }],
+  get_notification_settings: ["room"],
+  set_notification_settings: ["room", "all", 1],
   get_vapid_public_key: [],
   create_push_subscription: [
     { kind: "webpush", endpoint: "https://p", keys: { p256dh: "k", auth: "a" }, token: "t" },

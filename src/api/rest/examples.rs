@@ -6,7 +6,10 @@
 use poem_openapi::types::Example;
 use uuid::Uuid;
 
-use crate::model::{Member, Message, MyRoom, Reaction, Role, Room, RoomKind, User};
+use crate::model::{
+    Member, Message, MyRoom, NotificationLevel, NotificationSettings, Reaction, Role, Room,
+    RoomKind, User,
+};
 
 pub const ALICE: Uuid = Uuid::from_u128(0x0193_6f1c_2a40_7d3e_9b1a_4c8e_5f20_a001);
 pub const BOB: Uuid = Uuid::from_u128(0x0193_6f1c_2a41_7a52_8c3d_1e9f_6b70_b002);
@@ -95,6 +98,16 @@ impl Example for MyRoom {
                 ..Message::example()
             }),
             last_activity_at: NOW_MS,
+            notifications: NotificationSettings::example(),
+        }
+    }
+}
+
+impl Example for NotificationSettings {
+    fn example() -> Self {
+        NotificationSettings {
+            level: NotificationLevel::Mentions,
+            muted_until: None,
         }
     }
 }

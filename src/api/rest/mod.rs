@@ -48,8 +48,9 @@ enum ApiTags {
     Bots,
     /// A room's outgoing webhooks.
     Webhooks,
-    /// Devices that receive notifications, and the key browsers subscribe with.
-    Push,
+    /// Notifications: a member's settings per room, the devices that receive them, and
+    /// the key browsers subscribe with.
+    Notifications,
     /// Drop-in routes for the original backends' clients (SPEC §12): their paths and
     /// shapes over the same use cases.
     #[oai(rename = "compat")]

@@ -1,5 +1,6 @@
-//! Notifications' devices (SPEC §14): `GET /v1/push/vapid-public-key` and the caller's
-//! push subscriptions under `/v1/me/push-subscriptions`.
+//! Notifications (SPEC §14): a member's settings per room
+//! (`/v1/rooms/{room_id}/notifications`), `GET /v1/push/vapid-public-key` and the
+//! caller's push subscriptions under `/v1/me/push-subscriptions`.
 
 use poem::web::Data;
 use poem_openapi::{
@@ -14,6 +15,7 @@ use crate::{
     chat::push::PushSubscription as StoredSubscription,
     chat::push::{NativeKind, NewPushSubscription},
     domain::InvalidInput,
+    model::NotificationSettings,
 };
 
 pub struct PushApi;
@@ -85,7 +87,7 @@ enum CreatedPushSubscription {
     Created(Json<PushSubscription>),
 }
 
-#[OpenApi(prefix_path = "/v1", tag = "ApiTags::Push")]
+#[OpenApi(prefix_path = "/v1", tag = "ApiTags::Notifications")]
 impl PushApi {
     /// The cluster's VAPID public key, for `PushManager.subscribe`.
     #[oai(
@@ -101,6 +103,46 @@ impl PushApi {
         Ok(Json(VapidPublicKey {
             key: state.chat.vapid_public_key(),
         }))
+    }
+
+    /// The caller's notification settings for a room they are a member of.
+    #[oai(
+        path = "/rooms/:room_id/notifications",
+        method = "get",
+        operation_id = "get_notification_settings"
+    )]
+    async fn notification_settings(
+        &self,
+        auth: BearerAuth,
+        Data(state): Data<&ApiContext>,
+        room_id: Path<Uuid>,
+    ) -> Result<Json<NotificationSettings>, ApiError> {
+        let settings = state
+            .chat
+            .notification_settings(auth.0.id, room_id.0)
+            .await?;
+        Ok(Json(settings))
+    }
+
+    /// Choose what notifies the caller of a room: `all`, `mentions` or `none`, and
+    /// optionally nothing at all until `muted_until`.
+    #[oai(
+        path = "/rooms/:room_id/notifications",
+        method = "put",
+        operation_id = "set_notification_settings"
+    )]
+    async fn set_notification_settings(
+        &self,
+        auth: BearerAuth,
+        Data(state): Data<&ApiContext>,
+        room_id: Path<Uuid>,
+        body: Json<NotificationSettings>,
+    ) -> Result<Json<NotificationSettings>, ApiError> {
+        let settings = state
+            .chat
+            .set_notification_settings(auth.0.id, room_id.0, body.0)
+            .await?;
+        Ok(Json(settings))
     }
 
     /// Register a device for notifications; at most 20 per user.

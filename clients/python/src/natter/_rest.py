@@ -23,6 +23,7 @@ from ._types import (
     MessagePage,
     MyRoomList,
     NewRoomKind,
+    NotificationSettings,
     OnlineUserList,
     PushSubscription,
     PushSubscriptionList,
@@ -76,6 +77,8 @@ OPERATIONS: Mapping[str, tuple[str, str]] = {
     "rotate_webhook_secret": ("POST", "/v1/rooms/{room_id}/webhooks/{id}/rotate"),
     "replay_webhook": ("POST", "/v1/rooms/{room_id}/webhooks/{id}/replay"),
     "list_webhook_deliveries": ("GET", "/v1/rooms/{room_id}/webhooks/{id}/deliveries"),
+    "get_notification_settings": ("GET", "/v1/rooms/{room_id}/notifications"),
+    "set_notification_settings": ("PUT", "/v1/rooms/{room_id}/notifications"),
     "get_vapid_public_key": ("GET", "/v1/push/vapid-public-key"),
     "create_push_subscription": ("POST", "/v1/me/push-subscriptions"),
     "list_push_subscriptions": ("GET", "/v1/me/push-subscriptions"),
@@ -330,7 +333,22 @@ class Rest:
         page = await self._call("list_webhook_deliveries", ids, params={"limit": limit})
         return cast(Deliveries, page)
 
-    # Notifications' devices
+    # Notifications
+
+    async def get_notification_settings(self, room_id: str) -> NotificationSettings:
+        settings = await self._call("get_notification_settings", {"room_id": room_id})
+        return cast(NotificationSettings, settings)
+
+    async def set_notification_settings(
+        self,
+        room_id: str,
+        level: Literal["all", "mentions", "none"],
+        muted_until: int | None = None,
+    ) -> NotificationSettings:
+        body = {"level": level, "muted_until": muted_until}
+        ids = {"room_id": room_id}
+        settings = await self._call("set_notification_settings", ids, body=body)
+        return cast(NotificationSettings, settings)
 
     async def get_vapid_public_key(self) -> VapidPublicKey:
         return cast(VapidPublicKey, await self._call("get_vapid_public_key"))

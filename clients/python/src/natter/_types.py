@@ -68,11 +68,23 @@ class RoomList(TypedDict):
     next_cursor: NotRequired[str]
 
 
+NotificationLevel = Literal["all", "mentions", "none"]
+
+
+class NotificationSettings(TypedDict):
+    """What notifies a member of a room while they are away: their `level` (by default
+    `all` in direct rooms, `mentions` elsewhere), and nothing before `muted_until`."""
+
+    level: NotificationLevel
+    muted_until: NotRequired[int | None]
+
+
 class MyRoom(Room):
     unread_count: int
     last_read_seq: int
     last_message: NotRequired[Message]
     last_activity_at: int
+    notifications: NotificationSettings
 
 
 class MyRoomList(TypedDict):
