@@ -254,6 +254,111 @@ async fn a_killed_nodes_clients_resume_elsewhere_and_its_users_go_offline_everyw
     eprintln!("offline everywhere {:?} after SIGKILL", killed_at.elapsed());
 }
 
+/// Whether `user` shows in `GET /v1/presence` and in `room`'s presence on the node at
+/// `addr`, as `viewer` sees them.
+async fn present_on(addr: std::net::SocketAddr, viewer: &TestUser, room: Uuid, user: Uuid) -> bool {
+    let http = reqwest::Client::new();
+    let mut seen = Vec::new();
+    for path in [
+        "/v1/presence".to_string(),
+        format!("/v1/rooms/{room}/presence"),
+    ] {
+        let reply = http
+            .get(format!("http://{addr}{path}"))
+            .bearer_auth(&viewer.token)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), 200, "{path} on {addr}");
+        seen.push(reply.text().await.unwrap().contains(&user.to_string()));
+    }
+    assert_eq!(
+        seen[0], seen[1],
+        "online and in the room disagree on {addr}"
+    );
+    seen[0]
+}
+
+#[tokio::test]
+async fn a_node_restarted_under_its_node_id_clears_its_killed_runs_presence_everywhere_at_once() {
+    // A 30 s TTL: waiting the dead run out would take 20 s or more after the kill on
+    // the survivors and 30 s on the restarted node, far past this test's bound.
+    let database_url = create_database().await;
+    let mut api_settings = settings(&database_url);
+    api_settings.presence_ttl = Duration::from_secs(30);
+    let (prefix, nats) = (
+        api_settings.nats_prefix.clone(),
+        api_settings.nats_url.clone(),
+    );
+    let api = spawn_node(api_settings).await;
+    let start = |node_id: Option<String>| {
+        let (database_url, nats, prefix) = (database_url.clone(), nats.clone(), prefix.clone());
+        async move {
+            NodeProcess::start_with(&database_url, &nats, &prefix, |command| {
+                command.env("PRESENCE_TTL_SECS", "30");
+                if let Some(node_id) = node_id {
+                    command.env("NODE_ID", node_id);
+                }
+            })
+            .await
+        }
+    };
+    let survivor = start(None).await;
+    let mut victim = start(None).await;
+    let (owner, gone) = (api.register("owner").await, api.register("gone").await);
+    let room = api.create_room(&owner, "restart", "public").await;
+    api.post(&format!("/v1/rooms/{room}/join"), &gone.token, json!({}))
+        .await
+        .assert_status(204);
+    let mut staying = WsClient::connect(survivor.addr, "/v1/ws", &owner.token).await;
+    staying.subscribe(room, None).await;
+    let mut leaving = WsClient::connect(victim.addr, "/v1/ws", &gone.token).await;
+    leaving.subscribe(room, None).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for addr in [survivor.addr, api.addr] {
+        while !present_on(addr, &owner, room, gone.id).await {
+            assert!(
+                Instant::now() < deadline,
+                "the victim's user never showed on {addr}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    victim.signal("-KILL");
+    victim.child.wait().await.unwrap();
+    assert_eq!(leaving.closed().await, 1006);
+    let restarted = start(Some(format!("node-{}", victim.addr.port()))).await;
+    let ready = Instant::now();
+    for addr in [restarted.addr, survivor.addr, api.addr] {
+        while present_on(addr, &owner, room, gone.id).await {
+            assert!(
+                ready.elapsed() < Duration::from_secs(5),
+                "the killed run's user still present on {addr} 5 s after the restart"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    eprintln!(
+        "gone everywhere {:?} after the restart was ready",
+        ready.elapsed()
+    );
+    // The survivor's sockets were told, and its live user was never taken for gone.
+    loop {
+        let event = staying.recv_type("presence").await;
+        if event["user_id"] == json!(gone.id) {
+            assert_eq!(event["status"], "left");
+            break;
+        }
+        let owner_left = event["user_id"] == json!(owner.id) && event["status"] == "left";
+        assert!(!owner_left, "{event}");
+    }
+    for addr in [restarted.addr, survivor.addr, api.addr] {
+        assert!(present_on(addr, &owner, room, owner.id).await, "{addr}");
+    }
+}
+
 #[tokio::test]
 async fn sigterm_drains_with_1012_and_clients_lose_nothing_after_resuming() {
     let mut cluster = cluster(None).await;
