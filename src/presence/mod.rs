@@ -9,7 +9,12 @@
 //! heartbeat stops for a TTL is dead: every node drops its connections (their users
 //! leave) and removes them from the bucket. So a silent cluster writes one small entry
 //! per node per few seconds however many connections and rooms it holds, and a dead
-//! node's users still go offline within a TTL and a second (`kv::heartbeat`).
+//! node's users still go offline within a TTL and a second (`kv::heartbeat`). The node
+//! that buries it leaves a purge marker on its heartbeat, so every other node drops its
+//! connections on hearing it rather than after a TTL of its own; and a node restarted
+//! under the same id buries its earlier run as soon as its watch brings that run's
+//! entries: it knows them dead, and a TTL counted from its own start would show them for
+//! longer than the others do.
 //!
 //! Every node watches the whole bucket and keeps a [`View`] in memory, so presence reads
 //! cost no round trip. The view also turns changes into `presence` events: a user
