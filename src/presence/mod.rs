@@ -283,7 +283,7 @@ fn incarnation(node_id: &str) -> String {
 }
 
 /// Whether two incarnations are runs of the same node: `<node id>-<random>` with the
-/// same node id.
+/// same node id (as [`incarnation`] spells it).
 fn same_node(a: &str, b: &str) -> bool {
     match (a.rsplit_once('-'), b.rsplit_once('-')) {
         (Some((node_a, _)), Some((node_b, _))) => node_a == node_b,
@@ -391,5 +391,21 @@ impl Inner {
             self.hub
                 .deliver_local(RoomEvent::presence(room_id, user_id, status));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_of_one_node_id_are_told_apart_from_other_nodes_whatever_dashes_the_id_holds() {
+        let (first, second) = (incarnation("eu-node-1"), incarnation("eu-node-1"));
+        assert_ne!(first, second, "each run is its own incarnation");
+        assert!(same_node(&first, &second));
+        assert!(!same_node(&first, &incarnation("eu-node-10")));
+        assert!(!same_node(&first, &incarnation("eu-node")));
+        assert!(!same_node(&first, &incarnation("node-1")));
+        assert!(!same_node("no dash", "no dash"));
     }
 }
