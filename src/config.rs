@@ -523,7 +523,9 @@ settings_args! {
     /// serve `/metrics` on this address instead of `LISTEN_ADDR` (compose and k8s use
     /// `0.0.0.0:9090`, which neither the balancer nor the Ingress routes)
     "METRICS_ADDR" metrics_addr: SocketAddr = none, parsed;
-    /// names the node in logs, metrics and presence
+    /// names the node in logs, metrics and presence; unique among running nodes, and
+    /// kept across a restart, so the restarted node clears its dead run's presence at
+    /// once instead of after `PRESENCE_TTL_SECS`
     "NODE_ID" node_id: String = ["host name"], text;
     /// Postgres connections per node (and per node to the standby, if any)
     "DATABASE_POOL_SIZE" database_pool_size: usize = "16", positive;

@@ -324,20 +324,23 @@ async fn bury_dead(inner: &Inner) {
     };
     for incarnation in dead {
         tracing::info!(%incarnation, "a node's heartbeat stopped; its connections are gone");
-        remember(&inner.buried, incarnation.clone());
-        let changes = inner
-            .view
-            .write()
-            .expect("not poisoned")
-            .drop_prefix(&format!("c.{incarnation}."));
-        inner.announce(changes);
-        // Every surviving node does this; the second finds nothing left.
-        for filter in [format!("c.{incarnation}.>"), heartbeat_key(&incarnation)] {
-            let filter = format!("{}{filter}", inner.kv.prefix);
-            if let Err(err) = inner.kv.stream.purge().filter(filter).await {
-                tracing::warn!(error = %err, "removing a dead node's presence failed; it ages out");
-            }
-        }
+        bury(inner, &incarnation).await;
+    }
+}
+
+/// Takes `incarnation` for dead here, and tells the cluster: removes its leases from the
+/// bucket and leaves a purge marker on its heartbeat, which every node's watch brings
+/// (a stream purge alone reaches no watcher), so the others drop its connections at once
+/// rather than after a TTL of their own. Every surviving node may do this; the second
+/// finds nothing left.
+async fn bury(inner: &Inner, incarnation: &str) {
+    inner.forget_node(incarnation);
+    let leases = format!("{}c.{incarnation}.>", inner.kv.prefix);
+    if let Err(err) = inner.kv.stream.purge().filter(leases).await {
+        tracing::warn!(error = %err, "removing a dead node's presence failed; it ages out");
+    }
+    if let Err(err) = inner.kv.purge(heartbeat_key(incarnation)).await {
+        tracing::warn!(error = %err, "marking a dead node's heartbeat failed; others wait a TTL");
     }
 }
 
@@ -373,13 +376,27 @@ pub(super) async fn watch(
                 break;
             };
             let alive = entry.operation == kv::Operation::Put;
-            if let Some(incarnation) = entry.key.strip_prefix("n.") {
+            let heartbeat = entry.key.strip_prefix("n.");
+            let Some(incarnation) = heartbeat.or_else(|| incarnation_of(&entry.key)) else {
+                continue;
+            };
+            // An earlier run of this node (same `NODE_ID`) still in the bucket is dead:
+            // this process replaced it. Buried at once, here and for every node, instead
+            // of after a TTL that starts only now.
+            if inner.is_predecessor(incarnation) {
+                if !alive {
+                    // Buried before, by a node that left this marker.
+                    inner.forget_node(incarnation);
+                } else if !inner.is_buried(incarnation) {
+                    tracing::info!(%incarnation, "an earlier run of this node left presence behind; removing it");
+                    bury(&inner, incarnation).await;
+                }
+                continue;
+            }
+            if heartbeat.is_some() {
                 inner.heard_heartbeat(incarnation, alive);
                 continue;
             }
-            let Some(incarnation) = incarnation_of(&entry.key) else {
-                continue;
-            };
             // This node's own connections are already in the view, first-hand. One of
             // them deleted in the bucket is a live connection's lease that another node
             // removed (it took this node for dead while NATS was away): write it again.

@@ -9,7 +9,12 @@
 //! heartbeat stops for a TTL is dead: every node drops its connections (their users
 //! leave) and removes them from the bucket. So a silent cluster writes one small entry
 //! per node per few seconds however many connections and rooms it holds, and a dead
-//! node's users still go offline within a TTL and a second (`kv::heartbeat`).
+//! node's users still go offline within a TTL and a second (`kv::heartbeat`). The node
+//! that buries it leaves a purge marker on its heartbeat, so every other node drops its
+//! connections on hearing it rather than after a TTL of its own; and a node restarted
+//! under the same id buries its earlier run as soon as its watch brings that run's
+//! entries: it knows them dead, and a TTL counted from its own start would show them for
+//! longer than the others do.
 //!
 //! Every node watches the whole bucket and keeps a [`View`] in memory, so presence reads
 //! cost no round trip. The view also turns changes into `presence` events: a user
@@ -277,6 +282,15 @@ fn incarnation(node_id: &str) -> String {
     format!("{node}-{:08x}", Uuid::new_v4().as_u128() as u32)
 }
 
+/// Whether two incarnations are runs of the same node: `<node id>-<random>` with the
+/// same node id (as [`incarnation`] spells it).
+fn same_node(a: &str, b: &str) -> bool {
+    match (a.rsplit_once('-'), b.rsplit_once('-')) {
+        (Some((node_a, _)), Some((node_b, _))) => node_a == node_b,
+        _ => false,
+    }
+}
+
 impl Inner {
     fn key(&self, connection: Uuid) -> String {
         kv::key(&self.incarnation, connection)
@@ -290,16 +304,57 @@ impl Inner {
             }
             return;
         }
-        if alive {
-            self.buried
-                .lock()
-                .expect("not poisoned")
-                .remove(incarnation);
-            self.nodes
-                .lock()
-                .expect("not poisoned")
-                .insert(incarnation.to_string(), Instant::now());
+        if !alive {
+            // Purged by a node that took it for dead (or removed at the age limit): its
+            // connections are gone now, not a TTL from now.
+            self.forget_node(incarnation);
+            return;
         }
+        self.buried
+            .lock()
+            .expect("not poisoned")
+            .remove(incarnation);
+        self.nodes
+            .lock()
+            .expect("not poisoned")
+            .insert(incarnation.to_string(), Instant::now());
+    }
+
+    /// Takes `incarnation` for dead in this node's view: its connections leave, and its
+    /// leases still arriving are ignored.
+    fn forget_node(&self, incarnation: &str) {
+        self.nodes.lock().expect("not poisoned").remove(incarnation);
+        kv::remember(&self.buried, incarnation.to_string());
+        let changes = self
+            .view
+            .write()
+            .expect("not poisoned")
+            .drop_prefix(&format!("c.{incarnation}."));
+        self.announce(changes);
+    }
+
+    fn is_buried(&self, incarnation: &str) -> bool {
+        self.buried
+            .lock()
+            .expect("not poisoned")
+            .contains(incarnation)
+    }
+
+    /// Whether `incarnation` is an earlier run of this node: the same `NODE_ID`, another
+    /// run, and seen before this run's own first heartbeat came back through the watch
+    /// (which brings the bucket in write order, so it was written before this run began
+    /// to beat). Two live nodes given the same `NODE_ID` by mistake cost the older one's
+    /// users a few seconds offline once, when the younger starts: the older finds its
+    /// heartbeat purged and writes everything again, and the younger, beating by then,
+    /// no longer takes it for its predecessor.
+    fn is_predecessor(&self, incarnation: &str) -> bool {
+        incarnation != self.incarnation
+            && same_node(incarnation, &self.incarnation)
+            && self
+                .own_heartbeat_seen
+                .lock()
+                .expect("not poisoned")
+                .is_none()
     }
 
     /// Whether a lease of `incarnation` counts: not if the node was taken for dead. A
@@ -336,5 +391,21 @@ impl Inner {
             self.hub
                 .deliver_local(RoomEvent::presence(room_id, user_id, status));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_of_one_node_id_are_told_apart_from_other_nodes_whatever_dashes_the_id_holds() {
+        let (first, second) = (incarnation("eu-node-1"), incarnation("eu-node-1"));
+        assert_ne!(first, second, "each run is its own incarnation");
+        assert!(same_node(&first, &second));
+        assert!(!same_node(&first, &incarnation("eu-node-10")));
+        assert!(!same_node(&first, &incarnation("eu-node")));
+        assert!(!same_node(&first, &incarnation("node-1")));
+        assert!(!same_node("no dash", "no dash"));
     }
 }

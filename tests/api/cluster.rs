@@ -254,6 +254,222 @@ async fn a_killed_nodes_clients_resume_elsewhere_and_its_users_go_offline_everyw
     eprintln!("offline everywhere {:?} after SIGKILL", killed_at.elapsed());
 }
 
+/// Whether `user` shows in `GET /v1/presence`, and in `room`'s presence, on the node at
+/// `addr`, as `viewer` sees them.
+async fn presence_on(
+    addr: std::net::SocketAddr,
+    viewer: &TestUser,
+    room: Uuid,
+    user: Uuid,
+) -> (bool, bool) {
+    let http = reqwest::Client::new();
+    let mut seen = Vec::new();
+    for path in [
+        "/v1/presence".to_string(),
+        format!("/v1/rooms/{room}/presence"),
+    ] {
+        let reply = http
+            .get(format!("http://{addr}{path}"))
+            .bearer_auth(&viewer.token)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), 200, "{path} on {addr}");
+        seen.push(reply.text().await.unwrap().contains(&user.to_string()));
+    }
+    (seen[0], seen[1])
+}
+
+/// A killed node's user and who watches them: two node processes and an in-process node,
+/// all with a presence TTL of `ttl_secs`; `gone` is live in `room` on `victim`, `owner`
+/// on `survivor`.
+struct KillScene {
+    database_url: String,
+    nats: String,
+    prefix: String,
+    ttl_secs: u64,
+    api: TestApp,
+    survivor: NodeProcess,
+    victim: NodeProcess,
+    owner: TestUser,
+    gone: TestUser,
+    room: Uuid,
+    staying: WsClient,
+    leaving: WsClient,
+}
+
+impl KillScene {
+    /// Everything started, and `gone` present on the survivor and the in-process node.
+    async fn new(ttl_secs: u64) -> Self {
+        let database_url = create_database().await;
+        let mut api_settings = settings(&database_url);
+        api_settings.presence_ttl = Duration::from_secs(ttl_secs);
+        let (prefix, nats) = (
+            api_settings.nats_prefix.clone(),
+            api_settings.nats_url.clone(),
+        );
+        let api = spawn_node(api_settings).await;
+        let start = |node_id| node(&database_url, &nats, &prefix, ttl_secs, node_id);
+        let (survivor, victim) = (start(None).await, start(None).await);
+        let (owner, gone) = (api.register("owner").await, api.register("gone").await);
+        let room = api.create_room(&owner, "kill", "public").await;
+        api.post(&format!("/v1/rooms/{room}/join"), &gone.token, json!({}))
+            .await
+            .assert_status(204);
+        let mut staying = WsClient::connect(survivor.addr, "/v1/ws", &owner.token).await;
+        staying.subscribe(room, None).await;
+        let mut leaving = WsClient::connect(victim.addr, "/v1/ws", &gone.token).await;
+        leaving.subscribe(room, None).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for addr in [survivor.addr, api.addr] {
+            while presence_on(addr, &owner, room, gone.id).await != (true, true) {
+                let now = Instant::now();
+                assert!(now < deadline, "the victim's user never showed on {addr}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Self {
+            database_url,
+            nats,
+            prefix,
+            ttl_secs,
+            api,
+            survivor,
+            victim,
+            owner,
+            gone,
+            room,
+            staying,
+            leaving,
+        }
+    }
+
+    /// Another node process on the same cluster, under `node_id` if given.
+    async fn node(&self, node_id: Option<String>) -> NodeProcess {
+        node(
+            &self.database_url,
+            &self.nats,
+            &self.prefix,
+            self.ttl_secs,
+            node_id,
+        )
+        .await
+    }
+
+    /// `kill -9` the victim, once its process is gone and its socket closed.
+    async fn kill_victim(&mut self) {
+        self.victim.signal("-KILL");
+        self.victim.child.wait().await.unwrap();
+        assert_eq!(self.leaving.closed().await, 1006);
+    }
+
+    /// Whether `gone` still shows, online or in the room, on the node at `addr`.
+    async fn gone_shows_on(&self, addr: std::net::SocketAddr) -> bool {
+        presence_on(addr, &self.owner, self.room, self.gone.id).await != (false, false)
+    }
+
+    /// Waits until `gone` shows nowhere on the node at `addr`, failing past `deadline`.
+    async fn wait_gone_from(&self, addr: std::net::SocketAddr, deadline: Instant, why: &str) {
+        while self.gone_shows_on(addr).await {
+            assert!(Instant::now() < deadline, "{why}: still present on {addr}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The survivor's socket heard `gone` leave, and nobody told it its own user left;
+    /// and every node in `addrs` still shows that user.
+    async fn owner_unharmed(&mut self, addrs: &[std::net::SocketAddr]) {
+        loop {
+            let event = self.staying.recv_type("presence").await;
+            if event["user_id"] == json!(self.gone.id) && event["status"] == "left" {
+                break;
+            }
+            let owner_left = event["user_id"] == json!(self.owner.id) && event["status"] == "left";
+            assert!(!owner_left, "{event}");
+        }
+        for &addr in addrs {
+            let seen = presence_on(addr, &self.owner, self.room, self.owner.id).await;
+            assert_eq!(seen, (true, true), "{addr}");
+        }
+    }
+}
+
+async fn node(
+    database_url: &str,
+    nats: &str,
+    prefix: &str,
+    ttl_secs: u64,
+    node_id: Option<String>,
+) -> NodeProcess {
+    NodeProcess::start_with(database_url, nats, prefix, |command| {
+        command.env("PRESENCE_TTL_SECS", ttl_secs.to_string());
+        if let Some(node_id) = node_id {
+            command.env("NODE_ID", node_id);
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_node_restarted_under_its_node_id_clears_its_killed_runs_presence_everywhere_at_once() {
+    // A 30 s TTL: waiting the dead run out would take 20 s or more after the kill on
+    // the survivors and 30 s on the restarted node, far past this test's bound.
+    let mut scene = KillScene::new(30).await;
+    scene.kill_victim().await;
+    let node_id = format!("node-{}", scene.victim.addr.port());
+    let restarted = scene.node(Some(node_id)).await;
+    let ready = Instant::now();
+    let everywhere = [restarted.addr, scene.survivor.addr, scene.api.addr];
+    for addr in everywhere {
+        let why = "5 s after the restart was ready";
+        scene
+            .wait_gone_from(addr, ready + Duration::from_secs(5), why)
+            .await;
+    }
+    eprintln!("gone everywhere {:?} after the restart", ready.elapsed());
+    scene.owner_unharmed(&everywhere).await;
+}
+
+#[tokio::test]
+async fn a_node_started_while_a_killed_node_awaits_burial_drops_it_when_the_others_do() {
+    // A 20 s TTL: the survivors bury the killed node 13 to 21 s after the kill. A node
+    // started 6 s after the kill finds the dead node's heartbeat still in the bucket; on
+    // its own clock it would hold its user until 27 s or later.
+    let mut scene = KillScene::new(20).await;
+    scene.kill_victim().await;
+    let killed = Instant::now();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let newcomer = scene.node(None).await;
+    // It read the dead node's leases (else this test would prove nothing).
+    let seen_by = Instant::now() + Duration::from_secs(5);
+    while !scene.gone_shows_on(newcomer.addr).await {
+        assert!(
+            Instant::now() < seen_by,
+            "the newcomer never showed the dead lease"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let why = "a TTL, a heartbeat interval and 2 s after the kill";
+    let by = killed + Duration::from_secs(20 + 7 + 2);
+    scene.wait_gone_from(scene.survivor.addr, by, why).await;
+    let buried = Instant::now();
+    scene
+        .wait_gone_from(
+            newcomer.addr,
+            buried + Duration::from_secs(3),
+            "3 s after the survivor",
+        )
+        .await;
+    eprintln!(
+        "buried {:?} after the kill; the newcomer followed in {:?}",
+        buried - killed,
+        buried.elapsed()
+    );
+    let everywhere = [newcomer.addr, scene.survivor.addr, scene.api.addr];
+    scene.owner_unharmed(&everywhere).await;
+}
+
 #[tokio::test]
 async fn sigterm_drains_with_1012_and_clients_lose_nothing_after_resuming() {
     let mut cluster = cluster(None).await;
