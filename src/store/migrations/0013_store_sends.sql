@@ -30,7 +30,14 @@ RETURNS TABLE (
     id uuid, room_id uuid, seq bigint, sender_id uuid, text text, created_at bigint,
     edited_at bigint, deleted boolean, client_msg_id text, reply_to uuid,
     reaction_emoji text[], reaction_count bigint[], reaction_me boolean[])
-LANGUAGE plpgsql VOLATILE AS $$
+LANGUAGE plpgsql VOLATILE
+-- Planned once per connection (and again whenever ANALYZE changes the tables' figures),
+-- not per call: Postgres otherwise plans the first five calls for their own parameters
+-- and, finding a generic plan no cheaper, went on doing so, which cost 1.5 ms a call
+-- where the call runs in 0.37 (one backend storing one message per call: 660 calls/s
+-- against 2,740 generic, and 2,110 for the seven statements it replaces).
+SET plan_cache_mode = force_generic_plan
+AS $$
 #variable_conflict use_column
 BEGIN
     PERFORM 1 FROM rooms r WHERE r.id = ANY (p_rooms) ORDER BY r.id FOR UPDATE OF r;
