@@ -112,14 +112,16 @@ BEGIN
            m.edited_at, m.deleted, m.client_msg_id, m.reply_to,
            re.emoji, re.count, re.me
       FROM answered a
-      LEFT JOIN LATERAL (
+      -- A join, not a lateral subquery per send: a batch of 256 would scan `inserted`
+      -- 256 times.
+      LEFT JOIN (
             SELECT i.* FROM inserted i
-             WHERE a.decision IN ('inserted', 'repeat') AND i.id = a.message_id
             UNION ALL
             SELECT k.id, k.room_id, k.seq, k.sender_id, k.text, k.created_at, k.edited_at,
                    k.deleted, k.client_msg_id, k.reply_to
               FROM messages k
-             WHERE a.decision = 'existing' AND k.id = a.message_id) m ON true
+             WHERE k.id IN (SELECT d.known_id FROM decided d
+                             WHERE d.decision = 'existing')) m ON m.id = a.message_id
       LEFT JOIN LATERAL (
             SELECT array_agg(g.emoji ORDER BY g.first_at, g.emoji) AS emoji,
                    array_agg(g.n ORDER BY g.first_at, g.emoji) AS count,
