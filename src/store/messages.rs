@@ -3,9 +3,9 @@
 //! This is where the storage guarantees of SPEC §1 live:
 //!
 //! - **Per-room total order (§1.1).** [`Store::queue_message`] hands a send to the
-//!   node's group commit ([`super::commit`]): one statement, its own transaction, locks
-//!   the rows of the batch's rooms, checks the batch, numbers each room's messages from
-//!   its `last_seq + 1` and sets each `last_seq` once. Concurrent batches on any number of
+//!   node's group commit ([`super::commit`]): one transaction locks the rows of the
+//!   batch's rooms, checks the batch, numbers each room's messages from its
+//!   `last_seq + 1` and sets each `last_seq` once. Concurrent batches on any number of
 //!   nodes queue on those locks; a batch that fails stores nothing, so there are no
 //!   holes.
 //! - **Durable before acknowledged (§1.2).** A send's receipt resolves only after

@@ -27,7 +27,6 @@ const MIGRATIONS: &[(i32, &str)] = &[
         12,
         include_str!("migrations/0012_drop_messages_by_time.sql"),
     ),
-    (13, include_str!("migrations/0013_store_sends.sql")),
 ];
 
 /// Arbitrary, fixed key for `pg_advisory_xact_lock`: "natter" in ASCII.

@@ -13,9 +13,8 @@
 //!   per room without deadlocking, and numbers each room's new messages
 //!   `last_seq + 1, + 2, …` in arrival order before setting `last_seq` once: gapless;
 //! - every check that needs the database (membership, `reply_to`, idempotency keys) runs
-//!   under those locks, and a key repeated within the batch maps to its first message, so
-//!   no insert can conflict and leave a hole; locks, checks and writes are one statement,
-//!   `store_sends` (migration 0013), that is its own transaction: one round trip;
+//!   under those locks, pipelined with them in one round trip, and a key repeated within
+//!   the batch maps to its first message, so no insert can conflict and leave a hole;
 //! - a send is queued synchronously ([`Store::queue_send`]), so the sends of one socket
 //!   are numbered in the order the socket sent them, however many are in flight;
 //! - the new messages are handed to [`OnCommit`] in `seq` order after `COMMIT` and before
