@@ -211,6 +211,8 @@ pub struct Tally {
     pub latencies_us: Vec<u32>,
     pub seqs: SeqLog,
     pub delivered: u64,
+    /// From each acknowledged send to its `send_ack`, in microseconds.
+    pub ack_latencies_us: Vec<u32>,
     /// Acknowledged sends and refused ones.
     pub acked: u64,
     pub errors: u64,
@@ -220,7 +222,8 @@ pub struct Tally {
 
 impl Tally {
     /// Records one text frame, parsed just enough (the frames' field order is fixed).
-    /// Every delivery also bumps `progress`, so the run knows when traffic has drained.
+    /// Every delivery and every acknowledgement also bumps `progress`, so the run knows
+    /// when traffic has drained (and, with no subscribers, how many sends were stored).
     pub fn record(&mut self, text: &str, epoch: Instant, progress: &AtomicU64) {
         if text.starts_with(r#"{"type":"message""#) {
             let (Some(seq), Some(sent)) = (field_i64(text, "\"seq\":"), sent_at(text)) else {
@@ -234,6 +237,12 @@ impl Tally {
             progress.fetch_add(1, Ordering::Relaxed);
         } else if text.starts_with(r#"{"type":"send_ack""#) {
             self.acked += 1;
+            if let Some(sent) = sent_at(text) {
+                let now = epoch.elapsed().as_micros() as u64;
+                self.ack_latencies_us
+                    .push(now.saturating_sub(sent).min(u32::MAX as u64) as u32);
+            }
+            progress.fetch_add(1, Ordering::Relaxed);
         } else if text.starts_with(r#"{"type":"error""#) {
             self.errors += 1;
         }

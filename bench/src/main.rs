@@ -4,7 +4,7 @@
 //!
 //! `natter-bench --help` lists the scenarios, `natter-bench SCENARIO --help` their flags:
 //! `baseline-server`, `fanout`, `hot-room`, `rooms`, `idle`, `connect`, `many-rooms`,
-//! `login-storm` and `soak`, each with `--url URL[,URL…]` and the common flags below.
+//! `login-storm`, `soak` and `quiet`, each with `--url URL[,URL…]` and the common flags below.
 //!
 //! `--baseline` drives `baseline-server` instead: the same client code against a bare
 //! WebSocket broadcaster with no auth, storage or NATS, for the ceiling BENCHMARKS.md
@@ -16,6 +16,7 @@ mod baseline;
 mod client;
 mod login_storm;
 mod many_rooms;
+mod quiet;
 mod report;
 mod scenario;
 mod soak;
@@ -151,6 +152,29 @@ enum Scenario {
         /// Milliseconds between two measured logins.
         #[arg(long, default_value_t = 50)]
         probe_every_ms: u64,
+    },
+    /// A few senders, each in a room of its own, at a fixed rate on one node: the node's
+    /// and Postgres's CPU, transactions and statements per stored message, and the
+    /// `send_ack` latency (Postgres on this machine; `pg_stat_statements` loaded for
+    /// statement counts).
+    Quiet {
+        #[command(flatten)]
+        common: Common,
+        /// Total sends per second, one step per rate, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "500,2000")]
+        rates: Vec<f64>,
+        /// Seconds measured per step, after a second of warm-up.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Sending connections, one user each.
+        #[arg(long, default_value_t = 10)]
+        senders: usize,
+        /// Rooms; sender i sends in room i modulo this.
+        #[arg(long, default_value_t = 10)]
+        rooms: usize,
+        /// The node's Postgres, for its CPU and counters.
+        #[arg(long)]
+        database_url: String,
     },
     /// Steady traffic that survives faults: every client reconnects and resumes with
     /// `since_seq`, and the run checks what every client saw.
@@ -353,6 +377,24 @@ async fn main() -> ExitCode {
             }
             Err(err) => Err(err),
         },
+        Scenario::Quiet {
+            common,
+            rates,
+            duration,
+            senders,
+            rooms,
+            database_url,
+        } => match Options::new(common, duration, rates, 0) {
+            Ok(options) => {
+                let options = Options { senders, ..options };
+                let settings = quiet::Settings {
+                    rooms,
+                    database_url,
+                };
+                quiet::run(&options, &settings).await
+            }
+            Err(err) => Err(err),
+        },
         Scenario::Soak {
             common,
             connections,
@@ -410,6 +452,7 @@ mod tests {
             "many-rooms",
             "login-storm",
             "soak",
+            "quiet",
         ] {
             assert!(help.contains(scenario), "{scenario} missing from:\n{help}");
         }

@@ -189,7 +189,8 @@ async fn run_once(scenario: &str, options: &Options, rate: f64) -> Result<Report
     };
     let stop_sending = Instant::now() + duration;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let delivered = Arc::new(AtomicU64::new(0));
+    // Deliveries and acknowledgements, as they arrive.
+    let arrived = Arc::new(AtomicU64::new(0));
     let tasks: Vec<_> = connections
         .into_iter()
         .map(|(ws, role)| {
@@ -199,7 +200,7 @@ async fn run_once(scenario: &str, options: &Options, rate: f64) -> Result<Report
                 epoch,
                 stop_sending,
                 stop_rx.clone(),
-                delivered.clone(),
+                arrived.clone(),
             ))
         })
         .collect();
@@ -209,17 +210,17 @@ async fn run_once(scenario: &str, options: &Options, rate: f64) -> Result<Report
     let hooked_when_sending_stopped = webhook
         .as_ref()
         .map(|received| received.requests.load(Ordering::Relaxed));
-    // Let in-flight messages land before counting: until deliveries stop for 2 s (a
-    // saturated run drains its backlog), at most a minute.
+    // Let in-flight messages land before counting: until deliveries and acks stop for
+    // 2 s (a saturated run drains its backlog), at most a minute.
     if rate > 0.0 {
         let drain_started = Instant::now();
-        let mut last = delivered.load(Ordering::Relaxed);
+        let mut last = arrived.load(Ordering::Relaxed);
         let mut quiet_since = Instant::now();
         while quiet_since.elapsed() < Duration::from_secs(2)
             && drain_started.elapsed() < Duration::from_secs(60)
         {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            let now = delivered.load(Ordering::Relaxed);
+            let now = arrived.load(Ordering::Relaxed);
             if now != last {
                 last = now;
                 quiet_since = Instant::now();

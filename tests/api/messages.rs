@@ -6,8 +6,8 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::helpers::{
-    TestApp, TestUser, allow_bulk_sends, create_database, settings, spawn_app, spawn_app_with,
-    spawn_node,
+    TestApp, TestUser, WsClient, allow_bulk_sends, create_database, settings, spawn_app,
+    spawn_app_with, spawn_node,
 };
 
 fn seqs(messages: &Value) -> Vec<i64> {
@@ -694,4 +694,174 @@ async fn in_a_direct_room_only_a_messages_sender_may_delete_it() {
     app.call(Method::DELETE, &in_group, Some(&alice.token), None)
         .await
         .assert_status(200);
+}
+
+/// The stored messages of `room` as (seq, text), in `seq` order, and the room's `last_seq`.
+async fn stored(app: &TestApp, room: Uuid) -> (Vec<(i64, String)>, i64) {
+    let db = app.db().await;
+    let messages = db
+        .query(
+            "SELECT seq, text FROM messages WHERE room_id = $1 ORDER BY seq",
+            &[&room],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let last_seq = db
+        .query_one("SELECT last_seq FROM rooms WHERE id = $1", &[&room])
+        .await
+        .unwrap()
+        .get(0);
+    (messages, last_seq)
+}
+
+#[tokio::test]
+async fn sends_queued_behind_a_held_room_answer_in_order_and_only_stored_ones_take_a_seq() {
+    let app = spawn_app_with(allow_bulk_sends).await;
+    let alice = app.register("alice").await;
+    let mallory = app.register("mallory").await;
+    let room = app.create_room(&alice, "batched", "public").await;
+    let private = app.create_room(&alice, "hidden", "private").await;
+    let mut alice_ws = WsClient::connect(app.addr, "/v1/ws", &alice.token).await;
+    let mut mallory_ws = WsClient::connect(app.addr, "/v1/ws", &mallory.token).await;
+
+    // The first send's transaction waits for the lock; the sends after it queue behind
+    // it and are stored together once it is released.
+    let holder = app.hold_room_lock(room).await;
+    let send = |text: &str, key: Option<&str>| {
+        let mut frame = json!({"type": "send", "room_id": room, "text": text});
+        if let Some(key) = key {
+            frame["client_msg_id"] = json!(key);
+        }
+        frame
+    };
+    alice_ws.send(send("first", Some("k0"))).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    alice_ws.send(send("one", Some("k1"))).await;
+    alice_ws.send(send("two", None)).await;
+    alice_ws.send(send("one again", Some("k1"))).await;
+    alice_ws.send(send("three", Some("k2"))).await;
+    mallory_ws.send(send("intruder", Some("m1"))).await;
+    mallory_ws
+        .send(json!({"type": "send", "room_id": private, "text": "hidden", "client_msg_id": "m2"}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    holder.batch_execute("ROLLBACK").await.unwrap();
+
+    let mut answers = Vec::new();
+    for _ in 0..5 {
+        answers.push(alice_ws.recv().await);
+    }
+    let acked: Vec<(&str, i64, &str)> = answers
+        .iter()
+        .filter(|a| a["type"] == "send_ack")
+        .map(|a| {
+            let message = &a["message"];
+            (
+                message["text"].as_str().unwrap(),
+                message["seq"].as_i64().unwrap(),
+                message["id"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let texts_and_seqs: Vec<(&str, i64)> = acked.iter().map(|(t, s, _)| (*t, *s)).collect();
+    assert_eq!(
+        texts_and_seqs,
+        [
+            ("first", 1),
+            ("one", 2),
+            ("two", 3),
+            ("one", 2),
+            ("three", 4)
+        ],
+        "{answers:#?}"
+    );
+    assert_eq!(
+        acked[1].2, acked[3].2,
+        "a repeated key answers with its first message"
+    );
+    let not_member = mallory_ws.recv().await;
+    assert_eq!(
+        (not_member["code"].as_str(), not_member["ref"].as_str()),
+        (Some("not_member"), Some("m1"))
+    );
+    let hidden = mallory_ws.recv().await;
+    assert_eq!(
+        (hidden["code"].as_str(), hidden["ref"].as_str()),
+        (Some("room_not_found"), Some("m2"))
+    );
+
+    let (messages, last_seq) = stored(&app, room).await;
+    let expected = [(1, "first"), (2, "one"), (3, "two"), (4, "three")];
+    assert_eq!(
+        messages,
+        expected.map(|(seq, text)| (seq, text.to_string())),
+        "refused sends and repeats stored nothing"
+    );
+    assert_eq!(last_seq, 4);
+    assert_eq!(stored(&app, private).await, (Vec::new(), 0));
+
+    // A later retry of a stored key answers with the original; a reply to a message of
+    // another room is refused and takes no seq; the next send follows.
+    alice_ws.send(send("one, later", Some("k1"))).await;
+    assert_eq!(alice_ws.recv_type("send_ack").await["message"]["seq"], 2);
+    let elsewhere = app.send(&alice, private, "elsewhere").await;
+    let path = format!("/v1/rooms/{room}/messages");
+    let bad_reply = json!({"text": "re", "reply_to": elsewhere["id"], "client_msg_id": "k3"});
+    let refused = app.post(&path, &alice.token, bad_reply).await;
+    refused.assert_status(400);
+    assert_eq!(refused.error_code(), "invalid_input");
+    let reply = json!({"text": "re", "reply_to": acked[1].2, "client_msg_id": "k3"});
+    let stored_reply = app.post(&path, &alice.token, reply).await;
+    stored_reply.assert_status(201);
+    assert_eq!(stored_reply.body["seq"], 5);
+    assert_eq!(stored_reply.body["reply_to"], acked[1].2);
+}
+
+#[tokio::test]
+async fn many_sockets_sending_keyed_messages_twice_at_once_store_each_key_once_gaplessly() {
+    let app = spawn_app_with(allow_bulk_sends).await;
+    let (room, users) = room_with_members(&app, 8).await;
+    let mut sockets = Vec::new();
+    for user in &users {
+        sockets.push(WsClient::connect(app.addr, "/v1/ws", &user.token).await);
+    }
+    // Every socket sends its ten keys twice, interleaved, without waiting for answers.
+    const KEYS: usize = 10;
+    for round in 0..2 {
+        for i in 0..KEYS {
+            for ws in &mut sockets {
+                ws.send(json!({"type": "send", "room_id": room, "text": format!("m{i} try {round}"), "client_msg_id": format!("k{i}")}))
+                    .await;
+            }
+        }
+    }
+    let mut stored_ids = HashSet::new();
+    let mut seqs = HashSet::new();
+    for (user, ws) in users.iter().zip(&mut sockets) {
+        let mut by_key = std::collections::HashMap::new();
+        for _ in 0..2 * KEYS {
+            let ack = ws.recv_type("send_ack").await;
+            let message = &ack["message"];
+            assert_eq!(message["sender_id"], json!(user.id));
+            let key = message["client_msg_id"].as_str().unwrap().to_string();
+            let id = message["id"].as_str().unwrap().to_string();
+            let first = by_key.entry(key.clone()).or_insert_with(|| id.clone());
+            assert_eq!(*first, id, "both sends of {key} answer with one message");
+            assert!(message["text"].as_str().unwrap().ends_with("try 0"));
+            stored_ids.insert(id);
+            seqs.insert(message["seq"].as_i64().unwrap());
+        }
+        assert_eq!(by_key.len(), KEYS);
+    }
+    let total = (users.len() * KEYS) as i64;
+    assert_eq!(stored_ids.len() as i64, total);
+    let mut seqs: Vec<i64> = seqs.into_iter().collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=total).collect::<Vec<_>>());
+    let (messages, last_seq) = stored(&app, room).await;
+    assert_eq!(messages.len() as i64, total, "each key stored once");
+    assert_eq!(last_seq, total);
 }
