@@ -74,7 +74,16 @@ impl Chat {
                 };
                 return Ok(Queued(Pending::Known(sent)));
             }
-            text = self.moderate(hook, sender, &request, text, key).await?;
+            let proposed = Proposed {
+                room_id: request.room_id,
+                sender_id: sender,
+                text: text.as_str(),
+                client_msg_id: key.map(ClientMsgId::as_str),
+                reply_to: request.reply_to,
+                message_id: None,
+                edit: false,
+            };
+            text = self.moderate(hook, &proposed).await?.unwrap_or(text);
         }
         let new = NewMessage {
             text: &text,
@@ -86,29 +95,20 @@ impl Chat {
         Ok(Queued(Pending::Commit(receipt)))
     }
 
-    /// The hook's verdict on a send applied: the text to store, or why not. A verdict
-    /// that cannot be used (an invalid replacement text) counts as the hook failing.
+    /// The hook's verdict on a send or an edit applied: `None` to store the text as
+    /// proposed, a replacement, or why not. A verdict that cannot be used (an invalid
+    /// replacement text) counts as the hook failing.
     async fn moderate(
         &self,
         hook: &SendHook,
-        sender: Uuid,
-        request: &SendMessage<'_>,
-        text: MessageText,
-        key: Option<&ClientMsgId>,
-    ) -> Result<MessageText, ChatError> {
-        let proposed = Proposed {
-            room_id: request.room_id,
-            sender_id: sender,
-            text: text.as_str(),
-            client_msg_id: key.map(ClientMsgId::as_str),
-            reply_to: request.reply_to,
-        };
-        let failure = match hook.check(&proposed).await {
-            Ok(Verdict::Allow) => return Ok(text),
+        proposed: &Proposed<'_>,
+    ) -> Result<Option<MessageText>, ChatError> {
+        let failure = match hook.check(proposed).await {
+            Ok(Verdict::Allow) => return Ok(None),
             Ok(Verdict::Reject { reason }) => return Err(ChatError::RejectedByHook { reason }),
             Ok(Verdict::Modify { text: new }) => {
                 match MessageText::parse(&new, self.limits.max_text_chars) {
-                    Ok(new) => return Ok(new),
+                    Ok(new) => return Ok(Some(new)),
                     Err(invalid) => {
                         format!("the send hook's text is not a valid message: {invalid}")
                     }
@@ -118,7 +118,7 @@ impl Chat {
         };
         if hook.fails_open() {
             tracing::warn!(%failure, "send hook failed; storing the message unmoderated (SEND_HOOK_FAIL_OPEN)");
-            Ok(text)
+            Ok(None)
         } else {
             tracing::warn!(%failure, "send hook failed; refusing the send");
             Err(ChatError::HookUnavailable)
@@ -163,7 +163,9 @@ impl Chat {
     }
 
     /// The sender changes their message's text; the room hears `message_edited`. Edits,
-    /// deletes and reaction changes share one budget per user (SPEC §10).
+    /// deletes and reaction changes share one budget per user (SPEC §10). With a
+    /// before-send hook, the new text is moderated as a send's would be (SPEC §15), once
+    /// the edit is known to be one the store would make.
     pub async fn edit_message(
         &self,
         editor: Uuid,
@@ -171,8 +173,21 @@ impl Chat {
         message_id: Uuid,
         text: &str,
     ) -> Result<Message, ChatError> {
-        let text = MessageText::parse(text, self.limits.max_text_chars)?;
+        let mut text = MessageText::parse(text, self.limits.max_text_chars)?;
         meter(&self.edits, editor)?;
+        if let Some(hook) = &self.send_hook {
+            self.store.editable(editor, room_id, message_id).await?;
+            let proposed = Proposed {
+                room_id,
+                sender_id: editor,
+                text: text.as_str(),
+                client_msg_id: None,
+                reply_to: None,
+                message_id: Some(message_id),
+                edit: true,
+            };
+            text = self.moderate(hook, &proposed).await?.unwrap_or(text);
+        }
         let edited = self
             .store
             .edit_message(editor, room_id, message_id, &text)

@@ -333,6 +333,25 @@ impl Store {
         Ok(found.pop())
     }
 
+    /// Checks that `editor` may edit the message now (a member, its sender, not deleted):
+    /// what [`Store::edit_message`] would decide, asked before an edit is moderated.
+    pub async fn editable(
+        &self,
+        editor: Uuid,
+        room_id: Uuid,
+        message_id: Uuid,
+    ) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        Access::of(&client, room_id, editor)
+            .await?
+            .require_member()?;
+        match message_owner(&client, room_id, message_id).await? {
+            (sender_id, _) if sender_id != editor => Err(StoreError::NotSender),
+            (_, true) => Err(StoreError::MessageDeleted),
+            (_, false) => Ok(()),
+        }
+    }
+
     /// The sender edits their message's text.
     #[tracing::instrument(skip(self, text))]
     pub async fn edit_message(

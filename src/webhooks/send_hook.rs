@@ -30,7 +30,8 @@ pub struct SendHookSettings {
     pub fail_open: bool,
 }
 
-/// What the node asks the hook about.
+/// What the node asks the hook about: a new message, or (`edit: true`) the new text of
+/// the message `message_id` (SPEC §15: an edit cannot slip past what a send could not).
 #[derive(Serialize)]
 pub struct Proposed<'a> {
     pub room_id: Uuid,
@@ -38,6 +39,10 @@ pub struct Proposed<'a> {
     pub text: &'a str,
     pub client_msg_id: Option<&'a str>,
     pub reply_to: Option<Uuid>,
+    /// The message edited; absent for a send.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<Uuid>,
+    pub edit: bool,
 }
 
 /// The hook's answer.

@@ -310,6 +310,61 @@ async fn verified_by_standard_webhooks(requests: &[Received]) -> Vec<Value> {
     crate::webhooks::verify_with_standard_webhooks(HOOK_SECRET, &requests).await
 }
 
+#[tokio::test]
+async fn an_edit_is_moderated_by_the_before_send_hook_as_a_send_is() {
+    let hook = moderation_service().await;
+    let app = spawn_app_with(|s| s.send_hook = Some(hook.settings(false))).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let room = app.create_room(&alice, "moderated", "public").await;
+    app.post(&format!("/v1/rooms/{room}/join"), &bob.token, json!({}))
+        .await
+        .assert_status(204);
+    let sent = post_text(&app, &alice, room, "hello", None).await;
+    sent.assert_status(201);
+    let id = sent.body["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/rooms/{room}/messages/{id}");
+    let edit = |user: &TestUser, text: &str| {
+        let (token, body) = (user.token.clone(), json!({"text": text}));
+        let (app, path) = (&app, &path);
+        async move {
+            app.call(Method::PATCH, path, Some(&token), Some(body))
+                .await
+        }
+    };
+
+    // What a send could not say, an edit cannot either; a rewrite applies to edits too.
+    let rejected = edit(&alice, "now buy spam").await;
+    rejected.assert_status(403);
+    assert_eq!(rejected.error_code(), "rejected_by_hook");
+    let rewritten = edit(&alice, "oh darn").await;
+    rewritten.assert_status(200);
+    assert_eq!(rewritten.body["text"], "oh d**n");
+    // No verdict: the edit is refused (fail closed), the text stays.
+    edit(&alice, "boom").await.assert_unavailable();
+
+    // An edit the store would refuse never reaches the hook.
+    let calls = hook.calls();
+    let not_sender = edit(&bob, "spam from bob").await;
+    not_sender.assert_status(403);
+    assert_eq!(not_sender.error_code(), "not_sender");
+    assert_eq!(hook.calls(), calls);
+
+    let history = app
+        .get(&format!("/v1/rooms/{room}/messages"), &alice.token)
+        .await;
+    assert_eq!(history.body["messages"][0]["text"], "oh d**n");
+    // The hook was told each was an edit, and of which message.
+    let requests = hook.requests.lock().unwrap().clone();
+    let bodies = verified_by_standard_webhooks(&requests).await;
+    assert_eq!(
+        bodies[1],
+        json!({"room_id": room, "sender_id": alice.id, "text": "now buy spam",
+               "client_msg_id": null, "reply_to": null, "message_id": id, "edit": true})
+    );
+    assert_eq!(bodies.len(), 4, "the send and three edits");
+}
+
 async fn post_text(
     node: &TestApp,
     user: &TestUser,
@@ -439,7 +494,7 @@ async fn the_before_send_hook_allows_rejects_and_rewrites_fails_closed_or_open_a
     assert_eq!(bodies.len(), requests.len());
     assert_eq!(
         bodies[0],
-        json!({"room_id": room, "sender_id": alice.id, "text": "hello", "client_msg_id": "k1", "reply_to": null})
+        json!({"room_id": room, "sender_id": alice.id, "text": "hello", "client_msg_id": "k1", "reply_to": null, "edit": false})
     );
     let metrics = closed.metrics().await;
     for outcome in ["allow", "reject", "modify", "timeout", "error"] {
