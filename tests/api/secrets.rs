@@ -42,7 +42,7 @@ async fn without_jwt_secret_the_cluster_signs_with_a_generated_key_and_no_shippe
     let key = first
         .db()
         .await
-        .query_one("SELECT secret FROM signing_keys", &[])
+        .query_one("SELECT secret FROM signing_keys WHERE name = 'local'", &[])
         .await
         .unwrap()
         .get::<_, Vec<u8>>(0);
