@@ -93,23 +93,14 @@ fn hkdf(salt: &[u8], ikm: &[u8], info: &[&[u8]], out: &mut [u8]) {
 
 /// `plaintext` encrypted for `keys` as an `aes128gcm` body (RFC 8291 §3–4).
 pub fn encrypt(keys: &BrowserKeys, plaintext: &[u8]) -> Result<Vec<u8>, EncryptError> {
+    if plaintext.len() > MAX_PLAINTEXT {
+        return Err(EncryptError::TooLarge(plaintext.len()));
+    }
     let rng = SystemRandom::new();
     let mut salt = [0u8; 16];
     rng.fill(&mut salt)
         .expect("the system's random source works");
-    encrypt_with(keys, plaintext, &salt, &rng)
-}
-
-fn encrypt_with(
-    keys: &BrowserKeys,
-    plaintext: &[u8],
-    salt: &[u8; 16],
-    rng: &SystemRandom,
-) -> Result<Vec<u8>, EncryptError> {
-    if plaintext.len() > MAX_PLAINTEXT {
-        return Err(EncryptError::TooLarge(plaintext.len()));
-    }
-    let own = EphemeralPrivateKey::generate(&ECDH_P256, rng).expect("random source works");
+    let own = EphemeralPrivateKey::generate(&ECDH_P256, &rng).expect("random source works");
     let own_public = own
         .compute_public_key()
         .expect("a fresh key has a public half");
@@ -131,13 +122,13 @@ fn encrypt_with(
     )
     .map_err(|_| EncryptError::BadKey)?;
     let mut cek = [0u8; 16];
-    hkdf(salt, &ikm, &[b"Content-Encoding: aes128gcm\0"], &mut cek);
+    hkdf(&salt, &ikm, &[b"Content-Encoding: aes128gcm\0"], &mut cek);
     let mut nonce = [0u8; 12];
-    hkdf(salt, &ikm, &[b"Content-Encoding: nonce\0"], &mut nonce);
+    hkdf(&salt, &ikm, &[b"Content-Encoding: nonce\0"], &mut nonce);
 
     // Header: salt (16) || record size (4) || key id length (1) || key id (our public key).
     let mut body = Vec::with_capacity(86 + plaintext.len() + 17);
-    body.extend_from_slice(salt);
+    body.extend_from_slice(&salt);
     body.extend_from_slice(&RECORD_SIZE.to_be_bytes());
     body.push(own_public.len() as u8);
     body.extend_from_slice(own_public);
