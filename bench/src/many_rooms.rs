@@ -341,17 +341,7 @@ pub async fn run(options: &Options, settings: Settings) -> Result<bool, String> 
         && figures.duplicated == 0
         && figures.reordered == 0
         && figures.unrecovered == 0;
-    if options.json {
-        println!(
-            "{}",
-            serde_json::to_string(&figures).map_err(|e| e.to_string())?
-        );
-    } else {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&figures).map_err(|e| e.to_string())?
-        );
-    }
+    crate::report::print_figures(&figures, options.json)?;
     Ok(clean)
 }
 

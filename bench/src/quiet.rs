@@ -32,7 +32,7 @@ use tokio::sync::watch;
 use crate::{
     Options,
     client::{self, Api, Role},
-    report::ProcSample,
+    report::{ProcSample, percentile_ms, print_figures},
     scenario::uuid_fragment,
 };
 
@@ -116,17 +116,7 @@ pub async fn run(options: &Options, settings: &Settings) -> Result<bool, String>
     for &rate in &options.rates {
         let figures = run_once(options, &pg, &tokens, &rooms, rate).await?;
         clean &= figures.send_errors == 0 && figures.stored > 0;
-        if options.json {
-            println!(
-                "{}",
-                serde_json::to_string(&figures).map_err(|e| e.to_string())?
-            );
-        } else {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&figures).map_err(|e| e.to_string())?
-            );
-        }
+        print_figures(&figures, options.json)?;
     }
     Ok(clean)
 }
@@ -200,13 +190,7 @@ async fn run_once(
         send_errors += tally.errors;
     }
     latencies.sort_unstable();
-    let percentile = |p: f64| -> f64 {
-        if latencies.is_empty() {
-            return 0.0;
-        }
-        let index = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
-        f64::from(latencies[index]) / 1000.0
-    };
+    let percentile = |p: f64| percentile_ms(&latencies, p);
     let per_message = |delta: Option<f64>| delta.filter(|_| stored > 0).map(|d| d / stored as f64);
     // Clock ticks are 1/100 s: 10,000 µs each.
     let node_us = (!options.pids.is_empty())

@@ -102,13 +102,7 @@ pub fn summarise(inputs: Inputs<'_>) -> Report {
         latencies.extend_from_slice(&tally.latencies_us);
     }
     latencies.sort_unstable();
-    let percentile = |p: f64| -> f64 {
-        if latencies.is_empty() {
-            return 0.0;
-        }
-        let index = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
-        f64::from(latencies[index]) / 1000.0
-    };
+    let percentile = |p: f64| percentile_ms(&latencies, p);
     let sent: u64 = sent_per_room.values().sum();
     let seconds = inputs.send_seconds.max(0.001);
     let connections = inputs.tallies.len();
@@ -248,4 +242,25 @@ fn histogram_svg(latencies_us: &[u32], title: &str) -> String {
     }
     svg.push_str("</svg>");
     svg
+}
+
+/// The `p` quantile (0 to 1) of `sorted_us`, latencies in microseconds sorted ascending,
+/// in milliseconds; 0 when there are none.
+pub fn percentile_ms(sorted_us: &[u32], p: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return 0.0;
+    }
+    let index = ((sorted_us.len() as f64 * p).ceil() as usize).clamp(1, sorted_us.len()) - 1;
+    f64::from(sorted_us[index]) / 1000.0
+}
+
+/// Prints a scenario's figures on stdout: one JSON line with `--json`, else indented.
+pub fn print_figures(figures: &impl Serialize, json: bool) -> Result<(), String> {
+    let text = if json {
+        serde_json::to_string(figures)
+    } else {
+        serde_json::to_string_pretty(figures)
+    };
+    println!("{}", text.map_err(|e| e.to_string())?);
+    Ok(())
 }
